@@ -1,0 +1,28 @@
+"""SwiGLU MLP: the dense layers' MLP and the MoE's shared experts.
+
+Axis legend: B batch, T time, D model, F MLP width.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from r1jax import sharding
+from r1jax.model import params
+
+
+class MLP(nnx.Module):
+    def __init__(self, d: int, f: int, *, dtype, param_dtype, rngs: nnx.Rngs, width_axis: str = "mlp"):
+        self.gate = params.normal(rngs, (d, f), ("embed", width_axis), param_dtype)
+        self.up = params.normal(rngs, (d, f), ("embed", width_axis), param_dtype)
+        self.down = params.normal(rngs, (f, d), (width_axis, "embed"), param_dtype)
+        self.dtype = dtype
+
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        """x [B, T, D] -> [B, T, D] in the compute dtype."""
+        c = lambda p: p[...].astype(self.dtype)
+        x = x.astype(self.dtype)
+        h = jax.nn.silu(x @ c(self.gate)) * (x @ c(self.up))  # [B, T, F]
+        h = sharding.constrain(h, ("batch", "seq", "mlp"))
+        return h @ c(self.down)
