@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import tokamax
 from flax import nnx
 
 from r1jax import sharding
-from r1jax.model import params
+from r1jax.model import kernels, params
 from r1jax.model.config import ModelConfig
 from r1jax.model.norm import RMSNorm
 from r1jax.model.rope import apply_rope
@@ -28,16 +27,6 @@ def attention_mask(segment_ids: jnp.ndarray) -> jnp.ndarray:
     Padding has segment id 0: pad queries see only pad keys, so no row is empty and none leaks.
     """
     return segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
-
-
-def dot_product_attention(q, k, v, segment_ids, scale, implementation=None):
-    """Causal attention within segments. q, k [B, T, H, N+R], v [B, T, H, V] -> [B, T, H, V].
-
-    tokamax picks its fastest kernel for the platform (Mosaic/Triton on GPU) and falls back to XLA;
-    softmax statistics are float32 in every implementation.
-    """
-    return tokamax.dot_product_attention(q, k, v, mask=attention_mask(segment_ids), is_causal=True,
-                                         scale=scale, implementation=implementation)
 
 
 class MLA(nnx.Module):
@@ -80,6 +69,6 @@ class MLA(nnx.Module):
         k = jnp.concatenate([k_nope, jnp.broadcast_to(k_rope, k_nope.shape[:-1] + k_rope.shape[-1:])],
                             axis=-1)  # [B, T, H, N+R]
 
-        out = dot_product_attention(q, k, v, segment_ids, cfg.softmax_scale)  # [B, T, H, V]
+        out = kernels.attention(q, k, v, attention_mask(segment_ids), cfg.softmax_scale)  # [B, T, H, V]
         out = sharding.constrain(out, ("batch", "seq", "heads", "head_dim"))
         return jnp.einsum("bthv,hvd->btd", out, c(self.o))

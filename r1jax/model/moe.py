@@ -9,11 +9,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import tokamax
 from flax import nnx
 
 from r1jax import sharding
-from r1jax.model import params
+from r1jax.model import kernels, params
 from r1jax.model.config import ModelConfig
 from r1jax.model.mlp import MLP
 
@@ -72,10 +71,10 @@ def sequence_aux_loss(r: Routing, token_mask: jnp.ndarray, batch: int, cfg: Mode
 
 def grouped_swiglu(x_sorted, group_sizes, gate, up, down):
     """SwiGLU per expert on expert-sorted rows: x_sorted [M, D], group_sizes [E], gate/up [E, D, F],
-    down [E, F, D] -> [M, D]. tokamax.ragged_dot picks Mosaic/Triton kernels on GPU, XLA elsewhere."""
-    h = jax.nn.silu(tokamax.ragged_dot(x_sorted, gate, group_sizes)) * \
-        tokamax.ragged_dot(x_sorted, up, group_sizes)  # [M, F]
-    return tokamax.ragged_dot(h, down, group_sizes)
+    down [E, F, D] -> [M, D]."""
+    h = jax.nn.silu(kernels.ragged_dot(x_sorted, gate, group_sizes)) * \
+        kernels.ragged_dot(x_sorted, up, group_sizes)  # [M, F]
+    return kernels.ragged_dot(h, down, group_sizes)
 
 
 def dropless_experts(x, routing: Routing, gate, up, down):

@@ -1,0 +1,201 @@
+"""Routing, dropless expert compute, load counts and the sequence-wise aux loss, each against an
+independent NumPy reference of the released algorithm (DESIGN.md section 3)."""
+import numpy as np
+import pytest
+
+import jax.numpy as jnp
+
+from r1jax.model.config import preset
+from r1jax.model.moe import Routing, dropless_experts, expert_load, route, sequence_aux_loss
+
+
+def np_sigmoid(x):
+    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+
+
+def np_route(logits, bias, cfg):
+    """Released noaux_tc routing, one token at a time. -> weights [N, K], experts [N, K], scores."""
+    n, e = logits.shape
+    per = e // cfg.n_group
+    scores = np_sigmoid(logits)                                     # float32
+    choice = scores + bias.astype(np.float32)                       # biased, choice only
+    weights = np.zeros((n, cfg.num_experts_per_tok), np.float64)
+    experts = np.zeros((n, cfg.num_experts_per_tok), np.int64)
+    for t in range(n):
+        groups = choice[t].reshape(cfg.n_group, per)
+        group_score = np.sort(groups, axis=1)[:, -2:].sum(1)       # sum of the top-2 per group
+        kept = np.argsort(-group_score, kind="stable")[:cfg.topk_group]
+        masked = np.full(e, -np.inf)
+        for g in kept:
+            masked[g * per:(g + 1) * per] = choice[t, g * per:(g + 1) * per]
+        top = np.argsort(-masked, kind="stable")[:cfg.num_experts_per_tok]
+        w = scores[t, top].astype(np.float64)                       # unbiased scores
+        if cfg.norm_topk_prob:
+            w = w / (w.sum() + 1e-20)
+        weights[t], experts[t] = w * cfg.routed_scaling_factor, top
+    return weights, experts, scores
+
+
+def by_expert(weights, experts):
+    """Sorts each token's (expert, weight) pairs by expert id, for an order-free comparison."""
+    order = np.argsort(experts, axis=1)
+    return np.take_along_axis(experts, order, 1), np.take_along_axis(weights, order, 1)
+
+
+ROUTE_CASES = {
+    # 16 experts in 4 groups, keep 2 groups, pick 6 of their 8 experts
+    "grouped-norm": dict(n_routed_experts=16, n_group=4, topk_group=2, num_experts_per_tok=6,
+                         norm_topk_prob=True, routed_scaling_factor=2.5),
+    "grouped-raw": dict(n_routed_experts=16, n_group=4, topk_group=2, num_experts_per_tok=6,
+                        norm_topk_prob=False, routed_scaling_factor=1.5),
+    "r1-shape": {},  # 256 experts, 8 groups, keep 4, top-8
+}
+
+
+@pytest.mark.parametrize("bias_offset", [0.0, -2.0], ids=["bias", "negative-bias"])
+@pytest.mark.parametrize("case", sorted(ROUTE_CASES))
+def test_route_matches_reference(case, bias_offset):
+    base = "r1-671b" if case == "r1-shape" else "tiny"
+    cfg = preset(base, **ROUTE_CASES[case])
+    rng = np.random.default_rng(sorted(ROUTE_CASES).index(case))
+    n, e = 64, cfg.n_routed_experts
+    logits = (rng.standard_normal((n, e)) * 2).astype(np.float32)
+    # a non-zero bias, large enough to change choices; with -2 every biased score is negative, so
+    # a mask that fills dropped groups with 0 (not -inf) would pick experts from dropped groups
+    bias = (rng.standard_normal(e) * 0.3 + bias_offset).astype(np.float32)
+    want_w, want_e, want_s = np_route(logits, bias, cfg)
+
+    r = route(jnp.asarray(logits), jnp.asarray(bias), cfg)
+    assert r.weights.dtype == jnp.float32 and r.experts.dtype == jnp.int32
+    assert r.weights.shape == r.experts.shape == (n, cfg.num_experts_per_tok)
+    got_e, got_w = by_expert(np.asarray(r.weights), np.asarray(r.experts))
+    want_e, want_w = by_expert(want_w, want_e)
+    np.testing.assert_array_equal(got_e, want_e)
+    np.testing.assert_allclose(got_w, want_w, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(r.scores), want_s, rtol=1e-6, atol=1e-7)
+
+    # the bias changed at least one choice (else the test would not pin where it enters)
+    unbiased_w, unbiased_e, _ = np_route(logits, np.zeros_like(bias), cfg)
+    assert (by_expert(unbiased_w, unbiased_e)[0] != want_e).any()
+    per = e // cfg.n_group
+    assert all(len(set(row // per)) <= cfg.topk_group for row in got_e)  # within kept groups
+    if cfg.norm_topk_prob:
+        np.testing.assert_allclose(got_w.sum(1), cfg.routed_scaling_factor, rtol=1e-6)
+
+
+def test_route_negative_bias_never_leaves_kept_groups():
+    """All biased scores < 0: experts come only from the topk_group best groups (-inf masking)."""
+    cfg = preset("tiny", n_routed_experts=16, n_group=4, topk_group=1, num_experts_per_tok=4)
+    rng = np.random.default_rng(7)
+    logits = rng.standard_normal((32, 16)).astype(np.float32)
+    bias = np.full(16, -2.0, np.float32)
+    r = route(jnp.asarray(logits), jnp.asarray(bias), cfg)
+    choice = np_sigmoid(logits) + bias
+    best_group = np.argmax(np.sort(choice.reshape(32, 4, 4), -1)[..., -2:].sum(-1), axis=1)
+    np.testing.assert_array_equal(np.asarray(r.experts) // 4, np.repeat(best_group[:, None], 4, 1))
+
+
+def np_swiglu(x, gate, up, down):
+    g = x @ gate
+    return ((g / (1 + np.exp(-g))) * (x @ up)) @ down
+
+
+def test_dropless_experts_matches_loop():
+    rng = np.random.default_rng(3)
+    n, d, f, e, k = 24, 16, 8, 6, 3
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    gate = (rng.standard_normal((e, d, f)) * 0.3).astype(np.float32)
+    up = (rng.standard_normal((e, d, f)) * 0.3).astype(np.float32)
+    down = (rng.standard_normal((e, f, d)) * 0.3).astype(np.float32)
+    # distinct experts per token; experts 0, 3 and 5 (first, middle, last) receive no tokens
+    used = np.array([1, 2, 4])
+    experts = np.stack([rng.permutation(used) for _ in range(n)])
+    experts[:5] = [2, 1, 4]  # uneven group sizes
+    weights = rng.uniform(0.1, 1.0, (n, k)).astype(np.float32)
+    routing = Routing(jnp.asarray(weights), jnp.asarray(experts, jnp.int32), jnp.zeros((n, e)))
+
+    got = np.asarray(dropless_experts(jnp.asarray(x), routing, jnp.asarray(gate), jnp.asarray(up),
+                                      jnp.asarray(down)))
+    x64, g64, u64, d64 = (a.astype(np.float64) for a in (x, gate, up, down))
+    want = np.zeros((n, d))
+    for t in range(n):
+        for j in range(k):
+            ex = experts[t, j]
+            want[t] += weights[t, j] * np_swiglu(x64[t], g64[ex], u64[ex], d64[ex])
+    assert got.dtype == np.float32 and got.shape == (n, d)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_dropless_experts_all_tokens_one_expert():
+    """Every copy on one expert (the others empty), and the same expert twice for a token."""
+    rng = np.random.default_rng(4)
+    n, d, f, e = 5, 8, 4, 4
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    w = [(rng.standard_normal(s) * 0.3).astype(np.float32) for s in ((e, d, f), (e, d, f), (e, f, d))]
+    experts = np.full((n, 2), 2, np.int32)
+    weights = rng.uniform(0.1, 1.0, (n, 2)).astype(np.float32)
+    got = np.asarray(dropless_experts(jnp.asarray(x), Routing(jnp.asarray(weights), jnp.asarray(experts),
+                                                              jnp.zeros((n, e))), *map(jnp.asarray, w)))
+    want = weights.sum(1, keepdims=True) * np_swiglu(x.astype(np.float64), *(a[2].astype(np.float64) for a in w))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_expert_load_counts_real_tokens():
+    rng = np.random.default_rng(5)
+    n, e, k = 40, 10, 3
+    experts = np.stack([rng.choice(e - 1, k, replace=False) for _ in range(n)])  # expert 9 unused
+    mask = rng.uniform(size=n) < 0.6
+    got = np.asarray(expert_load(jnp.asarray(experts, jnp.int32), jnp.asarray(mask), e))
+    want = np.zeros(e)
+    for t in range(n):
+        if mask[t]:
+            for ex in experts[t]:
+                want[ex] += 1
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    assert got.sum() == k * mask.sum() and got[9] == 0
+
+
+def np_sequence_aux_loss(scores, experts, mask, batch, e, k):
+    """DeepSeek-V3 eqs. 17-20 (alpha = 1) per sequence over its real tokens, mean over sequences:
+    f_i = E / (K T) sum_t 1[i routed at t];  P_i = 1/T sum_t s_i,t / sum_j s_j,t;  L = sum_i f_i P_i."""
+    scores = scores.astype(np.float64).reshape(batch, -1, e)
+    experts = experts.reshape(batch, -1, k)
+    mask = mask.reshape(batch, -1)
+    losses = []
+    for b in range(batch):
+        real = np.nonzero(mask[b])[0]
+        t = len(real)
+        f = np.zeros(e)
+        p = np.zeros(e)
+        for i in real:
+            f[experts[b, i]] += 1
+            p += scores[b, i] / scores[b, i].sum()
+        losses.append(((e / (k * t)) * f * (p / t)).sum())
+    return np.mean(losses)
+
+
+def test_sequence_aux_loss_matches_formula_with_padding():
+    cfg = preset("tiny", n_routed_experts=16, n_group=4, topk_group=2, num_experts_per_tok=4)
+    rng = np.random.default_rng(6)
+    b, t, e = 3, 10, cfg.n_routed_experts
+    logits = (rng.standard_normal((b * t, e)) * 2).astype(np.float32)
+    bias = (rng.standard_normal(e) * 0.3).astype(np.float32)
+    mask = np.ones((b, t), bool)
+    mask[0, 7:] = False  # right padding
+    mask[2, :4] = False  # left padding
+    r = route(jnp.asarray(logits), jnp.asarray(bias), cfg)
+    got = float(sequence_aux_loss(r, jnp.asarray(mask.reshape(-1)), b, cfg))
+    want = np_sequence_aux_loss(np.asarray(r.scores), np.asarray(r.experts), mask.reshape(-1), b, e,
+                                cfg.num_experts_per_tok)
+    assert got == pytest.approx(want, rel=1e-5)
+    # padding is really excluded: changing padded tokens' logits changes nothing
+    logits2 = logits.copy()
+    logits2[~mask.reshape(-1)] = rng.standard_normal((int((~mask).sum()), e)) * 5
+    r2 = route(jnp.asarray(logits2), jnp.asarray(bias), cfg)
+    assert float(sequence_aux_loss(r2, jnp.asarray(mask.reshape(-1)), b, cfg)) == pytest.approx(got, rel=1e-6)
+    # perfectly balanced routing with uniform scores gives the minimum, 1
+    n = 8  # 8 tokens x 4 copies = 2 per expert
+    uniform = Routing(jnp.ones((n, 4)), jnp.asarray(np.arange(n * 4).reshape(n, 4) % e, jnp.int32),
+                      jnp.full((n, e), 0.5))
+    assert float(sequence_aux_loss(uniform, jnp.ones(n, bool), 1, cfg)) == pytest.approx(1.0, rel=1e-6)
