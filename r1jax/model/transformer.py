@@ -135,3 +135,13 @@ class Transformer(nnx.Module):
         """tokens [B, T] -> (float32 logits [B, T, V], stats)."""
         h, stats = self.hidden_states(tokens, positions, segment_ids)
         return self.logits(h), stats
+
+    def mtp_logits(self, h, tokens, positions=None, segment_ids=None):
+        """The MTP module's float32 logits [B, T, V] (position t predicts tokens[t+2]) and its MoE
+        stats, from the main model's final-normed hidden states h [B, T, D] (hidden_states)."""
+        if not self.cfg.with_mtp:
+            raise ValueError("this model has no MTP module; build it with with_mtp=True")
+        positions = default_positions(tokens) if positions is None else positions
+        segment_ids = jnp.ones_like(tokens, jnp.int32) if segment_ids is None else segment_ids
+        cos, sin = rope_tables(self.cfg, positions)
+        return self.mtp(h, tokens, cos, sin, segment_ids)
