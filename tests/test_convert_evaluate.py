@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -115,10 +116,10 @@ def test_convert_then_evaluate_equals_transformers(hf_dirs, data, tmp_path, layo
     assert abs(result["perplexity"] - np.exp(ref_loss)) <= 1e-4 * np.exp(ref_loss)
 
 
-def _broken_copy(hf_dirs, tmp_path, edit):
-    """A copy of the release-layout checkpoint with `edit(dir)` applied."""
+def _edited_copy(hf_dirs, tmp_path, edit):
+    """A copy of the release-layout checkpoint with `edit(dir)` applied (a break or an addition)."""
     import shutil
-    d = tmp_path / "broken"
+    d = tmp_path / "edited"
     shutil.copytree(hf_dirs / "hf_release", d)
     edit(d)
     return d
@@ -153,7 +154,7 @@ def test_missing_tensor_is_named(hf_dirs, tmp_path, capsys):
     def edit(d):
         victim["name"] = _first_name(d)
         _rewrite_shard(d, _drop(victim["name"]))
-    d = _broken_copy(hf_dirs, tmp_path, edit)
+    d = _edited_copy(hf_dirs, tmp_path, edit)
     out = tmp_path / "ckpt"
     assert convert.main(["--hf_dir", str(d), "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -167,7 +168,7 @@ def test_unexpected_tensor_is_named(hf_dirs, tmp_path, capsys):
             tensors["model.layers.1.mlp.experts.99.up_proj.weight"] = np.zeros((4, 4), np.float32)
             index["weight_map"]["model.layers.1.mlp.experts.99.up_proj.weight"] = fname
         _rewrite_shard(d, change)
-    d = _broken_copy(hf_dirs, tmp_path, edit)
+    d = _edited_copy(hf_dirs, tmp_path, edit)
     assert convert.main(["--hf_dir", str(d), "--out", str(tmp_path / "ckpt")]) == 2
     err = capsys.readouterr().err
     assert "unexpected tensor" in err and "model.layers.1.mlp.experts.99.up_proj.weight" in err
@@ -183,7 +184,7 @@ def test_wrong_shape_is_named(hf_dirs, tmp_path, capsys):
         def change(tensors, index, fname):
             tensors[victim["name"]] = np.zeros((3,) + tensors[victim["name"]].shape, np.float32)
         _rewrite_shard(d, change)
-    d = _broken_copy(hf_dirs, tmp_path, edit)
+    d = _edited_copy(hf_dirs, tmp_path, edit)
     assert convert.main(["--hf_dir", str(d), "--out", str(tmp_path / "ckpt")]) == 2
     err = capsys.readouterr().err
     assert "wrong shape" in err and victim["name"] in err
@@ -196,7 +197,7 @@ def test_truncated_shard_is_named(hf_dirs, tmp_path, capsys):
         data = shard.read_bytes()
         shard.write_bytes(data[:len(data) - 100])
         edit.shard = shard.name
-    d = _broken_copy(hf_dirs, tmp_path, edit)
+    d = _edited_copy(hf_dirs, tmp_path, edit)
     assert convert.main(["--hf_dir", str(d), "--out", str(tmp_path / "ckpt")]) == 2
     err = capsys.readouterr().err
     assert "truncated" in err and edit.shard in err
@@ -210,3 +211,47 @@ def test_existing_output_is_not_touched(hf_dirs, tmp_path, capsys):
     assert convert.main(["--hf_dir", str(hf_dirs / "hf_release"), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "user data"
+
+
+def _add_mtp_shard(d, cfg):
+    """Adds a release-style MTP layer (index num_hidden_layers) as its own shard: a copy of the last
+    MoE layer plus enorm, hnorm, eh_proj, embed_tokens and shared_head, all with random values."""
+    from safetensors.numpy import load_file
+    index = json.load(open(d / "model.safetensors.index.json"))
+    last, mtp = f"model.layers.{cfg.num_hidden_layers - 1}.", f"model.layers.{cfg.num_hidden_layers}."
+    rng = np.random.RandomState(5)
+    tensors = {}
+    for fname in sorted(set(index["weight_map"].values())):
+        for name, w in load_file(str(d / fname)).items():
+            if name.startswith(last):
+                tensors[mtp + name[len(last):]] = w + rng.normal(0, 0.01, w.shape).astype(np.float32)
+    dd, v = cfg.hidden_size, cfg.vocab_size
+    for name, shape in [("enorm.weight", (dd,)), ("hnorm.weight", (dd,)), ("eh_proj.weight", (dd, 2 * dd)),
+                        ("embed_tokens.weight", (v, dd)), ("shared_head.norm.weight", (dd,)),
+                        ("shared_head.head.weight", (v, dd))]:
+        tensors[mtp + name] = rng.normal(0, 0.02, shape).astype(np.float32)
+    save_file(tensors, str(d / "model-mtp.safetensors"))
+    index["weight_map"].update({n: "model-mtp.safetensors" for n in tensors})
+    json.dump(index, open(d / "model.safetensors.index.json", "w"))
+    return tensors
+
+
+def test_mtp_layer_kept_by_default_and_dropped_on_request(hf_dirs, tmp_path):
+    from r1jax import checkpoint
+    added = {}
+    d = _edited_copy(hf_dirs, tmp_path, lambda d: added.update(_add_mtp_shard(d, CFG)))
+    quiet = lambda s: None
+    kept = convert.convert(str(d), str(tmp_path / "kept"), dtype="float32", log=quiet)
+    assert kept.with_mtp
+    model = checkpoint.load_model(str(tmp_path / "kept"))
+    n = CFG.num_hidden_layers
+    eh = added[f"model.layers.{n}.eh_proj.weight"]
+    np.testing.assert_array_equal(np.asarray(model.mtp.eh_proj[...]), eh.T)
+    up3 = added[f"model.layers.{n}.mlp.experts.3.up_proj.weight"]
+    np.testing.assert_array_equal(np.asarray(model.mtp.block.mlp.up[...])[3], up3.T)
+
+    dropped = convert.convert(str(d), str(tmp_path / "dropped"), drop_mtp=True, log=quiet)
+    assert not dropped.with_mtp and dropped.param_dtype == "bfloat16"
+    model = checkpoint.load_model(str(tmp_path / "dropped"))
+    assert not hasattr(model, "mtp")
+    assert model.embed[...].dtype == jnp.bfloat16 and model.moe_layers.mlp.router_bias[...].dtype == jnp.float32
