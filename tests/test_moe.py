@@ -157,7 +157,8 @@ def test_expert_load_counts_real_tokens():
 
 
 def np_sequence_aux_loss(scores, experts, mask, batch, e, k):
-    """DeepSeek-V3 eqs. 17-20 (alpha = 1) per sequence over its real tokens, mean over sequences:
+    """DeepSeek-V3 eqs. 17-20 (alpha = 1) per sequence over its real tokens, mean over the
+    sequences that have any (an all-padding row is not a sequence):
     f_i = E / (K T) sum_t 1[i routed at t];  P_i = 1/T sum_t s_i,t / sum_j s_j,t;  L = sum_i f_i P_i."""
     scores = scores.astype(np.float64).reshape(batch, -1, e)
     experts = experts.reshape(batch, -1, k)
@@ -166,6 +167,8 @@ def np_sequence_aux_loss(scores, experts, mask, batch, e, k):
     for b in range(batch):
         real = np.nonzero(mask[b])[0]
         t = len(real)
+        if t == 0:
+            continue
         f = np.zeros(e)
         p = np.zeros(e)
         for i in real:
@@ -178,12 +181,13 @@ def np_sequence_aux_loss(scores, experts, mask, batch, e, k):
 def test_sequence_aux_loss_matches_formula_with_padding():
     cfg = preset("tiny", n_routed_experts=16, n_group=4, topk_group=2, num_experts_per_tok=4)
     rng = np.random.default_rng(6)
-    b, t, e = 3, 10, cfg.n_routed_experts
+    b, t, e = 4, 10, cfg.n_routed_experts
     logits = (rng.standard_normal((b * t, e)) * 2).astype(np.float32)
     bias = (rng.standard_normal(e) * 0.3).astype(np.float32)
     mask = np.ones((b, t), bool)
     mask[0, 7:] = False  # right padding
     mask[2, :4] = False  # left padding
+    mask[3, :] = False  # an unused batch row: must not dilute the mean
     r = route(jnp.asarray(logits), jnp.asarray(bias), cfg)
     got = float(sequence_aux_loss(r, jnp.asarray(mask.reshape(-1)), b, cfg))
     want = np_sequence_aux_loss(np.asarray(r.scores), np.asarray(r.experts), mask.reshape(-1), b, e,

@@ -245,7 +245,8 @@ def from_hf_dict(d: dict[str, Any], *, source: str = "config", **runtime) -> Mod
     elif rope_type == "default":
         kw.update(rope_factor=1.0, rope_mscale=0.0, rope_mscale_all_dim=0.0)
     else:
-        raise ConfigError(f"{source}: rope type {rope_type!r} is not supported (yarn or default)")
+        raise ConfigError(f"{source}: rope_scaling.type={rope_type!r} is not supported "
+                          "(yarn or default)")
     for k, v in kw.items():
         if k in ("routed_scaling_factor", "rms_norm_eps") and isinstance(v, int) and not isinstance(v, bool):
             kw[k] = float(v)

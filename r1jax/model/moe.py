@@ -57,16 +57,18 @@ def sequence_aux_loss(r: Routing, token_mask: jnp.ndarray, batch: int, cfg: Mode
     """Complementary sequence-wise balance loss, DeepSeek-V3 eqs. 17-20 (without the alpha weight).
 
     Per sequence: f_i = E/(K T) * #tokens routed to i, P_i = mean_t s_i,t / sum_j s_j,t; loss =
-    sum_i f_i P_i, averaged over sequences. token_mask [N] excludes padding from T.
+    sum_i f_i P_i, averaged over the sequences that have real tokens. token_mask [N] excludes
+    padding from T.
     """
     e, k = cfg.n_routed_experts, cfg.num_experts_per_tok
     m = token_mask.reshape(batch, -1).astype(jnp.float32)  # [B, T]
+    has_tokens = (m.sum(-1) > 0).astype(jnp.float32)  # [B]
     t = jnp.maximum(m.sum(-1), 1.0)  # [B]
     onehot = jax.nn.one_hot(r.experts, e, dtype=jnp.float32).sum(1).reshape(batch, -1, e)  # [B, T, E]
     f = (onehot * m[..., None]).sum(1) * (e / (k * t[:, None]))  # [B, E]
     s = r.scores / r.scores.sum(-1, keepdims=True)
     p = (s.reshape(batch, -1, e) * m[..., None]).sum(1) / t[:, None]  # [B, E]
-    return (f * p).sum(-1).mean()
+    return (f * p).sum(-1).sum() / jnp.maximum(has_tokens.sum(), 1.0)
 
 
 def grouped_swiglu(x_sorted, group_sizes, gate, up, down):

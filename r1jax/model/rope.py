@@ -20,12 +20,13 @@ def yarn_inv_freq(cfg: ModelConfig) -> np.ndarray:
     linear ramp between (correction range floored/ceiled, as DeepSeek does).
     """
     dim, base = cfg.qk_rope_head_dim, cfg.rope_theta
-    pos_freqs = base ** (np.arange(0, dim, 2, dtype=np.float32) / dim)
-    extrapolation = (1.0 / pos_freqs).astype(np.float32)
+    # float64 then one rounding: the exactly rounded float32 frequencies.
+    pos_freqs = base ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    extrapolation = 1.0 / pos_freqs
     if not cfg.uses_yarn:
-        return extrapolation
+        return extrapolation.astype(np.float32)
     factor = cfg.rope_factor
-    interpolation = (1.0 / (factor * pos_freqs)).astype(np.float32)
+    interpolation = 1.0 / (factor * pos_freqs)
 
     def correction_dim(num_rotations: float) -> float:
         orig = cfg.rope_original_max_position_embeddings
@@ -35,8 +36,8 @@ def yarn_inv_freq(cfg: ModelConfig) -> np.ndarray:
     high = min(math.ceil(correction_dim(cfg.rope_beta_slow)), dim - 1)
     if low == high:
         high += 0.001  # avoid a zero-width ramp
-    ramp = np.clip((np.arange(dim // 2, dtype=np.float32) - low) / (high - low), 0, 1)
-    keep = (1.0 - ramp).astype(np.float32)  # 1: extrapolate (high freq), 0: interpolate
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - low) / (high - low), 0, 1)
+    keep = 1.0 - ramp  # 1: extrapolate (high freq), 0: interpolate
     return (interpolation * (1 - keep) + extrapolation * keep).astype(np.float32)
 
 

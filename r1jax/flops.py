@@ -1,0 +1,31 @@
+"""Model FLOPs per trained token: 6 x active matmul parameters + 3 x causal attention scores.
+
+    attention scores, per token: L x 2 x H x (qk + v) x S/2   (QK^T and PV over half the keys, causal)
+
+The embedding lookup is not a matmul and is not counted; the LM head is. MTP is not counted.
+"""
+from __future__ import annotations
+
+from r1jax.model.config import ModelConfig
+
+
+def active_matmul_params(cfg: ModelConfig) -> int:
+    """Matmul parameters one token passes through (routed experts: only its top-k)."""
+    d, h = cfg.hidden_size, cfg.num_attention_heads
+    q = d * h * cfg.qk_head_dim if cfg.q_lora_rank is None else \
+        d * cfg.q_lora_rank + cfg.q_lora_rank * h * cfg.qk_head_dim
+    kv = d * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) + \
+        cfg.kv_lora_rank * h * (cfg.qk_nope_head_dim + cfg.v_head_dim)
+    attn = q + kv + h * cfg.v_head_dim * d
+    dense = 3 * d * cfg.intermediate_size
+    experts = cfg.num_experts_per_tok + cfg.n_shared_experts
+    moe = d * cfg.n_routed_experts + experts * 3 * d * cfg.moe_intermediate_size
+    return (cfg.num_hidden_layers * attn + cfg.first_k_dense_replace * dense
+            + cfg.num_moe_layers * moe + d * cfg.vocab_size)
+
+
+def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Forward + backward FLOPs per token at sequence length `seq_len`."""
+    scores = cfg.num_hidden_layers * 2 * cfg.num_attention_heads * \
+        (cfg.qk_head_dim + cfg.v_head_dim) * seq_len / 2
+    return 6.0 * active_matmul_params(cfg) + 3.0 * scores

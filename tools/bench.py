@@ -1,0 +1,156 @@
+"""Train-step benchmark on the local accelerator, with the HF peer measured in the same run.
+
+    python tools/bench.py --preset v3-small --batch 2 --seq 4096 --peer ../shared/bench/hf_peer.py \
+        --out tools/results/bench_h200.json
+    python tools/bench.py --preset tiny --batch 2 --seq 128 --steps 3        # CPU smoke run
+
+Times the full r1jax train step (forward, backward, AdamW update; bf16 compute, float32 master
+params) after warm-up, median of --steps; checks the bf16 loss against a float32-compute forward on
+the same batch; prints tokens/s, model TFLOP/s (r1jax.flops), MFU against the device's bf16 peak,
+peak device memory next to the analytic need of params + grads + Adam state, and compile time.
+With --peer, runs that script (HF transformers DeepseekV3ForCausalLM, forward+backward only) in a
+subprocess and prints our tokens/s over its.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from r1jax.flops import train_flops_per_token
+from r1jax.model import Transformer, preset
+from r1jax.step import loss_fn, train_step
+
+# Dense bf16 peak by device kind (vendor datasheets), for MFU.
+PEAK_TFLOPS = {"NVIDIA H200": 989.0, "NVIDIA H100 80GB HBM3": 989.0, "TPU v5p": 459.0,
+               "TPU v6 lite": 918.0, "TPU v5 lite": 197.0}
+
+
+def init_state(cfg):
+    """(graphdef, params, rest) of a randomly initialized model, created on the default device."""
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+
+    @jax.jit
+    def init():
+        _, params, rest = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
+        return params, rest
+
+    params, rest = init()
+    return graphdef, params, rest
+
+
+def make_batch(cfg, batch, seq, seed=0):
+    tokens = jax.random.randint(jax.random.key(seed), (batch, seq), 0, cfg.vocab_size, jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
+    return {"tokens": tokens, "positions": positions, "segment_ids": jnp.ones((batch, seq), jnp.int32)}
+
+
+def peak_memory_gib() -> float | None:
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**30
+
+
+def run_peer(path: str) -> list[dict]:
+    """Runs the HF peer script; returns its result rows (hf_peer.json)."""
+    with tempfile.TemporaryDirectory() as out:
+        r = subprocess.run([sys.executable, path], env=dict(os.environ, OUT=out), capture_output=True,
+                           text=True, timeout=1200)
+        print(r.stdout + r.stderr[-2000:], file=sys.stderr)
+        result = os.path.join(out, "hf_peer.json")
+        return json.load(open(result)) if os.path.exists(result) else []
+
+
+def bench(args) -> dict:
+    cfg = preset(args.preset, dtype="bfloat16", param_dtype="float32", remat=args.remat)
+    fpt = train_flops_per_token(cfg, args.seq)
+    device = jax.devices()[0]
+    graphdef, params, rest = init_state(cfg)
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    optimizer = optax.adamw(1e-5, weight_decay=0.1)
+    opt_state = jax.jit(optimizer.init)(params)
+    batch = make_batch(cfg, args.batch, args.seq)
+
+    # Correctness: the bf16 loss against a float32-compute forward of the same params and batch.
+    graphdef32 = nnx.graphdef(nnx.eval_shape(lambda: Transformer(cfg.replace(dtype="float32"),
+                                                                 rngs=nnx.Rngs(0))))
+    loss16 = float(jax.jit(loss_fn, static_argnums=2)(params, rest, graphdef, batch)[0])
+    loss32 = float(jax.jit(loss_fn, static_argnums=2)(params, rest, graphdef32, batch)[0])
+
+    step = jax.jit(functools.partial(train_step, graphdef, optimizer), donate_argnums=(0, 2))
+    t0 = time.perf_counter()
+    compiled = step.lower(params, rest, opt_state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    for _ in range(args.warmup):
+        params, opt_state, m = compiled(params, rest, opt_state, batch)
+    jax.block_until_ready(m)
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        params, opt_state, m = compiled(params, rest, opt_state, batch)
+        jax.block_until_ready(m["loss"])
+        times.append(time.perf_counter() - t)
+    sec = statistics.median(times)
+    tok_s = args.batch * args.seq / sec
+    tflops = fpt * tok_s / 1e12
+    peak = PEAK_TFLOPS.get(device.device_kind)
+    return {
+        "impl": "r1jax", "preset": args.preset, "batch": args.batch, "seq": args.seq,
+        "device": device.device_kind, "jax": jax.__version__, "params_B": n_params / 1e9,
+        "step_ms": sec * 1e3, "tokens_per_s": tok_s, "model_tflops": tflops,
+        "mfu": None if peak is None else tflops / peak, "peak_mem_gib": peak_memory_gib(),
+        "analytic_state_gib": n_params * (4 + 4 + 8) / 2**30,  # f32 params + grads + Adam mu, nu
+        "compile_s": compile_s, "loss_bf16": loss16, "loss_f32": loss32,
+        "loss_rel_diff": abs(loss16 - loss32) / abs(loss32), "final_loss": float(m["loss"]),
+        "step_times_ms": [t * 1e3 for t in times],
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="v3-small")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--seq", type=int, default=4096)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--remat", default="none", choices=["none", "full", "dots", "dots_no_batch"])
+    p.add_argument("--peer", help="path of the HF peer script (hf_peer.py) to run in the same call")
+    p.add_argument("--out", help="write the results (JSON) here")
+    a = p.parse_args(argv)
+    ours = bench(a)
+    print(json.dumps(ours), flush=True)
+    rows = [ours]
+    if a.peer:
+        rows += run_peer(a.peer)
+    print(f"\n{'impl':<16}{'tokens/s':>12}{'TFLOP/s':>10}{'peak GiB':>10}{'step ms':>10}")
+    for r in rows:
+        mem = r.get("peak_mem_gib")
+        print(f"{r['impl']:<16}{r['tokens_per_s']:>12.0f}{r['model_tflops']:>10.1f}"
+              f"{(mem or 0):>10.1f}{r['step_ms']:>10.1f}")
+    peers = [r for r in rows[1:] if r["impl"] == "hf-grouped_mm"]
+    if peers:
+        print(f"r1jax full train step / HF grouped_mm fwd+bwd tokens/s: "
+              f"{ours['tokens_per_s'] / peers[0]['tokens_per_s']:.2f}x")
+    print(f"loss bf16 {ours['loss_bf16']:.5f} vs float32 {ours['loss_f32']:.5f} "
+          f"(rel {ours['loss_rel_diff']:.2e}); compile {ours['compile_s']:.1f} s")
+    if a.out:
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with open(a.out, "w") as f:
+            json.dump({"command": "python " + " ".join(sys.argv), "results": rows}, f, indent=1)
+    return 0 if ours["loss_rel_diff"] < 1e-2 and np.isfinite(ours["final_loss"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Which tokamax kernels run for r1jax's shapes, and how fast (forward + backward, bf16).
+
+    python tools/kernel_probe.py [--out FILE.json]
+
+Attention at B4 S4096 H16 qk192 v128, causal: tokamax with a segment mask (what the model passes),
+causal only, and each implementation forced; grouped matmul at 131072 rows, 64 experts, 2048x1408.
+Each variant also checks its output against a float32 XLA reference (relative L2 error).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+import r1jax.model.kernels  # noqa: F401  (marks absl flags parsed before tokamax reads them)
+import tokamax
+
+
+def timeit(fn, *args, n=10):
+    out = fn(*args)
+    jax.block_until_ready(out)
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts), out
+
+
+def rel(a, b):
+    a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+def attention_rows(b=4, s=4096, h=16, qk=192, v=128):
+    ks = jax.random.split(jax.random.key(0), 4)
+    q = jax.random.normal(ks[0], (b, s, h, qk), jnp.bfloat16)
+    k = jax.random.normal(ks[1], (b, s, h, qk), jnp.bfloat16)
+    vv = jax.random.normal(ks[2], (b, s, h, v), jnp.bfloat16)
+    dout = jax.random.normal(ks[3], (b, s, h, v), jnp.bfloat16)
+    seg = jnp.ones((b, s), jnp.int32)
+    mask = seg[:, None, :, None] == seg[:, None, None, :]
+    scale = qk ** -0.5
+    flops = 3 * b * h * s * s * (qk + v)  # causal fwd = b h s^2 (qk+v); fwd+bwd = 3x fwd
+    ref = tokamax.dot_product_attention(q.astype(jnp.float32), k.astype(jnp.float32),
+                                        vv.astype(jnp.float32), is_causal=True, scale=scale,
+                                        implementation="xla")
+    rows = []
+    variants = [("tokamax mask+causal (model)", dict(mask=mask)), ("tokamax causal", {})]
+    variants += [(f"{impl} causal", dict(implementation=impl))
+                 for impl in ("mosaic", "triton", "cudnn", "xla")]
+    variants += [(f"{impl} mask+causal", dict(mask=mask, implementation=impl))
+                 for impl in ("mosaic", "triton")]
+    for name, kw in variants:
+        def fwd_bwd(q, k, vv):
+            f = lambda q, k, vv: tokamax.dot_product_attention(q, k, vv, is_causal=True, scale=scale, **kw)
+            out, vjp = jax.vjp(f, q, k, vv)
+            return out, vjp(dout)
+        try:
+            sec, (out, _) = timeit(jax.jit(fwd_bwd), q, k, vv)
+            rows.append({"kernel": "attention", "variant": name, "ms": sec * 1e3,
+                         "tflops": flops / sec / 1e12, "rel_err": rel(out, ref)})
+        except Exception as e:  # an implementation unsupported on this device
+            rows.append({"kernel": "attention", "variant": name, "error": repr(e)[:300]})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def ragged_rows(m=131072, e=64, d=2048, f=1408):
+    ks = jax.random.split(jax.random.key(1), 3)
+    x = jax.random.normal(ks[0], (m, d), jnp.bfloat16)
+    w = (jax.random.normal(ks[1], (e, d, f), jnp.float32) * d ** -0.5).astype(jnp.bfloat16)
+    sizes = jax.random.multinomial(ks[2], m, jnp.full((e,), 1.0 / e), shape=(e,)).astype(jnp.int32)
+    sizes = sizes.at[-1].add(m - sizes.sum())
+    ref = jax.lax.ragged_dot(x.astype(jnp.float32), w.astype(jnp.float32), sizes)
+    rows = []
+    for name, fn in [("tokamax", lambda x, w: tokamax.ragged_dot(x, w, sizes)),
+                     ("lax", lambda x, w: jax.lax.ragged_dot(x, w, sizes))]:
+        def fwd_bwd(x, w):
+            out, vjp = jax.vjp(fn, x, w)
+            return out, vjp(out)
+        try:
+            sec, (out, _) = timeit(jax.jit(fwd_bwd), x, w)
+            rows.append({"kernel": "ragged_dot", "variant": name, "ms": sec * 1e3,
+                         "tflops": 3 * 2 * m * d * f / sec / 1e12, "rel_err": rel(out, ref)})
+        except Exception as e:
+            rows.append({"kernel": "ragged_dot", "variant": name, "error": repr(e)[:300]})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out")
+    p.add_argument("--small", action="store_true", help="tiny shapes: a CPU dry run of the code paths")
+    a = p.parse_args(argv)
+    print("jax", jax.__version__, jax.devices()[0].device_kind, flush=True)
+    if a.small:
+        rows = attention_rows(b=1, s=256, h=2) + ragged_rows(m=1024, e=8, d=64, f=32)
+    else:
+        rows = attention_rows() + ragged_rows()
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump({"command": "python " + " ".join(sys.argv), "device": jax.devices()[0].device_kind,
+                       "jax": jax.__version__, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
