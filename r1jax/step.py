@@ -39,5 +39,5 @@ def train_step(graphdef, optimizer: optax.GradientTransformation, params, rest, 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, graphdef, batch)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     return params, opt_state, metrics

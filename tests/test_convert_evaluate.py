@@ -255,3 +255,19 @@ def test_mtp_layer_kept_by_default_and_dropped_on_request(hf_dirs, tmp_path):
     model = checkpoint.load_model(str(tmp_path / "dropped"))
     assert not hasattr(model, "mtp")
     assert model.embed[...].dtype == jnp.bfloat16 and model.moe_layers.mlp.router_bias[...].dtype == jnp.float32
+
+
+def test_batching_does_not_change_the_score(hf_dirs, data, tmp_path):
+    """Rows of different lengths scored one by one, or padded together in one batch, agree."""
+    from r1jax import checkpoint
+    from r1jax.data import read_scoring_rows
+    from r1jax.evaluate import score
+    convert.convert(str(hf_dirs / "hf_release"), str(tmp_path / "ckpt"), dtype="float32",
+                    log=lambda s: None)
+    model = checkpoint.load_model(str(tmp_path / "ckpt"))
+    rows = read_scoring_rows(data[0])
+    assert len({len(r) for r in rows}) == len(rows)  # all lengths differ
+    alone, together = score(model, rows, batch_size=1), score(model, rows, batch_size=len(rows))
+    assert alone["tokens"] == together["tokens"] == data[2]
+    assert abs(alone["loss"] - together["loss"]) <= 1e-6 * alone["loss"]
+    assert abs(alone["accuracy"] - together["accuracy"]) < 1e-9
