@@ -149,3 +149,19 @@ def test_bf16_compute_close_to_float32(case):
     rel = abs(float(loss16) - float(loss32)) / float(loss32)
     assert rel < 1e-2, f"config {name}: bf16 loss {float(loss16):.5f} vs float32 {float(loss32):.5f}"
     assert float(loss16) != float(loss32)  # really computed in bf16
+
+
+def test_packed_documents_never_attend_across(case):
+    """Two documents packed in one row (positions restarting, segment ids 1 and 2) give the same
+    logits as each document alone: attention never crosses a segment boundary."""
+    name, cfg, hf, graphdef, state, tokens, mask = case
+    model = nnx.merge(graphdef, state)
+    a, b = tokens[0, :40], tokens[1, :30]
+    packed = jnp.asarray(np.concatenate([a, b])[None])
+    positions = jnp.asarray(np.concatenate([np.arange(40), np.arange(30)])[None])
+    segments = jnp.asarray(np.concatenate([np.full(40, 1), np.full(30, 2)])[None])
+    logits, _ = model(packed, positions, segments)
+    alone_a, _ = model(jnp.asarray(a[None]))
+    alone_b, _ = model(jnp.asarray(b[None]))
+    np.testing.assert_allclose(np.asarray(logits)[0, :40], np.asarray(alone_a)[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(logits)[0, 40:], np.asarray(alone_b)[0], rtol=1e-4, atol=1e-5)
