@@ -54,8 +54,10 @@ def test_tokenizer_loaded_only_for_text_rows(tmp_path, tok, monkeypatch):
 @pytest.mark.parametrize("lines,line_no,reason", [
     (['{"input_ids": [1, 2]}', '{"text": '], 2, "invalid JSON"),
     (['[1, 2, 3]'], 1, "JSON object"),
-    (['{"input_ids": [1, 2]}', '', '{"messages": []}'], 3, "neither 'input_ids' nor 'text'"),
-    (['{"input_ids": [1, 2], "text": "ab"}'], 1, "both"),
+    (['{"input_ids": [1, 2]}', '', '{"messages": []}'], 3, "'messages' must be a non-empty list"),
+    (['{"prompt": "a", "completion": "b"}'], 1, "scoring reads rows of 'input_ids' or 'text'"),
+    (['{"id": 3}'], 1, "no known fields"),
+    (['{"input_ids": [1, 2], "text": "ab"}'], 1, "ambiguous row"),
     (['{"input_ids": "1 2"}'], 1, "non-negative integers"),
     (['{"input_ids": [1, -2]}'], 1, "non-negative integers"),
     (['{"input_ids": [1, 2.0]}'], 1, "non-negative integers"),

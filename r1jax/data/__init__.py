@@ -1,5 +1,8 @@
-"""Data: the DeepSeek-V3/R1 tokenizer and dataset readers."""
-from r1jax.data.scoring import DataError, read_scoring_rows
+"""Data: the R1 tokenizer, row formats, the R1 chat format, dataset preparation and loading."""
+from r1jax.data.chat import tokenize_example
+from r1jax.data.formats import DataError, Example, parse_row, read_jsonl
+from r1jax.data.scoring import read_scoring_rows
 from r1jax.data.tokenizer import encode, load_tokenizer
 
-__all__ = ["DataError", "encode", "load_tokenizer", "read_scoring_rows"]
+__all__ = ["DataError", "Example", "encode", "load_tokenizer", "parse_row", "read_jsonl",
+           "read_scoring_rows", "tokenize_example"]

@@ -7,59 +7,8 @@ Every sequence needs at least 2 tokens: the loss predicts tokens 1..n-1 from the
 """
 from __future__ import annotations
 
-import json
-
 from r1jax.data import tokenizer as tokenizer_lib
-
-
-class DataError(ValueError):
-    """A data file that cannot be used; the message names `file:line` and what is wrong."""
-
-
-def _parse_row(line: str, where: str) -> list[int] | str:
-    """The row of one non-blank JSONL line: its `input_ids` (validated) or its `text`.
-
-    `where` is `file:line`, put at the front of every error.
-    """
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{where}: invalid JSON: {e}") from None
-    if not isinstance(row, dict):
-        raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
-    has_ids, has_text = "input_ids" in row, "text" in row
-    if has_ids and has_text:
-        raise DataError(f"{where}: row has both 'input_ids' and 'text'; keep one")
-    if not (has_ids or has_text):
-        raise DataError(
-            f"{where}: row has neither 'input_ids' nor 'text' (keys: {sorted(row)}); "
-            "scoring reads only these two")
-    if has_text:
-        if not isinstance(row["text"], str):
-            raise DataError(f"{where}: 'text' must be a string, got {type(row['text']).__name__}")
-        return row["text"]
-    ids = row["input_ids"]
-    # bool is an int subclass in Python; true/false in a token list is a bug upstream.
-    if not isinstance(ids, list) or not all(
-            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
-        raise DataError(f"{where}: 'input_ids' must be a list of non-negative integers")
-    return ids
-
-
-def _read_lines(path: str) -> list[tuple[str, str]]:
-    """(`file:line`, text) of every non-blank line of `path`, lines numbered from 1."""
-    lines = []
-    with open(path, "rb") as f:
-        # Bytes, decoded line by line, so a bad byte is reported with its line number.
-        for number, raw in enumerate(f, start=1):
-            where = f"{path}:{number}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{where}: not UTF-8: {e}") from None
-            if line.strip():
-                lines.append((where, line))
-    return lines
+from r1jax.data.formats import DataError, read_jsonl
 
 
 def read_scoring_rows(path: str, tokenizer=None, add_bos: bool = True) -> list[list[int]]:
@@ -79,17 +28,20 @@ def read_scoring_rows(path: str, tokenizer=None, add_bos: bool = True) -> list[l
         DataError: naming `file:line` and the reason, for the first bad row; or naming the file
             when it holds no rows.
     """
-    rows = [(where, _parse_row(line, where)) for where, line in _read_lines(path)]
-    if not rows:
+    examples = list(read_jsonl([path], strict=True))
+    if not examples:
         raise DataError(f"{path}: no rows (the file is empty or blank)")
-    if tokenizer is None and any(isinstance(row, str) for _, row in rows):
+    for ex in examples:
+        if ex.kind not in ("text", "input_ids"):
+            raise DataError(f"{ex.source}: a {ex.kind} row; scoring reads rows of 'input_ids' or 'text'")
+    if tokenizer is None and any(ex.kind == "text" for ex in examples):
         tokenizer = tokenizer_lib.load_tokenizer()
     sequences = []
-    for where, row in rows:
-        ids = tokenizer_lib.encode(tokenizer, row, add_bos) if isinstance(row, str) else row
+    for ex in examples:
+        ids = tokenizer_lib.encode(tokenizer, ex.text, add_bos) if ex.kind == "text" else list(ex.input_ids)
         if len(ids) < 2:
             raise DataError(
-                f"{where}: {len(ids)} token(s); a row needs at least 2 (tokens 1..n-1 are "
+                f"{ex.source}: {len(ids)} token(s); a row needs at least 2 (tokens 1..n-1 are "
                 "predicted from their prefix, so a shorter row has nothing to score)")
         sequences.append(ids)
     return sequences
