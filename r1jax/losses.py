@@ -1,7 +1,9 @@
 """Token-level losses in float32 (pure functions).
 
 Axis legend: B batch, T time, V vocab. segment_ids [B, T] are 0 on padding and number the packed
-documents otherwise; a target is predicted only from a position of the same document.
+documents otherwise; a target is predicted only from a position of the same document. An optional
+loss_mask [B, T] (1 = training target, as the data pipeline writes it) further restricts the targets
+to the tokens it marks, e.g. the final assistant turn of a chat example.
 """
 from __future__ import annotations
 
@@ -9,18 +11,23 @@ import jax
 import jax.numpy as jnp
 
 
-def shifted_targets(tokens: jnp.ndarray, segment_ids: jnp.ndarray, k: int = 1):
+def _ahead(x: jnp.ndarray, k: int) -> jnp.ndarray:
+    """x[:, t+k] at position t, zero-filled past the end: [B, T] -> [B, T]."""
+    return jnp.concatenate([x[:, k:], jnp.zeros((x.shape[0], k), x.dtype)], axis=1)
+
+
+def shifted_targets(tokens: jnp.ndarray, segment_ids: jnp.ndarray, k: int = 1,
+                    loss_mask: jnp.ndarray | None = None):
     """Targets k ahead and their mask: tokens/segment_ids [B, T] -> targets [B, T], mask [B, T] bool.
 
-    Position t predicts tokens[t+k] when it lies in the same non-padding segment; the last k
-    positions predict nothing.
+    Position t predicts tokens[t+k] when it lies in the same non-padding segment and, given a
+    loss_mask [B, T], when loss_mask[t+k] == 1; the last k positions predict nothing.
     """
-    b, t = tokens.shape
-    pad_tok = jnp.zeros((b, k), tokens.dtype)
-    pad_seg = jnp.zeros((b, k), segment_ids.dtype)
-    targets = jnp.concatenate([tokens[:, k:], pad_tok], axis=1)
-    seg_ahead = jnp.concatenate([segment_ids[:, k:], pad_seg], axis=1)
-    return targets, (segment_ids > 0) & (seg_ahead == segment_ids)
+    targets = _ahead(tokens, k)
+    mask = (segment_ids > 0) & (_ahead(segment_ids, k) == segment_ids)
+    if loss_mask is not None:
+        mask = mask & (_ahead(loss_mask, k) == 1)
+    return targets, mask
 
 
 def token_nll(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
@@ -31,9 +38,10 @@ def token_nll(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
     return lse - picked
 
 
-def next_token_loss_sums(logits, tokens, segment_ids, k: int = 1):
-    """(sum of NLL, number of predicted tokens, number correct by argmax) over targets k ahead."""
-    targets, mask = shifted_targets(tokens, segment_ids, k)
+def next_token_loss_sums(logits, tokens, segment_ids, k: int = 1, loss_mask=None):
+    """(sum of NLL, number of predicted tokens, number correct by argmax) over targets k ahead
+    (restricted to loss_mask's targets when given; see shifted_targets)."""
+    targets, mask = shifted_targets(tokens, segment_ids, k, loss_mask)
     nll = token_nll(logits, targets)
     m = mask.astype(jnp.float32)
     correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32) * m

@@ -1,6 +1,7 @@
 """The pure loss function and train step (jitted by the caller with explicit shardings).
 
-A batch is a dict of int32 [B, T] arrays: `tokens`, `positions`, `segment_ids` (0 on padding).
+A batch is a dict of int32 [B, T] arrays: `tokens`, `positions`, `segment_ids` (0 on padding) and
+optionally `loss_mask` (1 = training target; without it every next token of a segment is one).
 Parameters are the model's nnx.Param leaves; everything else (the router bias) is `rest`, state that
 gradients never touch.
 """
@@ -25,7 +26,8 @@ def loss_fn(params, rest, graphdef, batch) -> tuple[jnp.ndarray, dict[str, Any]]
     """Mean next-token NLL over the batch's predicted tokens, and metrics (all float32)."""
     model = nnx.merge(graphdef, params, rest)
     logits, stats = model(batch["tokens"], batch["positions"], batch["segment_ids"])
-    total, count, correct = next_token_loss_sums(logits, batch["tokens"], batch["segment_ids"])
+    total, count, correct = next_token_loss_sums(logits, batch["tokens"], batch["segment_ids"],
+                                                 loss_mask=batch.get("loss_mask"))
     count = jnp.maximum(count, 1.0)
     loss = total / count
     metrics = {"loss": loss, "tokens": count, "accuracy": correct / count}

@@ -43,6 +43,22 @@ def test_loss_is_mean_nll_over_predicted_tokens():
     np.testing.assert_allclose(float(loss), nll[keep].mean(), rtol=1e-6)
 
 
+def test_loss_covers_only_loss_mask_targets():
+    model = Transformer(CFG, rngs=nnx.Rngs(1))
+    graphdef, params, rest = split_model(model)
+    batch = _batch()
+    mask = np.zeros((2, 24), np.int32)
+    mask[0, 10:20] = 1
+    mask[1, 5:] = 1  # row 1's padding (18:) stays excluded by its segment ids
+    loss, metrics = loss_fn(params, rest, graphdef, {**batch, "loss_mask": jnp.asarray(mask)})
+    logits, _ = model(batch["tokens"], batch["positions"], batch["segment_ids"])
+    nll = np.asarray(token_nll(logits[:, :-1], batch["tokens"][:, 1:]))
+    keep = mask[:, 1:].astype(bool)
+    keep[1, 17:] = False
+    assert int(metrics["tokens"]) == keep.sum() == 10 + 13
+    np.testing.assert_allclose(float(loss), nll[keep].mean(), rtol=1e-6)
+
+
 def test_adamw_steps_reduce_loss_and_leave_router_bias():
     graphdef, params, rest = split_model(Transformer(CFG, rngs=nnx.Rngs(2)))
     opt = optax.adamw(3e-3)
