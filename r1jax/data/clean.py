@@ -1,0 +1,258 @@
+"""Cleaning training examples: normalization, required fields, duplicates, near-duplicates, length.
+
+Every rule works on `formats.Example`s in input order and keeps the first occurrence, so a prepared
+dataset depends only on the input files and the options.
+
+* Normalization (`normalize_example`), applied to every string of an example (system, user and
+  assistant contents, reasoning, text, category): Unicode NFC; line endings (CRLF, CR, NEL, U+2028,
+  U+2029) to "\\n"; control characters other than "\\n" and "\\t" removed (with a stray BOM); leading
+  and trailing whitespace trimmed. Interior whitespace is kept: indentation is content in code.
+* Required fields (`check_fields`): every user message and every assistant answer must be non-empty
+  after normalization. An assistant turn with reasoning but an empty answer is removed too: R1
+  always answers after `</think>`, and training on such a row teaches it to stop after thinking.
+  An empty system message is dropped from the example (a system prompt is optional). `text` must be
+  non-empty; `input_ids` must be non-empty and train at least one token.
+* Exact duplicates (`content_key`): a 128-bit hash of the normalized content (roles, contents,
+  reasoning; text; ids and mask), without `category` and source.
+* Near-duplicates (`NearDuplicateIndex`): MinHash (datasketch, "affine32" scheme) over the set of
+  5-word shingles of the lower-cased words of all contents and reasoning (BigCode's near-dedup
+  setting), indexed with datasketch's MinHashLSH; a candidate counts when its estimated Jaccard
+  similarity reaches the threshold. Shingle hashing and the permutations are vectorized with numpy
+  and give exactly datasketch's `MinHash.update_batch` signatures of the same shingle hashes.
+* Length (`fit_length`): over `max_tokens`, an example is dropped, or truncated by cutting the
+  trained tail; its prompt (everything before the last trained run of tokens) must leave room for
+  at least one target token, else it is dropped either way.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Sequence
+
+import numpy as np
+from datasketch import MinHash, MinHashLSH
+
+from r1jax.data.formats import Example, Message, split_reasoning
+
+REASONS = ("malformed", "empty", "duplicate", "near_duplicate", "too_long")
+
+_NEWLINES = re.compile("\r\n|[\r\x85\u2028\u2029]")
+# C0/C1 controls except \t (09) and \n (0a); \r and NEL are turned into \n first. U+FEFF is a BOM.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufeff]")
+
+
+def normalize_text(s: str) -> str:
+    """NFC, "\\n" line endings, no control characters but "\\n" and "\\t", trimmed."""
+    s = unicodedata.normalize("NFC", s)
+    s = _NEWLINES.sub("\n", s)
+    return _CONTROL.sub("", s).strip()
+
+
+def normalize_example(ex: Example) -> Example:
+    """The example with every string normalized; an empty system message is dropped."""
+    category = normalize_text(ex.category) if ex.category is not None else None
+    fields = {"category": category or None}
+    if ex.messages is not None:
+        msgs = []
+        for m in ex.messages:
+            content = normalize_text(m.content)
+            if m.role == "system" and not content:
+                continue
+            reasoning = normalize_text(m.reasoning) if m.reasoning is not None else None
+            msgs.append(Message(m.role, content, reasoning or None))
+        fields["messages"] = tuple(msgs)
+    elif ex.text is not None:
+        fields["text"] = normalize_text(ex.text)
+    return dataclasses.replace(ex, **fields)
+
+
+def check_fields(ex: Example) -> tuple[str, str] | None:
+    """(reason, detail) when a normalized example lacks a required field ("empty") or cannot be
+    written back canonically ("malformed"); None when it is usable."""
+    if ex.messages is not None:
+        for i, m in enumerate(ex.messages):
+            if m.role != "system" and not m.content:
+                extra = " (it has reasoning only)" if m.reasoning else ""
+                return "empty", f"messages[{i}] ({m.role}) has empty content{extra}"
+            if m.role == "assistant" and split_reasoning(m.content)[0] is not None:
+                # Its canonical row would be read back with other reasoning, or not at all.
+                return "malformed", f"messages[{i}] (assistant) answer starts with a second <think> block"
+        return None
+    if ex.text is not None:
+        return None if ex.text else ("empty", "text is empty")
+    if not ex.input_ids:
+        return "empty", "input_ids is empty"
+    mask = ex.loss_mask if ex.loss_mask is not None else (0,) + (1,) * (len(ex.input_ids) - 1)
+    return None if any(mask) else ("empty", "no token is trained (loss_mask is all 0)")
+
+
+def content_key(ex: Example) -> bytes:
+    """A stable 16-byte key of an example's content: equal exactly for exact duplicates."""
+    if ex.messages is not None:
+        payload = ["messages", [[m.role, m.content, m.reasoning or ""] for m in ex.messages]]
+    elif ex.text is not None:
+        payload = ["text", ex.text]
+    else:
+        payload = ["input_ids", list(ex.input_ids), list(ex.loss_mask) if ex.loss_mask else None]
+    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def canonical_row(ex: Example) -> dict:
+    """The example as a JSONL row in canonical form (`messages` with `reasoning_content`, `text`
+    or `input_ids`), keeping `category`; `formats.parse_row` reads it back to the same Example."""
+    if ex.messages is not None:
+        msgs = []
+        for m in ex.messages:
+            d = {"role": m.role, "content": m.content}
+            if m.reasoning is not None:
+                d["reasoning_content"] = m.reasoning
+            msgs.append(d)
+        row = {"messages": msgs}
+    elif ex.text is not None:
+        row = {"text": ex.text}
+    else:
+        row = {"input_ids": list(ex.input_ids)}
+        if ex.loss_mask is not None:
+            row["loss_mask"] = list(ex.loss_mask)
+    if ex.category is not None:
+        row["category"] = ex.category
+    return row
+
+
+# ----------------------------------------------------------------------------------------- length
+
+def last_target_start(mask: Sequence[int]) -> int:
+    """Index of the first token of the last run of trained tokens (len(mask) when none is trained).
+
+    For a chat this is where the final assistant turn's target begins, so `mask[:start]` is the
+    prompt of the trained turn."""
+    m = np.asarray(mask, dtype=bool)
+    if not m.any():
+        return len(m)
+    last = len(m) - 1 - int(np.argmax(m[::-1]))        # last trained token
+    zeros = np.flatnonzero(~m[:last])
+    return int(zeros[-1]) + 1 if len(zeros) else 0
+
+
+def fit_length(ids: np.ndarray, mask: np.ndarray, max_tokens: int | None, mode: str):
+    """Applies the length limit to a tokenized example.
+
+    Args:
+        ids, mask: [T] token ids and loss mask.
+        max_tokens: the limit, or None for none.
+        mode: "drop" or "truncate".
+
+    Returns:
+        (ids, mask, truncated) within the limit, or a string saying why the example is dropped.
+    """
+    if max_tokens is None or len(ids) <= max_tokens:
+        return ids, mask, False
+    if mode == "drop":
+        return f"{len(ids)} tokens > --max_tokens {max_tokens}"
+    prompt = last_target_start(mask)
+    if prompt >= max_tokens:
+        return f"prompt alone is {prompt} tokens, >= --max_tokens {max_tokens}: no room for a target"
+    return ids[:max_tokens], mask[:max_tokens], True
+
+
+# ------------------------------------------------------------------------------- near-duplicates
+
+SHINGLE_WORDS = 5
+NUM_PERM = 128
+MINHASH_SEED = 1
+_WORD = re.compile(r"\w+")
+# Odd 64-bit multipliers, one per shingle position: a shingle hashes to sum_j (w_j + 1) * C_j.
+_POSITION_MULTIPLIERS = np.random.default_rng(0x5EED).integers(
+    0, 1 << 63, SHINGLE_WORDS, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+_IDS_SALT = np.uint64(1 << 40)  # keeps token-id shingles apart from word shingles
+
+
+def shingle_text(ex: Example) -> str:
+    if ex.messages is not None:
+        return "\n".join(f"{m.reasoning}\n{m.content}" if m.reasoning else m.content for m in ex.messages)
+    return ex.text
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    """The MurmurHash3 32-bit finalizer, as datasketch pre-mixes inputs in its "affine32" scheme."""
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+class NearDuplicateIndex:
+    """MinHash/LSH over the examples kept so far; `check_and_add` keeps the first of near-duplicates.
+
+    Word ids come from a vocabulary grown in input order (fast, and stable for a given input), so
+    signatures are only comparable within one index.
+    """
+
+    def __init__(self, threshold: float):
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"near-duplicate threshold {threshold} must be in (0, 1]")
+        self.threshold = threshold
+        self._lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+        self._perm = MinHash(num_perm=NUM_PERM, seed=MINHASH_SEED, scheme="affine32").permutations
+        self._vocab: dict[str, int] = {}
+        self._sigs: list[np.ndarray] = []
+        self._sources: list[str] = []
+
+    def shingle_hashes(self, ex: Example) -> np.ndarray:
+        """uint32 [S] hashes of the distinct shingles of an example (S may be 0)."""
+        if ex.input_ids is not None:
+            ids = np.asarray(ex.input_ids, np.uint64) + _IDS_SALT
+        else:
+            vocab = self._vocab
+            words = _WORD.findall(shingle_text(ex).lower())
+            ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in words), np.uint64, len(words))
+        n = len(ids)
+        if n == 0:
+            return np.zeros(0, np.uint32)
+        k = min(SHINGLE_WORDS, n)
+        h = np.zeros(n - k + 1, np.uint64)
+        for j in range(k):
+            h += (ids[j:n - k + 1 + j] + np.uint64(1)) * _POSITION_MULTIPLIERS[j]
+        return np.unique((h ^ (h >> np.uint64(32))).astype(np.uint32))
+
+    def signatures(self, hashes: Sequence[np.ndarray]) -> np.ndarray:
+        """uint32 [N, NUM_PERM] MinHash signatures of N non-empty shingle-hash sets.
+
+        Row i equals `MinHash(seed=MINHASH_SEED, hashfunc=int).update_batch(hashes[i])`'s hash
+        values; computed for many sets at once in chunks of bounded memory."""
+        a, b = self._perm
+        out = np.empty((len(hashes), NUM_PERM), np.uint32)
+        i = 0
+        while i < len(hashes):
+            j, total = i, 0
+            while j < len(hashes) and (j == i or total + len(hashes[j]) <= 1 << 16):
+                total += len(hashes[j])
+                j += 1
+            hv = _fmix32(np.concatenate(hashes[i:j]))
+            phv = hv[:, None] * a[None, :] + b[None, :]             # [S, P], wraps mod 2^32
+            starts = np.cumsum([0] + [len(x) for x in hashes[i:j - 1]])
+            out[i:j] = np.minimum.reduceat(phv, starts, axis=0)
+            i = j
+        return out
+
+    def check_and_add(self, sig: np.ndarray, source: str) -> tuple[str, float] | None:
+        """The earliest kept example whose estimated Jaccard similarity with `sig` reaches the
+        threshold, as (source, similarity); None, and `sig` is indexed, when there is none."""
+        m = MinHash(seed=MINHASH_SEED, hashvalues=sig, permutations=self._perm, scheme="affine32")
+        cands = sorted(self._lsh.query(m))
+        if cands:
+            sims = (np.stack([self._sigs[c] for c in cands]) == sig).mean(axis=1)
+            hits = np.flatnonzero(sims >= self.threshold)
+            if len(hits):
+                c = cands[hits[0]]
+                return self._sources[c], float(sims[hits[0]])
+        key = len(self._sigs)
+        self._lsh.insert(key, m, check_duplication=False)
+        self._sigs.append(sig)
+        self._sources.append(source)
+        return None

@@ -1,0 +1,144 @@
+"""What `prepare` did: DIR/report.json, DIR/summary.txt (also printed) and DIR/token_lengths.png.
+
+report.json:
+    records     {"read", "kept", "truncated", "removed": {reason: count}}; read = kept + sum(removed),
+                where read counts every non-blank input line.
+    examples    {reason: [{"where": "file:line", "detail": str}, ...]}, the first few of each reason.
+    splits      {name: stats} for every written split ("train", "val", "test", "fold0/train", ...).
+    categories  {category: stats} over all kept examples ("(none)" for rows without one).
+    inputs, options, seconds, outputs.
+A stats entry is {"examples", "tokens", "trained_tokens", "length": {min, mean, p50, p90, p99, max},
+"categories": {category: examples}} (lengths in tokens).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from r1jax.data.clean import REASONS
+
+EXAMPLES_PER_REASON = 5
+NO_CATEGORY = "(none)"
+
+
+class Tally:
+    """Counts of records read and removed, with the first few file:line examples per reason."""
+
+    def __init__(self):
+        self.read = 0
+        self.truncated = 0
+        self.removed = {r: 0 for r in REASONS}
+        self.examples: dict[str, list[dict]] = {r: [] for r in REASONS}
+
+    def remove(self, reason: str, where: str, detail: str) -> None:
+        self.removed[reason] += 1
+        if len(self.examples[reason]) < EXAMPLES_PER_REASON:
+            self.examples[reason].append({"where": where, "detail": detail})
+
+    @property
+    def kept(self) -> int:
+        return self.read - sum(self.removed.values())
+
+
+def stats(lengths: np.ndarray, trained: np.ndarray, categories: list[str | None]) -> dict:
+    """The stats entry of a set of examples: [N] token lengths, [N] trained tokens, [N] categories."""
+    cats: dict[str, int] = {}
+    for c in categories:
+        cats[c or NO_CATEGORY] = cats.get(c or NO_CATEGORY, 0) + 1
+    out = {"examples": int(len(lengths)), "tokens": int(lengths.sum()), "trained_tokens": int(trained.sum()),
+           "categories": dict(sorted(cats.items()))}
+    if len(lengths):
+        p50, p90, p99 = np.percentile(lengths, [50, 90, 99])
+        out["length"] = {"min": int(lengths.min()), "mean": round(float(lengths.mean()), 1),
+                         "p50": float(p50), "p90": float(p90), "p99": float(p99), "max": int(lengths.max())}
+    return out
+
+
+def build(tally: Tally, splits: dict[str, list[int]], lengths: np.ndarray, trained: np.ndarray,
+          categories: list[str | None], **extra) -> dict:
+    """The report.json object (see the module docstring); `extra` adds top-level keys."""
+    by_cat: dict[str, list[int]] = {}
+    for i, c in enumerate(categories):
+        by_cat.setdefault(c or NO_CATEGORY, []).append(i)
+    pick = lambda idx: stats(lengths[idx], trained[idx], [categories[i] for i in idx])  # noqa: E731
+    return {
+        "records": {"read": tally.read, "kept": tally.kept, "truncated": tally.truncated,
+                    "removed": dict(tally.removed)},
+        "examples": {r: v for r, v in tally.examples.items()},
+        "splits": {name: pick(np.asarray(idx, np.int64)) for name, idx in splits.items()},
+        "categories": {c: pick(np.asarray(idx, np.int64)) for c, idx in sorted(by_cat.items())},
+        **extra,
+    }
+
+
+def _row(name: str, s: dict) -> str:
+    ln = s.get("length")
+    cols = (f"{ln['min']:>7} {ln['mean']:>9.1f} {ln['p50']:>8.0f} {ln['p90']:>8.0f} {ln['p99']:>8.0f} "
+            f"{ln['max']:>8}" if ln else "")
+    return f"  {name:<22} {s['examples']:>9} {s['tokens']:>12} {s['trained_tokens']:>12} {cols}"
+
+
+def summary(report: dict) -> str:
+    """A readable summary of a report."""
+    rec = report["records"]
+    lines = [f"records: read {rec['read']}, kept {rec['kept']}"
+             + (f" ({rec['truncated']} truncated)" if rec["truncated"] else "")]
+    removed = rec["removed"]
+    lines.append("removed: " + ", ".join(f"{r} {removed[r]}" for r in REASONS))
+    for r in REASONS:
+        for ex in report["examples"][r]:
+            lines.append(f"  {r:<15} {ex['where']}: {ex['detail']}")
+    header = (f"  {'':<22} {'examples':>9} {'tokens':>12} {'trained':>12} {'min':>7} {'mean':>9} "
+              f"{'p50':>8} {'p90':>8} {'p99':>8} {'max':>8}")
+    for title, table in (("splits", report["splits"]), ("categories", report["categories"])):
+        lines += ["", f"{title} (lengths in tokens):", header]
+        lines += [_row(name, s) for name, s in table.items()]
+    cats = sorted({c for s in report["splits"].values() for c in s["categories"]})
+    if len(cats) > 1:
+        lines += ["", "examples per split and category:",
+                  f"  {'':<22} " + " ".join(f"{c[:12]:>12}" for c in cats)]
+        for name, s in report["splits"].items():
+            lines.append(f"  {name:<22} " + " ".join(f"{s['categories'].get(c, 0):>12}" for c in cats))
+    if "seconds" in report:
+        lines += ["", f"took {report['seconds']:.1f} s"]
+    return "\n".join(lines) + "\n"
+
+
+def histogram(path: str, lengths_by_split: dict[str, np.ndarray], max_tokens: int | None) -> None:
+    """A PNG histogram of token lengths, one stacked colour per split.
+
+    Uses the Agg canvas directly (no pyplot): no display, and no global backend is changed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    data = {k: v for k, v in lengths_by_split.items() if len(v)}
+    if data:
+        hi = max(int(v.max()) for v in data.values())
+        bins = np.linspace(0, max(hi, 1), 61)
+        ax.hist(list(data.values()), bins=bins, stacked=True, label=list(data.keys()))
+        ax.legend()
+    if max_tokens is not None:
+        ax.axvline(max_tokens, color="black", linestyle="--", linewidth=1)
+    ax.set_xlabel("tokens per example")
+    ax.set_ylabel("examples")
+    ax.set_title("token lengths")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def write(out_dir: str, report: dict, lengths_by_split: dict[str, np.ndarray],
+          max_tokens: int | None) -> str:
+    """Writes report.json, summary.txt and token_lengths.png; returns the summary text."""
+    with open(os.path.join(out_dir, "report.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    text = summary(report)
+    with open(os.path.join(out_dir, "summary.txt"), "w", encoding="utf-8") as f:
+        f.write(text)
+    histogram(os.path.join(out_dir, "token_lengths.png"), lengths_by_split, max_tokens)
+    return text
