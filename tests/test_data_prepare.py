@@ -1,0 +1,345 @@
+"""`python -m r1jax.data prepare`: normalization, duplicates and near-duplicates, required fields,
+length limits, stratified splits and k-fold, strict and lenient bad lines, the token store, the
+report, and untouched inputs. prepare runs in-process through `prepare.main(argv)`."""
+import hashlib
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+from datasketch import MinHash
+
+from r1jax.data import clean, prepare, split
+from r1jax.data import tokenizer as tokenizer_lib
+from r1jax.data.chat import tokenize_example
+from r1jax.data.formats import parse_row
+from r1jax.data.token_store import TokenStore
+
+VOCAB = [f"w{i}" for i in range(5000)]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tokenizer_lib.load_tokenizer()
+
+
+@pytest.fixture(autouse=True)
+def shared_tokenizer(tok, monkeypatch):
+    monkeypatch.setattr(prepare, "load_tokenizer", lambda path=None: tok)
+
+
+def words(rng, n):
+    return " ".join(rng.choice(VOCAB) for _ in range(n))
+
+
+def chat(user, answer, reasoning=None, category=None):
+    a = {"role": "assistant", "content": answer}
+    if reasoning is not None:
+        a["reasoning_content"] = reasoning
+    row = {"messages": [{"role": "user", "content": user}, a]}
+    if category is not None:
+        row["category"] = category
+    return row
+
+
+def distinct_rows(n, seed=0, categories=None):
+    rng = random.Random(seed)
+    return [chat(words(rng, 12), words(rng, 12), category=categories[i] if categories else None)
+            for i in range(n)]
+
+
+def write_input(path, rows):
+    with open(path, "wb") as f:
+        for r in rows:
+            f.write((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)).encode("utf-8") + b"\n")
+    return str(path)
+
+
+def run_prepare(tmp_path, rows, *flags, name="in.jsonl", out="out"):
+    src = write_input(tmp_path / name, rows)
+    out = str(tmp_path / out)
+    rc = prepare.main(["--input", src, "--out", out, *flags])
+    rep = json.load(open(os.path.join(out, "report.json"))) if os.path.exists(os.path.join(out, "report.json")) else None
+    return rc, out, rep
+
+
+def read_rows(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def contents(rows):
+    return [r["messages"][0]["content"] + "|" + r["messages"][-1]["content"] for r in rows]
+
+
+def test_normalize_text():
+    assert clean.normalize_text("  e\u0301\r\nx\ry\u2028z \x00a\x07\x1b\ufeffb\tc\n\n ") == "\u00e9\nx\ny\nz ab\tc"
+    ex = clean.normalize_example(parse_row(
+        {"messages": [{"role": "system", "content": " \r\n "},
+                      {"role": "user", "content": "Cafe\u0301\r\n"},
+                      {"role": "assistant", "content": "ok\x00", "reasoning_content": " \x07 "}],
+         "category": " math "}, "f:1"))
+    assert [(m.role, m.content, m.reasoning) for m in ex.messages] == [
+        ("user", "Caf\u00e9", None), ("assistant", "ok", None)]  # empty system dropped, empty reasoning None
+    assert ex.category == "math"
+
+
+def test_normalization_reaches_outputs(tmp_path):
+    rows = [chat("Cafe\u0301 \x07menu\r\nplease  ", "  Voila\x00\tici\r\n", reasoning="think\x1b\r\nhard"),
+            {"prompt": "p\u2028q", "completion": "r"}]
+    rc, out, rep = run_prepare(tmp_path, rows, "--val", "0")
+    assert rc == 0
+    got = read_rows(os.path.join(out, "train.jsonl"))
+    assert got[0]["messages"] == [{"role": "user", "content": "Caf\u00e9 menu\nplease"},
+                                  {"role": "assistant", "content": "Voila\tici", "reasoning_content": "think\nhard"}]
+    assert got[1]["messages"][0]["content"] == "p\nq"
+
+
+def test_duplicates_and_near_duplicates_keep_the_first(tmp_path):
+    rng = random.Random(1)
+    long_answer = words(rng, 150).split()
+    near = list(long_answer)
+    near[75] = "changed"
+    rows = [
+        chat("Hello there", "General Kenobi"),
+        chat("Hello there\r\n", "General Kenobi  "),            # exact after normalization
+        chat("Write an essay", " ".join(long_answer)),
+        chat("Other question", "Other answer"),
+        chat("Write an essay", " ".join(near)),                 # one word of 150 changed
+        chat("Hello   there", "General Kenobi"),                # same words, other spacing: near
+        chat("Write an essay", words(rng, 150)),                # same prompt, unrelated answer: kept
+    ]
+    rc, out, rep = run_prepare(tmp_path, rows, "--val", "0")
+    assert rc == 0
+    removed = rep["records"]["removed"]
+    assert (removed["duplicate"], removed["near_duplicate"]) == (1, 2)
+    ex = {r: [(e["where"].rsplit(":", 1)[1], e["detail"]) for e in rep["examples"][r]]
+          for r in ("duplicate", "near_duplicate")}
+    assert ex["duplicate"] == [("2", "same content as " + str(tmp_path / "in.jsonl") + ":1")]
+    assert [w for w, _ in ex["near_duplicate"]] == ["5", "6"]
+    assert "in.jsonl:3" in ex["near_duplicate"][0][1] and "in.jsonl:1" in ex["near_duplicate"][1][1]
+    kept = read_rows(os.path.join(out, "train.jsonl"))
+    assert [r["messages"][-1]["content"] for r in kept[:3]] == [
+        "General Kenobi", " ".join(long_answer), "Other answer"]  # the first occurrences
+    assert len(kept) == 4
+
+
+def test_signatures_equal_datasketch_minhash():
+    index = clean.NearDuplicateIndex(0.85)
+    exs = [parse_row({"text": t}, "x") for t in ("a b c d e f g h", "one two", "x " * 3 + "y z w v")]
+    exs.append(parse_row({"input_ids": list(range(40))}, "x"))
+    hashes = [index.shingle_hashes(e) for e in exs]
+    for h, sig in zip(hashes, index.signatures(hashes)):
+        m = MinHash(num_perm=clean.NUM_PERM, seed=clean.MINHASH_SEED, hashfunc=int)
+        m.update_batch(h.tolist())
+        np.testing.assert_array_equal(sig, m.hashvalues)
+
+
+def test_empty_fields_removed(tmp_path):
+    rows = [chat("q", "a"),
+            chat("", "answer"),
+            chat("question", "", reasoning="only thinking"),
+            {"text": " \t\r\n"},
+            {"input_ids": [5, 6], "loss_mask": [0, 0]},
+            {"messages": [{"role": "system", "content": "  "}, {"role": "user", "content": "q2"},
+                          {"role": "assistant", "content": "a2"}]}]
+    rc, out, rep = run_prepare(tmp_path, rows, "--val", "0")
+    assert rc == 0 and rep["records"]["removed"]["empty"] == 4
+    details = [e["detail"] for e in rep["examples"]["empty"]]
+    assert "messages[1] (assistant) has empty content (it has reasoning only)" in details
+    assert read_rows(os.path.join(out, "train.jsonl"))[1]["messages"][0] == {"role": "user", "content": "q2"}
+
+
+def test_splits_disjoint_and_sized(tmp_path):
+    rows = distinct_rows(100)
+    rc, out, rep = run_prepare(tmp_path, rows, "--val", "0.1", "--test", "0.2", "--seed", "3")
+    assert rc == 0
+    got = {s: contents(read_rows(os.path.join(out, f"{s}.jsonl"))) for s in ("train", "val", "test")}
+    assert {s: len(v) for s, v in got.items()} == {"train": 70, "val": 10, "test": 20}
+    assert sorted(sum(got.values(), [])) == sorted(contents(rows))  # disjoint and complete
+    # Same seed, same splits; another seed, other splits.
+    _, out2, _ = run_prepare(tmp_path, rows, "--val", "0.1", "--test", "0.2", "--seed", "3", out="again")
+    assert contents(read_rows(os.path.join(out2, "val.jsonl"))) == got["val"]
+    _, out3, _ = run_prepare(tmp_path, rows, "--val", "0.1", "--test", "0.2", "--seed", "4", out="other")
+    assert contents(read_rows(os.path.join(out3, "val.jsonl"))) != got["val"]
+
+
+def test_stratified_counts(tmp_path):
+    cats = ["algebra"] * 53 + ["code"] * 31 + ["chat"] * 9 + [None] * 7
+    random.Random(0).shuffle(cats)
+    rows = distinct_rows(100, categories=cats)
+    rc, out, rep = run_prepare(tmp_path, rows, "--val", "0.15", "--test", "0.1")
+    assert rc == 0
+    n = {c: cats.count(c) for c in set(cats)}
+    for s, frac in (("val", 0.15), ("test", 0.1)):
+        got = read_rows(os.path.join(out, f"{s}.jsonl"))
+        assert len(got) == round(100 * frac)
+        for c in n:
+            count = sum(r.get("category") == c for r in got)
+            assert abs(count - n[c] * frac) < 1, (s, c, count)
+        assert rep["splits"][s]["categories"] == {
+            (c or "(none)"): sum(r.get("category") == c for r in got) for c in n
+            if any(r.get("category") == c for r in got)}
+
+
+def test_allocation_respects_capacity():
+    parts = split.split(["a"] + ["b"] * 9, 0.45, 0.45, 0)
+    assert sum(len(v) for v in parts.values()) == 10
+    assert len(set(sum(parts.values(), []))) == 10
+
+
+def test_kfold(tmp_path):
+    cats = ["a"] * 20 + ["b"] * 10 + [None] * 5
+    rows = distinct_rows(35, categories=cats)
+    rc, out, rep = run_prepare(tmp_path, rows, "--kfold", "4", "--test", "0.2")
+    assert rc == 0
+    test = contents(read_rows(os.path.join(out, "test.jsonl")))
+    assert len(test) == 7
+    val_folds = []
+    for k in range(4):
+        tr = contents(read_rows(os.path.join(out, f"fold{k}", "train.jsonl")))
+        va = contents(read_rows(os.path.join(out, f"fold{k}", "val.jsonl")))
+        assert not set(tr) & set(va) and not (set(tr) | set(va)) & set(test)
+        assert sorted(tr + va + test) == sorted(contents(rows))
+        assert len(TokenStore(os.path.join(out, f"fold{k}", "val"))) == len(va)
+        val_folds += va
+    assert sorted(val_folds + test) == sorted(contents(rows))  # each example in exactly one val fold
+    assert sorted(len(read_rows(os.path.join(out, f"fold{k}", "val.jsonl"))) for k in range(4)) == [7, 7, 7, 7]
+    assert set(rep["splits"]) == {"test"} | {f"fold{k}/{s}" for k in range(4) for s in ("train", "val")}
+    assert not os.path.exists(os.path.join(out, "train.jsonl"))
+
+
+BAD_LINES = ['{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}',
+             '{"prompt": "p", "completion": ',
+             '[1, 2]',
+             '',
+             '{"messages": [{"role": "robot", "content": "x"}]}',
+             '{"prompt": "only a prompt"}',
+             '{"prompt": "p2", "completion": "c2"}']
+
+
+def test_strict_stops_at_first_bad_line(tmp_path, capsys):
+    rc, out, rep = run_prepare(tmp_path, BAD_LINES, "--strict")
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'in.jsonl'}:2: invalid JSON" in err
+    assert not os.path.exists(out) and rep is None
+
+
+def test_lenient_counts_bad_lines(tmp_path):
+    rc, out, rep = run_prepare(tmp_path, BAD_LINES, "--val", "0")
+    assert rc == 0
+    assert rep["records"]["read"] == 6 and rep["records"]["removed"]["malformed"] == 4
+    where = [e["where"].rsplit(":", 1)[1] for e in rep["examples"]["malformed"]]
+    assert where == ["2", "3", "5", "6"]
+    assert all(e["where"].startswith(str(tmp_path / "in.jsonl")) for e in rep["examples"]["malformed"])
+    assert "missing field 'completion'" in rep["examples"]["malformed"][3]["detail"]
+    assert len(read_rows(os.path.join(out, "train.jsonl"))) == 2
+
+
+def test_too_long_drop_and_truncate(tmp_path, tok):
+    rng = random.Random(2)
+    short = chat("short question", "short answer")
+    long = chat("a question", words(rng, 100), reasoning=words(rng, 50))
+    huge_prompt = chat(words(rng, 200), "answer")
+    rows = [short, long, huge_prompt]
+    full = tokenize_example(long, tok)
+    prompt_len = clean.last_target_start(full["loss_mask"])
+    limit = prompt_len + 20
+    assert tokenize_example(short, tok)["input_ids"].__len__() <= limit < len(full["input_ids"])
+    assert clean.last_target_start(tokenize_example(huge_prompt, tok)["loss_mask"]) >= limit
+
+    rc, out, rep = run_prepare(tmp_path, rows, "--val", "0", "--max_tokens", str(limit))
+    assert rc == 0 and rep["records"]["removed"]["too_long"] == 2 and rep["records"]["kept"] == 1
+
+    rc, out, rep = run_prepare(tmp_path, rows, "--val", "0", "--max_tokens", str(limit),
+                               "--too_long", "truncate", out="trunc")
+    assert rc == 0 and rep["records"]["removed"]["too_long"] == 1 and rep["records"]["truncated"] == 1
+    assert "prompt alone" in rep["examples"]["too_long"][0]["detail"]
+    store = TokenStore(os.path.join(out, "train"))
+    ids, mask = store[1]
+    assert len(ids) == limit
+    assert ids.tolist() == full["input_ids"][:limit]                # prompt intact, tail cut
+    assert mask[:prompt_len].sum() == 0 and mask[prompt_len:].all()
+    row = read_rows(os.path.join(out, "train.jsonl"))[1]
+    assert row == {"input_ids": ids.tolist(), "loss_mask": mask.tolist()}
+
+
+@pytest.mark.parametrize("all_turns", [False, True])
+def test_token_store_matches_tokenize_example(tmp_path, tok, all_turns):
+    rng = random.Random(5)
+    rows = distinct_rows(12, seed=4) + [
+        {"messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": words(rng, 8)},
+                      {"role": "assistant", "content": "<think>r1</think>" + words(rng, 8)},
+                      {"role": "user", "content": words(rng, 8)},
+                      {"role": "assistant", "content": words(rng, 8), "reasoning_content": "r2"}]},
+        {"text": words(rng, 20)}, {"input_ids": [3, 4, 5, 6]}, {"input_ids": [7, 8, 9], "loss_mask": [0, 1, 1]},
+        {"input": "in " + words(rng, 5), "output": "out", "category": "io"}]
+    flags = ["--val", "0.25"] + (["--train_all_turns"] if all_turns else [])
+    rc, out, rep = run_prepare(tmp_path, rows, *flags)
+    assert rc == 0 and rep["records"]["kept"] == len(rows)
+    for s in ("train", "val"):
+        store = TokenStore(os.path.join(out, s))
+        got = read_rows(os.path.join(out, f"{s}.jsonl"))
+        assert len(store) == len(got) == rep["splits"][s]["examples"]
+        for i, row in enumerate(got):
+            want = tokenize_example(row, tok, train_all_turns=all_turns)
+            ids, mask = store[i]
+            assert ids.tolist() == want["input_ids"] and mask.tolist() == want["loss_mask"]
+        assert rep["splits"][s]["tokens"] == len(store.ids)
+        assert rep["splits"][s]["trained_tokens"] == int(store.mask.sum())
+
+
+def test_report_and_inputs_unchanged(tmp_path, capsys):
+    rows = distinct_rows(30, categories=["x", "y", "z"] * 10) + [rows for rows in BAD_LINES if rows]
+    rows.append(distinct_rows(1)[0])  # duplicate of the first
+    src = write_input(tmp_path / "in.jsonl", rows)
+    other = write_input(tmp_path / "more.jsonl", ['{"text": "from a second file"}', '{"text": ""}'])
+    digest = {p: hashlib.sha256(open(p, "rb").read()).hexdigest() for p in (src, other)}
+    out = str(tmp_path / "out")
+    assert prepare.main(["--input", src, other, "--out", out, "--val", "0.2"]) == 0
+    assert {p: hashlib.sha256(open(p, "rb").read()).hexdigest() for p in (src, other)} == digest
+
+    rep = json.load(open(os.path.join(out, "report.json")))
+    rec = rep["records"]
+    assert set(rec["removed"]) == set(clean.REASONS)
+    assert rec["read"] == rec["kept"] + sum(rec["removed"].values()) == 39
+    assert rec["removed"]["duplicate"] == 1 and rec["removed"]["empty"] == 1
+    assert rep["examples"]["empty"][0]["where"] == f"{other}:2"
+    assert sum(s["examples"] for s in rep["splits"].values()) == rec["kept"]
+    assert sum(c["examples"] for c in rep["categories"].values()) == rec["kept"]
+    for s in rep["splits"].values():
+        ln = s["length"]
+        assert ln["min"] <= ln["p50"] <= ln["p90"] <= ln["p99"] <= ln["max"] and s["trained_tokens"] <= s["tokens"]
+    assert set(rep["categories"]) == {"x", "y", "z", "(none)"}
+    summary = open(os.path.join(out, "summary.txt"), encoding="utf-8").read()
+    assert summary in capsys.readouterr().out and "records: read 39" in summary
+    with open(os.path.join(out, "token_lengths.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_existing_output_and_overwrite(tmp_path, capsys):
+    rows = distinct_rows(20)
+    rc, out, _ = run_prepare(tmp_path, rows, "--val", "0.2", "--test", "0.2")
+    assert rc == 0 and os.path.exists(os.path.join(out, "test.jsonl"))
+    rc, _, _ = run_prepare(tmp_path, rows, "--val", "0.2")
+    assert rc == 2 and "--overwrite" in capsys.readouterr().err
+    rc, _, rep = run_prepare(tmp_path, rows, "--val", "0.2", "--overwrite")
+    assert rc == 0 and set(rep["splits"]) == {"train", "val"}
+    assert not any(os.path.exists(os.path.join(out, "test" + x))
+                   for x in (".jsonl", ".ids.npy", ".mask.npy", ".offsets.npy"))  # stale split removed
+    # An input inside the output directory is never overwritten.
+    train = os.path.join(out, "train.jsonl")
+    before = open(train, "rb").read()
+    assert prepare.main(["--input", train, "--out", out, "--overwrite"]) == 2
+    assert open(train, "rb").read() == before
+
+
+@pytest.mark.parametrize("flags", [["--kfold", "3", "--val", "0.1"], ["--val", "0.6", "--test", "0.5"],
+                                   ["--too_long", "truncate"], ["--near_dup_threshold", "0"],
+                                   ["--kfold", "1"]])
+def test_bad_options(tmp_path, capsys, flags):
+    rc, out, _ = run_prepare(tmp_path, distinct_rows(5), *flags)
+    assert rc == 2 and capsys.readouterr().err.startswith("error: ")
+    assert not os.path.exists(out)
