@@ -43,8 +43,14 @@ def generation_prompt(example: Example) -> str:
 
 
 def _mask_from_offsets(offsets, spans) -> list[int]:
-    """1 for tokens starting inside a trained character span [start, end)."""
-    return [int(any(s <= a < e for s, e in spans)) for a, _ in offsets]
+    """1 for tokens holding any character of a trained span [start, end).
+
+    BPE can merge across the prompt/target boundary: with no reasoning, "<think>\n" + "\n</think>"
+    encodes the two newlines as one token. That token is trained, so every target character is
+    learned; the ids stay the full string's encoding (its prompt part then differs from the inference
+    prompt's last token, the price of the one-encoding rule).
+    """
+    return [int(any(a < e and b > s for s, e in spans)) for a, b in offsets]
 
 
 def tokenize_segments(segs: Segments, tokenizer) -> dict[str, list[int]]:

@@ -62,11 +62,18 @@ def detect_format(row: dict) -> str:
 
 
 def split_reasoning(content: str) -> tuple[str | None, str]:
-    """A leading `<think>...</think>` block of an assistant content -> (reasoning, answer)."""
+    """A leading `<think>...</think>` block of an assistant content -> (reasoning, answer).
+
+    R1 often emits its reasoning without the opening tag ("...</think>\n\nanswer"); as in the
+    released chat template, everything before the first `</think>` is then the reasoning.
+    """
     m = _THINK.match(content)
-    if not m:
-        return None, content
-    return m.group(1).strip("\n"), content[m.end():].lstrip("\n")
+    if m:
+        return m.group(1).strip("\n"), content[m.end():].lstrip("\n")
+    head, sep, tail = content.partition("</think>")
+    if sep and "<think>" not in head:
+        return head.strip("\n"), tail.lstrip("\n")
+    return None, content
 
 
 def _str_field(row: dict, key: str, where: str) -> str:
@@ -114,6 +121,8 @@ def _messages(row: dict, where: str) -> tuple[Message, ...]:
 
 def _ids(row: dict, where: str) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
     ids = row["input_ids"]
+    if isinstance(ids, list) and not ids:
+        raise DataError(f"{where}: 'input_ids' is empty")
     if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0
                                             for t in ids):
         raise DataError(f"{where}: 'input_ids' must be a list of non-negative integers")
@@ -129,7 +138,10 @@ def parse_row(row, where: str, fmt: str = "auto") -> Example:
     """A parsed JSON row -> Example; DataError naming `where` for anything unusable."""
     if not isinstance(row, dict):
         raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
-    if fmt == "auto" and sum(k in row for k in ("messages", "prompt", "input", "input_ids", "text")) > 1:
+    if fmt not in FORMATS:
+        raise DataError(f"{where}: format {fmt!r} unknown; choose one of {FORMATS}")
+    families = (("messages",), ("prompt", "completion"), ("input", "output"), ("input_ids",), ("text",))
+    if fmt == "auto" and sum(any(k in row for k in fam) for fam in families) > 1:
         raise DataError(f"{where}: ambiguous row with keys {sorted(row)}: keep one format's fields, "
                         "or name the format with --format")
     kind = detect_format(row) if fmt == "auto" else fmt
@@ -170,7 +182,7 @@ def read_jsonl(paths: Sequence[str], fmt: str = "auto", strict: bool = False) ->
             for lineno, raw in enumerate(f, 1):
                 where = f"{path}:{lineno}"
                 try:
-                    line = raw.decode("utf-8")
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # BOM tolerated
                     if not line.strip():
                         continue
                     yield parse_row(json.loads(line), where, fmt)
