@@ -291,6 +291,39 @@ def test_token_store_matches_tokenize_example(tmp_path, tok, all_turns):
         assert rep["splits"][s]["trained_tokens"] == int(store.mask.sum())
 
 
+TRICKY = [
+    {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},  # no reasoning
+    {"messages": [{"role": "user", "content": "Größe? 日本語 🙂"},
+                  {"role": "assistant", "content": "ünïcode 🙂 answer", "reasoning_content": "\n\nthink 日本\n"}]},
+    {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "1"},
+                  {"role": "assistant", "content": "x\n\n"}, {"role": "user", "content": "2"},
+                  {"role": "assistant", "content": "</think>\n\ny", "reasoning_content": None}]},
+    {"text": "<｜begin▁of▁sentence｜>already has BOS"}, {"text": "no BOS 🙂"},
+    {"input_ids": [9, 8, 7]}, {"input_ids": [9, 8, 7], "loss_mask": [1, 0, 1]},
+]
+
+
+@pytest.mark.parametrize("all_turns", [False, True])
+def test_tokenize_batch_equals_tokenize_example(tok, all_turns):
+    rng = random.Random(7)
+    rows = TRICKY + distinct_rows(20, seed=9) + [chat(words(rng, 30), words(rng, 30), words(rng, 30))]
+    exs = [parse_row(r, f"t:{i}") for i, r in enumerate(rows)]
+    for ex, (ids, mask) in zip(exs, prepare.tokenize_batch(exs, tok, all_turns)):
+        want = tokenize_example(ex, tok, train_all_turns=all_turns)
+        assert (ids.tolist(), mask.tolist()) == (want["input_ids"], want["loss_mask"]), ex.source
+
+
+def test_falls_back_when_batched_tokenization_differs(tmp_path, tok, monkeypatch, capsys):
+    def wrong(examples, tokenizer, train_all_turns=False):
+        return [(np.asarray([0, 1], np.int32), np.asarray([0, 1], np.uint8)) for _ in examples]
+    monkeypatch.setattr(prepare, "tokenize_batch", wrong)
+    rows = distinct_rows(5)
+    rc, out, rep = run_prepare(tmp_path, rows, "--val", "0")
+    assert rc == 0 and "differs from tokenize_example" in capsys.readouterr().err
+    store = TokenStore(os.path.join(out, "train"))
+    assert [store[i][0].tolist() for i in range(5)] == [tokenize_example(r, tok)["input_ids"] for r in rows]
+
+
 def test_report_and_inputs_unchanged(tmp_path, capsys):
     rows = distinct_rows(30, categories=["x", "y", "z"] * 10) + [rows for rows in BAD_LINES if rows]
     rows.append(distinct_rows(1)[0])  # duplicate of the first

@@ -62,7 +62,7 @@ def test_raw_file_marks_trained_part(raw, capsys):
     assert rc == 0
     blocks = out.strip().split("\n\n── ")
     assert len(blocks) == 3 and FIRST in blocks[0]
-    assert "<｜User｜>Say hi<｜Assistant｜><think>\n" in blocks[1]  # normalized: CRLF and spaces gone
+    assert "<｜User｜>Say hi<｜Assistant｜><think>" in blocks[1]  # normalized: CRLF and spaces gone
     assert "⟦plain text⟧" in blocks[2]
     assert "raw.jsonl:2: invalid JSON" in capsys.readouterr().err
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import re
 import unicodedata
@@ -78,8 +79,8 @@ def check_fields(ex: Example) -> tuple[str, str] | None:
                 extra = " (it has reasoning only)" if m.reasoning else ""
                 return "empty", f"messages[{i}] ({m.role}) has empty content{extra}"
             if m.role == "assistant" and split_reasoning(m.content)[0] is not None:
-                # Its canonical row would be read back with other reasoning, or not at all.
-                return "malformed", f"messages[{i}] (assistant) answer starts with a second <think> block"
+                # A second reasoning block: its canonical row would not read back the same.
+                return "malformed", f"messages[{i}] (assistant) answer still holds a <think>...</think> block"
         return None
     if ex.text is not None:
         return None if ex.text else ("empty", "text is empty")
@@ -189,8 +190,8 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
 class NearDuplicateIndex:
     """MinHash/LSH over the examples kept so far; `check_and_add` keeps the first of near-duplicates.
 
-    Word ids come from a vocabulary grown in input order (fast, and stable for a given input), so
-    signatures are only comparable within one index.
+    Word numbers come from a vocabulary grown in input order (fast, and stable for a given input),
+    so signatures are only comparable within one index.
     """
 
     def __init__(self, threshold: float):
@@ -200,6 +201,7 @@ class NearDuplicateIndex:
         self._lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
         self._perm = MinHash(num_perm=NUM_PERM, seed=MINHASH_SEED, scheme="affine32").permutations
         self._vocab: dict[str, int] = {}
+        self._numbers = itertools.count()
         self._sigs: list[np.ndarray] = []
         self._sources: list[str] = []
 
@@ -208,9 +210,9 @@ class NearDuplicateIndex:
         if ex.input_ids is not None:
             ids = np.asarray(ex.input_ids, np.uint64) + _IDS_SALT
         else:
-            vocab = self._vocab
             words = _WORD.findall(shingle_text(ex).lower())
-            ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in words), np.uint64, len(words))
+            # A new word takes the next unused number; a known word keeps its own (all in C).
+            ids = np.fromiter(map(self._vocab.setdefault, words, self._numbers), np.uint64, len(words))
         n = len(ids)
         if n == 0:
             return np.zeros(0, np.uint32)
@@ -226,19 +228,20 @@ class NearDuplicateIndex:
         Row i equals `MinHash(seed=MINHASH_SEED, hashfunc=int).update_batch(hashes[i])`'s hash
         values; computed for many sets at once in chunks of bounded memory."""
         a, b = self._perm
-        out = np.empty((len(hashes), NUM_PERM), np.uint32)
+        out = np.empty((NUM_PERM, len(hashes)), np.uint32)
         i = 0
         while i < len(hashes):
             j, total = i, 0
-            while j < len(hashes) and (j == i or total + len(hashes[j]) <= 1 << 16):
+            while j < len(hashes) and (j == i or total + len(hashes[j]) <= 1 << 13):
                 total += len(hashes[j])
                 j += 1
             hv = _fmix32(np.concatenate(hashes[i:j]))
-            phv = hv[:, None] * a[None, :] + b[None, :]             # [S, P], wraps mod 2^32
+            phv = np.multiply.outer(a, hv)                              # [P, S], wraps mod 2^32
+            phv += b[:, None]
             starts = np.cumsum([0] + [len(x) for x in hashes[i:j - 1]])
-            out[i:j] = np.minimum.reduceat(phv, starts, axis=0)
+            out[:, i:j] = np.minimum.reduceat(phv, starts, axis=1)     # contiguous rows: fast
             i = j
-        return out
+        return np.ascontiguousarray(out.T)
 
     def check_and_add(self, sig: np.ndarray, source: str) -> tuple[str, float] | None:
         """The earliest kept example whose estimated Jaccard similarity with `sig` reaches the

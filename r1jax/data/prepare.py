@@ -34,7 +34,7 @@ import numpy as np
 
 from r1jax.data import clean, split, token_store
 from r1jax.data import report as report_lib
-from r1jax.data.chat import tokenize_example
+from r1jax.data.chat import render_messages, tokenize_example
 from r1jax.data.formats import FORMATS, DataError, Example, read_jsonl
 from r1jax.data.tokenizer import load_tokenizer
 
@@ -130,6 +130,76 @@ class _Progress:
                   flush=True)
 
 
+def _tokenize_one(ex: Example, tokenizer, train_all_turns: bool) -> tuple[np.ndarray, np.ndarray]:
+    enc = tokenize_example(ex, tokenizer, train_all_turns=train_all_turns)
+    return np.asarray(enc["input_ids"], np.int32), np.asarray(enc["loss_mask"], np.uint8)
+
+
+def tokenize_batch(examples: list[Example], tokenizer, train_all_turns: bool = False
+                   ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`chat.tokenize_example` of many examples, as (int32 ids, uint8 loss_mask) pairs.
+
+    Equal to it, about twice as fast: one batched encode of the rendered strings, and the loss
+    mask from the offsets with numpy instead of a Python loop per token (same rule: a token is
+    trained when it holds any character of a trained span). `run` checks the equality on the
+    first batch of every run and falls back to `tokenize_example` if the two ever disagree."""
+    out: list = [None] * len(examples)
+    todo, texts, spans = [], [], []
+    for i, ex in enumerate(examples):
+        if ex.kind == "input_ids":
+            out[i] = _tokenize_one(ex, tokenizer, train_all_turns)
+            continue
+        todo.append(i)
+        if ex.kind == "text":
+            texts.append(ex.text)
+            spans.append(None)
+            continue
+        segs = render_messages(ex, train_all_turns)
+        trained, pos = [], 0
+        for text, is_trained in segs:
+            if is_trained and text:
+                trained.append((pos, pos + len(text)))
+            pos += len(text)
+        texts.append("".join(text for text, _ in segs))
+        spans.append(np.asarray(trained, np.int64).reshape(-1, 2))
+    encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False) if texts else []
+    bos = tokenizer.bos_token_id
+    for i, span, enc in zip(todo, spans, encodings):
+        ids = np.asarray(enc.ids, np.int32)
+        if span is None:  # text: BOS first (tokenizer.encode with add_bos), every later token trained
+            if not len(ids) or ids[0] != bos:
+                ids = np.concatenate([np.asarray([bos], np.int32), ids])
+            mask = np.ones(len(ids), np.uint8)
+            mask[0] = 0
+        else:
+            # Token [a, b) overlaps a span when the first span ending after a starts before b
+            # (spans are sorted and disjoint).
+            ab = np.asarray(enc.offsets, np.int64).reshape(-1, 2)
+            k = np.searchsorted(span[:, 1], ab[:, 0], side="right")
+            hit = k < len(span)
+            hit[hit] = span[k[hit], 0] < ab[hit, 1]
+            mask = hit.astype(np.uint8)
+        out[i] = ids, mask
+    return out
+
+
+def _tokenize_checked(examples, tokenizer, train_all_turns, state: dict):
+    """`tokenize_batch`, checked against `tokenize_example` on the first call of a run."""
+    if state.get("fallback"):
+        return [_tokenize_one(ex, tokenizer, train_all_turns) for ex in examples]
+    got = tokenize_batch(examples, tokenizer, train_all_turns)
+    if not state.get("checked"):
+        state["checked"] = True
+        for ex, (ids, mask) in zip(examples, got):
+            want_ids, want_mask = _tokenize_one(ex, tokenizer, train_all_turns)
+            if not (np.array_equal(ids, want_ids) and np.array_equal(mask, want_mask)):
+                print(f"prepare: warning: batched tokenization differs from tokenize_example at "
+                      f"{ex.source}; using tokenize_example (slower)", file=sys.stderr)
+                state["fallback"] = True
+                return _tokenize_checked(examples, tokenizer, train_all_turns, state)
+    return got
+
+
 def _write_jsonl(path: str, rows) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -189,10 +259,11 @@ def run(args: argparse.Namespace) -> int:
     kept: list[tuple[Example, bytes, np.ndarray, np.ndarray, bool]] = []
     progress = _Progress()
     seconds = {"tokenize": 0.0, "near_duplicates": 0.0}
+    tok_state: dict = {}
     records = read_jsonl(args.input, args.format, strict=args.strict)
     try:
         while batch := list(itertools.islice(records, BATCH)):
-            candidates = []
+            unique = []
             for item in batch:
                 tally.read += 1
                 if isinstance(item, DataError):
@@ -209,12 +280,13 @@ def run(args: argparse.Namespace) -> int:
                     tally.remove("duplicate", ex.source, f"same content as {seen[key]}")
                     continue
                 seen[key] = ex.source
-                t = time.perf_counter()
-                enc = tokenize_example(ex, tokenizer, train_all_turns=args.train_all_turns)
-                fitted = clean.fit_length(np.asarray(enc["input_ids"], np.int32),
-                                          np.asarray(enc["loss_mask"], np.uint8),
-                                          args.max_tokens, args.too_long or "drop")
-                seconds["tokenize"] += time.perf_counter() - t
+                unique.append((ex, key))
+            t = time.perf_counter()
+            tokenized = _tokenize_checked([ex for ex, _ in unique], tokenizer, args.train_all_turns, tok_state)
+            seconds["tokenize"] += time.perf_counter() - t
+            candidates = []
+            for (ex, key), (ids, mask) in zip(unique, tokenized):
+                fitted = clean.fit_length(ids, mask, args.max_tokens, args.too_long or "drop")
                 if isinstance(fitted, str):
                     tally.remove("too_long", ex.source, fitted)
                     continue
