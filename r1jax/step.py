@@ -4,9 +4,15 @@ A batch is a dict of int32 [B, T] arrays: `tokens`, `positions`, `segment_ids` (
 optionally `loss_mask` (1 = training target; without it every next token of a segment is one).
 Parameters are the model's nnx.Param leaves; everything else (the router bias) is `rest`, state that
 gradients never touch.
+
+The loss of a step is the mean NLL over every target of the whole (global, all micro-batches) batch,
+plus the weighted sequence-wise balance loss and the weighted MTP loss. Micro-batches contribute
+their NLL *sums* divided by the whole batch's target count, so k micro-batches give exactly the
+gradient of one batch k times larger.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -14,7 +20,15 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from r1jax.losses import next_token_loss_sums
+from r1jax.losses import next_token_loss_sums, shifted_targets
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    grad_accum: int = 1
+    aux_loss_weight: float = 0.0      # sequence-wise balance loss (DeepSeek-V3 eq. 17), per MoE layer mean
+    mtp_loss_weight: float = 0.0      # lambda of the MTP loss (DeepSeek-V3 eq. 25)
+    router_bias_rate: float = 0.0     # aux-loss-free balancing (DeepSeek-V3 sec. 2.1.2)
 
 
 def split_model(model):
@@ -22,24 +36,96 @@ def split_model(model):
     return nnx.split(model, nnx.Param, ...)
 
 
-def loss_fn(params, rest, graphdef, batch) -> tuple[jnp.ndarray, dict[str, Any]]:
-    """Mean next-token NLL over the batch's predicted tokens, and metrics (all float32)."""
+def target_count(batch, k: int = 1) -> jnp.ndarray:
+    """Number of tokens predicted k ahead in a batch (float32 scalar)."""
+    _, mask = shifted_targets(batch["tokens"], batch["segment_ids"], k, batch.get("loss_mask"))
+    return mask.sum().astype(jnp.float32)
+
+
+def loss_fn(params, rest, graphdef, batch, sc: StepConfig = StepConfig(), norm=None, mtp_norm=None):
+    """(objective, sums): objective = NLL sum / norm + weighted aux and MTP terms.
+
+    norm / mtp_norm default to this batch's own target counts (then the objective's NLL term is the
+    batch mean). sums holds float32 totals for metrics: nll, tokens, correct, aux [L], load [L, E]
+    and, with MTP, mtp_nll, mtp_tokens, mtp_load [E].
+    """
     model = nnx.merge(graphdef, params, rest)
-    logits, stats = model(batch["tokens"], batch["positions"], batch["segment_ids"])
-    total, count, correct = next_token_loss_sums(logits, batch["tokens"], batch["segment_ids"],
-                                                 loss_mask=batch.get("loss_mask"))
-    count = jnp.maximum(count, 1.0)
-    loss = total / count
-    metrics = {"loss": loss, "tokens": count, "accuracy": correct / count}
+    tokens, seg, lm = batch["tokens"], batch["segment_ids"], batch.get("loss_mask")
+    h, stats = model.hidden_states(tokens, batch["positions"], seg)
+    nll, count, correct = next_token_loss_sums(model.logits(h), tokens, seg, loss_mask=lm)
+    norm = jnp.maximum(count if norm is None else norm, 1.0)
+    objective = nll / norm
+    sums: dict[str, Any] = {"nll": nll, "tokens": count, "correct": correct}
     if "load" in stats:
-        metrics["expert_load"] = stats["load"]  # [L_moe, E]
-    return loss, metrics
+        sums["load"], sums["aux"] = stats["load"], stats["aux_loss"]
+        objective = objective + sc.aux_loss_weight * stats["aux_loss"].mean()
+    if model.cfg.with_mtp and sc.mtp_loss_weight:
+        mtp_logits, mtp_stats = model.mtp_logits(h, tokens, batch["positions"], seg)
+        m_nll, m_count, _ = next_token_loss_sums(mtp_logits, tokens, seg, k=2, loss_mask=lm)
+        m_norm = jnp.maximum(m_count if mtp_norm is None else mtp_norm, 1.0)
+        objective = objective + sc.mtp_loss_weight * m_nll / m_norm
+        sums.update(mtp_nll=m_nll, mtp_tokens=m_count, mtp_load=mtp_stats["load"])
+    return objective, sums
 
 
-def train_step(graphdef, optimizer: optax.GradientTransformation, params, rest, opt_state, batch):
-    """One optimizer update: returns (params, opt_state, metrics). Pure; jit with donation."""
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, graphdef, batch)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    metrics["grad_norm"] = optax.tree.norm(grads)
-    return params, opt_state, metrics
+def micro_batches(batch, n: int):
+    """[B, T] arrays -> [n, B/n, T] (micro-batch i takes rows i*B/n ... (i+1)*B/n - 1)."""
+    return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
+
+
+def _bias_update(rest, sums, rate):
+    """b += rate * sign(mean_load - load) on every MoE layer's router bias (and the MTP block's)."""
+    def upd(path, x):
+        names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+        if "router_bias" not in names:
+            return x
+        load = sums["mtp_load"] if names[0] == "mtp" else sums["load"]  # [E] or [L, E]
+        return x + rate * jnp.sign(load.mean(-1, keepdims=True) - load)
+    return jax.tree_util.tree_map_with_path(upd, rest)
+
+
+def train_step(graphdef, optimizer: optax.GradientTransformation, sc: StepConfig, params, rest,
+               opt_state, batch):
+    """One optimizer update over sc.grad_accum micro-batches: (params, rest, opt_state, metrics).
+
+    Non-finite loss or gradients skip the update (params, optimizer state and router bias unchanged;
+    metrics["skipped"] = 1). Pure; jit with donation.
+    """
+    norm = jnp.maximum(target_count(batch), 1.0)
+    mtp_norm = jnp.maximum(target_count(batch, 2), 1.0)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def accumulate(carry, mb):
+        grads, sums = carry
+        (_, s), g = grad_fn(params, rest, graphdef, mb, sc, norm, mtp_norm)
+        s["aux"] = s.get("aux", jnp.zeros(())) / sc.grad_accum
+        return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, sums, s)), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    mbs = micro_batches(batch, sc.grad_accum)
+    _, sums0 = jax.eval_shape(lambda: loss_fn(params, rest, graphdef,
+                                              jax.tree.map(lambda x: x[0], mbs), sc))
+    sums0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums0)
+    sums0.setdefault("aux", jnp.zeros(()))
+    (grads, sums), _ = jax.lax.scan(accumulate, (zeros, sums0), mbs)
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+
+    grad_norm = optax.tree.norm(grads)
+    loss = sums["nll"] / norm
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    params, opt_state = keep(new_params, params), keep(new_opt, opt_state)
+    if sc.router_bias_rate and "load" in sums:
+        rest = keep(_bias_update(rest, sums, sc.router_bias_rate), rest)
+
+    metrics = {"loss": loss, "tokens": sums["tokens"], "accuracy": sums["correct"] / norm,
+               "grad_norm": grad_norm, "skipped": 1 - finite.astype(jnp.int32)}
+    if "load" in sums:
+        load = sums["load"]  # [L, E] token copies
+        metrics["expert_load"] = load / jnp.maximum(load.sum(-1, keepdims=True), 1.0)
+        metrics["aux_loss"] = sums["aux"].mean()
+    if "mtp_nll" in sums:
+        metrics["mtp_loss"] = sums["mtp_nll"] / mtp_norm
+    return params, rest, opt_state, metrics

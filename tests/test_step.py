@@ -6,11 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from r1jax.losses import token_nll
 from r1jax.model import Transformer, preset
-from r1jax.step import loss_fn, split_model, train_step
+from r1jax.step import StepConfig, loss_fn, split_model, train_step
 
 CFG = preset("tiny", dtype="float32", vocab_size=256)
 
@@ -34,12 +35,12 @@ def test_loss_is_mean_nll_over_predicted_tokens():
     model = Transformer(CFG, rngs=nnx.Rngs(1))
     graphdef, params, rest = split_model(model)
     batch = _batch()
-    loss, metrics = loss_fn(params, rest, graphdef, batch)
+    loss, sums = loss_fn(params, rest, graphdef, batch)
     logits, _ = model(batch["tokens"], batch["positions"], batch["segment_ids"])
     nll = np.asarray(token_nll(logits[:, :-1], batch["tokens"][:, 1:]))
     keep = np.ones_like(nll, bool)
     keep[1, 17:] = False  # row 1 has 18 real tokens: 17 predictions
-    assert int(metrics["tokens"]) == keep.sum() == 23 + 17
+    assert int(sums["tokens"]) == keep.sum() == 23 + 17
     np.testing.assert_allclose(float(loss), nll[keep].mean(), rtol=1e-6)
 
 
@@ -50,12 +51,12 @@ def test_loss_covers_only_loss_mask_targets():
     mask = np.zeros((2, 24), np.int32)
     mask[0, 10:20] = 1
     mask[1, 5:] = 1  # row 1's padding (18:) stays excluded by its segment ids
-    loss, metrics = loss_fn(params, rest, graphdef, {**batch, "loss_mask": jnp.asarray(mask)})
+    loss, sums = loss_fn(params, rest, graphdef, {**batch, "loss_mask": jnp.asarray(mask)})
     logits, _ = model(batch["tokens"], batch["positions"], batch["segment_ids"])
     nll = np.asarray(token_nll(logits[:, :-1], batch["tokens"][:, 1:]))
     keep = mask[:, 1:].astype(bool)
     keep[1, 17:] = False
-    assert int(metrics["tokens"]) == keep.sum() == 10 + 13
+    assert int(sums["tokens"]) == keep.sum() == 10 + 13
     np.testing.assert_allclose(float(loss), nll[keep].mean(), rtol=1e-6)
 
 
@@ -63,13 +64,85 @@ def test_adamw_steps_reduce_loss_and_leave_router_bias():
     graphdef, params, rest = split_model(Transformer(CFG, rngs=nnx.Rngs(2)))
     opt = optax.adamw(3e-3)
     opt_state = opt.init(params)
-    step = jax.jit(functools.partial(train_step, graphdef, opt))
+    step = jax.jit(functools.partial(train_step, graphdef, opt, StepConfig()))
     batch = _batch(seed=3)
     bias_before = np.asarray(rest["moe_layers"]["mlp"]["router_bias"][...])
     losses = []
     for _ in range(8):
-        params, opt_state, m = step(params, rest, opt_state, batch)
+        params, rest, opt_state, m = step(params, rest, opt_state, batch)
         losses.append(float(m["loss"]))
     assert losses[-1] < losses[0] - 0.5, losses
     assert np.isfinite(float(m["grad_norm"])) and m["expert_load"].shape == (2, CFG.n_routed_experts)
+    np.testing.assert_allclose(np.asarray(m["expert_load"]).sum(-1), 1.0, rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(rest["moe_layers"]["mlp"]["router_bias"][...]), bias_before)
+
+
+def _flat(tree):
+    return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_grad_accumulation_equals_one_larger_batch():
+    """k micro-batches of uneven target counts give the update of one batch k times larger."""
+    graphdef, params, rest = split_model(Transformer(CFG, rngs=nnx.Rngs(4)))
+    batch = _batch(b=4, seed=5)
+    batch["segment_ids"] = batch["segment_ids"].at[2, 7:].set(0)  # micro-batch 2 has fewer targets
+    opt = optax.sgd(0.1)
+    out = {}
+    for k in (1, 2, 4):
+        step = jax.jit(functools.partial(train_step, graphdef, opt, StepConfig(grad_accum=k)))
+        p, _, _, m = step(params, rest, opt.init(params), batch)
+        out[k] = (_flat(p), float(m["loss"]), float(m["grad_norm"]))
+    for k in (2, 4):
+        assert out[k][1] == pytest.approx(out[1][1], rel=1e-6)
+        assert out[k][2] == pytest.approx(out[1][2], rel=1e-5)
+        for name, v in out[1][0].items():
+            np.testing.assert_allclose(out[k][0][name], v, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_non_finite_step_is_skipped():
+    graphdef, params, rest = split_model(Transformer(CFG, rngs=nnx.Rngs(6)))
+    params = jax.tree.map(lambda x: x, params)
+    params["embed"][...] = params["embed"][...].at[3].set(jnp.nan)
+    batch = _batch(seed=7)
+    batch["tokens"] = batch["tokens"].at[0, 0].set(3)
+    opt = optax.adamw(1e-3)
+    state = opt.init(params)
+    new_params, _, new_state, m = jax.jit(functools.partial(train_step, graphdef, opt, StepConfig()))(
+        params, rest, state, batch)
+    assert int(m["skipped"]) == 1 and not np.isfinite(float(m["loss"]))
+    for name, v in _flat(params).items():
+        np.testing.assert_array_equal(_flat(new_params)[name], v)
+    assert int(_flat(new_state)[next(k for k in _flat(new_state) if "count" in k)]) == 0
+
+
+def test_router_bias_moves_toward_balance():
+    """b += rate * sign(mean_load - load): overloaded experts go down, underloaded up (NumPy check)."""
+    graphdef, params, rest = split_model(Transformer(CFG, rngs=nnx.Rngs(8)))
+    rate = 0.01
+    step = jax.jit(functools.partial(train_step, graphdef, optax.sgd(0.0), StepConfig(router_bias_rate=rate)))
+    batch = _batch(seed=9)
+    _, new_rest, _, m = step(params, rest, optax.sgd(0.0).init(params), batch)
+    load = np.asarray(m["expert_load"])  # fractions; sign(mean - load) is the same as on counts
+    want = np.sign(load.mean(-1, keepdims=True) - load) * rate
+    got = np.asarray(new_rest["moe_layers"]["mlp"]["router_bias"][...]) - \
+        np.asarray(rest["moe_layers"]["mlp"]["router_bias"][...])
+    np.testing.assert_allclose(got, want, atol=1e-7)
+    assert np.any(got > 0) and np.any(got < 0)
+
+
+def test_aux_and_mtp_terms_enter_the_objective():
+    cfg = CFG.replace(with_mtp=True)
+    graphdef, params, rest = split_model(Transformer(cfg, rngs=nnx.Rngs(10)))
+    batch = _batch(seed=11)
+    base, sums = loss_fn(params, rest, graphdef, batch, StepConfig())
+    full, sums2 = loss_fn(params, rest, graphdef, batch, StepConfig(aux_loss_weight=0.3, mtp_loss_weight=0.5))
+    model = nnx.merge(graphdef, params, rest)
+    h, stats = model.hidden_states(batch["tokens"], batch["positions"], batch["segment_ids"])
+    mtp_logits, _ = model.mtp_logits(h, batch["tokens"], batch["positions"], batch["segment_ids"])
+    # independent MTP NLL: position t predicts token t+2 within the row's real tokens
+    nll = np.asarray(token_nll(mtp_logits[:, :-2], batch["tokens"][:, 2:]))
+    keep = np.ones_like(nll, bool)
+    keep[1, 16:] = False
+    want = float(base) + 0.3 * float(np.mean(np.asarray(stats["aux_loss"]))) + 0.5 * nll[keep].mean()
+    assert float(full) == pytest.approx(want, rel=1e-5)
+    assert int(sums2["mtp_tokens"]) == keep.sum()

@@ -31,7 +31,7 @@ from flax import nnx
 
 from r1jax.flops import train_flops_per_token
 from r1jax.model import Transformer, preset
-from r1jax.step import loss_fn, train_step
+from r1jax.step import StepConfig, loss_fn, train_step
 
 # Dense bf16 peak by device kind (vendor datasheets), for MFU.
 PEAK_TFLOPS = {"NVIDIA H200": 989.0, "NVIDIA H100 80GB HBM3": 989.0, "TPU v5p": 459.0,
@@ -89,17 +89,18 @@ def bench(args) -> dict:
     loss16 = float(jax.jit(loss_fn, static_argnums=2)(params, rest, graphdef, batch)[0])
     loss32 = float(jax.jit(loss_fn, static_argnums=2)(params, rest, graphdef32, batch)[0])
 
-    step = jax.jit(functools.partial(train_step, graphdef, optimizer), donate_argnums=(0, 2))
+    step = jax.jit(functools.partial(train_step, graphdef, optimizer, StepConfig()),
+                   donate_argnums=(0, 1, 2))
     t0 = time.perf_counter()
     compiled = step.lower(params, rest, opt_state, batch).compile()
     compile_s = time.perf_counter() - t0
     for _ in range(args.warmup):
-        params, opt_state, m = compiled(params, rest, opt_state, batch)
+        params, rest, opt_state, m = compiled(params, rest, opt_state, batch)
     jax.block_until_ready(m)
     times = []
     for _ in range(args.steps):
         t = time.perf_counter()
-        params, opt_state, m = compiled(params, rest, opt_state, batch)
+        params, rest, opt_state, m = compiled(params, rest, opt_state, batch)
         jax.block_until_ready(m["loss"])
         times.append(time.perf_counter() - t)
     sec = statistics.median(times)
