@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from datasketch import MinHash
 
-from r1jax.data import clean, prepare, split
+from r1jax.data import batch_tokenize, clean, prepare, split
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.data.chat import tokenize_example
 from r1jax.data.formats import parse_row
@@ -60,8 +60,8 @@ def run_prepare(tmp_path, rows, *flags, name="in.jsonl", out="out"):
     src = write_input(tmp_path / name, rows)
     out = str(tmp_path / out)
     rc = prepare.main(["--input", src, "--out", out, *flags])
-    rep = json.load(open(os.path.join(out, "report.json"))) if os.path.exists(os.path.join(out, "report.json")) else None
-    return rc, out, rep
+    report = os.path.join(out, "report.json")
+    return rc, out, json.load(open(report)) if os.path.exists(report) else None
 
 
 def read_rows(path):
@@ -308,7 +308,7 @@ def test_tokenize_batch_equals_tokenize_example(tok, all_turns):
     rng = random.Random(7)
     rows = TRICKY + distinct_rows(20, seed=9) + [chat(words(rng, 30), words(rng, 30), words(rng, 30))]
     exs = [parse_row(r, f"t:{i}") for i, r in enumerate(rows)]
-    for ex, (ids, mask) in zip(exs, prepare.tokenize_batch(exs, tok, all_turns)):
+    for ex, (ids, mask) in zip(exs, batch_tokenize.tokenize_batch(exs, tok, all_turns)):
         want = tokenize_example(ex, tok, train_all_turns=all_turns)
         assert (ids.tolist(), mask.tolist()) == (want["input_ids"], want["loss_mask"]), ex.source
 
@@ -316,7 +316,7 @@ def test_tokenize_batch_equals_tokenize_example(tok, all_turns):
 def test_falls_back_when_batched_tokenization_differs(tmp_path, tok, monkeypatch, capsys):
     def wrong(examples, tokenizer, train_all_turns=False):
         return [(np.asarray([0, 1], np.int32), np.asarray([0, 1], np.uint8)) for _ in examples]
-    monkeypatch.setattr(prepare, "tokenize_batch", wrong)
+    monkeypatch.setattr(batch_tokenize, "tokenize_batch", wrong)
     rows = distinct_rows(5)
     rc, out, rep = run_prepare(tmp_path, rows, "--val", "0")
     assert rc == 0 and "differs from tokenize_example" in capsys.readouterr().err
@@ -376,3 +376,13 @@ def test_bad_options(tmp_path, capsys, flags):
     rc, out, _ = run_prepare(tmp_path, distinct_rows(5), *flags)
     assert rc == 2 and capsys.readouterr().err.startswith("error: ")
     assert not os.path.exists(out)
+
+
+def test_kfold_above_examples_and_nothing_kept(tmp_path, capsys):
+    rc, out, _ = run_prepare(tmp_path, distinct_rows(3), "--kfold", "5")
+    assert rc == 2 and "--kfold 5" in capsys.readouterr().err and not os.path.exists(out)
+    rc, out, rep = run_prepare(tmp_path, ['{"text": ""}', "nonsense"], out="none")
+    assert rc == 1 and "no example left" in capsys.readouterr().err
+    assert rep["records"] == {"read": 2, "kept": 0, "truncated": 0,
+                              "removed": {"malformed": 1, "empty": 1, "duplicate": 0, "near_duplicate": 0,
+                                          "too_long": 0}}

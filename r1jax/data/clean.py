@@ -97,7 +97,8 @@ def content_key(ex: Example) -> bytes:
     elif ex.text is not None:
         payload = ["text", ex.text]
     else:
-        payload = ["input_ids", list(ex.input_ids), list(ex.loss_mask) if ex.loss_mask else None]
+        mask = ex.loss_mask if ex.loss_mask is not None else (0,) + (1,) * (len(ex.input_ids) - 1)
+        payload = ["input_ids", list(ex.input_ids), list(mask)]  # an implicit mask equals its default
     data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     return hashlib.blake2b(data, digest_size=16).digest()
 

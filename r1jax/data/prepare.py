@@ -29,12 +29,12 @@ import os
 import re
 import sys
 import time
+from typing import NamedTuple
 
 import numpy as np
 
-from r1jax.data import clean, split, token_store
+from r1jax.data import batch_tokenize, clean, split, token_store
 from r1jax.data import report as report_lib
-from r1jax.data.chat import render_messages, tokenize_example
 from r1jax.data.formats import FORMATS, DataError, Example, read_jsonl
 from r1jax.data.tokenizer import load_tokenizer
 
@@ -130,74 +130,70 @@ class _Progress:
                   flush=True)
 
 
-def _tokenize_one(ex: Example, tokenizer, train_all_turns: bool) -> tuple[np.ndarray, np.ndarray]:
-    enc = tokenize_example(ex, tokenizer, train_all_turns=train_all_turns)
-    return np.asarray(enc["input_ids"], np.int32), np.asarray(enc["loss_mask"], np.uint8)
+class Kept(NamedTuple):
+    example: Example
+    key: bytes             # clean.content_key
+    ids: np.ndarray        # int32 [T], within --max_tokens
+    mask: np.ndarray       # uint8 [T]
+    truncated: bool
 
 
-def tokenize_batch(examples: list[Example], tokenizer, train_all_turns: bool = False
-                   ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """`chat.tokenize_example` of many examples, as (int32 ids, uint8 loss_mask) pairs.
+def clean_stream(args, tokenizer, tally: report_lib.Tally, seconds: dict) -> list[Kept]:
+    """Streams the input records through the cleaning rules in batches; returns the kept ones in
+    input order and counts every removal in `tally`. Raises DataError (--strict, unreadable file)."""
+    seen: dict[bytes, str] = {}
+    near = clean.NearDuplicateIndex(args.near_dup_threshold)
+    tokenize = batch_tokenize.CheckedBatchTokenizer(tokenizer, args.train_all_turns)
+    kept: list[Kept] = []
+    progress = _Progress()
+    records = read_jsonl(args.input, args.format, strict=args.strict)
+    while batch := list(itertools.islice(records, BATCH)):
+        unique = []
+        for item in batch:
+            tally.read += 1
+            if isinstance(item, DataError):
+                m = _WHERE.match(str(item))
+                tally.remove("malformed", *(m.groups() if m else ("?", str(item))))
+                continue
+            ex = clean.normalize_example(item)
+            bad = clean.check_fields(ex)
+            if bad:
+                tally.remove(bad[0], ex.source, bad[1])
+                continue
+            key = clean.content_key(ex)
+            if key in seen:
+                tally.remove("duplicate", ex.source, f"same content as {seen[key]}")
+                continue
+            seen[key] = ex.source
+            unique.append((ex, key))
 
-    Equal to it, about twice as fast: one batched encode of the rendered strings, and the loss
-    mask from the offsets with numpy instead of a Python loop per token (same rule: a token is
-    trained when it holds any character of a trained span). `run` checks the equality on the
-    first batch of every run and falls back to `tokenize_example` if the two ever disagree."""
-    out: list = [None] * len(examples)
-    todo, texts, spans = [], [], []
-    for i, ex in enumerate(examples):
-        if ex.kind == "input_ids":
-            out[i] = _tokenize_one(ex, tokenizer, train_all_turns)
-            continue
-        todo.append(i)
-        if ex.kind == "text":
-            texts.append(ex.text)
-            spans.append(None)
-            continue
-        segs = render_messages(ex, train_all_turns)
-        trained, pos = [], 0
-        for text, is_trained in segs:
-            if is_trained and text:
-                trained.append((pos, pos + len(text)))
-            pos += len(text)
-        texts.append("".join(text for text, _ in segs))
-        spans.append(np.asarray(trained, np.int64).reshape(-1, 2))
-    encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False) if texts else []
-    bos = tokenizer.bos_token_id
-    for i, span, enc in zip(todo, spans, encodings):
-        ids = np.asarray(enc.ids, np.int32)
-        if span is None:  # text: BOS first (tokenizer.encode with add_bos), every later token trained
-            if not len(ids) or ids[0] != bos:
-                ids = np.concatenate([np.asarray([bos], np.int32), ids])
-            mask = np.ones(len(ids), np.uint8)
-            mask[0] = 0
-        else:
-            # Token [a, b) overlaps a span when the first span ending after a starts before b
-            # (spans are sorted and disjoint).
-            ab = np.asarray(enc.offsets, np.int64).reshape(-1, 2)
-            k = np.searchsorted(span[:, 1], ab[:, 0], side="right")
-            hit = k < len(span)
-            hit[hit] = span[k[hit], 0] < ab[hit, 1]
-            mask = hit.astype(np.uint8)
-        out[i] = ids, mask
-    return out
+        t = time.perf_counter()
+        tokenized = tokenize([ex for ex, _ in unique])
+        seconds["tokenize"] += time.perf_counter() - t
+        candidates = []
+        for (ex, key), (ids, mask) in zip(unique, tokenized):
+            fitted = clean.fit_length(ids, mask, args.max_tokens, args.too_long or "drop")
+            if isinstance(fitted, str):
+                tally.remove("too_long", ex.source, fitted)
+            else:
+                candidates.append(Kept(ex, key, *fitted))
 
-
-def _tokenize_checked(examples, tokenizer, train_all_turns, state: dict):
-    """`tokenize_batch`, checked against `tokenize_example` on the first call of a run."""
-    if state.get("fallback"):
-        return [_tokenize_one(ex, tokenizer, train_all_turns) for ex in examples]
-    got = tokenize_batch(examples, tokenizer, train_all_turns)
-    if not state.get("checked"):
-        state["checked"] = True
-        for ex, (ids, mask) in zip(examples, got):
-            want_ids, want_mask = _tokenize_one(ex, tokenizer, train_all_turns)
-            if not (np.array_equal(ids, want_ids) and np.array_equal(mask, want_mask)):
-                print(f"prepare: warning: batched tokenization differs from tokenize_example at "
-                      f"{ex.source}; using tokenize_example (slower)", file=sys.stderr)
-                state["fallback"] = True
-                return _tokenize_checked(examples, tokenizer, train_all_turns, state)
-    return got
+        t = time.perf_counter()
+        hashes = [near.shingle_hashes(c.example) for c in candidates]
+        hashed = [i for i, h in enumerate(hashes) if len(h)]  # no words at all: exact dedup only
+        sigs = dict(zip(hashed, near.signatures([hashes[i] for i in hashed]))) if hashed else {}
+        for i, cand in enumerate(candidates):
+            match = near.check_and_add(sigs[i], cand.example.source) if i in sigs else None
+            if match:
+                tally.remove("near_duplicate", cand.example.source,
+                             f"similar to {match[0]} (estimated Jaccard {match[1]:.2f})")
+            else:
+                tally.truncated += cand.truncated
+                kept.append(cand)
+        seconds["near_duplicates"] += time.perf_counter() - t
+        progress.update(tally.read, len(kept))
+    progress.update(tally.read, len(kept), force=True)
+    return kept
 
 
 def _write_jsonl(path: str, rows) -> None:
@@ -208,11 +204,29 @@ def _write_jsonl(path: str, rows) -> None:
     os.replace(tmp, path)
 
 
-def _row(ex: Example, ids: np.ndarray, mask: np.ndarray, truncated: bool) -> dict:
-    if not truncated:
-        return clean.canonical_row(ex)
-    return clean.canonical_row(Example(ex.source, input_ids=tuple(ids.tolist()),
-                                       loss_mask=tuple(mask.tolist()), category=ex.category))
+def _row(k: Kept) -> dict:
+    if not k.truncated:
+        return clean.canonical_row(k.example)
+    return clean.canonical_row(Example(k.example.source, input_ids=tuple(k.ids.tolist()),
+                                       loss_mask=tuple(k.mask.tolist()), category=k.example.category))
+
+
+def write_splits(out: str, kept: list[Kept], parts: dict[str, list[int]], stale: list[str]) -> dict:
+    """Removes `stale` files of an earlier dataset, then writes DIR/S.jsonl and the token store of
+    each part; returns {name: {"jsonl", "token_store"}}."""
+    for path in stale:
+        os.remove(path)
+    for d in glob.glob(os.path.join(out, "fold*")):
+        if os.path.isdir(d) and _FOLD_DIR.match(os.path.basename(d)) and not os.listdir(d):
+            os.rmdir(d)
+    outputs = {}
+    for name, idx in parts.items():
+        prefix = os.path.join(out, name)
+        os.makedirs(os.path.dirname(prefix), exist_ok=True)
+        _write_jsonl(prefix + ".jsonl", (_row(kept[i]) for i in idx))
+        token_store.write(prefix, ({"input_ids": kept[i].ids, "loss_mask": kept[i].mask} for i in idx))
+        outputs[name] = {"jsonl": prefix + ".jsonl", "token_store": prefix}
+    return outputs
 
 
 def _assign_splits(args, categories: list, keys: list) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
@@ -230,114 +244,68 @@ def _assign_splits(args, categories: list, keys: list) -> tuple[dict[str, list[i
     return parts, {f"train+val ({args.kfold} folds)": base["train"], "test": base["test"]}
 
 
+def _check_paths(args) -> tuple[str | None, list[str]]:
+    """(a problem with the input or output paths, or None; the files of a dataset already in --out)."""
+    for path in args.input:
+        if not os.path.isfile(path):
+            return f"{path}: no such input file", []
+        if _is_output_path(path, args.out):
+            return (f"input {path} is where prepare writes its output in {args.out}; input files are "
+                    "never modified: choose another --out"), []
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        return f"--out {args.out} is a file; it must be a directory", []
+    existing = _existing_outputs(args.out)
+    if existing and not args.overwrite:
+        return (f"{args.out} already holds a prepared dataset ({', '.join(existing[:4])}"
+                f"{', ...' if len(existing) > 4 else ''}); pass --overwrite to replace it, or choose "
+                "another --out"), existing
+    return None, existing
+
+
 def run(args: argparse.Namespace) -> int:
     """Prepares the dataset described by parsed arguments; returns the exit status."""
+    t0 = time.perf_counter()
     problem = _check_args(args)
+    existing = []
+    if not problem:
+        problem, existing = _check_paths(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    t0 = time.perf_counter()
-    for path in args.input:
-        if not os.path.isfile(path):
-            print(f"error: {path}: no such input file", file=sys.stderr)
-            return 2
-        if _is_output_path(path, args.out):
-            print(f"error: input {path} is where prepare writes its output in {args.out}; "
-                  "input files are never modified: choose another --out", file=sys.stderr)
-            return 2
-    existing = _existing_outputs(args.out)
-    if existing and not args.overwrite:
-        print(f"error: {args.out} already holds a prepared dataset ({', '.join(existing[:4])}"
-              f"{', ...' if len(existing) > 4 else ''}); pass --overwrite to replace it, or choose "
-              "another --out", file=sys.stderr)
-        return 2
 
-    tokenizer = load_tokenizer(args.tokenizer)
+    # Clean.
     tally = report_lib.Tally()
-    seen: dict[bytes, str] = {}
-    near = clean.NearDuplicateIndex(args.near_dup_threshold)
-    kept: list[tuple[Example, bytes, np.ndarray, np.ndarray, bool]] = []
-    progress = _Progress()
     seconds = {"tokenize": 0.0, "near_duplicates": 0.0}
-    tok_state: dict = {}
-    records = read_jsonl(args.input, args.format, strict=args.strict)
     try:
-        while batch := list(itertools.islice(records, BATCH)):
-            unique = []
-            for item in batch:
-                tally.read += 1
-                if isinstance(item, DataError):
-                    m = _WHERE.match(str(item))
-                    tally.remove("malformed", *(m.groups() if m else ("?", str(item))))
-                    continue
-                ex = clean.normalize_example(item)
-                bad = clean.check_fields(ex)
-                if bad:
-                    tally.remove(bad[0], ex.source, bad[1])
-                    continue
-                key = clean.content_key(ex)
-                if key in seen:
-                    tally.remove("duplicate", ex.source, f"same content as {seen[key]}")
-                    continue
-                seen[key] = ex.source
-                unique.append((ex, key))
-            t = time.perf_counter()
-            tokenized = _tokenize_checked([ex for ex, _ in unique], tokenizer, args.train_all_turns, tok_state)
-            seconds["tokenize"] += time.perf_counter() - t
-            candidates = []
-            for (ex, key), (ids, mask) in zip(unique, tokenized):
-                fitted = clean.fit_length(ids, mask, args.max_tokens, args.too_long or "drop")
-                if isinstance(fitted, str):
-                    tally.remove("too_long", ex.source, fitted)
-                    continue
-                candidates.append((ex, key, *fitted))
-            t = time.perf_counter()
-            hashes = [near.shingle_hashes(c[0]) for c in candidates]
-            hashed = [i for i, h in enumerate(hashes) if len(h)]
-            sigs = dict(zip(hashed, near.signatures([hashes[i] for i in hashed]))) if hashed else {}
-            for i, cand in enumerate(candidates):
-                match = near.check_and_add(sigs[i], cand[0].source) if i in sigs else None
-                if match:
-                    tally.remove("near_duplicate", cand[0].source,
-                                 f"similar to {match[0]} (estimated Jaccard {match[1]:.2f})")
-                    continue
-                tally.truncated += cand[4]
-                kept.append(cand)
-            seconds["near_duplicates"] += time.perf_counter() - t
-            progress.update(tally.read, len(kept))
+        kept = clean_stream(args, load_tokenizer(args.tokenizer), tally, seconds)
     except DataError as e:  # --strict, or an input that cannot be read
         print(str(e), file=sys.stderr)
         return 2
-    progress.update(tally.read, len(kept), force=True)
     seconds["read_and_clean"] = time.perf_counter() - t0 - seconds["tokenize"] - seconds["near_duplicates"]
 
-    t = time.perf_counter()
-    categories = [c[0].category for c in kept]
-    parts, top = _assign_splits(args, categories, [c[1] for c in kept]) if kept else ({}, {})
+    # Split.
+    categories = [k.example.category for k in kept]
+    try:
+        parts, top = _assign_splits(args, categories, [k.key for k in kept]) if kept else ({}, {})
+    except ValueError as e:  # e.g. --kfold K above the number of examples kept
+        print(f"error: {e} (after cleaning {tally.read} records)", file=sys.stderr)
+        return 2
     parts = {name: idx for name, idx in parts.items() if idx}
-    for path in existing:
-        os.remove(path)
-    for d in glob.glob(os.path.join(args.out, "fold*")):
-        if os.path.isdir(d) and _FOLD_DIR.match(os.path.basename(d)) and not os.listdir(d):
-            os.rmdir(d)
+
+    # Write.
+    t = time.perf_counter()
     os.makedirs(args.out, exist_ok=True)
-    outputs = {}
-    for name, idx in parts.items():
-        prefix = os.path.join(args.out, name)
-        os.makedirs(os.path.dirname(prefix), exist_ok=True)
-        _write_jsonl(prefix + ".jsonl", (_row(kept[i][0], *kept[i][2:]) for i in idx))
-        token_store.write(prefix, ({"input_ids": kept[i][2], "loss_mask": kept[i][3]} for i in idx))
-        outputs[name] = {"jsonl": prefix + ".jsonl", "token_store": prefix}
+    outputs = write_splits(args.out, kept, parts, existing)
     seconds["write"] = time.perf_counter() - t
 
-    lengths = np.asarray([len(c[2]) for c in kept], np.int64)
-    trained = np.asarray([int(c[3].sum()) for c in kept], np.int64)
+    # Report.
+    lengths = np.asarray([len(k.ids) for k in kept], np.int64)
+    trained = np.asarray([int(k.mask.sum()) for k in kept], np.int64)
     options = {k: v for k, v in vars(args).items() if k not in ("input", "out", "command")}
     rep = report_lib.build(
         tally, parts, lengths, trained, categories,
         inputs=[{"path": p, "bytes": os.path.getsize(p)} for p in args.input], out=args.out,
-        options=options, outputs=outputs,
-        seconds=round(time.perf_counter() - t0, 3),
+        options=options, outputs=outputs, seconds=round(time.perf_counter() - t0, 3),
         seconds_by_phase={k: round(v, 3) for k, v in seconds.items()})
     text = report_lib.write(args.out, rep, {n: lengths[np.asarray(i, np.int64)] for n, i in top.items()},
                             args.max_tokens)
