@@ -1,24 +1,36 @@
-"""All Orbax use: model checkpoints (converted weights) saved and restored, sharded when asked.
+"""All Orbax use: model checkpoints (converted weights) saved and restored, sharded when asked, and
+their arrays streamed slice by slice (tensorstore) for conversion and export.
 
 A model checkpoint directory holds
     config.json       the HF-style model config (r1jax.model.config.to_hf_dict)
     r1jax.json        what the params hold: {"with_mtp": bool, "param_dtype": str, "format": 1}
     params/           an Orbax PyTree checkpoint of the model's variables as a nested dict
+and the HF checkpoint's SIDE_FILES (tokenizer, generation config) when it had them; and, when
+converted from FP8 weights, `fp8_scales.safetensors`: the release's `*_scale_inv` tensors
+under their release names, which let export re-quantize to the release's exact codes (r1jax/fp8.py).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
+import threading
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorstore as ts
 from flax import nnx
 
 from r1jax.model.config import ModelConfig, from_hf_dict, to_hf_dict
 from r1jax.model.transformer import Transformer
 
 META_NAME = "r1jax.json"
+SCALES_NAME = "fp8_scales.safetensors"
+# Files of an HF checkpoint that a model checkpoint carries along unchanged (convert copies them in,
+# export copies them out): the tokenizer, and the release's default sampling settings.
+SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+              "generation_config.json")
 FORMAT_VERSION = 1
 
 
@@ -57,15 +69,20 @@ def unflatten(flat: dict[str, object]) -> dict:
     return out
 
 
-def save_model(directory: str, cfg: ModelConfig, params: dict) -> None:
-    """Writes cfg and the nested dict `params` (arrays) as a model checkpoint into `directory`."""
-    directory = os.path.abspath(directory)
+def write_meta(directory: str, cfg: ModelConfig) -> None:
+    """Writes config.json and r1jax.json of a model checkpoint of `cfg` into `directory`."""
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(to_hf_dict(cfg), f, indent=2)
     with open(os.path.join(directory, META_NAME), "w") as f:
         json.dump({"format": FORMAT_VERSION, "with_mtp": cfg.with_mtp,
                    "param_dtype": cfg.param_dtype}, f, indent=2)
+
+
+def save_model(directory: str, cfg: ModelConfig, params: dict) -> None:
+    """Writes cfg and the nested dict `params` (arrays) as a model checkpoint into `directory`."""
+    directory = os.path.abspath(directory)
+    write_meta(directory, cfg)
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(os.path.join(directory, "params"), params)
     ckptr.wait_until_finished()
@@ -116,3 +133,114 @@ def load_model(directory: str, cfg: ModelConfig | None = None, shardings=None) -
 def numpy_params(model: Transformer) -> dict:
     """The model's variables as a nested dict of host numpy arrays."""
     return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model)))
+
+
+# Streaming: arrays written and read slice by slice ------------------------------------------------
+
+def _orbax_metadata(params_dir: str) -> tuple[dict, bool]:
+    """({dotted path: Orbax ArrayMetadata}, use_zarr3) of a PyTree checkpoint; reads no array data."""
+    meta = ocp.StandardCheckpointer().metadata(params_dir)
+    meta = getattr(meta, "item_metadata", meta)  # a StepMetadata from orbax >= 0.12
+    leaves = {".".join(map(str, k)): v for k, v in _flatten(dict(getattr(meta, "tree", meta)))}
+    return leaves, bool(getattr(meta, "use_zarr3", False))
+
+
+def create_params(params_dir: str, arrays: dict[str, tuple[tuple, np.dtype, tuple]]) -> None:
+    """Creates at `params_dir` an Orbax PyTree checkpoint of {path: (shape, dtype, chunks)} whose data
+    is still to be written (ParamStore.write); `load_model` reads it once every chunk is written.
+
+    Orbax itself writes every file of the checkpoint, from a stand-in tree of one-element arrays, so
+    the tree metadata and the OCDBT database are its own. Each stand-in is then replaced in that
+    database by an empty zarr array of the real shape: chunked as given (one slice per layer or
+    expert, so slices are written without reading back) and uncompressed (zstd would cost more CPU
+    than the bf16 bits it saves). Orbax records that missing chunks are errors, not zeros.
+    """
+    params_dir = os.path.abspath(params_dir)
+    stand_in = unflatten({p: np.zeros((1,) * len(shape), dtype) for p, (shape, dtype, _) in arrays.items()})
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(params_dir, stand_in)
+    ckptr.wait_until_finished()
+    meta, _ = _orbax_metadata(params_dir)
+    context = ts.Context({"file_io_sync": False})
+    pending = [ts.open(_array_spec(params_dir, meta[p].name, shape=shape, dtype=dtype, chunks=chunks),
+                       create=True, delete_existing=True, context=context)
+               for p, (shape, dtype, chunks) in arrays.items()]
+    for f in pending:
+        f.result()
+
+
+def _array_spec(params_dir: str, name: str, zarr3: bool = False, **new) -> dict:
+    """tensorstore spec of the array `name` of an Orbax checkpoint; `new` (shape, dtype, chunks)
+    creates it. Orbax's defaults: OCDBT when params/manifest.ocdbt exists, zarr v2 unless told."""
+    if os.path.exists(os.path.join(params_dir, "manifest.ocdbt")):
+        kvstore = {"driver": "ocdbt", "base": f"file://{params_dir}/", "path": name}
+    else:
+        kvstore = {"driver": "file", "path": os.path.join(params_dir, name) + "/"}
+    spec = {"driver": "zarr3" if zarr3 else "zarr", "kvstore": kvstore}
+    if new:
+        spec["dtype"] = np.dtype(new["dtype"]).name
+        spec["metadata"] = {"shape": list(new["shape"]), "chunks": list(new["chunks"]), "compressor": None}
+    return spec
+
+
+class ParamStore:
+    """The arrays of an Orbax params checkpoint, opened for slice reads and writes from many threads.
+
+    `shapes`: {dotted path: (shape, dtype)}. `cache_bytes` keeps recently read chunks, for checkpoints
+    whose chunks span several slices (a trainer's); converted checkpoints have one chunk per slice.
+    """
+
+    def __init__(self, params_dir: str, cache_bytes: int = 0):
+        self.params_dir = os.path.abspath(params_dir)
+        try:
+            meta, self._zarr3 = _orbax_metadata(self.params_dir)
+        except Exception as e:  # orbax raises many types; all mean the same to a user
+            raise CheckpointError(f"{self.params_dir}: not an Orbax checkpoint: {type(e).__name__}: {e}") from None
+        self.shapes = {p: (tuple(m.shape), np.dtype(m.dtype)) for p, m in meta.items()}
+        self._names = {p: m.name for p, m in meta.items()}
+        self._context = ts.Context({"cache_pool": {"total_bytes_limit": cache_bytes}, "file_io_sync": False})
+        self._arrays: dict[str, ts.TensorStore] = {}
+        self._lock = threading.Lock()
+
+    def _array(self, path: str) -> ts.TensorStore:
+        with self._lock:
+            if path not in self._arrays:
+                spec = _array_spec(self.params_dir, self._names[path], self._zarr3)
+                self._arrays[path] = ts.open(spec, open=True, context=self._context).result()
+            return self._arrays[path]
+
+    def write(self, path: str, index: tuple, data: np.ndarray) -> None:
+        """array[path][index] = data, committed to disk's page cache when this returns."""
+        self._array(path)[index].write(data).result()
+
+    def read(self, path: str, index: tuple) -> np.ndarray:
+        return self._array(path)[index].read().result()
+
+
+def verify_params(params_dir: str, want: dict[str, tuple[tuple, np.dtype, tuple]]) -> None:
+    """Checks a streamed params checkpoint against {path: (shape, dtype, chunks)}: Orbax's metadata
+    names every array with its shape and dtype, and every chunk of every array is stored.
+
+    Raises CheckpointError listing what differs."""
+    params_dir = os.path.abspath(params_dir)
+    meta, _ = _orbax_metadata(params_dir)
+    problems = [f"{p}: missing" for p in sorted(set(want) - set(meta))]
+    problems += [f"{p}: unexpected" for p in sorted(set(meta) - set(want))]
+    for p, (shape, dtype, _) in want.items():
+        m = meta.get(p)
+        if m is not None and (tuple(m.shape) != tuple(shape) or np.dtype(m.dtype) != np.dtype(dtype)):
+            problems.append(f"{p}: {np.dtype(m.dtype)}{list(m.shape)}, expected {np.dtype(dtype)}{list(shape)}")
+    kv = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{params_dir}/"}).result()
+    stored: dict[str, int] = {}
+    for key in kv.list().result():
+        name, _, chunk = key.decode().rpartition("/")
+        if not chunk.startswith("."):
+            stored[name] = stored.get(name, 0) + 1
+    for p, (shape, _, chunks) in want.items():
+        if p in meta:
+            n = math.prod(-(-s // c) for s, c in zip(shape, chunks))
+            if stored.get(meta[p].name, 0) != n:
+                problems.append(f"{p}: {stored.get(meta[p].name, 0)} of {n} chunks written")
+    if problems:
+        raise CheckpointError(f"{params_dir}: incomplete: " + "; ".join(problems[:12]) +
+                              (f" ... and {len(problems) - 12} more" if len(problems) > 12 else ""))

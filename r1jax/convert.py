@@ -1,26 +1,34 @@
-"""HF safetensors (release layout) -> r1jax model checkpoint (Orbax).
+"""HF safetensors (release layout) -> r1jax model checkpoint (Orbax), streamed in bounded memory.
 
     python -m r1jax.convert --hf_dir DIR --out CKPT [--dtype bfloat16|float32] [--drop_mtp]
+                            [--workers N] [--resume]
 
-Reads per-expert and fused expert layouts, sharded (index json) or single-file checkpoints, BF16/FP32
-and block-scaled FP8 weights. Everything is validated before anything is written; the output appears
-only when complete (written to a temporary sibling directory, then renamed).
+Reads per-expert and fused expert layouts, sharded (index json) or single-file checkpoints,
+BF16/FP16/FP32 and block-scaled FP8 weights (r1jax/fp8.py). Everything is validated before anything
+is written. Then each HF tensor (the largest in blocks of rows) is read memory-mapped, dequantized,
+transformed by its layout slot and written as a slice of its stacked array through tensorstore, so
+host memory holds a few tensors per worker, never the model. The output appears only when complete
+(built in CKPT.partial, then renamed); an interrupted run continues with --resume.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import json
 import os
 import shutil
 import sys
-import time
 
 import numpy as np
 
-from r1jax import checkpoint, layout, safetensors_io
-from r1jax.model.config import ConfigError, ModelConfig, load_hf_config
+from r1jax import checkpoint, fp8, layout, safetensors_io, streaming
+from r1jax.model.config import ConfigError, ModelConfig, load_hf_config, to_hf_dict
 
-FP8_BLOCK = 128
 SCALE_SUFFIX = "_scale_inv"  # "<name>.weight" has its block scales in "<name>.weight_scale_inv"
+BLOCK_BYTES = 64 << 20  # a tensor bigger than this (as output) is converted in blocks of rows
+_FLOATS = {np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64),
+           safetensors_io.DTYPES["BF16"]}
 
 
 class ConversionError(ValueError):
@@ -34,17 +42,14 @@ def _listing(names, limit=12) -> str:
 
 
 def dequantize_fp8(q: np.ndarray, scale_inv: np.ndarray) -> np.ndarray:
-    """w[i, j] = float32(q[i, j]) * scale_inv[i // 128, j // 128]; q [M, N] fp8, scale_inv
-    [ceil(M/128), ceil(N/128)] float32 -> float32 [M, N] (edge blocks partial)."""
-    m, n = q.shape
-    s = np.repeat(np.repeat(np.asarray(scale_inv, np.float32), FP8_BLOCK, 0), FP8_BLOCK, 1)[:m, :n]
-    return np.asarray(q).astype(np.float32) * s
+    """float32 [M, N] from FP8 q [M, N] and scale_inv [ceil(M/128), ceil(N/128)] (see r1jax/fp8.py)."""
+    return fp8.dequantize(q, scale_inv, np.float32)
 
 
 def plan(cfg: ModelConfig, tensors: dict[str, safetensors_io.TensorInfo], with_mtp: bool):
-    """Checks names, shapes and scales against the layout; returns the HF tensors to read.
+    """Checks names, shapes, dtypes and scales against the layout; returns the HF tensors to read.
 
-    Raises ConversionError listing every missing, unexpected or mis-shaped tensor at once.
+    Raises ConversionError listing every missing, unexpected, mis-shaped or mis-typed tensor at once.
     """
     names = set(tensors)
     expected = layout.hf_tensors(cfg, names, with_mtp=with_mtp)
@@ -63,16 +68,22 @@ def plan(cfg: ModelConfig, tensors: dict[str, safetensors_io.TensorInfo], with_m
                  for t in expected if t.name in tensors and tensors[t.name].shape != t.shape]
     if bad_shape:
         problems.append(f"wrong shape: {_listing(bad_shape)}")
+    bad_dtype = [f"{t.name} {tensors[t.name].dtype}" for t in expected if t.name in tensors
+                 and tensors[t.name].dtype not in _FLOATS | {fp8.E4M3}]
     for t in expected:
         info = tensors.get(t.name)
-        if info is None or info.dtype.itemsize != 1:
+        if info is None or info.dtype != fp8.E4M3:
             continue
         s = tensors.get(t.name + SCALE_SUFFIX)
-        want_s = tuple(-(-d // FP8_BLOCK) for d in t.shape)
+        want_s = fp8.scale_shape(t.shape)
         if s is None:
             problems.append(f"FP8 tensor {t.name} has no {t.name + SCALE_SUFFIX}")
         elif s.shape != want_s:
             problems.append(f"{s.name} {s.shape} (expected {want_s})")
+        elif s.dtype not in _FLOATS:
+            bad_dtype.append(f"{s.name} {s.dtype}")
+    if bad_dtype:
+        problems.append(f"wrong dtype (expected a float or float8_e4m3fn): {_listing(bad_dtype)}")
     orphan = {s for s in scales if s[:-len(SCALE_SUFFIX)] not in want and s not in ignored}
     if orphan:
         problems.append(f"scale(s) without a weight: {_listing(orphan)}")
@@ -85,13 +96,14 @@ def read_tensor(tensors, name: str) -> np.ndarray:
     """float32 data of one HF tensor (FP8 dequantized with its block scales)."""
     info = tensors[name]
     data = safetensors_io.load(info)
-    if info.dtype.itemsize == 1:
+    if info.dtype == fp8.E4M3:
         return dequantize_fp8(data, safetensors_io.load(tensors[name + SCALE_SUFFIX]))
     return np.asarray(data, np.float32)
 
 
 def fill_params(cfg: ModelConfig, expected, read) -> dict[str, np.ndarray]:
-    """{dotted path: array} of every model variable, filled from HF tensors.
+    """{dotted path: array} of every model variable, filled from HF tensors, all in memory (for small
+    models and tests; `convert` streams instead).
 
     expected: layout.hf_tensors(...); read(name, i) -> the i-th HF tensor's float32 data.
     """
@@ -109,33 +121,173 @@ def fill_params(cfg: ModelConfig, expected, read) -> dict[str, np.ndarray]:
     return arrays
 
 
+# Streaming ----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One unit of streamed work: an HF tensor, or the block `rows` of its axis 0."""
+    tensor: layout.HFTensor
+    rows: tuple[int, int] | None = None
+
+    @property
+    def key(self) -> str:
+        return self.tensor.name if self.rows is None else f"{self.tensor.name}[{self.rows[0]}:{self.rows[1]}]"
+
+    def bounds(self) -> tuple[int, int]:
+        return self.rows or (0, self.tensor.shape[0])
+
+    def target_index(self, slot: layout.Slot) -> tuple:
+        """Index of the full target array that this task writes through `slot`."""
+        if self.rows is None:
+            return slot.index
+        return slot.index + slot.block(*self.rows, len(self.tensor.shape))
+
+
+def block_rows(t: layout.HFTensor, row_bytes: int, fp8_rows: bool, block_bytes: int) -> int | None:
+    """Rows of axis 0 per block for `t` (row_bytes: bytes one row becomes), or None for one piece:
+    small tensors and those whose rows do not land in one box. FP8 matrices keep whole 128-row bands."""
+    n = t.shape[0]
+    if len(t.shape) < 2 or n * row_bytes <= block_bytes or any(
+            s.block(0, 1, len(t.shape)) is None for s in t.slots):
+        return None
+    rows = max(1, block_bytes // row_bytes)
+    if fp8_rows:
+        rows = max(fp8.BLOCK, rows // fp8.BLOCK * fp8.BLOCK)
+    return rows if rows < n else None
+
+
+def make_tasks(expected, shapes: dict, block_bytes: int, fp8_names=frozenset()) -> list[Task]:
+    """The tasks that together write every slot of `expected` once.
+
+    shapes: {path: (shape, dtype)} of the output; fp8_names: tensors whose rows move in 128-row bands.
+    """
+    tasks = []
+    for t in expected:
+        row_bytes = int(np.prod(t.shape[1:], dtype=np.int64)) * shapes[t.slots[0].path][1].itemsize
+        rows = block_rows(t, row_bytes, t.name in fp8_names and len(t.shape) == 2, block_bytes)
+        if rows is None:
+            tasks.append(Task(t))
+        else:
+            tasks += [Task(t, (lo, min(lo + rows, t.shape[0]))) for lo in range(0, t.shape[0], rows)]
+    return tasks
+
+
+def chunk_shapes(tasks: list[Task], shapes: dict) -> dict[str, tuple[int, ...]]:
+    """{path: zarr chunk shape}: each chunk is exactly what one task writes through one slot, so no
+    chunk is ever read back, merged or shared between threads."""
+    chunks: dict[str, tuple[int, ...]] = {}
+    for task in tasks:
+        for slot in task.tensor.slots:
+            if slot.path in chunks:
+                continue
+            shape = shapes[slot.path][0]
+            chunk = [1] * len(slot.index) + list(shape[len(slot.index):])
+            if task.rows is not None:
+                block = slot.block(*task.rows, len(task.tensor.shape))
+                chunk[len(slot.index) + len(block) - 1] = task.rows[1] - task.rows[0]
+            chunks[slot.path] = tuple(chunk)
+    return chunks
+
+
+def _convert_task(task: Task, tensors, store: checkpoint.ParamStore, shapes, scales) -> int:
+    """Reads, dequantizes and writes one task; returns the bytes it read."""
+    t = task.tensor
+    info = tensors[t.name]
+    lo, hi = task.bounds()
+    data = safetensors_io.load(info)[lo:hi]
+    dtype = shapes[t.slots[0].path][1]
+    nbytes = data.nbytes
+    if info.dtype == fp8.E4M3:
+        s_info = tensors[t.name + SCALE_SUFFIX]
+        scale = np.asarray(safetensors_io.load(s_info)[fp8.scale_rows(lo, hi, data.ndim)])
+        data = fp8.dequantize(data, scale, dtype)
+        scales.write(s_info.name, scale, fp8.scale_rows(lo, hi, data.ndim).start)
+        nbytes += scale.nbytes
+    else:
+        data = np.asarray(data, dtype)
+    for slot in t.slots:
+        store.write(slot.path, task.target_index(slot), slot.fn(data))
+    return nbytes
+
+
+def _copy_side_files(src: str, dst: str) -> None:
+    for name in checkpoint.SIDE_FILES:
+        if os.path.exists(os.path.join(src, name)):
+            shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 def convert(hf_dir: str, out: str, *, dtype: str = "bfloat16", drop_mtp: bool = False,
-            log=print) -> ModelConfig:
-    """Converts the HF checkpoint in `hf_dir` into an r1jax model checkpoint at `out`."""
-    if os.path.exists(out):
-        raise ConversionError(f"{out}: already exists; choose a new --out or remove it")
+            workers: int = 1, resume: bool = False, log=print, block_bytes: int = BLOCK_BYTES,
+            ) -> ModelConfig:
+    """Converts the HF checkpoint in `hf_dir` into an r1jax model checkpoint at `out`.
+
+    workers: threads dequantizing and writing; resume: continue `out`.partial left by an interrupted
+    run; block_bytes: tensors bigger than this (as output) go in blocks of rows.
+    """
     tensors = safetensors_io.index_checkpoint(hf_dir)
     base = load_hf_config(hf_dir, param_dtype=dtype)
     with_mtp = (not drop_mtp) and layout.has_mtp_tensors(base, tensors)
     cfg = base.replace(with_mtp=with_mtp)
     expected = plan(cfg, tensors, with_mtp)
+    shapes = {p: (tuple(s.shape), np.dtype(s.dtype)) for p, s in checkpoint.param_shapes(cfg).items()}
+    fp8_names = {t.name for t in expected if tensors[t.name].dtype == fp8.E4M3}
+    tasks = make_tasks(expected, shapes, block_bytes, fp8_names)
+    # Sequential reads: tasks in the order their bytes lie on disk.
+    tasks.sort(key=lambda k: (tensors[k.tensor.name].file, tensors[k.tensor.name].offset, k.bounds()))
+    chunks = chunk_shapes(tasks, shapes)
+    arrays = {p: (shape, dt, chunks[p]) for p, (shape, dt) in shapes.items()}
+    scale_infos = [tensors[t.name + SCALE_SUFFIX] for t in expected if t.name in fp8_names]
+    scale_out = [safetensors_io.OutTensor(s.name, s.dtype, s.shape) for s in scale_infos]
+    files = {f: safetensors_io.identity(f) for f in {i.file for i in tensors.values()}}
+    digests = {k.key: _digest(files[tensors[k.tensor.name].file],
+                              *([files[tensors[k.tensor.name + SCALE_SUFFIX].file]]
+                                if k.tensor.name in fp8_names else [])) for k in tasks}
+    spec = {"job": "r1jax.convert", "format": checkpoint.FORMAT_VERSION, "dtype": dtype,
+            "with_mtp": with_mtp, "config": _digest(json.dumps(to_hf_dict(cfg), sort_keys=True)),
+            "tasks": _digest(*(k.key for k in tasks))}
 
-    t0, nbytes = time.time(), [0]
-
-    def read(name, i):
-        nbytes[0] += tensors[name].nbytes
-        if (i + 1) % 200 == 0 or i + 1 == len(expected):
-            rate = nbytes[0] / max(time.time() - t0, 1e-9) / 1e9
-            log(f"convert: {i + 1}/{len(expected)} tensors, {nbytes[0] / 1e9:.2f} GB read, {rate:.2f} GB/s")
-        return read_tensor(tensors, name)
-
-    arrays = fill_params(cfg, expected, read)
-    tmp = f"{os.path.abspath(out)}.tmp-{os.getpid()}"
+    job = streaming.OutputDir(out, spec, resume=resume, log=log)
+    params_dir = os.path.join(job.path, "params")
+    scales_path = os.path.join(job.path, checkpoint.SCALES_NAME)
     try:
-        checkpoint.save_model(tmp, cfg, checkpoint.unflatten(arrays))
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not job.resumed:
+            checkpoint.write_meta(job.path, cfg)
+            _copy_side_files(hf_dir, job.path)
+            checkpoint.create_params(params_dir, arrays)
+            if scale_out:
+                safetensors_io.ShardWriter(scales_path, scale_out, create=True).close()
+            job.mark_ready()
+        store = checkpoint.ParamStore(params_dir)
+        scales = safetensors_io.ShardWriter(scales_path, scale_out, create=False) if scale_out else None
+        done = job.finished(digests)
+        todo = [k for k in tasks if k.key not in done]
+        if done:
+            log(f"convert: resuming: {len(done)} of {len(tasks)} tensors were converted from unchanged "
+                f"shards; converting the other {len(todo)}")
+        total = sum(tensors[k.tensor.name].nbytes * (k.bounds()[1] - k.bounds()[0]) // k.tensor.shape[0]
+                    for k in todo)
+        progress = streaming.Progress("convert", len(todo), total)
+
+        def work(task: Task) -> None:
+            n = _convert_task(task, tensors, store, shapes, scales)
+            job.record(task.key, digests[task.key])
+            progress.advance(n)
+
+        streaming.run_tasks(todo, work, workers)
+        progress.close()
+        if scales is not None:
+            scales.close()
+        checkpoint.verify_params(params_dir, arrays)
+    except BaseException:
+        job.close()
+        log(f"convert: stopped; {job.path} keeps the finished tensors: rerun with --resume to "
+            "continue, or remove it")
+        raise
+    job.commit()
     log(f"convert: wrote {out} ({len(expected)} tensors, MTP {'kept' if with_mtp else 'not included'})")
     return cfg
 
@@ -147,11 +299,18 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
                    help="parameter dtype of the output (the router bias stays float32)")
     p.add_argument("--drop_mtp", action="store_true", help="omit the MTP module (layer num_hidden_layers)")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="threads dequantizing and writing (default: CPU cores, at most 8)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the conversion an earlier run left in OUT.partial")
     a = p.parse_args(argv)
+    if a.workers < 1:
+        p.error("--workers must be >= 1")
     try:
-        convert(a.hf_dir, a.out, dtype=a.dtype, drop_mtp=a.drop_mtp,
-                log=lambda s: print(s, file=sys.stderr, flush=True))
-    except (ConversionError, ConfigError, safetensors_io.CheckpointFormatError) as e:
+        convert(a.hf_dir, a.out, dtype=a.dtype, drop_mtp=a.drop_mtp, workers=a.workers,
+                resume=a.resume, log=lambda s: print(s, file=sys.stderr, flush=True))
+    except (ConversionError, ConfigError, safetensors_io.CheckpointFormatError, streaming.JobError,
+            checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,25 +1,71 @@
-"""The one mapping between the released HF tensor layout and r1jax parameter paths.
+"""The one mapping between the released HF tensor layout and r1jax parameter paths, both directions.
 
 HF stores torch Linear weights as [out, in]; r1jax stores kernels as [in, ...out] with heads split
 out, and stacks layers (and experts) along leading axes. Each HF tensor maps to one or more `Slot`s:
-a parameter path, the leading indices it fills (layer, expert), and the transform of its data.
-Convert (HF -> r1jax) walks `hf_tensors`; export (r1jax -> HF) will walk the same list backwards.
+a parameter path, the leading indices it fills (layer, expert), and a declarative transform (swap the
+last two axes, split one axis into heads, keep a row range) that `fn` applies and `inv` undoes.
+Convert (HF -> r1jax) applies `fn`; export (r1jax -> HF) walks the same list and applies `inv`.
 """
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 import numpy as np
 
 from r1jax.model.config import ModelConfig
 
+FP8_SUFFIX = "_proj.weight"  # the release stores every such tensor block-scaled FP8 (DESIGN.md sec. 4)
+
 
 @dataclasses.dataclass(frozen=True)
 class Slot:
-    path: str                      # dotted r1jax path, e.g. "moe_layers.mlp.gate"
-    index: tuple[int, ...]         # leading indices into the target array (layer[, expert])
-    fn: Callable[[np.ndarray], np.ndarray]  # HF data -> data of target[index]
+    """Where (part of) an HF tensor lands: target[index] = fn(hf data).
+
+    The transform, in order: keep HF rows `rows` of axis -2 (the halves of a fused gate_up_proj), swap
+    the last two axes when `swap` ([out, in] -> [in, out]), then split axis `split[0]` into
+    (split[1] heads, rest).
+    """
+    path: str                              # dotted r1jax path, e.g. "moe_layers.mlp.gate"
+    index: tuple[int, ...]                 # leading indices into the target array (layer[, expert])
+    swap: bool = False
+    split: tuple[int, int] | None = None   # (axis after the swap, number of heads)
+    rows: tuple[int, int] | None = None    # HF rows lo:hi of axis -2
+
+    def fn(self, w: np.ndarray) -> np.ndarray:
+        """HF data (or a block of its axis-0 rows, see `block`) -> data of target[index] (a view
+        where possible)."""
+        if self.rows is not None:
+            w = w[..., self.rows[0]:self.rows[1], :]
+        if self.swap:
+            w = np.swapaxes(w, -1, -2)
+        if self.split is not None:
+            axis, heads = self.split
+            w = w.reshape(w.shape[:axis] + (heads, w.shape[axis] // heads) + w.shape[axis + 1:])
+        return w
+
+    def inv(self, x: np.ndarray) -> np.ndarray:
+        """data of target[index] -> the HF data it came from (rows `hf_region` of the HF tensor)."""
+        if self.split is not None:
+            axis = self.split[0]
+            x = x.reshape(x.shape[:axis] + (-1,) + x.shape[axis + 2:])
+        if self.swap:
+            x = np.swapaxes(x, -1, -2)
+        return x
+
+    def hf_region(self, ndim: int) -> tuple:
+        """Index of the HF tensor (of `ndim` axes) that this slot's data comes from."""
+        if self.rows is None:
+            return ()
+        return (slice(None),) * (ndim - 2) + (slice(*self.rows),)
+
+    def block(self, lo: int, hi: int, ndim: int) -> tuple | None:
+        """Index into target[index] holding HF rows lo:hi of axis 0 (of an `ndim`-axis HF tensor), or
+        None when those rows do not land in one box (split heads; row ranges of axis 0)."""
+        if self.split is not None or (self.rows is not None and ndim == 2):
+            return None
+        if self.swap and ndim == 2:  # HF rows are the output features: the last target axis
+            return (slice(None), slice(lo, hi))
+        return (slice(lo, hi),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,32 +74,10 @@ class HFTensor:
     shape: tuple[int, ...]
     slots: tuple[Slot, ...]
 
-
-def _same(w):
-    return w
-
-
-def _t(w):  # [out, in] -> [in, out]
-    return w.T
-
-
-def _split_out(heads: int):
-    """[H*K, X] -> [X, H, K]: a projection into per-head features."""
-    return lambda w: w.T.reshape(w.shape[1], heads, w.shape[0] // heads)
-
-
-def _split_in(heads: int):
-    """[D, H*V] -> [H, V, D]: the output projection from per-head values."""
-    return lambda w: w.T.reshape(heads, w.shape[1] // heads, w.shape[0])
-
-
-def _rows(lo: int, hi: int):
-    """Rows lo:hi of [E, 2F, D], transposed to [E, D, F] (the fused gate_up_proj)."""
-    return lambda w: np.swapaxes(w[:, lo:hi, :], 1, 2)
-
-
-def _swap(w):  # [E, D, F] -> [E, F, D]
-    return np.swapaxes(w, 1, 2)
+    @property
+    def fp8_in_release(self) -> bool:
+        """Whether the release stores this tensor block-scaled FP8 (every `*_proj.weight`)."""
+        return self.name.endswith(FP8_SUFFIX)
 
 
 def _block_tensors(cfg: ModelConfig, n: int, prefix: str, idx: tuple[int, ...], moe: bool,
@@ -63,47 +87,53 @@ def _block_tensors(cfg: ModelConfig, n: int, prefix: str, idx: tuple[int, ...], 
     hf = f"model.layers.{n}."
     out: list[HFTensor] = []
 
-    def add(name, shape, path, fn, extra=()):
-        out.append(HFTensor(hf + name, tuple(shape), (Slot(f"{prefix}.{path}", idx + extra, fn),)))
+    def add(name, shape, path, extra=(), **transform):
+        out.append(HFTensor(hf + name, tuple(shape), (Slot(f"{prefix}.{path}", idx + extra, **transform),)))
 
-    add("input_layernorm.weight", (d,), "attn_norm.scale", _same)
-    add("post_attention_layernorm.weight", (d,), "mlp_norm.scale", _same)
+    add("input_layernorm.weight", (d,), "attn_norm.scale")
+    add("post_attention_layernorm.weight", (d,), "mlp_norm.scale")
     a = "self_attn."
+    # [H*K, X] -> [X, H, K]: a projection into per-head features.
+    split_out = dict(swap=True, split=(1, h))
     if cfg.q_lora_rank is None:
-        add(a + "q_proj.weight", (h * cfg.qk_head_dim, d), "attn.q_proj", _split_out(h))
+        add(a + "q_proj.weight", (h * cfg.qk_head_dim, d), "attn.q_proj", **split_out)
     else:
-        add(a + "q_a_proj.weight", (cfg.q_lora_rank, d), "attn.q_a", _t)
-        add(a + "q_a_layernorm.weight", (cfg.q_lora_rank,), "attn.q_a_norm.scale", _same)
-        add(a + "q_b_proj.weight", (h * cfg.qk_head_dim, cfg.q_lora_rank), "attn.q_b", _split_out(h))
-    add(a + "kv_a_proj_with_mqa.weight", (cfg.kv_lora_rank + cfg.qk_rope_head_dim, d), "attn.kv_a", _t)
-    add(a + "kv_a_layernorm.weight", (cfg.kv_lora_rank,), "attn.kv_a_norm.scale", _same)
+        add(a + "q_a_proj.weight", (cfg.q_lora_rank, d), "attn.q_a", swap=True)
+        add(a + "q_a_layernorm.weight", (cfg.q_lora_rank,), "attn.q_a_norm.scale")
+        add(a + "q_b_proj.weight", (h * cfg.qk_head_dim, cfg.q_lora_rank), "attn.q_b", **split_out)
+    add(a + "kv_a_proj_with_mqa.weight", (cfg.kv_lora_rank + cfg.qk_rope_head_dim, d), "attn.kv_a",
+        swap=True)
+    add(a + "kv_a_layernorm.weight", (cfg.kv_lora_rank,), "attn.kv_a_norm.scale")
     add(a + "kv_b_proj.weight", (h * (cfg.qk_nope_head_dim + cfg.v_head_dim), cfg.kv_lora_rank),
-        "attn.kv_b", _split_out(h))
-    add(a + "o_proj.weight", (d, h * cfg.v_head_dim), "attn.o", _split_in(h))
+        "attn.kv_b", **split_out)
+    # [D, H*V] -> [H, V, D]: the output projection from per-head values.
+    add(a + "o_proj.weight", (d, h * cfg.v_head_dim), "attn.o", swap=True, split=(0, h))
     if not moe:
         f = cfg.intermediate_size
-        add("mlp.gate_proj.weight", (f, d), "mlp.gate", _t)
-        add("mlp.up_proj.weight", (f, d), "mlp.up", _t)
-        add("mlp.down_proj.weight", (d, f), "mlp.down", _t)
+        add("mlp.gate_proj.weight", (f, d), "mlp.gate", swap=True)
+        add("mlp.up_proj.weight", (f, d), "mlp.up", swap=True)
+        add("mlp.down_proj.weight", (d, f), "mlp.down", swap=True)
         return out
     e, f = cfg.n_routed_experts, cfg.moe_intermediate_size
-    add("mlp.gate.weight", (e, d), "mlp.router", _t)
-    add("mlp.gate.e_score_correction_bias", (e,), "mlp.router_bias", _same)
+    add("mlp.gate.weight", (e, d), "mlp.router", swap=True)
+    add("mlp.gate.e_score_correction_bias", (e,), "mlp.router_bias")
     if fused_experts:
+        # [E, 2F, D] -> gate and up [E, D, F] each; down [E, D, F] -> [E, F, D].
         out.append(HFTensor(hf + "mlp.experts.gate_up_proj", (e, 2 * f, d), (
-            Slot(f"{prefix}.mlp.gate", idx, _rows(0, f)), Slot(f"{prefix}.mlp.up", idx, _rows(f, 2 * f)))))
-        add("mlp.experts.down_proj", (e, d, f), "mlp.down", _swap)
+            Slot(f"{prefix}.mlp.gate", idx, swap=True, rows=(0, f)),
+            Slot(f"{prefix}.mlp.up", idx, swap=True, rows=(f, 2 * f)))))
+        add("mlp.experts.down_proj", (e, d, f), "mlp.down", swap=True)
     else:
         for j in range(e):
             x = f"mlp.experts.{j}."
-            add(x + "gate_proj.weight", (f, d), "mlp.gate", _t, (j,))
-            add(x + "up_proj.weight", (f, d), "mlp.up", _t, (j,))
-            add(x + "down_proj.weight", (d, f), "mlp.down", _t, (j,))
+            add(x + "gate_proj.weight", (f, d), "mlp.gate", (j,), swap=True)
+            add(x + "up_proj.weight", (f, d), "mlp.up", (j,), swap=True)
+            add(x + "down_proj.weight", (d, f), "mlp.down", (j,), swap=True)
     if cfg.n_shared_experts:
         fs = f * cfg.n_shared_experts
-        add("mlp.shared_experts.gate_proj.weight", (fs, d), "mlp.shared.gate", _t)
-        add("mlp.shared_experts.up_proj.weight", (fs, d), "mlp.shared.up", _t)
-        add("mlp.shared_experts.down_proj.weight", (d, fs), "mlp.shared.down", _t)
+        add("mlp.shared_experts.gate_proj.weight", (fs, d), "mlp.shared.gate", swap=True)
+        add("mlp.shared_experts.up_proj.weight", (fs, d), "mlp.shared.up", swap=True)
+        add("mlp.shared_experts.down_proj.weight", (d, fs), "mlp.shared.down", swap=True)
     return out
 
 
@@ -115,29 +145,30 @@ def is_fused_layer(names, n: int) -> bool:
 def hf_tensors(cfg: ModelConfig, names=frozenset(), *, with_mtp: bool) -> list[HFTensor]:
     """Every HF tensor a checkpoint of `cfg` must hold, in file order of the release.
 
-    `names` (the tensor names present) decides per layer between per-expert and fused experts.
+    `names` (the tensor names present) decides per layer between per-expert and fused experts; the
+    default (no names) is the release's per-expert layout.
     `with_mtp` includes layer `num_hidden_layers` (the MTP module).
     """
     d, v, k = cfg.hidden_size, cfg.vocab_size, cfg.first_k_dense_replace
-    out = [HFTensor("model.embed_tokens.weight", (v, d), (Slot("embed", (), _same),))]
+    out = [HFTensor("model.embed_tokens.weight", (v, d), (Slot("embed", ()),))]
     for n in range(cfg.num_hidden_layers):
         if n < k:
             out += _block_tensors(cfg, n, "dense_layers", (n,), False, False)
         else:
             out += _block_tensors(cfg, n, "moe_layers", (n - k,), True, is_fused_layer(names, n))
-    out.append(HFTensor("model.norm.weight", (d,), (Slot("final_norm.scale", (), _same),)))
-    out.append(HFTensor("lm_head.weight", (v, d), (Slot("lm_head", (), _t),)))
+    out.append(HFTensor("model.norm.weight", (d,), (Slot("final_norm.scale", ()),)))
+    out.append(HFTensor("lm_head.weight", (v, d), (Slot("lm_head", (), swap=True),)))
     if with_mtp:
         n = cfg.num_hidden_layers
         out += _block_tensors(cfg, n, "mtp.block", (), True, is_fused_layer(names, n))
         m = f"model.layers.{n}."
         out += [
-            HFTensor(m + "embed_tokens.weight", (v, d), (Slot("mtp.embed", (), _same),)),
-            HFTensor(m + "enorm.weight", (d,), (Slot("mtp.enorm.scale", (), _same),)),
-            HFTensor(m + "hnorm.weight", (d,), (Slot("mtp.hnorm.scale", (), _same),)),
-            HFTensor(m + "eh_proj.weight", (d, 2 * d), (Slot("mtp.eh_proj", (), _t),)),
-            HFTensor(m + "shared_head.norm.weight", (d,), (Slot("mtp.norm.scale", (), _same),)),
-            HFTensor(m + "shared_head.head.weight", (v, d), (Slot("mtp.head", (), _t),)),
+            HFTensor(m + "embed_tokens.weight", (v, d), (Slot("mtp.embed", ()),)),
+            HFTensor(m + "enorm.weight", (d,), (Slot("mtp.enorm.scale", ()),)),
+            HFTensor(m + "hnorm.weight", (d,), (Slot("mtp.hnorm.scale", ()),)),
+            HFTensor(m + "eh_proj.weight", (d, 2 * d), (Slot("mtp.eh_proj", (), swap=True),)),
+            HFTensor(m + "shared_head.norm.weight", (d,), (Slot("mtp.norm.scale", ()),)),
+            HFTensor(m + "shared_head.head.weight", (v, d), (Slot("mtp.head", (), swap=True),)),
         ]
     return out
 

@@ -1,0 +1,114 @@
+"""Block-scaled FP8 weights as the DeepSeek-V3/R1 release stores them: e4m3 codes, 128x128 scales.
+
+    w[..., i, j] = float32(q[..., i, j]) * scale_inv[..., i // 128, j // 128]
+
+q is `float8_e4m3fn`, scale_inv float32 of shape [..., ceil(M/128), ceil(N/128)] (edge blocks
+partial; leading axes, as in fused experts [E, M, N], carry their own scales). Quantizing uses the
+release's recipe, scale_inv = amax / 448 per block and q = round-to-nearest-even(w / scale_inv). That
+recipe does not invert dequantization: fl(fl(448 s) / 448) != s for about a tenth of float32 scales,
+and a block without a +-448 code has amax < 448 s. So `quantize` can be handed the source's scales
+and keeps every block they reproduce exactly, which makes FP8 -> float -> FP8 bit for bit.
+"""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+
+BLOCK = 128
+E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
+E4M3_MAX = 448.0
+# float32 value of each of the 256 codes (NaN for 0x7f and 0xff).
+_CODE_VALUES = np.arange(256, dtype=np.uint8).view(E4M3).astype(np.float32)
+
+
+def scale_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape of the scale_inv of an FP8 tensor of `shape` [..., M, N]."""
+    return tuple(shape[:-2]) + tuple(-(-d // BLOCK) for d in shape[-2:])
+
+
+def scale_rows(lo: int, hi: int, ndim: int) -> slice:
+    """Rows of scale_inv's axis 0 that belong to rows lo:hi of axis 0 of an `ndim`-axis weight (lo a
+    multiple of 128 when ndim is 2)."""
+    if ndim == 2:
+        return slice(lo // BLOCK, -(-hi // BLOCK))
+    return slice(lo, hi)
+
+
+def dequantize(q: np.ndarray, scale_inv: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """q [..., M, N] e4m3, scale_inv [..., ceil(M/128), ceil(N/128)] -> w [..., M, N] in `dtype`,
+    bit for bit (float32(q) * scale_inv).astype(dtype)."""
+    q, scale_inv = np.asarray(q), np.asarray(scale_inv, np.float32)
+    *lead, m, n = q.shape
+    out = np.empty(q.shape, dtype)
+    # Per band of 128 rows, a table holds every code's value times each column block's scale, cast to
+    # `dtype` once; one gather indexed by (column block << 8 | code) then does the band in a single pass
+    # over q. Each entry is float32(code) * scale rounded as the formula rounds it, so nothing changes.
+    n_col_blocks = -(-n // BLOCK)
+    index_dtype = np.uint16 if n_col_blocks <= 256 else np.uint32
+    col_base = ((np.arange(n) // BLOCK) << 8).astype(index_dtype)  # [N]
+    codes = q.view(np.uint8)
+    for lead_idx in np.ndindex(*lead):
+        for b, r in enumerate(range(0, m, BLOCK)):
+            table = (scale_inv[lead_idx + (b,)][:, None] * _CODE_VALUES[None, :]).astype(dtype)
+            band = np.bitwise_or(codes[lead_idx + (slice(r, r + BLOCK),)], col_base, dtype=index_dtype)
+            np.take(table.reshape(-1), band, out=out[lead_idx + (slice(r, r + BLOCK),)], mode="clip")
+    return out
+
+
+def _block_reduce(ufunc, x: np.ndarray) -> np.ndarray:
+    """ufunc-reduce [M, N] over 128x128 blocks (edge blocks partial) -> [ceil(M/128), ceil(N/128)]."""
+    rows = ufunc.reduceat(x, np.arange(0, x.shape[0], BLOCK), axis=0)
+    return ufunc.reduceat(rows, np.arange(0, x.shape[1], BLOCK), axis=1)
+
+
+def _expand(s: np.ndarray, m: int, n: int) -> np.ndarray:
+    """[ceil(M/128), ceil(N/128)] -> [M, N], each block's value repeated over it."""
+    return np.repeat(np.repeat(s, BLOCK, 0), BLOCK, 1)[:m, :n]
+
+
+def _codes(w32: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """[M, N] float32 and its block scales -> e4m3 codes, round to nearest even, saturating."""
+    return np.clip(w32 / _expand(s, *w32.shape), -E4M3_MAX, E4M3_MAX).astype(E4M3)
+
+
+def _bits(x: np.ndarray) -> np.ndarray:
+    return x.view(np.dtype(f"u{x.dtype.itemsize}"))
+
+
+def _quantize_2d(w: np.ndarray, given: np.ndarray | None):
+    w32 = w.astype(np.float32)
+    amax = _block_reduce(np.maximum, np.abs(w32))
+    # An all-zero block has amax 0; any positive scale codes it as zeros, and 1 keeps it finite.
+    fresh = np.where(amax > 0, amax / np.float32(E4M3_MAX), np.float32(1)).astype(np.float32)
+    if given is None:
+        return _codes(w32, fresh), fresh
+    given = np.asarray(given, np.float32)
+    q = _codes(w32, given)
+    # A block keeps the given scale when it reproduces every bit of w (the sign of zeros included):
+    # then the codes are the source's own.
+    same = _bits(dequantize(q, given, w.dtype)) == _bits(w)
+    keep = _block_reduce(np.logical_and, same)
+    if keep.all():
+        return q, given
+    s = np.where(keep, given, fresh).astype(np.float32)
+    return _codes(w32, s), s
+
+
+def quantize(w: np.ndarray, scale_inv: np.ndarray | None = None):
+    """w [..., M, N] (float32 or bfloat16, finite) -> (q [..., M, N] e4m3, scale_inv [..., ceil(M/128),
+    ceil(N/128)] float32).
+
+    Fresh scales are amax / 448 per block (1 for an all-zero block). `scale_inv`, when given (the
+    source's scales), is kept for every block it dequantizes back to exactly w, so those blocks get
+    the source's codes; the other blocks (changed by fine-tuning) get fresh scales.
+    Raises ValueError if w holds NaN or infinity.
+    """
+    w = np.asarray(w)
+    if not np.isfinite(w).all():
+        raise ValueError("holds NaN or infinity; FP8 cannot represent it")
+    *lead, m, n = w.shape
+    q = np.empty(w.shape, E4M3)
+    s = np.empty(scale_shape(w.shape), np.float32)
+    for idx in np.ndindex(*lead):
+        q[idx], s[idx] = _quantize_2d(w[idx], None if scale_inv is None else scale_inv[idx])
+    return q, s

@@ -1,0 +1,220 @@
+"""Long streamed jobs (convert, export): a resumable output directory, worker threads, a progress bar.
+
+The output is built in `<out>.partial` and renamed to `<out>` only when complete, so `<out>` never holds
+a half-written result. The partial directory carries a manifest (what is being built, with which
+options) and a journal (one line per finished task with a digest of its source files). `--resume`
+continues only a job with the same manifest, and trusts a finished task only while the digest of its
+sources is unchanged. A journal line is written only after the task's data is on disk (os.sync in a
+background thread), so a resume after a crash of the machine, not only of the process, is sound.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+PARTIAL_SUFFIX = ".partial"
+MANIFEST_NAME = "r1jax-job.json"
+JOURNAL_NAME = "r1jax-job.log"
+SYNC_EVERY_S = 30.0
+
+
+class JobError(ValueError):
+    """An output directory that cannot be (re)started as asked; the message says what to do."""
+
+
+def _differences(a: dict, b: dict) -> str:
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return ", ".join(f"{k}: {a.get(k)!r} then, {b.get(k)!r} now" for k in keys)
+
+
+class OutputDir:
+    """The partial output directory of one job, its manifest and its journal.
+
+    spec: JSON-able description of the job (kind, options, layout digest); a resumed job must match it.
+    After construction `path` exists; `resumed` says whether it holds earlier work. Call `mark_ready`
+    once the directory's skeleton is complete, `record` after each finished task, `commit` at the end.
+    """
+
+    def __init__(self, out: str, spec: dict, *, resume: bool, log: Callable[[str], None]):
+        self.out = os.path.abspath(out)
+        self.path = self.out + PARTIAL_SUFFIX
+        self._spec = spec
+        if os.path.exists(self.out):
+            raise JobError(f"{out}: already exists; choose a new --out or remove it")
+        if os.path.exists(self.path) and not resume:
+            raise JobError(f"{self.path}: left by an interrupted run; pass --resume to continue it, "
+                           "or remove it to start again")
+        manifest = self._read(MANIFEST_NAME) or {}
+        self.resumed = bool(manifest.get("ready"))  # else it died while laying out: start again
+        if self.resumed and manifest.get("spec") != spec:
+            raise JobError(f"{self.path}: was started with other options ("
+                           f"{_differences(manifest['spec'], spec)}); rerun with those, or remove "
+                           "it to start again")
+        if not self.resumed:
+            if resume:
+                log(f"resume: no finished work in {self.path}; starting from the beginning")
+            shutil.rmtree(self.path, ignore_errors=True)
+            os.makedirs(self.path)
+            self._write_manifest(ready=False)
+        self._pending: list[str] = []
+        self._lock = threading.Lock()
+        self._journal_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._syncer = threading.Thread(target=self._sync_loop, daemon=True)
+        self._syncer.start()
+
+    def _read(self, name: str):
+        try:
+            with open(os.path.join(self.path, name)) as f:
+                return json.load(f) if name.endswith(".json") else f.read()
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def _write_manifest(self, ready: bool) -> None:
+        tmp = os.path.join(self.path, MANIFEST_NAME + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"spec": self._spec, "ready": ready}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(self.path, MANIFEST_NAME))
+
+    def mark_ready(self) -> None:
+        """The skeleton (metadata, empty arrays, file headers) is complete: a resume keeps it."""
+        os.sync()
+        self._write_manifest(ready=True)
+
+    def finished(self, digests: dict[str, str]) -> set[str]:
+        """Tasks of `digests` ({task key: digest of its sources now}) that the journal lists as
+        finished from sources with the same digest."""
+        done = set()
+        for line in (self._read(JOURNAL_NAME) or "").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a crash: that task is redone
+                continue
+            if digests.get(entry.get("task")) == entry.get("source"):
+                done.add(entry["task"])
+        return done
+
+    def record(self, task: str, digest: str) -> None:
+        """Notes a finished task; its journal line follows the next sync of the data to disk."""
+        with self._lock:
+            self._pending.append(json.dumps({"task": task, "source": digest}))
+
+    def flush(self) -> None:
+        """Syncs written data to disk, then journals the tasks that had finished before the sync."""
+        with self._journal_lock:
+            with self._lock:
+                lines, self._pending = self._pending, []
+            if not lines:
+                return
+            os.sync()
+            with open(os.path.join(self.path, JOURNAL_NAME), "a") as f:
+                f.write("".join(line + "\n" for line in lines))
+                f.flush()
+                os.fsync(f.fileno())
+
+    def _sync_loop(self) -> None:
+        while not self._stop.wait(SYNC_EVERY_S):
+            self.flush()
+
+    def close(self) -> None:
+        """Stops the background sync, journaling what finished (on success and on failure alike)."""
+        self._stop.set()
+        self._syncer.join()
+        self.flush()
+
+    def commit(self) -> None:
+        """Renames the complete output into place, without the job's bookkeeping files."""
+        self.close()
+        for name in (MANIFEST_NAME, JOURNAL_NAME):
+            if os.path.exists(os.path.join(self.path, name)):
+                os.remove(os.path.join(self.path, name))
+        os.sync()
+        os.rename(self.path, self.out)
+
+
+def run_tasks(tasks: Iterable, fn: Callable, workers: int) -> None:
+    """Runs fn(task) for every task on `workers` threads, taking tasks in order. The first exception
+    stops the taking of new tasks; running ones finish; then it is raised (Ctrl-C likewise)."""
+    if workers <= 1:
+        for t in tasks:
+            fn(t)
+        return
+    source, lock, stop, errors = iter(tasks), threading.Lock(), threading.Event(), []
+
+    def worker():
+        while not stop.is_set():
+            with lock:
+                t = next(source, None)
+            if t is None:
+                return
+            try:
+                fn(t)
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread
+                errors.append(e)
+                stop.set()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
+    for th in threads:
+        th.start()
+    try:
+        for th in threads:
+            while th.is_alive():
+                th.join(0.1)  # a timed join lets Ctrl-C reach the main thread
+    except KeyboardInterrupt:
+        stop.set()
+        for th in threads:
+            th.join()
+        raise
+    if errors:
+        raise errors[0]
+
+
+class Progress:
+    """Tasks and bytes done, rate and ETA on one stderr line: redrawn in place on a terminal, else
+    printed every `every` seconds and at the end."""
+
+    def __init__(self, label: str, total: int, total_bytes: int, unit: str = "tensors",
+                 stream=None, every: float = 10.0):
+        self.label, self.total, self.total_bytes, self.unit = label, total, total_bytes, unit
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.every = 0.2 if self.tty else every
+        self.done = self.bytes = 0
+        self.start = self.last = time.time()
+        self._lock = threading.Lock()
+
+    def advance(self, nbytes: int) -> None:
+        with self._lock:
+            self.done += 1
+            self.bytes += nbytes
+            now = time.time()
+            if now - self.last >= self.every:
+                self.last = now
+                self._draw()
+
+    def line(self) -> str:
+        elapsed = max(time.time() - self.start, 1e-9)
+        rate = self.bytes / elapsed
+        left = (self.total_bytes - self.bytes) / rate if rate > 0 else float("inf")
+        eta = time.strftime("%H:%M:%S", time.gmtime(left)) if left < 1e7 else "--:--:--"
+        frac = self.bytes / self.total_bytes if self.total_bytes else 1.0
+        bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
+        return (f"{self.label} [{bar}] {self.done}/{self.total} {self.unit}  "
+                f"{self.bytes / 1e9:.2f}/{self.total_bytes / 1e9:.2f} GB  {rate / 1e9:.2f} GB/s  "
+                f"ETA {eta}")
+
+    def _draw(self) -> None:
+        self.stream.write(("\r" if self.tty else "") + self.line() + ("" if self.tty else "\n"))
+        self.stream.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self.stream.write(("\r" if self.tty else "") + self.line() + "\n")
+            self.stream.flush()
