@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from r1jax.model.config import ModelConfig
 
+# Dense bf16 peak TFLOP/s by device kind (vendor datasheets), for MFU.
+PEAK_TFLOPS = {"NVIDIA H200": 989.0, "NVIDIA H100 80GB HBM3": 989.0, "TPU v5p": 459.0,
+               "TPU v6 lite": 918.0, "TPU v5 lite": 197.0}
+
 
 def active_matmul_params(cfg: ModelConfig) -> int:
     """Matmul parameters one token passes through (routed experts: only its top-k)."""

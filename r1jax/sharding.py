@@ -69,3 +69,57 @@ def _keep_present(entry, names):
         return entry if entry in names else None
     kept = tuple(a for a in entry if a in names)
     return kept or None
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, expert: int = 1, tensor: int = 1,
+              devices=None) -> jax.sharding.Mesh:
+    """A (data, fsdp, expert, tensor) mesh over all devices of all processes; one size may be -1
+    (it takes what the others leave)."""
+    devices = jax.devices() if devices is None else devices
+    sizes = [data, fsdp, expert, tensor]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))}: at most one axis may be -1")
+    known = 1
+    for s in sizes:
+        known *= s if s != -1 else 1
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))}: {len(devices)} devices are not "
+                             f"divisible by {known}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    total = 1
+    for s in sizes:
+        total *= s
+    if total != len(devices):
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {total} devices, "
+                         f"{len(devices)} are present")
+    # Auto axes: shardings are propagated by XLA from our constraints, not carried in types.
+    return jax.make_mesh(tuple(sizes), MESH_AXES, devices=devices,
+                         axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def variable_shardings(state, mesh: jax.sharding.Mesh):
+    """NamedSharding for every nnx.Variable of an (abstract) nnx.State, from its `axes` metadata.
+
+    A dimension whose size does not divide by its mesh axes is left replicated.
+    """
+    from flax import nnx
+
+    def one(v):
+        axes = tuple(v.get_metadata().get("axes", ()))
+        spec = logical_to_spec(axes) if axes else P()
+        shape = v.shape if hasattr(v, "shape") else v[...].shape
+        fixed = []
+        for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+            names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+            size = 1
+            for n in names:
+                size *= mesh.shape[n]
+            fixed.append(entry if size and dim % size == 0 else None)
+        return jax.sharding.NamedSharding(mesh, P(*fixed))
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+    """[B, T] batches: rows over the data-like axes (data, fsdp, expert)."""
+    return jax.sharding.NamedSharding(mesh, logical_to_spec(("batch", "seq")))

@@ -29,13 +29,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from r1jax.flops import train_flops_per_token
+from r1jax.flops import PEAK_TFLOPS, train_flops_per_token
 from r1jax.model import Transformer, preset
 from r1jax.step import StepConfig, loss_fn, train_step
 
-# Dense bf16 peak by device kind (vendor datasheets), for MFU.
-PEAK_TFLOPS = {"NVIDIA H200": 989.0, "NVIDIA H100 80GB HBM3": 989.0, "TPU v5p": 459.0,
-               "TPU v6 lite": 918.0, "TPU v5 lite": 197.0}
 
 
 def init_state(cfg):
@@ -74,7 +71,7 @@ def run_peer(path: str) -> list[dict]:
 
 
 def bench(args) -> dict:
-    cfg = preset(args.preset, dtype="bfloat16", param_dtype="float32", remat=args.remat)
+    cfg = preset(args.preset, dtype=args.dtype, param_dtype="float32", remat=args.remat)
     fpt = train_flops_per_token(cfg, args.seq)
     device = jax.devices()[0]
     graphdef, params, rest = init_state(cfg)
@@ -83,7 +80,7 @@ def bench(args) -> dict:
     opt_state = jax.jit(optimizer.init)(params)
     batch = make_batch(cfg, args.batch, args.seq)
 
-    # Correctness: the bf16 loss against a float32-compute forward of the same params and batch.
+    # Correctness: the run's loss against a float32-compute forward of the same params and batch.
     graphdef32 = nnx.graphdef(nnx.eval_shape(lambda: Transformer(cfg.replace(dtype="float32"),
                                                                  rngs=nnx.Rngs(0))))
     loss16 = float(jax.jit(loss_fn, static_argnums=2)(params, rest, graphdef, batch)[0])
@@ -126,6 +123,7 @@ def main(argv=None) -> int:
     p.add_argument("--seq", type=int, default=4096)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="compute dtype")
     p.add_argument("--remat", default="none", choices=["none", "full", "dots", "dots_no_batch"])
     p.add_argument("--peer", help="path of the HF peer script (hf_peer.py) to run in the same call")
     p.add_argument("--out", help="write the results (JSON) here")

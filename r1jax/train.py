@@ -1,0 +1,271 @@
+"""Fine-tune an R1-architecture model: python -m r1jax.train --config=configs/code.py [--config.k=v]
+
+Reads top to bottom: config, mesh, data, model, shard, step, checkpoint, loop. Rerunning the same
+command in the same output_dir resumes exactly (params, optimizer state, router bias, step and the
+data iterator). SIGTERM saves a checkpoint and exits cleanly.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, logging as absl_logging
+from flax import nnx
+from ml_collections import config_flags
+
+from r1jax import checkpoint, run_config, sharding
+from r1jax.data.loader import make_loader
+from r1jax.data.token_store import TokenStore
+from r1jax.flops import train_flops_per_token
+from r1jax.model import Transformer
+from r1jax.monitor import Monitor, device_memory, peak_tflops
+from r1jax.optim import make_optimizer
+from r1jax.step import StepConfig, loss_fn, split_model, train_step
+from r1jax.train_checkpoint import RunCheckpoints, abstract_of
+from r1jax.train_data import prepare_data
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot continue; the message says why and what was kept."""
+
+
+def _global_batch(local: dict, batch_sharding) -> dict:
+    return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v)) for k, v in local.items()}
+
+
+def evaluate_split(eval_fn, params, rest, prefix, c, batch_sharding, max_batches: int) -> dict:
+    """val/loss, val/perplexity, val/accuracy, val/tokens over a split (or its first max_batches)."""
+    loader = make_loader(prefix, seq_len=c.train.seq_len, batch_size=c.train.batch_size, shuffle=False,
+                         num_epochs=1, packing=c.data.packing, process_index=jax.process_index(),
+                         process_count=jax.process_count())
+    nll = count = correct = 0.0
+    for i, batch in enumerate(loader):
+        if max_batches and i >= max_batches:
+            break
+        s = jax.device_get(eval_fn(params, rest, _global_batch(batch, batch_sharding)))
+        nll, count, correct = nll + float(s["nll"]), count + float(s["tokens"]), correct + float(s["correct"])
+    loader.close()
+    loss = nll / max(count, 1.0)
+    return {"val/loss": loss, "val/perplexity": math.exp(min(loss, 700.0)),
+            "val/accuracy": correct / max(count, 1.0), "val/tokens": int(count)}
+
+
+def run(c) -> dict:
+    """Runs (or resumes) training as configured; returns the final summary."""
+    run_config.validate(c)
+    is_main = jax.process_index() == 0
+    os.makedirs(c.output_dir, exist_ok=True)
+    if is_main:
+        with open(os.path.join(c.output_dir, "config.json"), "w") as f:
+            f.write(c.to_json_best_effort(indent=2))
+    log = (lambda s: print(s, file=sys.stderr, flush=True)) if is_main else (lambda s: None)
+
+    # ---- mesh
+    mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.expert, c.mesh.tensor)
+    batch_sharding = sharding.batch_sharding(mesh)
+    log(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} device(s)")
+
+    # ---- data
+    train_prefix, val_prefix = prepare_data(c, log)
+    train_store = TokenStore(train_prefix)
+    loader = make_loader(train_prefix, seq_len=c.train.seq_len, batch_size=c.train.batch_size,
+                         seed=c.seed, packing=c.data.packing, process_index=jax.process_index(),
+                         process_count=jax.process_count(),
+                         num_epochs=None if c.train.steps else c.train.epochs)
+    total_steps = c.train.steps or loader.total_steps
+    log(f"data: {len(train_store)} training examples, {int(train_store.lengths().sum())} tokens; "
+        f"{total_steps} steps of {c.train.batch_size} x {c.train.seq_len} tokens")
+
+    # ---- model
+    if c.model.checkpoint:
+        model_cfg = checkpoint.read_config(c.model.checkpoint, dtype=c.model.dtype,
+                                           param_dtype=c.model.param_dtype, remat=c.model.remat)
+    else:
+        model_cfg = run_config.model_config(c)
+    if int(train_store.ids.max(initial=0)) >= model_cfg.vocab_size:
+        raise TrainingError(f"{train_prefix}: token id {int(train_store.ids.max())} >= the model's "
+                            f"vocab_size {model_cfg.vocab_size}")
+    abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(c.seed)))
+    graphdef, abs_params, abs_rest = split_model(abstract)
+    p_shard = sharding.variable_shardings(abs_params, mesh)
+    r_shard = sharding.variable_shardings(abs_rest, mesh)
+
+    # ---- shard: params are created or restored directly on their devices
+    if c.model.checkpoint:
+        shard_tree = sharding.variable_shardings(nnx.state(abstract), mesh)
+        _, params, rest = split_model(checkpoint.load_model(
+            c.model.checkpoint, model_cfg, nnx.to_pure_dict(shard_tree)))
+        log(f"model: {c.model.checkpoint}")
+    else:
+        init = jax.jit(lambda: split_model(Transformer(model_cfg, rngs=nnx.Rngs(c.seed)))[1:],
+                       out_shardings=(p_shard, r_shard))
+        params, rest = init()
+        log(f"model: preset {c.model.preset}, random init (seed {c.seed})")
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    log(f"model: {n_params / 1e6:.1f}M parameters, compute {model_cfg.dtype}, params {model_cfg.param_dtype}")
+
+    # ---- step
+    tx, lr_by_group, stage_at = make_optimizer(run_config.optim_config(c, total_steps), model_cfg, params)
+    opt_state = jax.jit(tx.init)(params)
+    sc = StepConfig(grad_accum=c.train.grad_accum, aux_loss_weight=c.train.aux_loss_weight,
+                    mtp_loss_weight=c.train.mtp_loss_weight, router_bias_rate=c.train.router_bias_rate)
+    step_fn = jax.jit(functools.partial(train_step, graphdef, tx, sc), donate_argnums=(0, 1, 2))
+    eval_fn = jax.jit(lambda p, r, b: loss_fn(p, r, graphdef, b)[1])
+    flops_per_token = train_flops_per_token(model_cfg, c.train.seq_len)
+
+    # ---- checkpoint: resume if this output_dir has one
+    ckpts = RunCheckpoints(c.output_dir, c.train.keep_checkpoints, log)
+    monitor = Monitor(c.output_dir, total_steps, enabled=is_main)
+    meta = {"step": 0, "nonfinite": 0, "best_val": None, "evals_without_gain": 0}
+    state = {"params": params, "rest": rest, "opt_state": opt_state}
+    restored = ckpts.restore_latest(abstract_of(state))
+    if restored is not None:
+        step0, state, meta = restored
+        loader.set_state(meta["data"])
+        monitor.truncate_after(step0)
+        log(f"resumed from {c.output_dir}/checkpoints/{step0}")
+    params, rest, opt_state = state["params"], state["rest"], state["opt_state"]
+    step = meta["step"]
+
+    def snapshot():
+        return {"params": params, "rest": rest, "opt_state": opt_state}, {**meta, "step": step,
+                                                                          "data": loader.get_state()}
+
+    stop = {"signal": None}
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+
+    # ---- loop
+    stage = int(stage_at(step))
+    pending = None
+    batch_spec = {k: jax.ShapeDtypeStruct((c.train.batch_size, c.train.seq_len), jnp.int32,
+                                          sharding=batch_sharding)
+                  for k in ("tokens", "positions", "segment_ids", "loss_mask")}
+    t0 = time.perf_counter()
+    step_fn = step_fn.lower(params, rest, opt_state, batch_spec).compile()
+    log(f"train step compiled in {time.perf_counter() - t0:.1f} s")
+    t_last = time.perf_counter()
+    summary = {"start_step": step}
+    try:
+        while step < total_steps:
+            if stop["signal"] is not None:
+                log(f"SIGTERM at step {step}: saving a checkpoint and exiting")
+                ckpts.save(step, *snapshot())
+                ckpts.wait()
+                summary.update(stopped="SIGTERM", step=step)
+                return summary
+            try:
+                local = next(loader)
+            except StopIteration:
+                break
+            params, rest, opt_state, m = step_fn(params, rest, opt_state, _global_batch(local, batch_sharding))
+            step += 1
+            # The previous step's scalars are read after this step is dispatched: no stall.
+            if pending is not None:
+                _check_finite(pending, meta, c, log)
+            pending = {"step": step, "skipped": m["skipped"]}
+            new_stage = int(stage_at(step))
+            if new_stage != stage:
+                stage = new_stage
+                log(f"step {step}: unfreezing stage {stage} starts ({c.optim.stages.split(';')[stage]})")
+
+            if step % c.train.log_every == 0 or step == total_steps:
+                jax.block_until_ready(m["loss"])
+                now = time.perf_counter()
+                steps_done = c.train.log_every if step % c.train.log_every == 0 else step % c.train.log_every
+                mm = jax.device_get(m)
+                step_time = (now - t_last) / steps_done
+                t_last = now
+                tok_s = c.train.batch_size * c.train.seq_len / step_time
+                tflops = flops_per_token * tok_s / 1e12
+                peak = peak_tflops()
+                rec = {"step": step, "train/loss": float(mm["loss"]), "train/accuracy": float(mm["accuracy"]),
+                       "grad_norm": float(mm["grad_norm"]), "tokens_per_s": tok_s, "model_tflops": tflops,
+                       "step_time_s": step_time, **{f"lr/{g}": v for g, v in lr_by_group(step).items()},
+                       **device_memory()}
+                if peak:
+                    rec["mfu"] = tflops / peak
+                if "expert_load" in mm:
+                    load = np.asarray(mm["expert_load"])
+                    rec["moe/expert_load"] = load.round(5).tolist()
+                    rec["moe/max_over_mean"] = (load.max(-1) * load.shape[-1]).round(4).tolist()
+                    rec["moe/aux_loss"] = float(mm["aux_loss"])
+                if "mtp_loss" in mm:
+                    rec["train/mtp_loss"] = float(mm["mtp_loss"])
+                monitor.write(rec)
+                monitor.progress(step, f"loss {rec['train/loss']:.4f} {tok_s:.0f} tok/s")
+
+            if step % c.train.eval_every == 0 or step == total_steps:
+                ev = evaluate_split(eval_fn, params, rest, val_prefix, c, batch_sharding, c.train.eval_batches)
+                ev["step"] = step
+                ev["train_val_gap"] = ev["val/loss"] - float(jax.device_get(m["loss"]))
+                monitor.write(ev)
+                monitor.plot()
+                log(f"step {step}: val/loss {ev['val/loss']:.4f} (perplexity {ev['val/perplexity']:.2f})")
+                if meta["best_val"] is None or ev["val/loss"] < meta["best_val"]:
+                    meta["best_val"], meta["evals_without_gain"] = ev["val/loss"], 0
+                    ckpts.save_best(step, *snapshot(), ev["val/loss"])
+                else:
+                    meta["evals_without_gain"] += 1
+                summary.setdefault("first_val_loss", ev["val/loss"])
+                summary["last_val_loss"] = ev["val/loss"]
+                if c.train.early_stop_patience and meta["evals_without_gain"] >= c.train.early_stop_patience:
+                    log(f"step {step}: no val improvement in {meta['evals_without_gain']} evals; stopping early")
+                    break
+            if step % c.train.checkpoint_every == 0:
+                ckpts.save(step, *snapshot())
+        if pending is not None:
+            _check_finite(pending, meta, c, log)
+        ckpts.save(step, *snapshot())
+        ckpts.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        ckpts.wait()
+        ckpts.close()
+        loader.close()
+    summary.update(step=step, best_val_loss=meta["best_val"])
+    if is_main:
+        with open(os.path.join(c.output_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+    return summary
+
+
+def _check_finite(pending: dict, meta: dict, c, log) -> None:
+    """Counts consecutive skipped (non-finite) steps; too many in a row stop the run."""
+    skipped = int(jax.device_get(pending["skipped"]))
+    meta["nonfinite"] = meta["nonfinite"] + 1 if skipped else 0
+    if skipped:
+        log(f"step {pending['step']}: non-finite loss or gradient; update skipped "
+            f"({meta['nonfinite']} in a row)")
+    if meta["nonfinite"] >= c.train.max_nonfinite:
+        raise TrainingError(f"{meta['nonfinite']} non-finite steps in a row at step {pending['step']}; "
+                            f"stopping. The last good checkpoint is in {c.output_dir}/checkpoints")
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file with get_config()",
+                                          lock_config=True)
+
+
+def main(argv) -> None:
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax narrates every save at INFO
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _CONFIG.value is None:
+        raise app.UsageError("--config=configs/NAME.py is required")
+    try:
+        summary = run(_CONFIG.value)
+    except (TrainingError, run_config.RunConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    app.run(main)
