@@ -29,8 +29,8 @@ META_NAME = "r1jax.json"
 SCALES_NAME = "fp8_scales.safetensors"
 # Files of an HF checkpoint that a model checkpoint carries along unchanged (convert copies them in,
 # export copies them out): the tokenizer, and the release's default sampling settings.
-SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-              "generation_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+SIDE_FILES = TOKENIZER_FILES + ("generation_config.json",)
 FORMAT_VERSION = 1
 
 
@@ -209,9 +209,9 @@ class ParamStore:
                 self._arrays[path] = ts.open(spec, open=True, context=self._context).result()
             return self._arrays[path]
 
-    def write(self, path: str, index: tuple, data: np.ndarray) -> None:
-        """array[path][index] = data, committed to disk's page cache when this returns."""
-        self._array(path)[index].write(data).result()
+    def write(self, path: str, index: tuple, data: np.ndarray) -> ts.WriteFutures:
+        """array[path][index] = data; `.commit` of the result completes once it is in the files."""
+        return self._array(path)[index].write(data)
 
     def read(self, path: str, index: tuple) -> np.ndarray:
         return self._array(path)[index].read().result()

@@ -13,12 +13,12 @@ host memory holds a few tensors per worker, never the model. The output appears 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import sys
+import time
 
 import numpy as np
 
@@ -26,7 +26,6 @@ from r1jax import checkpoint, fp8, layout, safetensors_io, streaming
 from r1jax.model.config import ConfigError, ModelConfig, load_hf_config, to_hf_dict
 
 SCALE_SUFFIX = "_scale_inv"  # "<name>.weight" has its block scales in "<name>.weight_scale_inv"
-BLOCK_BYTES = 64 << 20  # a tensor bigger than this (as output) is converted in blocks of rows
 _FLOATS = {np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64),
            safetensors_io.DTYPES["BF16"]}
 
@@ -39,11 +38,6 @@ def _listing(names, limit=12) -> str:
     names = sorted(names)
     more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
-
-
-def dequantize_fp8(q: np.ndarray, scale_inv: np.ndarray) -> np.ndarray:
-    """float32 [M, N] from FP8 q [M, N] and scale_inv [ceil(M/128), ceil(N/128)] (see r1jax/fp8.py)."""
-    return fp8.dequantize(q, scale_inv, np.float32)
 
 
 def plan(cfg: ModelConfig, tensors: dict[str, safetensors_io.TensorInfo], with_mtp: bool):
@@ -97,7 +91,7 @@ def read_tensor(tensors, name: str) -> np.ndarray:
     info = tensors[name]
     data = safetensors_io.load(info)
     if info.dtype == fp8.E4M3:
-        return dequantize_fp8(data, safetensors_io.load(tensors[name + SCALE_SUFFIX]))
+        return fp8.dequantize(data, safetensors_io.load(tensors[name + SCALE_SUFFIX]))
     return np.asarray(data, np.float32)
 
 
@@ -123,56 +117,7 @@ def fill_params(cfg: ModelConfig, expected, read) -> dict[str, np.ndarray]:
 
 # Streaming ----------------------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """One unit of streamed work: an HF tensor, or the block `rows` of its axis 0."""
-    tensor: layout.HFTensor
-    rows: tuple[int, int] | None = None
-
-    @property
-    def key(self) -> str:
-        return self.tensor.name if self.rows is None else f"{self.tensor.name}[{self.rows[0]}:{self.rows[1]}]"
-
-    def bounds(self) -> tuple[int, int]:
-        return self.rows or (0, self.tensor.shape[0])
-
-    def target_index(self, slot: layout.Slot) -> tuple:
-        """Index of the full target array that this task writes through `slot`."""
-        if self.rows is None:
-            return slot.index
-        return slot.index + slot.block(*self.rows, len(self.tensor.shape))
-
-
-def block_rows(t: layout.HFTensor, row_bytes: int, fp8_rows: bool, block_bytes: int) -> int | None:
-    """Rows of axis 0 per block for `t` (row_bytes: bytes one row becomes), or None for one piece:
-    small tensors and those whose rows do not land in one box. FP8 matrices keep whole 128-row bands."""
-    n = t.shape[0]
-    if len(t.shape) < 2 or n * row_bytes <= block_bytes or any(
-            s.block(0, 1, len(t.shape)) is None for s in t.slots):
-        return None
-    rows = max(1, block_bytes // row_bytes)
-    if fp8_rows:
-        rows = max(fp8.BLOCK, rows // fp8.BLOCK * fp8.BLOCK)
-    return rows if rows < n else None
-
-
-def make_tasks(expected, shapes: dict, block_bytes: int, fp8_names=frozenset()) -> list[Task]:
-    """The tasks that together write every slot of `expected` once.
-
-    shapes: {path: (shape, dtype)} of the output; fp8_names: tensors whose rows move in 128-row bands.
-    """
-    tasks = []
-    for t in expected:
-        row_bytes = int(np.prod(t.shape[1:], dtype=np.int64)) * shapes[t.slots[0].path][1].itemsize
-        rows = block_rows(t, row_bytes, t.name in fp8_names and len(t.shape) == 2, block_bytes)
-        if rows is None:
-            tasks.append(Task(t))
-        else:
-            tasks += [Task(t, (lo, min(lo + rows, t.shape[0]))) for lo in range(0, t.shape[0], rows)]
-    return tasks
-
-
-def chunk_shapes(tasks: list[Task], shapes: dict) -> dict[str, tuple[int, ...]]:
+def chunk_shapes(tasks: list[streaming.Task], shapes: dict) -> dict[str, tuple[int, ...]]:
     """{path: zarr chunk shape}: each chunk is exactly what one task writes through one slot, so no
     chunk is ever read back, merged or shared between threads."""
     chunks: dict[str, tuple[int, ...]] = {}
@@ -189,25 +134,41 @@ def chunk_shapes(tasks: list[Task], shapes: dict) -> dict[str, tuple[int, ...]]:
     return chunks
 
 
-def _convert_task(task: Task, tensors, store: checkpoint.ParamStore, shapes, scales) -> int:
-    """Reads, dequantizes and writes one task; returns the bytes it read."""
+def _convert_task(task: streaming.Task, tensors, store: checkpoint.ParamStore, shapes, scales):
+    """Reads, dequantizes and starts writing one task; returns (tensorstore write futures, bytes
+    written)."""
     t = task.tensor
     info = tensors[t.name]
     lo, hi = task.bounds()
     data = safetensors_io.load(info)[lo:hi]
     dtype = shapes[t.slots[0].path][1]
-    nbytes = data.nbytes
+    # Materialized in the slots' [in, out] order at once: tensorstore copies a transposed view
+    # element by element, several times slower than a contiguous array.
+    swap = all(slot.swap for slot in t.slots)
     if info.dtype == fp8.E4M3:
         s_info = tensors[t.name + SCALE_SUFFIX]
-        scale = np.asarray(safetensors_io.load(s_info)[fp8.scale_rows(lo, hi, data.ndim)])
-        data = fp8.dequantize(data, scale, dtype)
-        scales.write(s_info.name, scale, fp8.scale_rows(lo, hi, data.ndim).start)
-        nbytes += scale.nbytes
+        rows = fp8.scale_rows(lo, hi, data.ndim)
+        scale = np.asarray(safetensors_io.load(s_info)[rows])
+        data = fp8.dequantize(data, scale, dtype, transpose=swap)
+        scales.write(s_info.name, scale, rows.start)
     else:
         data = np.asarray(data, dtype)
-    for slot in t.slots:
-        store.write(slot.path, task.target_index(slot), slot.fn(data))
-    return nbytes
+        if swap:
+            data = layout.transpose_last2(data)
+    futures = [store.write(slot.path, task.target_index(slot), slot.fn(data, swapped=swap))
+               for slot in t.slots]
+    return futures, data.size * dtype.itemsize
+
+
+def _source_bytes(task: streaming.Task, tensors, scaled: bool) -> int:
+    """Bytes `_convert_task` reads for `task`: its rows of the tensor, and of the scales if FP8."""
+    t, (lo, hi) = task.tensor, task.bounds()
+    n = tensors[t.name].nbytes * (hi - lo) // t.shape[0]
+    if scaled:
+        s = tensors[t.name + SCALE_SUFFIX]
+        rows = fp8.scale_rows(lo, hi, len(t.shape))
+        n += s.nbytes * (rows.stop - rows.start) // s.shape[0]
+    return n
 
 
 def _copy_side_files(src: str, dst: str) -> None:
@@ -221,13 +182,14 @@ def _digest(*parts: str) -> str:
 
 
 def convert(hf_dir: str, out: str, *, dtype: str = "bfloat16", drop_mtp: bool = False,
-            workers: int = 1, resume: bool = False, log=print, block_bytes: int = BLOCK_BYTES,
+            workers: int = 1, resume: bool = False, log=print, block_bytes: int = streaming.BLOCK_BYTES,
             ) -> ModelConfig:
     """Converts the HF checkpoint in `hf_dir` into an r1jax model checkpoint at `out`.
 
     workers: threads dequantizing and writing; resume: continue `out`.partial left by an interrupted
     run; block_bytes: tensors bigger than this (as output) go in blocks of rows.
     """
+    start = time.time()
     tensors = safetensors_io.index_checkpoint(hf_dir)
     base = load_hf_config(hf_dir, param_dtype=dtype)
     with_mtp = (not drop_mtp) and layout.has_mtp_tensors(base, tensors)
@@ -235,7 +197,7 @@ def convert(hf_dir: str, out: str, *, dtype: str = "bfloat16", drop_mtp: bool = 
     expected = plan(cfg, tensors, with_mtp)
     shapes = {p: (tuple(s.shape), np.dtype(s.dtype)) for p, s in checkpoint.param_shapes(cfg).items()}
     fp8_names = {t.name for t in expected if tensors[t.name].dtype == fp8.E4M3}
-    tasks = make_tasks(expected, shapes, block_bytes, fp8_names)
+    tasks = streaming.make_tasks(expected, shapes, block_bytes, fp8_names)
     # Sequential reads: tasks in the order their bytes lie on disk.
     tasks.sort(key=lambda k: (tensors[k.tensor.name].file, tensors[k.tensor.name].offset, k.bounds()))
     chunks = chunk_shapes(tasks, shapes)
@@ -268,16 +230,22 @@ def convert(hf_dir: str, out: str, *, dtype: str = "bfloat16", drop_mtp: bool = 
         if done:
             log(f"convert: resuming: {len(done)} of {len(tasks)} tensors were converted from unchanged "
                 f"shards; converting the other {len(todo)}")
-        total = sum(tensors[k.tensor.name].nbytes * (k.bounds()[1] - k.bounds()[0]) // k.tensor.shape[0]
-                    for k in todo)
+        total = sum(_source_bytes(k, tensors, k.tensor.name in fp8_names) for k in todo)
         progress = streaming.Progress("convert", len(todo), total)
+        in_flight = streaming.InFlight(streaming.IN_FLIGHT_BYTES)
 
-        def work(task: Task) -> None:
-            n = _convert_task(task, tensors, store, shapes, scales)
-            job.record(task.key, digests[task.key])
-            progress.advance(n)
+        def work(task: streaming.Task) -> None:
+            futures, written = _convert_task(task, tensors, store, shapes, scales)
 
-        streaming.run_tasks(todo, work, workers)
+            def committed():
+                job.record(task.key, digests[task.key])
+                progress.advance(_source_bytes(task, tensors, task.tensor.name in fp8_names))
+            in_flight.submit(futures, written, committed)
+
+        try:
+            streaming.run_tasks(todo, work, workers)
+        finally:
+            in_flight.wait()
         progress.close()
         if scales is not None:
             scales.close()
@@ -288,7 +256,9 @@ def convert(hf_dir: str, out: str, *, dtype: str = "bfloat16", drop_mtp: bool = 
             "continue, or remove it")
         raise
     job.commit()
-    log(f"convert: wrote {out} ({len(expected)} tensors, MTP {'kept' if with_mtp else 'not included'})")
+    seconds = time.time() - start
+    log(f"convert: wrote {out} ({len(expected)} tensors, MTP {'kept' if with_mtp else 'not included'}); "
+        f"read {progress.bytes / 1e9:.3f} GB in {seconds:.1f} s: {progress.bytes / 1e9 / seconds:.3f} GB/s")
     return cfg
 
 

@@ -34,24 +34,33 @@ def scale_rows(lo: int, hi: int, ndim: int) -> slice:
     return slice(lo, hi)
 
 
-def dequantize(q: np.ndarray, scale_inv: np.ndarray, dtype=np.float32) -> np.ndarray:
+def dequantize(q: np.ndarray, scale_inv: np.ndarray, dtype=np.float32, transpose: bool = False) -> np.ndarray:
     """q [..., M, N] e4m3, scale_inv [..., ceil(M/128), ceil(N/128)] -> w [..., M, N] in `dtype`,
-    bit for bit (float32(q) * scale_inv).astype(dtype)."""
+    bit for bit (float32(q) * scale_inv).astype(dtype); [..., N, M] (C-contiguous) when `transpose`."""
     q, scale_inv = np.asarray(q), np.asarray(scale_inv, np.float32)
     *lead, m, n = q.shape
-    out = np.empty(q.shape, dtype)
+    out = np.empty(tuple(lead) + ((n, m) if transpose else (m, n)), dtype)
     # Per band of 128 rows, a table holds every code's value times each column block's scale, cast to
     # `dtype` once; one gather indexed by (column block << 8 | code) then does the band in a single pass
     # over q. Each entry is float32(code) * scale rounded as the formula rounds it, so nothing changes.
+    # Transposing band by band keeps the band in cache (a whole-matrix transposed copy would not).
     n_col_blocks = -(-n // BLOCK)
     index_dtype = np.uint16 if n_col_blocks <= 256 else np.uint32
     col_base = ((np.arange(n) // BLOCK) << 8).astype(index_dtype)  # [N]
     codes = q.view(np.uint8)
+    band = np.empty((min(BLOCK, m), n), index_dtype)
+    values = np.empty((min(BLOCK, m), n), dtype)
     for lead_idx in np.ndindex(*lead):
         for b, r in enumerate(range(0, m, BLOCK)):
+            rows = min(BLOCK, m - r)
             table = (scale_inv[lead_idx + (b,)][:, None] * _CODE_VALUES[None, :]).astype(dtype)
-            band = np.bitwise_or(codes[lead_idx + (slice(r, r + BLOCK),)], col_base, dtype=index_dtype)
-            np.take(table.reshape(-1), band, out=out[lead_idx + (slice(r, r + BLOCK),)], mode="clip")
+            np.bitwise_or(codes[lead_idx + (slice(r, r + rows),)], col_base, out=band[:rows])
+            if transpose:
+                np.take(table.reshape(-1), band[:rows], out=values[:rows], mode="clip")
+                out[lead_idx + (slice(None), slice(r, r + rows))] = values[:rows].T
+            else:
+                np.take(table.reshape(-1), band[:rows], out=out[lead_idx + (slice(r, r + rows),)],
+                        mode="clip")
     return out
 
 

@@ -162,8 +162,6 @@ def plan_shards(tensors: list[OutTensor], max_bytes: int) -> list[list[OutTensor
 
 
 def shard_names(n: int) -> list[str]:
-    if n == 1:
-        return [SINGLE_NAME]
     return [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
 
 

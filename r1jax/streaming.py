@@ -1,4 +1,5 @@
-"""Long streamed jobs (convert, export): a resumable output directory, worker threads, a progress bar.
+"""Long streamed jobs (convert, export): tasks over the HF layout, a resumable output directory, worker
+threads, a progress bar.
 
 The output is built in `<out>.partial` and renamed to `<out>` only when complete, so `<out>` never holds
 a half-written result. The partial directory carries a manifest (what is being built, with which
@@ -9,6 +10,7 @@ background thread), so a resume after a crash of the machine, not only of the pr
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -17,10 +19,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+import numpy as np
+
+from r1jax import fp8, layout
+
 PARTIAL_SUFFIX = ".partial"
 MANIFEST_NAME = "r1jax-job.json"
 JOURNAL_NAME = "r1jax-job.log"
 SYNC_EVERY_S = 30.0
+BLOCK_BYTES = 64 << 20  # a tensor bigger than this (as output) is streamed in blocks of rows
+IN_FLIGHT_BYTES = 512 << 20  # written but not yet committed (see InFlight)
 
 
 class JobError(ValueError):
@@ -139,6 +147,55 @@ class OutputDir:
         os.rename(self.path, self.out)
 
 
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One unit of streamed work: an HF tensor, or the block `rows` of its axis 0."""
+    tensor: layout.HFTensor
+    rows: tuple[int, int] | None = None
+
+    @property
+    def key(self) -> str:
+        return self.tensor.name if self.rows is None else f"{self.tensor.name}[{self.rows[0]}:{self.rows[1]}]"
+
+    def bounds(self) -> tuple[int, int]:
+        return self.rows or (0, self.tensor.shape[0])
+
+    def target_index(self, slot: layout.Slot) -> tuple:
+        """Index of the full target array that this task writes through `slot`."""
+        if self.rows is None:
+            return slot.index
+        return slot.index + slot.block(*self.rows, len(self.tensor.shape))
+
+
+def block_rows(t: layout.HFTensor, row_bytes: int, fp8_rows: bool, block_bytes: int) -> int | None:
+    """Rows of axis 0 per block for `t` (row_bytes: bytes one row becomes), or None for one piece:
+    small tensors and those whose rows do not land in one box. FP8 matrices keep whole 128-row bands."""
+    n = t.shape[0]
+    if len(t.shape) < 2 or n * row_bytes <= block_bytes or any(
+            s.block(0, 1, len(t.shape)) is None for s in t.slots):
+        return None
+    rows = max(1, block_bytes // row_bytes)
+    if fp8_rows:
+        rows = max(fp8.BLOCK, rows // fp8.BLOCK * fp8.BLOCK)
+    return rows if rows < n else None
+
+
+def make_tasks(expected, shapes: dict, block_bytes: int, fp8_names=frozenset()) -> list[Task]:
+    """The tasks that together write every slot of `expected` once.
+
+    shapes: {path: (shape, dtype)} of the output; fp8_names: tensors whose rows move in 128-row bands.
+    """
+    tasks = []
+    for t in expected:
+        row_bytes = int(np.prod(t.shape[1:], dtype=np.int64)) * shapes[t.slots[0].path][1].itemsize
+        rows = block_rows(t, row_bytes, t.name in fp8_names and len(t.shape) == 2, block_bytes)
+        if rows is None:
+            tasks.append(Task(t))
+        else:
+            tasks += [Task(t, (lo, min(lo + rows, t.shape[0]))) for lo in range(0, t.shape[0], rows)]
+    return tasks
+
+
 def run_tasks(tasks: Iterable, fn: Callable, workers: int) -> None:
     """Runs fn(task) for every task on `workers` threads, taking tasks in order. The first exception
     stops the taking of new tasks; running ones finish; then it is raised (Ctrl-C likewise)."""
@@ -176,6 +233,50 @@ def run_tasks(tasks: Iterable, fn: Callable, workers: int) -> None:
         raise errors[0]
 
 
+class InFlight:
+    """Writes handed to tensorstore but not yet committed, at most `limit_bytes` of them.
+
+    Waiting for each write's commit would serialize the OCDBT database's manifest updates; letting
+    commits overlap lets it batch them, and the bound keeps the copies tensorstore holds small.
+    `submit` blocks while the budget is spent; `on_commit` runs once all of a task's writes are on
+    disk's page cache; `wait` returns when none is left and raises the first failure.
+    """
+
+    def __init__(self, limit_bytes: int):
+        self.limit, self.used = limit_bytes, 0
+        self._cond = threading.Condition()
+        self._errors: list[BaseException] = []
+
+    def submit(self, futures: list, nbytes: int, on_commit: Callable[[], None]) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self.used == 0 or self.used + nbytes <= self.limit)
+            self.used += nbytes
+        left = [len(futures)]
+
+        def done(future) -> None:
+            error = future.exception()
+            with self._cond:
+                left[0] -= 1
+                if error is not None:
+                    self._errors.append(error)
+                last = left[0] == 0
+            if last:
+                if not self._errors:
+                    on_commit()
+                with self._cond:
+                    self.used -= nbytes
+                    self._cond.notify_all()
+
+        for f in futures:
+            f.commit.add_done_callback(done)
+
+    def wait(self) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self.used == 0)
+        if self._errors:
+            raise self._errors[0]
+
+
 class Progress:
     """Tasks and bytes done, rate and ETA on one stderr line: redrawn in place on a terminal, else
     printed every `every` seconds and at the end."""
@@ -202,7 +303,7 @@ class Progress:
     def line(self) -> str:
         elapsed = max(time.time() - self.start, 1e-9)
         rate = self.bytes / elapsed
-        left = (self.total_bytes - self.bytes) / rate if rate > 0 else float("inf")
+        left = max(self.total_bytes - self.bytes, 0) / rate if rate > 0 else float("inf")
         eta = time.strftime("%H:%M:%S", time.gmtime(left)) if left < 1e7 else "--:--:--"
         frac = self.bytes / self.total_bytes if self.total_bytes else 1.0
         bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))

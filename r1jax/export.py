@@ -1,0 +1,263 @@
+"""r1jax model checkpoint -> HF safetensors in the release layout (BF16, or FP8 as released), streamed.
+
+    python -m r1jax.export --checkpoint CKPT --out DIR [--fp8] [--drop_mtp] [--max_shard_gb 5]
+                           [--workers N] [--resume]
+
+Writes config.json (with the release's quantization_config under --fp8), the tokenizer files (the
+checkpoint's own, else the packaged R1 tokenizer) and generation_config.json when the checkpoint has
+one, and safetensors shards of at most --max_shard_gb with model.safetensors.index.json, in the
+release's tensor names (per-expert). Tensors are BF16, the router bias float32; --fp8 re-quantizes
+every tensor the release stores in FP8 with 128x128 block scales (r1jax/fp8.py), reusing the scales a
+converted checkpoint kept from its FP8 source wherever they still reproduce the weights, so an FP8
+release converted and exported comes back bit for bit. Each tensor is read as slices of the Orbax
+arrays and written at its place in a shard whose header was written first: memory holds a few
+tensors per worker. The output appears only when complete; --resume continues an interrupted export.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+
+from r1jax import checkpoint, fp8, layout, safetensors_io, streaming
+from r1jax.convert import SCALE_SUFFIX
+from r1jax.data.tokenizer import packaged_tokenizer_dir
+from r1jax.model.config import ConfigError, ModelConfig, to_hf_dict
+
+QUANTIZATION_CONFIG = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                       "weight_block_size": [fp8.BLOCK, fp8.BLOCK]}  # the release's config.json
+MAX_SHARD_BYTES = 5 * 10**9
+BF16 = safetensors_io.DTYPES["BF16"]
+F32 = np.dtype(np.float32)
+
+
+class ExportError(ValueError):
+    """A checkpoint that cannot be exported as asked; the message names the array or tensor."""
+
+
+def out_tensors(expected, fp8_names) -> list[safetensors_io.OutTensor]:
+    """What the shards hold, in release order: BF16 weights, the float32 router bias (as released),
+    FP8 codes each followed by its float32 scale_inv for `fp8_names`."""
+    out = []
+    for t in expected:
+        if t.name in fp8_names:
+            out.append(safetensors_io.OutTensor(t.name, fp8.E4M3, t.shape))
+            out.append(safetensors_io.OutTensor(t.name + SCALE_SUFFIX, F32, fp8.scale_shape(t.shape)))
+        else:
+            dtype = F32 if t.name.endswith("e_score_correction_bias") else BF16
+            out.append(safetensors_io.OutTensor(t.name, dtype, t.shape))
+    return out
+
+
+def hf_config(cfg: ModelConfig, with_mtp: bool, fp8_weights: bool) -> dict:
+    """config.json of the export: the model's, saying whether MTP weights and FP8 are present."""
+    d = to_hf_dict(cfg)
+    if not with_mtp:
+        d["num_nextn_predict_layers"] = 0  # no MTP weights follow; readers must not look for them
+    if fp8_weights:
+        d["quantization_config"] = dict(QUANTIZATION_CONFIG)
+    return d
+
+
+def _check_arrays(store: checkpoint.ParamStore, cfg: ModelConfig, expected) -> None:
+    want = {p: tuple(s.shape) for p, s in checkpoint.param_shapes(cfg).items()}
+    used = {slot.path for t in expected for slot in t.slots}
+    problems = [f"{p} missing" for p in sorted(used - set(store.shapes))]
+    problems += [f"{p} {list(store.shapes[p][0])} (expected {list(want[p])})" for p in sorted(used)
+                 if p in store.shapes and store.shapes[p][0] != want[p]]
+    problems += [f"{p} not in the model of config.json" for p in sorted(set(store.shapes) - set(want))]
+    if problems:
+        raise ExportError(f"{store.params_dir}: does not hold the model of its config: "
+                          + "; ".join(problems[:12]) + (" ..." if len(problems) > 12 else ""))
+
+
+def _source_scales(path: str | None, expected) -> dict[str, safetensors_io.TensorInfo]:
+    """The FP8 scales a converted checkpoint kept, checked against the layout ({} without a file)."""
+    if path is None or not os.path.exists(path):
+        return {}
+    infos = safetensors_io.read_header(path)
+    shapes = {t.name + SCALE_SUFFIX: fp8.scale_shape(t.shape) for t in expected}
+    bad = [f"{n} {i.shape}" for n, i in infos.items() if n in shapes and i.shape != shapes[n]]
+    if bad:
+        raise ExportError(f"{path}: scales of the wrong shape for this model: {', '.join(bad[:12])}")
+    return {n: i for n, i in infos.items() if n in shapes}
+
+
+def _read_tensor(task: streaming.Task, store: checkpoint.ParamStore) -> np.ndarray:
+    """The rows task.bounds() of an HF tensor, assembled from its slots, in the params' dtype."""
+    t = task.tensor
+    lo, hi = task.bounds()
+    if len(t.slots) == 1 and t.slots[0].rows is None:
+        slot = t.slots[0]
+        return slot.inv(store.read(slot.path, task.target_index(slot)), contiguous=True)
+    pieces = [(s, store.read(s.path, task.target_index(s))) for s in t.slots]
+    data = np.empty((hi - lo,) + t.shape[1:], pieces[0][1].dtype)
+    for slot, piece in pieces:
+        data[slot.hf_region(len(t.shape))] = slot.inv(piece)
+    return data
+
+
+def _export_task(task: streaming.Task, store, writers, fp8_names, scales) -> int:
+    """Reads, converts and writes one task; returns the bytes it wrote."""
+    t = task.tensor
+    lo, hi = task.bounds()
+    data = _read_tensor(task, store)
+    if t.name not in fp8_names:
+        data = data.astype(writers[t.name].offsets[t.name][1].dtype, order="C")
+        writers[t.name].write(t.name, data, lo)
+        return data.nbytes
+    rows = fp8.scale_rows(lo, hi, len(t.shape))
+    given = scales.get(t.name + SCALE_SUFFIX)
+    try:
+        q, s = fp8.quantize(data, None if given is None else safetensors_io.load(given)[rows])
+    except ValueError as e:
+        raise ExportError(f"{t.name} (rows {lo}:{hi}): {e}") from None
+    writers[t.name].write(t.name, q, lo)
+    writers[t.name + SCALE_SUFFIX].write(t.name + SCALE_SUFFIX, s, rows.start)
+    return q.nbytes + s.nbytes
+
+
+def _write_side_files(checkpoint_dir: str | None, dst: str) -> None:
+    """Tokenizer files (the checkpoint's own set when it has tokenizer.json, else the packaged R1
+    tokenizer's) and the checkpoint's generation_config.json."""
+    own = checkpoint_dir is not None and os.path.exists(os.path.join(checkpoint_dir, "tokenizer.json"))
+    sources = [(checkpoint_dir if own else str(packaged_tokenizer_dir()), checkpoint.TOKENIZER_FILES)]
+    if checkpoint_dir is not None:
+        sources.append((checkpoint_dir, ("generation_config.json",)))
+    for src, names in sources:
+        for name in names:
+            if os.path.exists(os.path.join(src, name)):
+                shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+
+
+def _source_digest(params_dir: str, scales_path: str | None) -> str:
+    """Changes whenever the params (their OCDBT manifest) or the kept scales are rewritten."""
+    h = hashlib.sha256()
+    for p in (os.path.join(params_dir, "manifest.ocdbt"), os.path.join(params_dir, "_METADATA")):
+        if os.path.exists(p):
+            st = os.stat(p)
+            h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+    if scales_path and os.path.exists(scales_path):
+        h.update(safetensors_io.identity(scales_path).encode())
+    return h.hexdigest()[:16]
+
+
+def export_params(params_dir: str, cfg: ModelConfig, out: str, *, fp8_weights: bool = False,
+                  drop_mtp: bool = False, scales_path: str | None = None,
+                  side_dir: str | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
+                  workers: int = 1, resume: bool = False, log=print,
+                  block_bytes: int = streaming.BLOCK_BYTES) -> list[str]:
+    """Exports the params (an Orbax checkpoint of the model's nested dict, converted or trained) of
+    model `cfg` to `out`; returns the shard file names.
+
+    scales_path: FP8 scales kept by convert (checkpoint.SCALES_NAME), reused where they fit;
+    side_dir: where tokenizer and generation config come from (else the packaged tokenizer).
+    """
+    with_mtp = cfg.with_mtp and not drop_mtp
+    expected = layout.hf_tensors(cfg, with_mtp=with_mtp)
+    store = checkpoint.ParamStore(params_dir, cache_bytes=256 << 20)
+    _check_arrays(store, cfg, expected)
+    scales = _source_scales(scales_path, expected)
+    if not fp8_weights:
+        fp8_names = set()
+    elif scales:  # exactly the tensors the FP8 source had in FP8
+        fp8_names = {t.name for t in expected if t.name + SCALE_SUFFIX in scales}
+    else:
+        fp8_names = {t.name for t in expected if t.fp8_in_release}
+    tensors = out_tensors(expected, fp8_names)
+    groups = safetensors_io.plan_shards(tensors, max_shard_bytes)
+    files = safetensors_io.shard_names(len(groups))
+    where = {t.name: f for f, g in zip(files, groups) for t in g}
+    shapes = {p: (s, store.shapes[p][1]) for p, (s, _) in store.shapes.items()}
+    tasks = streaming.make_tasks(expected, shapes, block_bytes, fp8_names)
+    digest = _source_digest(params_dir, scales_path)
+    spec = {"job": "r1jax.export", "fp8": fp8_weights, "with_mtp": with_mtp,
+            "config": hashlib.sha256(json.dumps(to_hf_dict(cfg), sort_keys=True).encode()).hexdigest()[:16],
+            "shards": files, "max_shard_bytes": max_shard_bytes,
+            "tasks": hashlib.sha256("\n".join(k.key for k in tasks).encode()).hexdigest()[:16]}
+
+    job = streaming.OutputDir(out, spec, resume=resume, log=log)
+    try:
+        if not job.resumed:
+            for f, g in zip(files, groups):
+                safetensors_io.ShardWriter(os.path.join(job.path, f), g, create=True).close()
+            safetensors_io.write_index(job.path, where, sum(t.nbytes for t in tensors))
+            with open(os.path.join(job.path, "config.json"), "w") as fh:
+                json.dump(hf_config(cfg, with_mtp, bool(fp8_names)), fh, indent=2)
+            _write_side_files(side_dir, job.path)
+            job.mark_ready()
+        shard_writers = {f: safetensors_io.ShardWriter(os.path.join(job.path, f), g, create=False)
+                         for f, g in zip(files, groups)}
+        writers = {name: shard_writers[f] for name, f in where.items()}
+        done = job.finished({k.key: digest for k in tasks})
+        todo = [k for k in tasks if k.key not in done]
+        if done:
+            log(f"export: resuming: {len(done)} of {len(tasks)} tensors were written; writing the "
+                f"other {len(todo)}")
+        out_bytes = {t.name: t.nbytes for t in tensors}
+        total = sum(out_bytes[k.tensor.name] * (k.bounds()[1] - k.bounds()[0]) // k.tensor.shape[0]
+                    for k in todo)
+        progress = streaming.Progress("export", len(todo), total)
+
+        def work(task: streaming.Task) -> None:
+            n = _export_task(task, store, writers, fp8_names, scales)
+            job.record(task.key, digest)
+            progress.advance(n)
+
+        streaming.run_tasks(todo, work, workers)
+        progress.close()
+        for w in shard_writers.values():
+            w.close()
+    except BaseException:
+        job.close()
+        log(f"export: stopped; {job.path} keeps the finished tensors: rerun with --resume to "
+            "continue, or remove it")
+        raise
+    job.commit()
+    log(f"export: wrote {out} ({len(tensors)} tensors in {len(files)} shards, "
+        f"{'FP8' if fp8_names else 'BF16'}, MTP {'included' if with_mtp else 'not included'})")
+    return files
+
+
+def export(checkpoint_dir: str, out: str, **kw) -> list[str]:
+    """Exports the model checkpoint `checkpoint_dir` (r1jax/checkpoint.py format); `kw` as
+    export_params."""
+    cfg = checkpoint.read_config(checkpoint_dir)
+    return export_params(os.path.join(checkpoint_dir, "params"), cfg, out,
+                         scales_path=os.path.join(checkpoint_dir, checkpoint.SCALES_NAME),
+                         side_dir=checkpoint_dir, **kw)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m r1jax.export", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="r1jax model checkpoint (python -m r1jax.convert)")
+    p.add_argument("--out", required=True, help="new directory for the HF checkpoint")
+    p.add_argument("--fp8", action="store_true",
+                   help="FP8 with 128x128 block scales where the release has them (default BF16)")
+    p.add_argument("--drop_mtp", action="store_true", help="omit the MTP module")
+    p.add_argument("--max_shard_gb", type=float, default=MAX_SHARD_BYTES / 1e9,
+                   help="largest shard, in GB (10^9 bytes)")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="threads reading, converting and writing (default: CPU cores, at most 8)")
+    p.add_argument("--resume", action="store_true", help="continue the export left in OUT.partial")
+    a = p.parse_args(argv)
+    if a.workers < 1 or a.max_shard_gb <= 0:
+        p.error("--workers must be >= 1 and --max_shard_gb > 0")
+    try:
+        export(a.checkpoint, a.out, fp8_weights=a.fp8, drop_mtp=a.drop_mtp,
+               max_shard_bytes=int(a.max_shard_gb * 1e9), workers=a.workers, resume=a.resume,
+               log=lambda s: print(s, file=sys.stderr, flush=True))
+    except (ExportError, ConfigError, checkpoint.CheckpointError, streaming.JobError,
+            safetensors_io.CheckpointFormatError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Convert at release fidelity: an FP8 checkpoint in the release layout (written by the test with its
+own NumPy quantizer: several 128x128 blocks per matrix, partial edge blocks, blocks without a +-448
+code, an MTP layer, several shards), converted and scored by the CLIs, equals transformers' float32
+loss on the dequantized weights; the result restores sharded onto a mesh; bad FP8 inputs fail naming
+the tensor; an interrupted conversion resumes without redoing finished tensors."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from hf_oracle import hf_loss_and_logits
+from release_writer import fp8_release
+from r1jax import checkpoint, convert, safetensors_io, sharding, streaming
+from r1jax.model import preset
+
+# Dimensions with several FP8 blocks per matrix and partial edge blocks (200 = 128 + 72, 300, 136,
+# 160, 144); all even, so every axis splits over a mesh of 2 x 2 x 2.
+CFG = preset("tiny", dtype="float32", vocab_size=512, hidden_size=200, intermediate_size=300,
+             moe_intermediate_size=136, num_hidden_layers=3, first_k_dense_replace=1,
+             num_attention_heads=2, q_lora_rank=160, kv_lora_rank=144, qk_nope_head_dim=32,
+             qk_rope_head_dim=16, v_head_dim=32, n_routed_experts=4, n_shared_experts=1,
+             num_experts_per_tok=2, n_group=2, topk_group=1, max_position_embeddings=256,
+             rope_factor=4.0, rope_original_max_position_embeddings=32)
+QUIET = lambda s: None
+
+
+def run(module, *args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    return fp8_release(tmp_path_factory.mktemp("fp8"), CFG)
+
+
+@pytest.fixture(scope="module")
+def converted(release, tmp_path_factory):
+    out = tmp_path_factory.mktemp("converted") / "ckpt"
+    convert.convert(release[0], str(out), dtype="float32", workers=2, log=QUIET)
+    return str(out)
+
+
+def test_fp8_release_converted_and_scored_equals_transformers(release, tmp_path):
+    hf_dir, hf_model = release
+    rng = np.random.RandomState(0)
+    rows = [rng.randint(0, CFG.vocab_size, n).tolist() for n in (40, 17, 64)]  # 64 > original_max
+    data = tmp_path / "eval.jsonl"
+    data.write_text("".join(json.dumps({"input_ids": r}) + "\n" for r in rows))
+    ids = np.zeros((len(rows), 64), np.int64)
+    mask = np.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)], mask[i, :len(r)] = r, 1
+    with torch.no_grad():
+        ref = hf_loss_and_logits(hf_model, ids, mask)[0].item()
+
+    ckpt = tmp_path / "ckpt"
+    r = run("r1jax.convert", "--hf_dir", hf_dir, "--out", str(ckpt), "--dtype", "float32", "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    assert "tensors" in r.stderr and "GB/s" in r.stderr and "ETA" in r.stderr  # the progress line
+    assert json.load(open(ckpt / "r1jax.json"))["with_mtp"]
+    assert sorted(os.listdir(ckpt)) == ["config.json", checkpoint.SCALES_NAME, "params", "r1jax.json"]
+    r = run("r1jax.evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--dtype", "float32",
+            "--batch_size", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["tokens"] == sum(len(r) - 1 for r in rows)
+    assert abs(result["loss"] - ref) <= 1e-5 * ref, (result["loss"], ref)
+
+
+def _shardings(cfg, mesh):
+    """Target shardings from each variable's logical axes through r1jax.sharding's table."""
+    state = nnx.state(checkpoint.abstract_model(cfg))
+    specs = nnx.to_pure_dict(jax.tree.map(
+        lambda v: sharding.logical_to_spec(v.get_metadata()["axes"]), state,
+        is_leaf=lambda x: isinstance(x, nnx.Variable)))
+    return jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, s), specs)
+
+
+def test_converted_checkpoint_restores_sharded_onto_a_mesh(converted):
+    mesh = jax.make_mesh((1, 2, 2, 2), sharding.MESH_AXES)
+    cfg = checkpoint.read_config(converted)
+    shardings = _shardings(cfg, mesh)
+    sharded = nnx.to_pure_dict(nnx.state(checkpoint.load_model(converted, shardings=shardings)))
+    plain = checkpoint.numpy_params(checkpoint.load_model(converted))
+    flat_sharded = dict(checkpoint._flatten(sharded))
+    flat_want = dict(checkpoint._flatten(shardings))
+    split = 0
+    for path, want in checkpoint._flatten(plain):
+        got = flat_sharded[path]
+        assert got.sharding == flat_want[path], path
+        split += len(got.sharding.device_set) == 8 and got.sharding.spec != jax.sharding.PartitionSpec()
+        np.testing.assert_array_equal(np.asarray(got), want, err_msg=".".join(path))
+    assert split > 20  # most arrays really are split over the mesh
+
+
+def test_dequantized_values_are_the_release_formula(release, converted):
+    """Every FP8 weight in the checkpoint is float32(q) * scale, q and scale read back from the
+    shards, and the kept scales are the release's bytes."""
+    hf_dir, _ = release
+    tensors = safetensors_io.index_checkpoint(hf_dir)
+    model = checkpoint.numpy_params(checkpoint.load_model(converted))
+    name = "model.layers.1.mlp.experts.2.down_proj.weight"
+    q = safetensors_io.load(tensors[name])
+    s = safetensors_io.load(tensors[name + "_scale_inv"])
+    want = q.astype(np.float32) * np.kron(s, np.ones((128, 128), np.float32))[:q.shape[0], :q.shape[1]]
+    np.testing.assert_array_equal(model["moe_layers"]["mlp"]["down"][0, 2], want.T)
+    kept = safetensors_io.read_header(os.path.join(converted, checkpoint.SCALES_NAME))
+    assert set(kept) == {n for n in tensors if n.endswith("_scale_inv")}
+    np.testing.assert_array_equal(safetensors_io.load(kept[name + "_scale_inv"]), s)
+
+
+def _copy_release(hf_dir, tmp_path):
+    import shutil
+    d = tmp_path / "edited"
+    shutil.copytree(hf_dir, d)
+    return d
+
+
+def _drop_tensor(d, name):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    index = json.load(open(d / "model.safetensors.index.json"))
+    fname = index["weight_map"].pop(name)
+    with safe_open(str(d / fname), framework="pt") as f:
+        kept = {k: f.get_tensor(k) for k in f.keys() if k != name}
+    save_file(kept, str(d / fname), metadata={"format": "pt"})
+    json.dump(index, open(d / "model.safetensors.index.json", "w"))
+
+
+@pytest.mark.parametrize("victim, message", [
+    ("model.layers.2.mlp.experts.1.up_proj.weight_scale_inv", "has no"),
+    ("model.layers.0.self_attn.q_b_proj.weight", "missing tensor"),
+])
+def test_bad_fp8_input_is_named_and_leaves_nothing(release, tmp_path, capsys, victim, message):
+    d = _copy_release(release[0], tmp_path)
+    _drop_tensor(d, victim)
+    assert convert.main(["--hf_dir", str(d), "--out", str(tmp_path / "ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and victim in err
+    assert not list(tmp_path.glob("ckpt*"))
+
+
+def test_shard_changing_during_conversion_is_named(release, tmp_path, capsys, monkeypatch):
+    """Validation while writing: a shard truncated after the checks names the file; the partial
+    output stays for --resume and the final directory never appears."""
+    d = _copy_release(release[0], tmp_path)
+    shard = sorted(d.glob("*.safetensors"))[1]
+    ready = streaming.OutputDir.mark_ready
+
+    def truncate_then_ready(self):
+        ready(self)
+        shard.write_bytes(shard.read_bytes()[:-4096])
+    monkeypatch.setattr(streaming.OutputDir, "mark_ready", truncate_then_ready)
+    assert convert.main(["--hf_dir", str(d), "--out", str(tmp_path / "ckpt"), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert shard.name in err and "changed while being read" in err and "--resume" in err
+    assert not (tmp_path / "ckpt").exists() and (tmp_path / "ckpt.partial").exists()
+
+
+def test_resume_skips_finished_tensors_and_equals_an_uninterrupted_run(release, converted, tmp_path,
+                                                                        monkeypatch):
+    d = _copy_release(release[0], tmp_path)
+    out = tmp_path / "ckpt"
+    real_task, calls = convert._convert_task, []
+
+    def dies_after_40(task, *a):
+        if len(calls) == 40:
+            raise RuntimeError("simulated crash")
+        calls.append(task.key)
+        return real_task(task, *a)
+    monkeypatch.setattr(convert, "_convert_task", dies_after_40)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        convert.convert(str(d), str(out), dtype="float32", workers=2, log=QUIET)
+    journal = (tmp_path / "ckpt.partial" / streaming.JOURNAL_NAME).read_text().splitlines()
+    finished = {json.loads(line)["task"] for line in journal}
+    assert 30 <= len(finished) <= 40 and not out.exists()
+
+    # Without --resume the partial output is refused, not overwritten.
+    with pytest.raises(streaming.JobError, match="--resume"):
+        convert.convert(str(d), str(out), dtype="float32", log=QUIET)
+    # One shard changes (its mtime): its finished tensors are redone, the others are not.
+    index = json.load(open(d / "model.safetensors.index.json"))["weight_map"]
+    touched = index[sorted(finished)[0]]
+    os.utime(d / touched, ns=(1, 1))
+    redo = {k for k in finished if index[k.split("[")[0]] == touched}
+    monkeypatch.setattr(convert, "_convert_task", lambda task, *a: calls.append(task.key) or real_task(task, *a))
+    calls.clear()
+    logs = []
+    convert.convert(str(d), str(out), dtype="float32", workers=2, resume=True, log=logs.append)
+    assert not (finished - redo) & set(calls) and redo <= set(calls)
+    assert any(f"resuming: {len(finished - redo)} of" in line for line in logs)
+    got = checkpoint.numpy_params(checkpoint.load_model(str(out)))
+    want = checkpoint.numpy_params(checkpoint.load_model(converted))
+    for path, w in checkpoint._flatten(want):
+        np.testing.assert_array_equal(dict(checkpoint._flatten(got))[path], w, err_msg=".".join(path))
+    assert sorted(os.listdir(out)) == sorted(os.listdir(converted))  # no bookkeeping files left

@@ -1,0 +1,178 @@
+"""Convert benchmark: peak host memory must not grow with depth, and throughput must keep up with a read.
+
+    python tools/bench_convert.py [--layers 4 16] [--hidden 1024] [--experts 32] [--moe_inter 512]
+                                  [--workers 2] [--dir /tmp] [--json]
+
+Builds synthetic checkpoints in the release layout (FP8 e4m3 weights with float32 128x128 scales,
+per-expert tensors, bf16 embeddings and norms, several shards with an index) of one width and several
+depths, then per depth: reads every tensor with the `safetensors` library (plain read), and converts
+with `python -m r1jax.convert` in a subprocess. The page cache of the inputs is dropped before each
+read and each conversion, as a 690 GB release is never cached. Prints input GB, peak RSS of the
+converting process (wait4's ru_maxrss), conversion GB/s (input bytes over convert's own wall time, which
+excludes the interpreter's imports), plain-read GB/s, and the two ratios against their targets
+(RSS deepest / shallowest <= 1.3; conversion / read >= 0.5). Disk: the inputs plus one output at a
+time; everything is removed at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from r1jax import fp8, layout, safetensors_io
+from r1jax.model.config import ModelConfig, to_hf_dict
+
+SHARD_BYTES = 200 << 20
+
+
+def bench_config(layers: int, hidden: int, experts: int, moe_inter: int) -> ModelConfig:
+    """An R1-shaped config of the given width and depth (first layer dense, as R1's first three)."""
+    return ModelConfig(vocab_size=16384, hidden_size=hidden, intermediate_size=4 * hidden,
+                       moe_intermediate_size=moe_inter, num_hidden_layers=layers, first_k_dense_replace=1,
+                       num_attention_heads=hidden // 128, q_lora_rank=hidden // 2, kv_lora_rank=hidden // 4,
+                       qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, n_routed_experts=experts,
+                       n_shared_experts=1, num_experts_per_tok=8, n_group=8, topk_group=4,
+                       max_position_embeddings=4096, rope_factor=1.0, rope_mscale=0.0,
+                       rope_mscale_all_dim=0.0)
+
+
+def _random(t: safetensors_io.OutTensor, rng: np.random.Generator) -> np.ndarray:
+    if t.dtype == fp8.E4M3:
+        codes = rng.integers(0, 256, t.shape, dtype=np.uint8)
+        codes = np.minimum(codes & 0x7F, 0x7E) | (codes & 0x80)  # no NaN codes
+        return codes.view(fp8.E4M3)
+    if t.name.endswith("_scale_inv"):
+        return (rng.random(t.shape, dtype=np.float32) * 1e-3 + 1e-5).astype(np.float32)
+    return (rng.standard_normal(t.shape, dtype=np.float32) * 0.02).astype(t.dtype)
+
+
+def write_synthetic(cfg: ModelConfig, out_dir: str, seed: int = 0) -> int:
+    """Writes a release-layout checkpoint of `cfg` with random values; returns its tensor bytes."""
+    os.makedirs(out_dir)
+    tensors = []
+    for t in layout.hf_tensors(cfg, with_mtp=False):
+        if t.fp8_in_release:
+            tensors.append(safetensors_io.OutTensor(t.name, fp8.E4M3, t.shape))
+            tensors.append(safetensors_io.OutTensor(t.name + "_scale_inv", np.dtype(np.float32),
+                                                    fp8.scale_shape(t.shape)))
+        else:
+            dtype = np.float32 if t.name.endswith("e_score_correction_bias") else safetensors_io.DTYPES["BF16"]
+            tensors.append(safetensors_io.OutTensor(t.name, np.dtype(dtype), t.shape))
+    groups = safetensors_io.plan_shards(tensors, SHARD_BYTES)
+    names = safetensors_io.shard_names(len(groups))
+    rng = np.random.default_rng(seed)
+    for fname, group in zip(names, groups):
+        w = safetensors_io.ShardWriter(os.path.join(out_dir, fname), group, create=True)
+        for t in group:
+            w.write(t.name, _random(t, rng))
+        w.close()
+    safetensors_io.write_index(out_dir, {t.name: f for f, g in zip(names, groups) for t in g},
+                               sum(t.nbytes for t in tensors))
+    hf = to_hf_dict(cfg)
+    hf["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                                 "weight_block_size": [128, 128]}
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(hf, f, indent=2)
+    return sum(t.nbytes for t in tensors)
+
+
+def drop_cache(directory: str) -> None:
+    """Evicts the files of `directory` from the page cache (written back first, so it can)."""
+    for root, _, files in os.walk(directory):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+
+
+def plain_read(directory: str) -> tuple[float, str]:
+    """(seconds to read every tensor of `directory`, how): with safetensors' torch loader when torch
+    is installed (numpy has no float8 dtype), else every tensor's byte range with readinto."""
+    tensors = safetensors_io.index_checkpoint(directory)
+    t0 = time.time()
+    try:
+        from safetensors import safe_open
+        import torch  # noqa: F401 - safetensors needs it for framework="pt"
+    except ImportError:
+        for info in tensors.values():
+            buf = np.empty(info.nbytes, np.uint8)
+            with open(info.file, "rb") as f:
+                f.seek(info.offset)
+                f.readinto(memoryview(buf))
+        return time.time() - t0, "readinto of each tensor"
+    for path in sorted({i.file for i in tensors.values()}):
+        with safe_open(path, framework="pt") as f:
+            for k in f.keys():
+                f.get_tensor(k)
+    return time.time() - t0, "safetensors safe_open(framework='pt').get_tensor"
+
+
+def run_convert(hf_dir: str, out: str, workers: int) -> tuple[int, float, str]:
+    """(peak RSS bytes, convert's own seconds, stderr) of `python -m r1jax.convert` on hf_dir."""
+    with tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen([sys.executable, "-m", "r1jax.convert", "--hf_dir", hf_dir, "--out", out,
+                              "--workers", str(workers)], stderr=err, stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        log = err.read()
+    if p.returncode != 0:
+        raise SystemExit(f"convert failed ({p.returncode}):\n{log}")
+    m = re.search(r"in ([0-9.]+) s:", log)
+    return usage.ru_maxrss * 1024, float(m.group(1)), log
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--layers", type=int, nargs="+", default=[4, 16])
+    p.add_argument("--hidden", type=int, default=1024)
+    p.add_argument("--experts", type=int, default=32)
+    p.add_argument("--moe_inter", type=int, default=512)
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument("--dir", default=tempfile.gettempdir(), help="where the synthetic checkpoints go")
+    p.add_argument("--json", action="store_true", help="last line of stdout: the results as JSON")
+    a = p.parse_args(argv)
+    root = tempfile.mkdtemp(prefix="r1jax-bench-convert-", dir=a.dir)
+    rows = []
+    try:
+        for n in a.layers:
+            cfg = bench_config(n, a.hidden, a.experts, a.moe_inter)
+            src, out = os.path.join(root, f"hf-{n}"), os.path.join(root, f"ckpt-{n}")
+            nbytes = write_synthetic(cfg, src)
+            drop_cache(src)
+            read_s, how = plain_read(src)
+            drop_cache(src)
+            rss, convert_s, _ = run_convert(src, out, a.workers)
+            shutil.rmtree(out)
+            rows.append({"layers": n, "input_gb": nbytes / 1e9, "per_layer_mb": nbytes / n / 1e6,
+                         "peak_rss_gb": rss / 1e9, "convert_gb_s": nbytes / 1e9 / convert_s,
+                         "read_gb_s": nbytes / 1e9 / read_s, "convert_s": convert_s, "read_s": read_s})
+            r = rows[-1]
+            print(f"{n:3d} layers  {r['input_gb']:.3f} GB ({r['per_layer_mb']:.0f} MB/layer)  "
+                  f"peak RSS {r['peak_rss_gb']:.3f} GB  convert {r['convert_gb_s']:.3f} GB/s "
+                  f"({convert_s:.1f} s)  plain read {r['read_gb_s']:.3f} GB/s ({read_s:.1f} s)", flush=True)
+            shutil.rmtree(src)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    rss_ratio = rows[-1]["peak_rss_gb"] / rows[0]["peak_rss_gb"]
+    speed = min(r["convert_gb_s"] / r["read_gb_s"] for r in rows)
+    print(f"plain read: {how}; workers {a.workers}")
+    print(f"peak RSS {a.layers[-1]} / {a.layers[0]} layers: {rss_ratio:.3f} (target <= 1.3)")
+    print(f"convert / plain read throughput, worst depth: {speed:.3f} (target >= 0.5)")
+    if a.json:
+        print(json.dumps({"rows": rows, "rss_ratio": rss_ratio, "throughput_ratio": speed,
+                          "workers": a.workers, "read": how}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
