@@ -231,7 +231,7 @@ def convert(hf_dir: str, out: str, *, dtype: str = "bfloat16", drop_mtp: bool = 
             log(f"convert: resuming: {len(done)} of {len(tasks)} tensors were converted from unchanged "
                 f"shards; converting the other {len(todo)}")
         total = sum(_source_bytes(k, tensors, k.tensor.name in fp8_names) for k in todo)
-        progress = streaming.Progress("convert", len(todo), total)
+        progress = streaming.Progress("convert", len(todo), total, log)
         in_flight = streaming.InFlight(streaming.IN_FLIGHT_BYTES)
 
         def work(task: streaming.Task) -> None:

@@ -202,7 +202,7 @@ def export_params(params_dir: str, cfg: ModelConfig, out: str, *, fp8_weights: b
         out_bytes = {t.name: t.nbytes for t in tensors}
         total = sum(out_bytes[k.tensor.name] * (k.bounds()[1] - k.bounds()[0]) // k.tensor.shape[0]
                     for k in todo)
-        progress = streaming.Progress("export", len(todo), total)
+        progress = streaming.Progress("export", len(todo), total, log)
 
         def work(task: streaming.Task) -> None:
             n = _export_task(task, store, writers, fp8_names, scales)

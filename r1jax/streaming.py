@@ -14,7 +14,6 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -278,15 +277,13 @@ class InFlight:
 
 
 class Progress:
-    """Tasks and bytes done, rate and ETA on one stderr line: redrawn in place on a terminal, else
-    printed every `every` seconds and at the end."""
+    """A progress bar line (tasks and bytes done, rate, ETA), handed to `log` every `every` seconds
+    and once at the end: plain lines, which read the same on a terminal and in a log file."""
 
-    def __init__(self, label: str, total: int, total_bytes: int, unit: str = "tensors",
-                 stream=None, every: float = 10.0):
+    def __init__(self, label: str, total: int, total_bytes: int, log: Callable[[str], None],
+                 unit: str = "tensors", every: float = 10.0):
         self.label, self.total, self.total_bytes, self.unit = label, total, total_bytes, unit
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.every = 0.2 if self.tty else every
+        self.log, self.every = log, every
         self.done = self.bytes = 0
         self.start = self.last = time.time()
         self._lock = threading.Lock()
@@ -298,24 +295,19 @@ class Progress:
             now = time.time()
             if now - self.last >= self.every:
                 self.last = now
-                self._draw()
+                self.log(self.line())
 
     def line(self) -> str:
         elapsed = max(time.time() - self.start, 1e-9)
         rate = self.bytes / elapsed
         left = max(self.total_bytes - self.bytes, 0) / rate if rate > 0 else float("inf")
         eta = time.strftime("%H:%M:%S", time.gmtime(left)) if left < 1e7 else "--:--:--"
-        frac = self.bytes / self.total_bytes if self.total_bytes else 1.0
+        frac = min(self.bytes / self.total_bytes, 1.0) if self.total_bytes else 1.0
         bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
         return (f"{self.label} [{bar}] {self.done}/{self.total} {self.unit}  "
                 f"{self.bytes / 1e9:.2f}/{self.total_bytes / 1e9:.2f} GB  {rate / 1e9:.2f} GB/s  "
                 f"ETA {eta}")
 
-    def _draw(self) -> None:
-        self.stream.write(("\r" if self.tty else "") + self.line() + ("" if self.tty else "\n"))
-        self.stream.flush()
-
     def close(self) -> None:
         with self._lock:
-            self.stream.write(("\r" if self.tty else "") + self.line() + "\n")
-            self.stream.flush()
+            self.log(self.line())

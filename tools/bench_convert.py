@@ -35,11 +35,13 @@ SHARD_BYTES = 200 << 20
 
 def bench_config(layers: int, hidden: int, experts: int, moe_inter: int) -> ModelConfig:
     """An R1-shaped config of the given width and depth (first layer dense, as R1's first three)."""
+    groups = min(8, experts // 2)
     return ModelConfig(vocab_size=16384, hidden_size=hidden, intermediate_size=4 * hidden,
                        moe_intermediate_size=moe_inter, num_hidden_layers=layers, first_k_dense_replace=1,
                        num_attention_heads=hidden // 128, q_lora_rank=hidden // 2, kv_lora_rank=hidden // 4,
                        qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, n_routed_experts=experts,
-                       n_shared_experts=1, num_experts_per_tok=8, n_group=8, topk_group=4,
+                       n_shared_experts=1, num_experts_per_tok=min(8, experts // 2), n_group=groups,
+                       topk_group=max(1, groups // 2),
                        max_position_embeddings=4096, rope_factor=1.0, rope_mscale=0.0,
                        rope_mscale_all_dim=0.0)
 

@@ -1,0 +1,166 @@
+"""Export back to the HF release layout: FP8 release -> convert -> export --fp8 reproduces every tensor
+bit for bit (codes, scales, bf16 and float32 tensors); a BF16 export loads in transformers and scores
+as r1jax does; a checkpoint saved by plain Orbax (as a trainer saves) exports, MTP dropped on request,
+and converts back to its own values; mismatched params are refused; an interrupted export resumes."""
+import json
+import os
+
+import jax
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+from safetensors import safe_open
+
+from hf_oracle import hf_loss_and_logits
+from release_writer import fp8_release
+from r1jax import checkpoint, convert, export, streaming
+from r1jax.data.tokenizer import packaged_tokenizer_dir
+from r1jax.evaluate import score
+from r1jax.model import Transformer
+from test_convert_fp8 import CFG
+
+QUIET = lambda s: None
+
+
+def tensors_of(d) -> dict[str, tuple[str, bytes]]:
+    """{name: (dtype, raw bytes)} of every tensor in the safetensors files of `d`, read with the
+    safetensors library (torch knows float8_e4m3fn; numpy does not)."""
+    out = {}
+    for f in sorted(os.listdir(d)):
+        if f.endswith(".safetensors"):
+            with safe_open(os.path.join(d, f), framework="pt") as fh:
+                for k in fh.keys():
+                    t = fh.get_tensor(k)
+                    out[k] = (str(t.dtype), t.contiguous().view(torch.uint8).numpy().tobytes())
+    return out
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    return fp8_release(tmp_path_factory.mktemp("fp8"), CFG, seed=11)
+
+
+@pytest.fixture(scope="module")
+def converted(release, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("converted") / "ckpt")
+    convert.convert(release[0], out, dtype="float32", workers=2, log=QUIET)
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fp8_release_converted_and_exported_is_bit_for_bit(release, tmp_path, dtype):
+    hf_dir = release[0]
+    ckpt = tmp_path / "ckpt"
+    # Small blocks: the biggest tensors go through the row-block paths of both directions.
+    convert.convert(hf_dir, str(ckpt), dtype=dtype, workers=2, block_bytes=60_000, log=QUIET)
+    out = tmp_path / "out"
+    limit = 400_000
+    files = export.export(str(ckpt), str(out), fp8_weights=True, max_shard_bytes=limit, workers=2,
+                          block_bytes=60_000, log=QUIET)
+    src, got = tensors_of(hf_dir), tensors_of(out)
+    assert sorted(got) == sorted(src)
+    differ = [n for n in src if got[n] != src[n]]
+    assert not differ, differ[:5]
+    n_scales = sum(n.endswith("_scale_inv") for n in src)
+    assert n_scales > 50 and any(d == "torch.float8_e4m3fn" for d, _ in got.values())
+    index = json.load(open(out / "model.safetensors.index.json"))
+    assert sorted(index["weight_map"]) == sorted(src) and sorted(set(index["weight_map"].values())) == files
+    assert len(files) > 3 and all(os.path.getsize(out / f) <= limit + 20_000 for f in files)
+    config = json.load(open(out / "config.json"))
+    assert config["quantization_config"] == json.load(open(os.path.join(hf_dir, "config.json")))["quantization_config"]
+
+
+def test_bf16_export_loads_in_transformers_and_scores_as_r1jax(converted, tmp_path):
+    out = tmp_path / "out"
+    files = export.export(converted, str(out), max_shard_bytes=1_000_000, log=QUIET)
+    assert len(files) > 1
+    got = tensors_of(out)
+    assert not any(n.endswith("_scale_inv") for n in got)
+    assert {d for n, (d, _) in got.items() if not n.endswith("e_score_correction_bias")} == {"torch.bfloat16"}
+    assert {d for n, (d, _) in got.items() if n.endswith("e_score_correction_bias")} == {"torch.float32"}
+    assert f"model.layers.{CFG.num_hidden_layers}.eh_proj.weight" in got  # MTP kept
+    assert "model.layers.1.mlp.experts.3.down_proj.weight" in got  # per-expert names
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # the packaged R1 tokenizer
+        assert (out / name).read_bytes() == (packaged_tokenizer_dir() / name).read_bytes()
+    assert "quantization_config" not in json.load(open(out / "config.json"))
+
+    rng = np.random.RandomState(1)
+    rows = [rng.randint(0, CFG.vocab_size, n).tolist() for n in (30, 51)]
+    ids = np.zeros((2, 51), np.int64)
+    mask = np.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)], mask[i, :len(r)] = r, 1
+    hf = transformers.DeepseekV3ForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32,
+                                                            attn_implementation="eager").eval()
+    with torch.no_grad():
+        hf_loss = hf_loss_and_logits(hf, ids, mask)[0].item()
+    ours = score(checkpoint.load_model(converted, checkpoint.read_config(converted, dtype="float32")),
+                 rows, batch_size=2)["loss"]
+    assert abs(hf_loss - ours) <= 5e-3 * ours, (hf_loss, ours)  # the weights were rounded to bf16
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A checkpoint written by plain Orbax (checkpoint.save_model), as a trainer saves: random
+    params, MTP included, Orbax's own chunking and compression."""
+    cfg = CFG.replace(with_mtp=True, param_dtype="float32")
+    model = Transformer(cfg, rngs=nnx.Rngs(5))
+    params = checkpoint.numpy_params(model)
+    params["moe_layers"]["mlp"]["router_bias"] = np.random.RandomState(0).normal(
+        0, 0.1, params["moe_layers"]["mlp"]["router_bias"].shape).astype(np.float32)
+    d = str(tmp_path_factory.mktemp("trained") / "ckpt")
+    checkpoint.save_model(d, cfg, params)
+    return d, cfg, params
+
+
+def test_orbax_saved_checkpoint_exports_without_mtp_and_converts_back(trained, tmp_path):
+    d, cfg, params = trained
+    out = tmp_path / "hf"
+    export.export_params(os.path.join(d, "params"), cfg, str(out), drop_mtp=True, workers=2, log=QUIET)
+    config = json.load(open(out / "config.json"))
+    assert config["num_nextn_predict_layers"] == 0
+    assert not any(n.startswith(f"model.layers.{cfg.num_hidden_layers}.") for n in tensors_of(out))
+    back = tmp_path / "back"
+    convert.convert(str(out), str(back), dtype="float32", log=QUIET)
+    assert not checkpoint.read_config(str(back)).with_mtp
+    got = dict(checkpoint._flatten(checkpoint.numpy_params(checkpoint.load_model(str(back)))))
+    want = {k: v for k, v in checkpoint._flatten(params) if k[0] != "mtp"}
+    assert sorted(got) == sorted(want)
+    for path, w in want.items():
+        exact = path[-1] == "router_bias"  # float32 in the release layout; the rest bf16
+        w = w if exact else w.astype(ml_dtypes.bfloat16).astype(np.float32)
+        np.testing.assert_array_equal(got[path], w, err_msg=".".join(path))
+
+
+def test_params_of_another_model_are_refused(trained, tmp_path):
+    d, cfg, _ = trained
+    with pytest.raises(export.ExportError, match=r"moe_layers\.mlp\.gate .*expected"):
+        export.export_params(os.path.join(d, "params"), cfg.replace(moe_intermediate_size=144),
+                             str(tmp_path / "hf"), log=QUIET)
+    assert not list(tmp_path.glob("hf*"))
+
+
+def test_interrupted_export_resumes_to_the_same_files(converted, tmp_path, monkeypatch):
+    whole = tmp_path / "whole"
+    export.export(converted, str(whole), fp8_weights=True, max_shard_bytes=500_000, log=QUIET)
+    real, calls = export._export_task, []
+
+    def dies_after_25(task, *a):
+        if len(calls) == 25:
+            raise RuntimeError("simulated crash")
+        calls.append(task.key)
+        return real(task, *a)
+    monkeypatch.setattr(export, "_export_task", dies_after_25)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        export.export(converted, str(out), fp8_weights=True, max_shard_bytes=500_000, log=QUIET)
+    finished = set(calls)
+    calls.clear()
+    monkeypatch.setattr(export, "_export_task", lambda task, *a: calls.append(task.key) or real(task, *a))
+    export.export(converted, str(out), fp8_weights=True, max_shard_bytes=500_000, resume=True, log=QUIET)
+    assert not finished & set(calls) and calls
+    assert tensors_of(out) == tensors_of(whole)
+    assert sorted(os.listdir(out)) == sorted(os.listdir(whole))
