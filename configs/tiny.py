@@ -3,7 +3,7 @@
     python -m r1jax.train --config=configs/tiny.py
     python -m r1jax.train --config=configs/tiny.py --config.data.train=mine.jsonl --config.train.steps=50
 
-tokens/step = batch_size * seq_len * grad_accum = 4 * 128 = 512.
+tokens/step = batch_size * seq_len * grad_accum = 4 * 128 = 512, on one device (mesh.data=1).
 """
 from r1jax.run_config import defaults
 

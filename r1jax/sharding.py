@@ -74,7 +74,8 @@ def _keep_present(entry, names):
 def make_mesh(data: int = -1, fsdp: int = 1, expert: int = 1, tensor: int = 1,
               devices=None) -> jax.sharding.Mesh:
     """A (data, fsdp, expert, tensor) mesh over all devices of all processes; one size may be -1
-    (it takes what the others leave)."""
+    (it takes what the others leave). Explicit sizes whose product is smaller than the device count
+    use the first devices only."""
     devices = jax.devices() if devices is None else devices
     sizes = [data, fsdp, expert, tensor]
     if sizes.count(-1) > 1:
@@ -90,9 +91,10 @@ def make_mesh(data: int = -1, fsdp: int = 1, expert: int = 1, tensor: int = 1,
     total = 1
     for s in sizes:
         total *= s
-    if total != len(devices):
+    if total > len(devices):
         raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {total} devices, "
                          f"{len(devices)} are present")
+    devices = devices[:total]  # a smaller explicit mesh runs on the first devices (e.g. data=1)
     # Auto axes: shardings are propagated by XLA from our constraints, not carried in types.
     return jax.make_mesh(tuple(sizes), MESH_AXES, devices=devices,
                          axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))

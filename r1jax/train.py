@@ -71,7 +71,8 @@ def run(c) -> dict:
     # ---- mesh
     mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.expert, c.mesh.tensor)
     batch_sharding = sharding.batch_sharding(mesh)
-    log(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} device(s)")
+    log(f"mesh {dict(mesh.shape)} over {mesh.devices.size} of {jax.device_count()} "
+        f"{jax.devices()[0].platform} device(s)")
 
     # ---- data
     train_prefix, val_prefix = prepare_data(c, log)
@@ -142,7 +143,31 @@ def run(c) -> dict:
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
 
+    def do_eval(at_step: int, train_loss: float | None) -> bool:
+        """Validation at `at_step`: logs, keeps the best checkpoint; True to stop early."""
+        ev = evaluate_split(eval_fn, params, rest, val_prefix, c, batch_sharding, c.train.eval_batches)
+        ev["step"] = at_step
+        if train_loss is not None:
+            ev["train_val_gap"] = ev["val/loss"] - train_loss  # the overfitting indicator
+        monitor.write(ev)
+        monitor.plot()
+        log(f"step {at_step}: val/loss {ev['val/loss']:.4f} (perplexity {ev['val/perplexity']:.2f})")
+        summary.setdefault("first_val_loss", ev["val/loss"])
+        summary["last_val_loss"] = ev["val/loss"]
+        if at_step == 0:
+            return False  # the baseline: not a candidate for the best checkpoint
+        if meta["best_val"] is None or ev["val/loss"] < meta["best_val"]:
+            meta["best_val"], meta["evals_without_gain"] = ev["val/loss"], 0
+            ckpts.save_best(at_step, *snapshot(), ev["val/loss"])
+        else:
+            meta["evals_without_gain"] += 1
+        if c.train.early_stop_patience and meta["evals_without_gain"] >= c.train.early_stop_patience:
+            log(f"step {at_step}: no val improvement in {meta['evals_without_gain']} evals; stopping early")
+            return True
+        return False
+
     # ---- loop
+    summary = {"start_step": step}
     stage = int(stage_at(step))
     pending = None
     batch_spec = {k: jax.ShapeDtypeStruct((c.train.batch_size, c.train.seq_len), jnp.int32,
@@ -151,8 +176,9 @@ def run(c) -> dict:
     t0 = time.perf_counter()
     step_fn = step_fn.lower(params, rest, opt_state, batch_spec).compile()
     log(f"train step compiled in {time.perf_counter() - t0:.1f} s")
+    if step == 0:
+        do_eval(0, None)  # the starting model: every curve has its baseline
     t_last = time.perf_counter()
-    summary = {"start_step": step}
     try:
         while step < total_steps:
             if stop["signal"] is not None:
@@ -203,21 +229,7 @@ def run(c) -> dict:
                 monitor.progress(step, f"loss {rec['train/loss']:.4f} {tok_s:.0f} tok/s")
 
             if step % c.train.eval_every == 0 or step == total_steps:
-                ev = evaluate_split(eval_fn, params, rest, val_prefix, c, batch_sharding, c.train.eval_batches)
-                ev["step"] = step
-                ev["train_val_gap"] = ev["val/loss"] - float(jax.device_get(m["loss"]))
-                monitor.write(ev)
-                monitor.plot()
-                log(f"step {step}: val/loss {ev['val/loss']:.4f} (perplexity {ev['val/perplexity']:.2f})")
-                if meta["best_val"] is None or ev["val/loss"] < meta["best_val"]:
-                    meta["best_val"], meta["evals_without_gain"] = ev["val/loss"], 0
-                    ckpts.save_best(step, *snapshot(), ev["val/loss"])
-                else:
-                    meta["evals_without_gain"] += 1
-                summary.setdefault("first_val_loss", ev["val/loss"])
-                summary["last_val_loss"] = ev["val/loss"]
-                if c.train.early_stop_patience and meta["evals_without_gain"] >= c.train.early_stop_patience:
-                    log(f"step {step}: no val improvement in {meta['evals_without_gain']} evals; stopping early")
+                if do_eval(step, float(jax.device_get(m["loss"]))):
                     break
             if step % c.train.checkpoint_every == 0:
                 ckpts.save(step, *snapshot())

@@ -5,12 +5,13 @@
 
 `state` is {"params", "rest", "opt_state"} (params in the model checkpoint's nested layout, so
 export and evaluate read it too); `meta` is JSON: step, the data iterator's state and the loop's
-counters. A checkpoint that fails to restore (corrupt, truncated) is reported and the one before it
-is used.
+counters. A checkpoint that fails to restore (corrupt, truncated) is reported, moved aside to
+STEP.corrupt-TIME (nothing is deleted), and the one before it is used.
 """
 from __future__ import annotations
 
 import os
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -52,8 +53,13 @@ class RunCheckpoints:
                     state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
                 return step, out.state, out.meta
             except Exception as e:  # noqa: BLE001 - any failure means "this one is unusable"
-                self.log(f"checkpoint {self.latest.directory}/{step} cannot be restored "
-                         f"({type(e).__name__}: {str(e)[:300]}); trying the one before")
+                bad = os.path.join(str(self.latest.directory), str(step))
+                kept = f"{bad}.corrupt-{int(time.time())}"
+                if jax.process_index() == 0:
+                    os.rename(bad, kept)  # kept for inspection, out of the manager's way
+                self.latest.reload()
+                self.log(f"checkpoint {bad} cannot be restored ({type(e).__name__}: {str(e)[:300]}); "
+                         f"moved to {kept}; trying the one before")
         return None
 
     def wait(self) -> None:
