@@ -8,7 +8,9 @@ data.train is split off.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 
@@ -43,7 +45,12 @@ def _prepare(inputs: list[str], out: str, c, val_fraction: float, log) -> None:
     if c.data.train_all_turns:
         args.append("--train_all_turns")
     log(f"data: preparing {', '.join(inputs)} -> {out}")
-    if prepare.main(args) != 0:
+    report = io.StringIO()  # the full summary goes to OUT/summary.txt; the log gets its head
+    with contextlib.redirect_stdout(report):
+        code = prepare.main(args)
+    for line in report.getvalue().splitlines()[:2]:
+        log(f"data: {line}")
+    if code != 0:
         raise RuntimeError(f"data preparation of {', '.join(inputs)} failed; see the messages above "
                            f"and {out}/report.json")
 

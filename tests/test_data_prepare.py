@@ -313,17 +313,6 @@ def test_tokenize_batch_equals_tokenize_example(tok, all_turns):
         assert (ids.tolist(), mask.tolist()) == (want["input_ids"], want["loss_mask"]), ex.source
 
 
-def test_falls_back_when_batched_tokenization_differs(tmp_path, tok, monkeypatch, capsys):
-    def wrong(examples, tokenizer, train_all_turns=False):
-        return [(np.asarray([0, 1], np.int32), np.asarray([0, 1], np.uint8)) for _ in examples]
-    monkeypatch.setattr(batch_tokenize, "tokenize_batch", wrong)
-    rows = distinct_rows(5)
-    rc, out, rep = run_prepare(tmp_path, rows, "--val", "0")
-    assert rc == 0 and "differs from tokenize_example" in capsys.readouterr().err
-    store = TokenStore(os.path.join(out, "train"))
-    assert [store[i][0].tolist() for i in range(5)] == [tokenize_example(r, tok)["input_ids"] for r in rows]
-
-
 def test_report_and_inputs_unchanged(tmp_path, capsys):
     rows = distinct_rows(30, categories=["x", "y", "z"] * 10) + [rows for rows in BAD_LINES if rows]
     rows.append(distinct_rows(1)[0])  # duplicate of the first

@@ -10,6 +10,8 @@ offsets, so it never changes the ids.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from r1jax.data.formats import DataError, Example, parse_row
 from r1jax.data.tokenizer import BOS_TOKEN, EOS_TOKEN, encode
 
@@ -42,26 +44,44 @@ def generation_prompt(example: Example) -> str:
     return "".join(text for text, _ in segs[:-1])  # ends with "<｜Assistant｜><think>\n"
 
 
-def _mask_from_offsets(offsets, spans) -> list[int]:
-    """1 for tokens holding any character of a trained span [start, end).
+def trained_spans(segs: Segments) -> tuple[str, np.ndarray]:
+    """The rendered string and its trained character spans [S, 2] (start, end), sorted, disjoint."""
+    spans, pos = [], 0
+    for text, trained in segs:
+        if trained and text:
+            spans.append((pos, pos + len(text)))
+        pos += len(text)
+    return "".join(t for t, _ in segs), np.asarray(spans, np.int64).reshape(-1, 2)
+
+
+def mask_from_offsets(offsets, spans: np.ndarray) -> np.ndarray:
+    """uint8 [T]: 1 for tokens holding any character of a trained span; offsets [T, 2] (start, end).
 
     BPE can merge across the prompt/target boundary: with no reasoning, "<think>\n" + "\n</think>"
     encodes the two newlines as one token. That token is trained, so every target character is
     learned; the ids stay the full string's encoding (its prompt part then differs from the inference
     prompt's last token, the price of the one-encoding rule).
     """
-    return [int(any(a < e and b > s for s, e in spans)) for a, b in offsets]
+    ab = np.asarray(offsets, np.int64).reshape(-1, 2)
+    k = np.searchsorted(spans[:, 1], ab[:, 0], side="right")  # first span ending after the token start
+    hit = k < len(spans)
+    hit[hit] = spans[k[hit], 0] < ab[hit, 1]
+    return hit.astype(np.uint8)
+
+
+def text_ids_and_mask(ids, bos: int) -> tuple[list[int], list[int]]:
+    """A `text` row: BOS first (once), every later token trained."""
+    ids = list(ids)
+    if ids[:1] != [bos]:
+        ids = [bos] + ids
+    return ids, [0] + [1] * (len(ids) - 1)
 
 
 def tokenize_segments(segs: Segments, tokenizer) -> dict[str, list[int]]:
-    text = "".join(t for t, _ in segs)
-    spans, pos = [], 0
-    for t, trained in segs:
-        if trained and t:
-            spans.append((pos, pos + len(t)))
-        pos += len(t)
+    text, spans = trained_spans(segs)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return {"input_ids": list(enc["input_ids"]), "loss_mask": _mask_from_offsets(enc["offset_mapping"], spans)}
+    return {"input_ids": list(enc["input_ids"]),
+            "loss_mask": mask_from_offsets(enc["offset_mapping"], spans).tolist()}
 
 
 def tokenize_example(example: dict | Example, tokenizer, *, train_all_turns: bool = False,
@@ -75,8 +95,8 @@ def tokenize_example(example: dict | Example, tokenizer, *, train_all_turns: boo
     if ex.kind == "messages":
         return tokenize_segments(render_messages(ex, train_all_turns), tokenizer)
     if ex.kind == "text":
-        ids = encode(tokenizer, ex.text, add_bos=True)
-        return {"input_ids": ids, "loss_mask": [0] + [1] * (len(ids) - 1)}
+        ids, mask = text_ids_and_mask(encode(tokenizer, ex.text, add_bos=False), tokenizer.bos_token_id)
+        return {"input_ids": ids, "loss_mask": mask}
     ids = list(ex.input_ids)
     mask = list(ex.loss_mask) if ex.loss_mask is not None else [0] + [1] * (len(ids) - 1)
     if not ids:

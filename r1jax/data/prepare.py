@@ -143,7 +143,7 @@ def clean_stream(args, tokenizer, tally: report_lib.Tally, seconds: dict) -> lis
     input order and counts every removal in `tally`. Raises DataError (--strict, unreadable file)."""
     seen: dict[bytes, str] = {}
     near = clean.NearDuplicateIndex(args.near_dup_threshold)
-    tokenize = batch_tokenize.CheckedBatchTokenizer(tokenizer, args.train_all_turns)
+    tokenize = lambda exs: batch_tokenize.tokenize_batch(exs, tokenizer, args.train_all_turns)
     kept: list[Kept] = []
     progress = _Progress()
     records = read_jsonl(args.input, args.format, strict=args.strict)
