@@ -184,18 +184,24 @@ def _array_spec(params_dir: str, name: str, zarr3: bool = False, **new) -> dict:
 
 
 class ParamStore:
-    """The arrays of an Orbax params checkpoint, opened for slice reads and writes from many threads.
+    """The arrays of an Orbax PyTree checkpoint of model variables, opened for slice reads and writes
+    from many threads.
 
-    `shapes`: {dotted path: (shape, dtype)}. `cache_bytes` keeps recently read chunks, for checkpoints
-    whose chunks span several slices (a trainer's); converted checkpoints have one chunk per slice.
+    roots: top-level keys the model's variables sit under, stripped from the paths (a trainer's state
+    item holds {"params": ..., "rest": ..., "opt_state": ...}: roots ("params", "rest")); empty when
+    the tree is the variables' nested dict itself, as in a model checkpoint's params/.
+    `shapes`: {dotted model path: (shape, dtype)}. `cache_bytes` keeps recently read chunks, for
+    checkpoints whose chunks span several slices (a trainer's); converted ones have one per slice.
     """
 
-    def __init__(self, params_dir: str, cache_bytes: int = 0):
+    def __init__(self, params_dir: str, cache_bytes: int = 0, roots: tuple[str, ...] = ()):
         self.params_dir = os.path.abspath(params_dir)
         try:
             meta, self._zarr3 = _orbax_metadata(self.params_dir)
         except Exception as e:  # orbax raises many types; all mean the same to a user
             raise CheckpointError(f"{self.params_dir}: not an Orbax checkpoint: {type(e).__name__}: {e}") from None
+        if roots:
+            meta = {p.split(".", 1)[1]: m for p, m in meta.items() if p.split(".", 1)[0] in roots}
         self.shapes = {p: (tuple(m.shape), np.dtype(m.dtype)) for p, m in meta.items()}
         self._names = {p: m.name for p, m in meta.items()}
         self._context = ts.Context({"cache_pool": {"total_bytes_limit": cache_bytes}, "file_io_sync": False})

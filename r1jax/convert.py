@@ -86,15 +86,6 @@ def plan(cfg: ModelConfig, tensors: dict[str, safetensors_io.TensorInfo], with_m
     return expected
 
 
-def read_tensor(tensors, name: str) -> np.ndarray:
-    """float32 data of one HF tensor (FP8 dequantized with its block scales)."""
-    info = tensors[name]
-    data = safetensors_io.load(info)
-    if info.dtype == fp8.E4M3:
-        return fp8.dequantize(data, safetensors_io.load(tensors[name + SCALE_SUFFIX]))
-    return np.asarray(data, np.float32)
-
-
 def fill_params(cfg: ModelConfig, expected, read) -> dict[str, np.ndarray]:
     """{dotted path: array} of every model variable, filled from HF tensors, all in memory (for small
     models and tests; `convert` streams instead).
@@ -136,11 +127,12 @@ def chunk_shapes(tasks: list[streaming.Task], shapes: dict) -> dict[str, tuple[i
 
 def _convert_task(task: streaming.Task, tensors, store: checkpoint.ParamStore, shapes, scales):
     """Reads, dequantizes and starts writing one task; returns (tensorstore write futures, bytes
-    written)."""
+    they hold, bytes read)."""
     t = task.tensor
     info = tensors[t.name]
     lo, hi = task.bounds()
     data = safetensors_io.load(info)[lo:hi]
+    read = data.nbytes
     dtype = shapes[t.slots[0].path][1]
     # Materialized in the slots' [in, out] order at once: tensorstore copies a transposed view
     # element by element, several times slower than a contiguous array.
@@ -151,13 +143,14 @@ def _convert_task(task: streaming.Task, tensors, store: checkpoint.ParamStore, s
         scale = np.asarray(safetensors_io.load(s_info)[rows])
         data = fp8.dequantize(data, scale, dtype, transpose=swap)
         scales.write(s_info.name, scale, rows.start)
+        read += scale.nbytes
     else:
         data = np.asarray(data, dtype)
         if swap:
             data = layout.transpose_last2(data)
     futures = [store.write(slot.path, task.target_index(slot), slot.fn(data, swapped=swap))
                for slot in t.slots]
-    return futures, data.size * dtype.itemsize
+    return futures, data.nbytes, read
 
 
 def _source_bytes(task: streaming.Task, tensors, scaled: bool) -> int:
@@ -215,7 +208,7 @@ def convert(hf_dir: str, out: str, *, dtype: str = "bfloat16", drop_mtp: bool = 
     job = streaming.OutputDir(out, spec, resume=resume, log=log)
     params_dir = os.path.join(job.path, "params")
     scales_path = os.path.join(job.path, checkpoint.SCALES_NAME)
-    try:
+    with job.keeping_work("convert", log):
         if not job.resumed:
             checkpoint.write_meta(job.path, cfg)
             _copy_side_files(hf_dir, job.path)
@@ -230,31 +223,13 @@ def convert(hf_dir: str, out: str, *, dtype: str = "bfloat16", drop_mtp: bool = 
         if done:
             log(f"convert: resuming: {len(done)} of {len(tasks)} tensors were converted from unchanged "
                 f"shards; converting the other {len(todo)}")
-        total = sum(_source_bytes(k, tensors, k.tensor.name in fp8_names) for k in todo)
-        progress = streaming.Progress("convert", len(todo), total, log)
-        in_flight = streaming.InFlight(streaming.IN_FLIGHT_BYTES)
-
-        def work(task: streaming.Task) -> None:
-            futures, written = _convert_task(task, tensors, store, shapes, scales)
-
-            def committed():
-                job.record(task.key, digests[task.key])
-                progress.advance(_source_bytes(task, tensors, task.tensor.name in fp8_names))
-            in_flight.submit(futures, written, committed)
-
-        try:
-            streaming.run_tasks(todo, work, workers)
-        finally:
-            in_flight.wait()
-        progress.close()
+        progress = streaming.Progress("convert", len(todo), sum(
+            _source_bytes(k, tensors, k.tensor.name in fp8_names) for k in todo), log)
+        streaming.execute(job, todo, lambda k: _convert_task(k, tensors, store, shapes, scales),
+                          digests, workers, progress)
         if scales is not None:
             scales.close()
         checkpoint.verify_params(params_dir, arrays)
-    except BaseException:
-        job.close()
-        log(f"convert: stopped; {job.path} keeps the finished tensors: rerun with --resume to "
-            "continue, or remove it")
-        raise
     job.commit()
     seconds = time.time() - start
     log(f"convert: wrote {out} ({len(expected)} tensors, MTP {'kept' if with_mtp else 'not included'}); "

@@ -102,15 +102,16 @@ def _read_tensor(task: streaming.Task, store: checkpoint.ParamStore) -> np.ndarr
     return data
 
 
-def _export_task(task: streaming.Task, store, writers, fp8_names, scales) -> int:
-    """Reads, converts and writes one task; returns the bytes it wrote."""
+def _export_task(task: streaming.Task, store, writers, fp8_names, scales):
+    """Reads, converts and writes one task; returns ([], 0, bytes written): positional writes into
+    the shards are done when this returns (made durable by the job's sync)."""
     t = task.tensor
     lo, hi = task.bounds()
     data = _read_tensor(task, store)
     if t.name not in fp8_names:
         data = data.astype(writers[t.name].offsets[t.name][1].dtype, order="C")
         writers[t.name].write(t.name, data, lo)
-        return data.nbytes
+        return [], 0, data.nbytes
     rows = fp8.scale_rows(lo, hi, len(t.shape))
     given = scales.get(t.name + SCALE_SUFFIX)
     try:
@@ -119,7 +120,7 @@ def _export_task(task: streaming.Task, store, writers, fp8_names, scales) -> int
         raise ExportError(f"{t.name} (rows {lo}:{hi}): {e}") from None
     writers[t.name].write(t.name, q, lo)
     writers[t.name + SCALE_SUFFIX].write(t.name + SCALE_SUFFIX, s, rows.start)
-    return q.nbytes + s.nbytes
+    return [], 0, q.nbytes + s.nbytes
 
 
 def _write_side_files(checkpoint_dir: str | None, dst: str) -> None:
@@ -151,16 +152,17 @@ def export_params(params_dir: str, cfg: ModelConfig, out: str, *, fp8_weights: b
                   drop_mtp: bool = False, scales_path: str | None = None,
                   side_dir: str | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
                   workers: int = 1, resume: bool = False, log=print,
-                  block_bytes: int = streaming.BLOCK_BYTES) -> list[str]:
-    """Exports the params (an Orbax checkpoint of the model's nested dict, converted or trained) of
-    model `cfg` to `out`; returns the shard file names.
+                  block_bytes: int = streaming.BLOCK_BYTES, roots: tuple[str, ...] = ()) -> list[str]:
+    """Exports the variables of model `cfg` from the Orbax PyTree checkpoint `params_dir` (a model
+    checkpoint's params/, or with roots=("params", "rest") a trainer's state item) to `out`;
+    returns the shard file names.
 
     scales_path: FP8 scales kept by convert (checkpoint.SCALES_NAME), reused where they fit;
     side_dir: where tokenizer and generation config come from (else the packaged tokenizer).
     """
     with_mtp = cfg.with_mtp and not drop_mtp
     expected = layout.hf_tensors(cfg, with_mtp=with_mtp)
-    store = checkpoint.ParamStore(params_dir, cache_bytes=256 << 20)
+    store = checkpoint.ParamStore(params_dir, cache_bytes=256 << 20, roots=roots)
     _check_arrays(store, cfg, expected)
     scales = _source_scales(scales_path, expected)
     if not fp8_weights:
@@ -176,13 +178,13 @@ def export_params(params_dir: str, cfg: ModelConfig, out: str, *, fp8_weights: b
     shapes = {p: (s, store.shapes[p][1]) for p, (s, _) in store.shapes.items()}
     tasks = streaming.make_tasks(expected, shapes, block_bytes, fp8_names)
     digest = _source_digest(params_dir, scales_path)
-    spec = {"job": "r1jax.export", "fp8": fp8_weights, "with_mtp": with_mtp,
+    spec = {"job": "r1jax.export", "fp8": fp8_weights, "with_mtp": with_mtp, "roots": list(roots),
             "config": hashlib.sha256(json.dumps(to_hf_dict(cfg), sort_keys=True).encode()).hexdigest()[:16],
             "shards": files, "max_shard_bytes": max_shard_bytes,
             "tasks": hashlib.sha256("\n".join(k.key for k in tasks).encode()).hexdigest()[:16]}
 
     job = streaming.OutputDir(out, spec, resume=resume, log=log)
-    try:
+    with job.keeping_work("export", log):
         if not job.resumed:
             for f, g in zip(files, groups):
                 safetensors_io.ShardWriter(os.path.join(job.path, f), g, create=True).close()
@@ -194,30 +196,21 @@ def export_params(params_dir: str, cfg: ModelConfig, out: str, *, fp8_weights: b
         shard_writers = {f: safetensors_io.ShardWriter(os.path.join(job.path, f), g, create=False)
                          for f, g in zip(files, groups)}
         writers = {name: shard_writers[f] for name, f in where.items()}
-        done = job.finished({k.key: digest for k in tasks})
+        digests = {k.key: digest for k in tasks}
+        done = job.finished(digests)
         todo = [k for k in tasks if k.key not in done]
         if done:
             log(f"export: resuming: {len(done)} of {len(tasks)} tensors were written; writing the "
                 f"other {len(todo)}")
         out_bytes = {t.name: t.nbytes for t in tensors}
-        total = sum(out_bytes[k.tensor.name] * (k.bounds()[1] - k.bounds()[0]) // k.tensor.shape[0]
-                    for k in todo)
-        progress = streaming.Progress("export", len(todo), total, log)
-
-        def work(task: streaming.Task) -> None:
-            n = _export_task(task, store, writers, fp8_names, scales)
-            job.record(task.key, digest)
-            progress.advance(n)
-
-        streaming.run_tasks(todo, work, workers)
-        progress.close()
+        out_bytes.update({t.name: out_bytes[t.name] + out_bytes[t.name + SCALE_SUFFIX] for t in expected
+                          if t.name in fp8_names})
+        progress = streaming.Progress("export", len(todo), sum(
+            out_bytes[k.tensor.name] * (k.bounds()[1] - k.bounds()[0]) // k.tensor.shape[0] for k in todo), log)
+        streaming.execute(job, todo, lambda k: _export_task(k, store, writers, fp8_names, scales),
+                          digests, workers, progress)
         for w in shard_writers.values():
             w.close()
-    except BaseException:
-        job.close()
-        log(f"export: stopped; {job.path} keeps the finished tensors: rerun with --resume to "
-            "continue, or remove it")
-        raise
     job.commit()
     log(f"export: wrote {out} ({len(tensors)} tensors in {len(files)} shards, "
         f"{'FP8' if fp8_names else 'BF16'}, MTP {'included' if with_mtp else 'not included'})")

@@ -43,24 +43,27 @@ def dequantize(q: np.ndarray, scale_inv: np.ndarray, dtype=np.float32, transpose
     # Per band of 128 rows, a table holds every code's value times each column block's scale, cast to
     # `dtype` once; one gather indexed by (column block << 8 | code) then does the band in a single pass
     # over q. Each entry is float32(code) * scale rounded as the formula rounds it, so nothing changes.
-    # Transposing band by band keeps the band in cache (a whole-matrix transposed copy would not).
+    # Transposed, the index is built from the band's transpose (a strided read of bytes, inside the
+    # band's cache footprint), so the gather writes rows of the output directly.
     n_col_blocks = -(-n // BLOCK)
     index_dtype = np.uint16 if n_col_blocks <= 256 else np.uint32
     col_base = ((np.arange(n) // BLOCK) << 8).astype(index_dtype)  # [N]
     codes = q.view(np.uint8)
-    band = np.empty((min(BLOCK, m), n), index_dtype)
-    values = np.empty((min(BLOCK, m), n), dtype)
+    rows_max = min(BLOCK, m)
+    index = np.empty((n, rows_max) if transpose else (rows_max, n), index_dtype)
+    values = np.empty((n, rows_max), dtype) if transpose else None
     for lead_idx in np.ndindex(*lead):
         for b, r in enumerate(range(0, m, BLOCK)):
             rows = min(BLOCK, m - r)
-            table = (scale_inv[lead_idx + (b,)][:, None] * _CODE_VALUES[None, :]).astype(dtype)
-            np.bitwise_or(codes[lead_idx + (slice(r, r + rows),)], col_base, out=band[:rows])
+            table = (scale_inv[lead_idx + (b,)][:, None] * _CODE_VALUES[None, :]).astype(dtype).reshape(-1)
+            band = codes[lead_idx + (slice(r, r + rows),)]
             if transpose:
-                np.take(table.reshape(-1), band[:rows], out=values[:rows], mode="clip")
-                out[lead_idx + (slice(None), slice(r, r + rows))] = values[:rows].T
+                np.bitwise_or(band.T, col_base[:, None], out=index[:, :rows])
+                np.take(table, index[:, :rows], out=values[:, :rows], mode="wrap")
+                out[lead_idx + (slice(None), slice(r, r + rows))] = values[:, :rows]
             else:
-                np.take(table.reshape(-1), band[:rows], out=out[lead_idx + (slice(r, r + rows),)],
-                        mode="clip")
+                np.bitwise_or(band, col_base, out=index[:rows])
+                np.take(table, index[:rows], out=out[lead_idx + (slice(r, r + rows),)], mode="wrap")
     return out
 
 

@@ -10,6 +10,7 @@ background thread), so a resume after a crash of the machine, not only of the pr
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -27,7 +28,7 @@ MANIFEST_NAME = "r1jax-job.json"
 JOURNAL_NAME = "r1jax-job.log"
 SYNC_EVERY_S = 30.0
 BLOCK_BYTES = 64 << 20  # a tensor bigger than this (as output) is streamed in blocks of rows
-IN_FLIGHT_BYTES = 512 << 20  # written but not yet committed (see InFlight)
+IN_FLIGHT_BYTES = 2 * BLOCK_BYTES  # written but not yet committed (see InFlight)
 
 
 class JobError(ValueError):
@@ -136,6 +137,17 @@ class OutputDir:
         self._syncer.join()
         self.flush()
 
+    @contextlib.contextmanager
+    def keeping_work(self, label: str, log: Callable[[str], None]):
+        """On any failure inside, journals what finished and says how to continue, then re-raises."""
+        try:
+            yield
+        except BaseException:
+            self.close()
+            log(f"{label}: stopped; {self.path} keeps the finished tensors: rerun with --resume to "
+                "continue, or remove it")
+            raise
+
     def commit(self) -> None:
         """Renames the complete output into place, without the job's bookkeeping files."""
         self.close()
@@ -232,6 +244,27 @@ def run_tasks(tasks: Iterable, fn: Callable, workers: int) -> None:
         raise errors[0]
 
 
+def execute(job: OutputDir, tasks: list[Task], step: Callable, digests: dict[str, str], workers: int,
+            progress: "Progress") -> None:
+    """Runs step(task) -> (tensorstore write futures, bytes they hold, bytes to count as progress)
+    for every task on `workers` threads, and journals each task once all its writes are committed."""
+    in_flight = InFlight(IN_FLIGHT_BYTES)
+
+    def work(task: Task) -> None:
+        futures, held, done_bytes = step(task)
+
+        def committed() -> None:
+            job.record(task.key, digests[task.key])
+            progress.advance(done_bytes)
+        in_flight.submit(futures, held, committed)
+
+    try:
+        run_tasks(tasks, work, workers)
+    finally:
+        in_flight.wait()
+    progress.close()
+
+
 class InFlight:
     """Writes handed to tensorstore but not yet committed, at most `limit_bytes` of them.
 
@@ -266,6 +299,11 @@ class InFlight:
                     self.used -= nbytes
                     self._cond.notify_all()
 
+        if not futures:  # written synchronously: already committed
+            on_commit()
+            with self._cond:
+                self.used -= nbytes
+                self._cond.notify_all()
         for f in futures:
             f.commit.add_done_callback(done)
 

@@ -1,6 +1,6 @@
 """Export back to the HF release layout: FP8 release -> convert -> export --fp8 reproduces every tensor
 bit for bit (codes, scales, bf16 and float32 tensors); a BF16 export loads in transformers and scores
-as r1jax does; a checkpoint saved by plain Orbax (as a trainer saves) exports, MTP dropped on request,
+as r1jax does; a trainer's state saved by plain Orbax exports, MTP dropped on request,
 and converts back to its own values; mismatched params are refused; an interrupted export resumes."""
 import json
 import os
@@ -8,6 +8,7 @@ import os
 import jax
 import ml_dtypes
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import torch
 import transformers
@@ -104,22 +105,29 @@ def test_bf16_export_loads_in_transformers_and_scores_as_r1jax(converted, tmp_pa
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A checkpoint written by plain Orbax (checkpoint.save_model), as a trainer saves: random
-    params, MTP included, Orbax's own chunking and compression."""
+    """A trainer's state item written by plain Orbax ({"params", "rest", "opt_state"} as
+    r1jax/train_checkpoint.py saves it, with Orbax's own chunking and compression): random params,
+    MTP included."""
     cfg = CFG.replace(with_mtp=True, param_dtype="float32")
-    model = Transformer(cfg, rngs=nnx.Rngs(5))
-    params = checkpoint.numpy_params(model)
-    params["moe_layers"]["mlp"]["router_bias"] = np.random.RandomState(0).normal(
-        0, 0.1, params["moe_layers"]["mlp"]["router_bias"].shape).astype(np.float32)
-    d = str(tmp_path_factory.mktemp("trained") / "ckpt")
-    checkpoint.save_model(d, cfg, params)
-    return d, cfg, params
+    _, params, rest = nnx.split(Transformer(cfg, rngs=nnx.Rngs(5)), nnx.Param, ...)
+    params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+    rest["moe_layers"]["mlp"]["router_bias"] = np.random.RandomState(0).normal(
+        0, 0.1, rest["moe_layers"]["mlp"]["router_bias"].shape).astype(np.float32)
+    state = {"params": params, "rest": rest,
+             "opt_state": {"mu": jax.tree.map(np.zeros_like, params), "count": np.zeros((), np.int32)}}
+    d = str(tmp_path_factory.mktemp("trained") / "state")
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(d, state)
+    ckptr.wait_until_finished()
+    variables = {**dict(checkpoint._flatten(jax.tree.map(np.asarray, params))),
+                 **dict(checkpoint._flatten(jax.tree.map(np.asarray, rest)))}
+    return d, cfg, variables
 
 
-def test_orbax_saved_checkpoint_exports_without_mtp_and_converts_back(trained, tmp_path):
-    d, cfg, params = trained
+def test_trainer_state_exports_without_mtp_and_converts_back(trained, tmp_path):
+    d, cfg, variables = trained
     out = tmp_path / "hf"
-    export.export_params(os.path.join(d, "params"), cfg, str(out), drop_mtp=True, workers=2, log=QUIET)
+    export.export_params(d, cfg, str(out), drop_mtp=True, workers=2, roots=("params", "rest"), log=QUIET)
     config = json.load(open(out / "config.json"))
     assert config["num_nextn_predict_layers"] == 0
     assert not any(n.startswith(f"model.layers.{cfg.num_hidden_layers}.") for n in tensors_of(out))
@@ -127,7 +135,7 @@ def test_orbax_saved_checkpoint_exports_without_mtp_and_converts_back(trained, t
     convert.convert(str(out), str(back), dtype="float32", log=QUIET)
     assert not checkpoint.read_config(str(back)).with_mtp
     got = dict(checkpoint._flatten(checkpoint.numpy_params(checkpoint.load_model(str(back)))))
-    want = {k: v for k, v in checkpoint._flatten(params) if k[0] != "mtp"}
+    want = {k: v for k, v in variables.items() if k[0] != "mtp"}
     assert sorted(got) == sorted(want)
     for path, w in want.items():
         exact = path[-1] == "router_bias"  # float32 in the release layout; the rest bf16
@@ -138,8 +146,8 @@ def test_orbax_saved_checkpoint_exports_without_mtp_and_converts_back(trained, t
 def test_params_of_another_model_are_refused(trained, tmp_path):
     d, cfg, _ = trained
     with pytest.raises(export.ExportError, match=r"moe_layers\.mlp\.gate .*expected"):
-        export.export_params(os.path.join(d, "params"), cfg.replace(moe_intermediate_size=144),
-                             str(tmp_path / "hf"), log=QUIET)
+        export.export_params(d, cfg.replace(moe_intermediate_size=144), str(tmp_path / "hf"),
+                             roots=("params", "rest"), log=QUIET)
     assert not list(tmp_path.glob("hf*"))
 
 

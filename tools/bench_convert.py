@@ -100,17 +100,18 @@ def plain_read(directory: str) -> tuple[float, str]:
     """(seconds to read every tensor of `directory`, how): with safetensors' torch loader when torch
     is installed (numpy has no float8 dtype), else every tensor's byte range with readinto."""
     tensors = safetensors_io.index_checkpoint(directory)
-    t0 = time.time()
     try:
         from safetensors import safe_open
         import torch  # noqa: F401 - safetensors needs it for framework="pt"
     except ImportError:
+        t0 = time.time()
         for info in tensors.values():
             buf = np.empty(info.nbytes, np.uint8)
             with open(info.file, "rb") as f:
                 f.seek(info.offset)
                 f.readinto(memoryview(buf))
         return time.time() - t0, "readinto of each tensor"
+    t0 = time.time()
     for path in sorted({i.file for i in tensors.values()}):
         with safe_open(path, framework="pt") as f:
             for k in f.keys():
