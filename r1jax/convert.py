@@ -153,6 +153,16 @@ def _convert_task(task: streaming.Task, tensors, store: checkpoint.ParamStore, s
     return futures, data.nbytes, read
 
 
+def _prefetch(task: streaming.Task, tensors, scaled: bool) -> None:
+    """Starts reading what `_convert_task` will read for `task` (its rows, and its scales)."""
+    t, (lo, hi) = task.tensor, task.bounds()
+    info = tensors[t.name]
+    row = info.nbytes // t.shape[0]
+    safetensors_io.prefetch(info, lo * row, hi * row)
+    if scaled:
+        safetensors_io.prefetch(tensors[t.name + SCALE_SUFFIX])
+
+
 def _source_bytes(task: streaming.Task, tensors, scaled: bool) -> int:
     """Bytes `_convert_task` reads for `task`: its rows of the tensor, and of the scales if FP8."""
     t, (lo, hi) = task.tensor, task.bounds()
@@ -225,8 +235,15 @@ def convert(hf_dir: str, out: str, *, dtype: str = "bfloat16", drop_mtp: bool = 
                 f"shards; converting the other {len(todo)}")
         progress = streaming.Progress("convert", len(todo), sum(
             _source_bytes(k, tensors, k.tensor.name in fp8_names) for k in todo), log)
-        streaming.execute(job, todo, lambda k: _convert_task(k, tensors, store, shapes, scales),
-                          digests, workers, progress)
+        # Each task first starts the disk reads of the one a worker takes after it: reading overlaps
+        # compute instead of stalling it page by page.
+        ahead = {k.key: todo[i + workers] for i, k in enumerate(todo[:len(todo) - workers])}
+
+        def step(k: streaming.Task):
+            if k.key in ahead:
+                _prefetch(ahead[k.key], tensors, ahead[k.key].tensor.name in fp8_names)
+            return _convert_task(k, tensors, store, shapes, scales)
+        streaming.execute(job, todo, step, digests, workers, progress)
         if scales is not None:
             scales.close()
         checkpoint.verify_params(params_dir, arrays)

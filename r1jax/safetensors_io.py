@@ -122,6 +122,17 @@ def load(info: TensorInfo) -> np.ndarray:
     return np.memmap(info.file, dtype=info.dtype, mode="r", offset=info.offset, shape=info.shape)
 
 
+def prefetch(info: TensorInfo, start: int = 0, stop: int | None = None) -> None:
+    """Asks the kernel to start reading bytes start:stop of the tensor's data in the background, so
+    that a later `load` finds them in the page cache instead of waiting on page faults."""
+    stop = info.nbytes if stop is None else stop
+    fd = os.open(info.file, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, info.offset + start, stop - start, os.POSIX_FADV_WILLNEED)
+    finally:
+        os.close(fd)
+
+
 def identity(path: str) -> str:
     """A digest naming this version of a file: its name, size, mtime and safetensors header.
 
