@@ -250,7 +250,8 @@ def convert(hf_dir: str, out: str, *, dtype: str = "bfloat16", drop_mtp: bool = 
     job.commit()
     seconds = time.time() - start
     log(f"convert: wrote {out} ({len(expected)} tensors, MTP {'kept' if with_mtp else 'not included'}); "
-        f"read {progress.bytes / 1e9:.3f} GB in {seconds:.1f} s: {progress.bytes / 1e9 / seconds:.3f} GB/s")
+        f"read {progress.bytes / 1e9:.3f} GB in {seconds:.1f} s: {progress.bytes / 1e9 / seconds:.3f} GB/s; "
+        f"peak RSS {streaming.peak_rss_bytes() / 1e9:.3f} GB")
     return cfg
 
 

@@ -8,8 +8,8 @@ per-expert tensors, bf16 embeddings and norms, several shards with an index) of 
 depths, then per depth: reads every tensor with the `safetensors` library (plain read), and converts
 with `python -m r1jax.convert` in a subprocess. The page cache of the inputs is dropped before each
 read and each conversion, as a 690 GB release is never cached. Prints input GB, peak RSS of the
-converting process (wait4's ru_maxrss), conversion GB/s (input bytes over convert's own wall time, which
-excludes the interpreter's imports), plain-read GB/s, and the two ratios against their targets
+converting process (its VmHWM, imports included), conversion GB/s (input bytes over convert's own wall
+time, which excludes the interpreter's imports), plain-read GB/s, and the two ratios against targets
 (RSS deepest / shallowest <= 1.3; conversion / read >= 0.5). Disk: the inputs plus one output at a
 time; everything is removed at the end.
 """
@@ -120,18 +120,15 @@ def plain_read(directory: str) -> tuple[float, str]:
 
 
 def run_convert(hf_dir: str, out: str, workers: int) -> tuple[int, float, str]:
-    """(peak RSS bytes, convert's own seconds, stderr) of `python -m r1jax.convert` on hf_dir."""
-    with tempfile.TemporaryFile("w+") as err:
-        p = subprocess.Popen([sys.executable, "-m", "r1jax.convert", "--hf_dir", hf_dir, "--out", out,
-                              "--workers", str(workers)], stderr=err, stdout=subprocess.DEVNULL)
-        _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        err.seek(0)
-        log = err.read()
-    if p.returncode != 0:
-        raise SystemExit(f"convert failed ({p.returncode}):\n{log}")
-    m = re.search(r"in ([0-9.]+) s:", log)
-    return usage.ru_maxrss * 1024, float(m.group(1)), log
+    """(peak RSS bytes, seconds, stderr) of `python -m r1jax.convert` on hf_dir, as convert reports
+    them: its own wall time (imports excluded) and its VmHWM (the child's own peak; the parent's
+    wait4 ru_maxrss would include this benchmark's memory, inherited at fork)."""
+    r = subprocess.run([sys.executable, "-m", "r1jax.convert", "--hf_dir", hf_dir, "--out", out,
+                        "--workers", str(workers)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"convert failed ({r.returncode}):\n{r.stderr}")
+    m = re.search(r"in ([0-9.]+) s: .*peak RSS ([0-9.]+) GB", r.stderr)
+    return int(float(m.group(2)) * 1e9), float(m.group(1)), r.stderr
 
 
 def main(argv=None) -> int:
