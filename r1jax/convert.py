@@ -13,6 +13,7 @@ host memory holds a few tensors per worker, never the model. The output appears 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -184,6 +185,51 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """Everything a conversion decides before writing anything."""
+    cfg: ModelConfig
+    tensors: dict                      # HF name -> safetensors_io.TensorInfo
+    expected: list                     # layout.HFTensor, every one present and checked
+    shapes: dict                       # r1jax path -> (shape, dtype)
+    fp8_names: frozenset               # HF tensors stored FP8
+    tasks: list                        # streaming.Task, in the order their bytes lie on disk
+    arrays: dict                       # r1jax path -> (shape, dtype, chunks)
+    scales: list                       # safetensors_io.OutTensor of the kept FP8 scales
+    digests: dict                      # task key -> digest of the files it reads
+    spec: dict                         # what the output directory's manifest records
+
+    def scaled(self, task: streaming.Task) -> bool:
+        return task.tensor.name in self.fp8_names
+
+
+def plan_job(hf_dir: str, dtype: str, drop_mtp: bool, block_bytes: int) -> Job:
+    """Reads headers and config, validates (see `plan`) and lays out the conversion of `hf_dir`."""
+    tensors = safetensors_io.index_checkpoint(hf_dir)
+    base = load_hf_config(hf_dir, param_dtype=dtype)
+    with_mtp = (not drop_mtp) and layout.has_mtp_tensors(base, tensors)
+    cfg = base.replace(with_mtp=with_mtp)
+    expected = plan(cfg, tensors, with_mtp)
+    shapes = {p: (tuple(s.shape), np.dtype(s.dtype)) for p, s in checkpoint.param_shapes(cfg).items()}
+    fp8_names = frozenset(t.name for t in expected if tensors[t.name].dtype == fp8.E4M3)
+    tasks = streaming.make_tasks(expected, shapes, block_bytes, fp8_names)
+    tasks.sort(key=lambda k: (tensors[k.tensor.name].file, tensors[k.tensor.name].offset, k.bounds()))
+    chunks = chunk_shapes(tasks, shapes)
+    files = {f: safetensors_io.identity(f) for f in {i.file for i in tensors.values()}}
+
+    def sources(k: streaming.Task) -> list[str]:
+        names = [k.tensor.name] + ([k.tensor.name + SCALE_SUFFIX] if k.tensor.name in fp8_names else [])
+        return [files[tensors[n].file] for n in names]
+    spec = {"job": "r1jax.convert", "format": checkpoint.FORMAT_VERSION, "dtype": dtype,
+            "with_mtp": with_mtp, "config": _digest(json.dumps(to_hf_dict(cfg), sort_keys=True)),
+            "tasks": _digest(*(k.key for k in tasks))}
+    return Job(cfg, tensors, expected, shapes, fp8_names, tasks,
+               {p: (shape, dt, chunks[p]) for p, (shape, dt) in shapes.items()},
+               [safetensors_io.OutTensor(i.name, i.dtype, i.shape) for i in
+                (tensors[t.name + SCALE_SUFFIX] for t in expected if t.name in fp8_names)],
+               {k.key: _digest(*sources(k)) for k in tasks}, spec)
+
+
 def convert(hf_dir: str, out: str, *, dtype: str = "bfloat16", drop_mtp: bool = False,
             workers: int = 1, resume: bool = False, log=print, block_bytes: int = streaming.BLOCK_BYTES,
             ) -> ModelConfig:
@@ -192,67 +238,50 @@ def convert(hf_dir: str, out: str, *, dtype: str = "bfloat16", drop_mtp: bool = 
     workers: threads dequantizing and writing; resume: continue `out`.partial left by an interrupted
     run; block_bytes: tensors bigger than this (as output) go in blocks of rows.
     """
-    start = time.time()
-    tensors = safetensors_io.index_checkpoint(hf_dir)
-    base = load_hf_config(hf_dir, param_dtype=dtype)
-    with_mtp = (not drop_mtp) and layout.has_mtp_tensors(base, tensors)
-    cfg = base.replace(with_mtp=with_mtp)
-    expected = plan(cfg, tensors, with_mtp)
-    shapes = {p: (tuple(s.shape), np.dtype(s.dtype)) for p, s in checkpoint.param_shapes(cfg).items()}
-    fp8_names = {t.name for t in expected if tensors[t.name].dtype == fp8.E4M3}
-    tasks = streaming.make_tasks(expected, shapes, block_bytes, fp8_names)
-    # Sequential reads: tasks in the order their bytes lie on disk.
-    tasks.sort(key=lambda k: (tensors[k.tensor.name].file, tensors[k.tensor.name].offset, k.bounds()))
-    chunks = chunk_shapes(tasks, shapes)
-    arrays = {p: (shape, dt, chunks[p]) for p, (shape, dt) in shapes.items()}
-    scale_infos = [tensors[t.name + SCALE_SUFFIX] for t in expected if t.name in fp8_names]
-    scale_out = [safetensors_io.OutTensor(s.name, s.dtype, s.shape) for s in scale_infos]
-    files = {f: safetensors_io.identity(f) for f in {i.file for i in tensors.values()}}
-    digests = {k.key: _digest(files[tensors[k.tensor.name].file],
-                              *([files[tensors[k.tensor.name + SCALE_SUFFIX].file]]
-                                if k.tensor.name in fp8_names else [])) for k in tasks}
-    spec = {"job": "r1jax.convert", "format": checkpoint.FORMAT_VERSION, "dtype": dtype,
-            "with_mtp": with_mtp, "config": _digest(json.dumps(to_hf_dict(cfg), sort_keys=True)),
-            "tasks": _digest(*(k.key for k in tasks))}
-
-    job = streaming.OutputDir(out, spec, resume=resume, log=log)
-    params_dir = os.path.join(job.path, "params")
-    scales_path = os.path.join(job.path, checkpoint.SCALES_NAME)
-    with job.keeping_work("convert", log):
-        if not job.resumed:
-            checkpoint.write_meta(job.path, cfg)
-            _copy_side_files(hf_dir, job.path)
-            checkpoint.create_params(params_dir, arrays)
-            if scale_out:
-                safetensors_io.ShardWriter(scales_path, scale_out, create=True).close()
-            job.mark_ready()
+    times = [time.time()]
+    j = plan_job(hf_dir, dtype, drop_mtp, block_bytes)
+    out_dir = streaming.OutputDir(out, j.spec, resume=resume, log=log)
+    params_dir = os.path.join(out_dir.path, "params")
+    scales_path = os.path.join(out_dir.path, checkpoint.SCALES_NAME)
+    with out_dir.keeping_work("convert", log):
+        if not out_dir.resumed:
+            checkpoint.write_meta(out_dir.path, j.cfg)
+            _copy_side_files(hf_dir, out_dir.path)
+            checkpoint.create_params(params_dir, j.arrays)
+            if j.scales:
+                safetensors_io.ShardWriter(scales_path, j.scales, create=True).close()
+            out_dir.mark_ready()
         store = checkpoint.ParamStore(params_dir)
-        scales = safetensors_io.ShardWriter(scales_path, scale_out, create=False) if scale_out else None
-        done = job.finished(digests)
-        todo = [k for k in tasks if k.key not in done]
+        scales = safetensors_io.ShardWriter(scales_path, j.scales, create=False) if j.scales else None
+        done = out_dir.finished(j.digests)
+        todo = [k for k in j.tasks if k.key not in done]
         if done:
-            log(f"convert: resuming: {len(done)} of {len(tasks)} tensors were converted from unchanged "
-                f"shards; converting the other {len(todo)}")
+            log(f"convert: resuming: {len(done)} of {len(j.tasks)} tensors were converted from "
+                f"unchanged shards; converting the other {len(todo)}")
         progress = streaming.Progress("convert", len(todo), sum(
-            _source_bytes(k, tensors, k.tensor.name in fp8_names) for k in todo), log)
+            _source_bytes(k, j.tensors, j.scaled(k)) for k in todo), log)
         # Each task first starts the disk reads of the one a worker takes after it: reading overlaps
         # compute instead of stalling it page by page.
         ahead = {k.key: todo[i + workers] for i, k in enumerate(todo[:len(todo) - workers])}
 
         def step(k: streaming.Task):
             if k.key in ahead:
-                _prefetch(ahead[k.key], tensors, ahead[k.key].tensor.name in fp8_names)
-            return _convert_task(k, tensors, store, shapes, scales)
-        streaming.execute(job, todo, step, digests, workers, progress)
+                _prefetch(ahead[k.key], j.tensors, j.scaled(ahead[k.key]))
+            return _convert_task(k, j.tensors, store, j.shapes, scales)
+        times.append(time.time())
+        streaming.execute(out_dir, todo, step, j.digests, workers, progress)
+        times.append(time.time())
         if scales is not None:
             scales.close()
-        checkpoint.verify_params(params_dir, arrays)
-    job.commit()
-    seconds = time.time() - start
-    log(f"convert: wrote {out} ({len(expected)} tensors, MTP {'kept' if with_mtp else 'not included'}); "
-        f"read {progress.bytes / 1e9:.3f} GB in {seconds:.1f} s: {progress.bytes / 1e9 / seconds:.3f} GB/s; "
-        f"peak RSS {streaming.peak_rss_bytes() / 1e9:.3f} GB")
-    return cfg
+        checkpoint.verify_params(params_dir, j.arrays)
+    out_dir.commit()
+    times.append(time.time())
+    gb, seconds = progress.bytes / 1e9, times[-1] - times[0]
+    log(f"convert: wrote {out} ({len(j.expected)} tensors, MTP {'kept' if j.cfg.with_mtp else 'not included'})")
+    log(f"convert: read {gb:.3f} GB in {seconds:.2f} s: {gb / seconds:.3f} GB/s (planning and layout "
+        f"{times[1] - times[0]:.2f} s, tensors {times[2] - times[1]:.2f} s, checks and sync "
+        f"{times[3] - times[2]:.2f} s); peak RSS {streaming.peak_rss_bytes() / 1e9:.3f} GB")
+    return j.cfg
 
 
 def main(argv=None) -> int:

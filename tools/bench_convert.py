@@ -151,7 +151,7 @@ def main(argv=None) -> int:
             drop_cache(src)
             read_s, how = plain_read(src)
             drop_cache(src)
-            rss, convert_s, _ = run_convert(src, out, a.workers)
+            rss, convert_s, log = run_convert(src, out, a.workers)
             shutil.rmtree(out)
             rows.append({"layers": n, "input_gb": nbytes / 1e9, "per_layer_mb": nbytes / n / 1e6,
                          "peak_rss_gb": rss / 1e9, "convert_gb_s": nbytes / 1e9 / convert_s,
@@ -160,6 +160,7 @@ def main(argv=None) -> int:
             print(f"{n:3d} layers  {r['input_gb']:.3f} GB ({r['per_layer_mb']:.0f} MB/layer)  "
                   f"peak RSS {r['peak_rss_gb']:.3f} GB  convert {r['convert_gb_s']:.3f} GB/s "
                   f"({convert_s:.1f} s)  plain read {r['read_gb_s']:.3f} GB/s ({read_s:.1f} s)", flush=True)
+            print("     " + [line for line in log.splitlines() if line.startswith("convert: read")][-1])
             shutil.rmtree(src)
     finally:
         shutil.rmtree(root, ignore_errors=True)
