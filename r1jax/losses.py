@@ -46,3 +46,32 @@ def next_token_loss_sums(logits, tokens, segment_ids, k: int = 1, loss_mask=None
     m = mask.astype(jnp.float32)
     correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32) * m
     return (nll * m).sum(), m.sum(), correct.sum()
+
+
+def chunked_loss_sums(h, kernel, tokens, segment_ids, k: int = 1, loss_mask=None, chunk: int = 4096):
+    """next_token_loss_sums without materializing the logits: h [B, T, D] (final-normed hidden
+    states) times kernel [D, V] in chunks of `chunk` positions, each rematerialized in the backward
+    pass, so at most [chunk, V] float32 logits exist at a time instead of [B, T, V]."""
+    targets, mask = shifted_targets(tokens, segment_ids, k, loss_mask)
+    b, t, d = h.shape
+    n = b * t
+    chunk = min(chunk, n)
+    pad = (-n) % chunk
+    hs = jnp.pad(h.reshape(n, d), ((0, pad), (0, 0))).reshape(-1, chunk, d)  # [C, chunk, D]
+    ts = jnp.pad(targets.reshape(n), (0, pad)).reshape(-1, chunk)
+    ms = jnp.pad(mask.reshape(n).astype(jnp.float32), (0, pad)).reshape(-1, chunk)
+
+    @jax.checkpoint
+    def one(h_c, t_c, m_c):
+        logits = jnp.einsum("nd,dv->nv", h_c, kernel.astype(h_c.dtype),
+                            preferred_element_type=jnp.float32)  # [chunk, V]
+        nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, t_c[:, None], -1)[:, 0]
+        hit = (jnp.argmax(logits, -1) == t_c).astype(jnp.float32)
+        return (nll * m_c).sum(), m_c.sum(), (hit * m_c).sum()
+
+    def body(acc, xs):
+        return tuple(a + s for a, s in zip(acc, one(*xs))), None
+
+    zero = jnp.zeros((), jnp.float32)
+    (total, count, correct), _ = jax.lax.scan(body, (zero, zero, zero), (hs, ts, ms))
+    return total, count, correct

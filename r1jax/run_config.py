@@ -55,6 +55,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.train.aux_loss_weight = 0.0      # sequence-wise balance loss (DeepSeek-V3 eq. 17)
     c.train.mtp_loss_weight = 0.0      # needs model.with_mtp
     c.train.router_bias_rate = 0.0     # aux-loss-free balancing: b += rate * sign(mean_load - load)
+    c.train.loss_chunk = 4096          # LM head + cross-entropy over this many positions at a time; 0 = all
     c.train.task_eval_every = 0        # reserved for task metrics (0 = off)
 
     c.optim = ml_collections.ConfigDict()
@@ -125,6 +126,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
                              f"train.batch_size={got['train.batch_size']}")
     if not 0 <= got["data.val_fraction"] < 1:
         raise RunConfigError(f"config key data.val_fraction={got['data.val_fraction']}: must be in [0, 1)")
+    if got["train.loss_chunk"] < 0:
+        raise RunConfigError(f"config key train.loss_chunk={got['train.loss_chunk']}: must be >= 0")
     if got["train.mtp_loss_weight"] and not got["model.with_mtp"]:
         raise RunConfigError("config key train.mtp_loss_weight > 0 needs model.with_mtp=True")
 

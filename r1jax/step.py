@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from r1jax.losses import next_token_loss_sums, shifted_targets
+from r1jax.losses import chunked_loss_sums, next_token_loss_sums, shifted_targets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +29,7 @@ class StepConfig:
     aux_loss_weight: float = 0.0      # sequence-wise balance loss (DeepSeek-V3 eq. 17), per MoE layer mean
     mtp_loss_weight: float = 0.0      # lambda of the MTP loss (DeepSeek-V3 eq. 25)
     router_bias_rate: float = 0.0     # aux-loss-free balancing (DeepSeek-V3 sec. 2.1.2)
+    loss_chunk: int = 0               # > 0: LM head + cross-entropy in chunks of this many positions
 
 
 def split_model(model):
@@ -52,7 +53,11 @@ def loss_fn(params, rest, graphdef, batch, sc: StepConfig = StepConfig(), norm=N
     model = nnx.merge(graphdef, params, rest)
     tokens, seg, lm = batch["tokens"], batch["segment_ids"], batch.get("loss_mask")
     h, stats = model.hidden_states(tokens, batch["positions"], seg)
-    nll, count, correct = next_token_loss_sums(model.logits(h), tokens, seg, loss_mask=lm)
+    if sc.loss_chunk:
+        nll, count, correct = chunked_loss_sums(h, model.lm_head[...], tokens, seg, loss_mask=lm,
+                                                chunk=sc.loss_chunk)
+    else:
+        nll, count, correct = next_token_loss_sums(model.logits(h), tokens, seg, loss_mask=lm)
     norm = jnp.maximum(count if norm is None else norm, 1.0)
     objective = nll / norm
     sums: dict[str, Any] = {"nll": nll, "tokens": count, "correct": correct}

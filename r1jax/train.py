@@ -117,9 +117,10 @@ def run(c) -> dict:
     tx, lr_by_group, stage_at = make_optimizer(run_config.optim_config(c, total_steps), model_cfg, params)
     opt_state = jax.jit(tx.init)(params)
     sc = StepConfig(grad_accum=c.train.grad_accum, aux_loss_weight=c.train.aux_loss_weight,
-                    mtp_loss_weight=c.train.mtp_loss_weight, router_bias_rate=c.train.router_bias_rate)
+                    mtp_loss_weight=c.train.mtp_loss_weight, router_bias_rate=c.train.router_bias_rate,
+                    loss_chunk=c.train.loss_chunk)
     step_fn = jax.jit(functools.partial(train_step, graphdef, tx, sc), donate_argnums=(0, 1, 2))
-    eval_fn = jax.jit(lambda p, r, b: loss_fn(p, r, graphdef, b)[1])
+    eval_fn = jax.jit(lambda p, r, b: loss_fn(p, r, graphdef, b, StepConfig(loss_chunk=c.train.loss_chunk))[1])
     flops_per_token = train_flops_per_token(model_cfg, c.train.seq_len)
 
     # ---- checkpoint: resume if this output_dir has one

@@ -86,7 +86,7 @@ def bench(args) -> dict:
     loss16 = float(jax.jit(loss_fn, static_argnums=2)(params, rest, graphdef, batch)[0])
     loss32 = float(jax.jit(loss_fn, static_argnums=2)(params, rest, graphdef32, batch)[0])
 
-    step = jax.jit(functools.partial(train_step, graphdef, optimizer, StepConfig()),
+    step = jax.jit(functools.partial(train_step, graphdef, optimizer, StepConfig(loss_chunk=args.loss_chunk)),
                    donate_argnums=(0, 1, 2))
     t0 = time.perf_counter()
     compiled = step.lower(params, rest, opt_state, batch).compile()
@@ -106,6 +106,7 @@ def bench(args) -> dict:
     peak = PEAK_TFLOPS.get(device.device_kind)
     return {
         "impl": "r1jax", "preset": args.preset, "batch": args.batch, "seq": args.seq,
+        "loss_chunk": args.loss_chunk, "remat": args.remat, "dtype": args.dtype,
         "device": device.device_kind, "jax": jax.__version__, "params_B": n_params / 1e9,
         "step_ms": sec * 1e3, "tokens_per_s": tok_s, "model_tflops": tflops,
         "mfu": None if peak is None else tflops / peak, "peak_mem_gib": peak_memory_gib(),
@@ -124,6 +125,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="compute dtype")
+    p.add_argument("--loss_chunk", type=int, default=0,
+                   help="LM head + cross-entropy in chunks of this many positions (0: full logits)")
     p.add_argument("--remat", default="none", choices=["none", "full", "dots", "dots_no_batch"])
     p.add_argument("--peer", help="path of the HF peer script (hf_peer.py) to run in the same call")
     p.add_argument("--out", help="write the results (JSON) here")

@@ -18,3 +18,6 @@ python3 -c "import jax, flax, optax, tokamax, transformers, torch; print('jax', 
 timeout 150 python3 tools/kernel_probe.py --out "$OUT/kernels.json" 2>&1 | grep -v Warning | tee "$OUT/kernels.log"
 timeout 420 python3 tools/bench.py --preset v3-small --batch 2 --seq 4096 --steps 10 --peer "$PEER" \
   --out "$OUT/bench.json" 2>&1 | grep -v Warning | tee "$OUT/bench.log"
+# The same step with the LM head + cross-entropy chunked (no [B, T, V] float32 logits).
+timeout 300 python3 tools/bench.py --preset v3-small --batch 2 --seq 4096 --steps 10 --loss_chunk 4096 \
+  --out "$OUT/bench_chunk.json" 2>&1 | grep -v Warning | tee "$OUT/bench_chunk.log"
