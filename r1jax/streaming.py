@@ -348,29 +348,39 @@ class InFlight:
         with self._cond:
             self._cond.wait_for(lambda: self.used == 0 or self.used + nbytes <= self.limit)
             self.used += nbytes
-        left = [len(futures)]
+        pending = [len(futures)]
+
+        def release(error: BaseException | None) -> None:
+            if error is None and not self._errors:
+                try:
+                    on_commit()
+                except BaseException as e:  # noqa: BLE001 - raised by wait()
+                    error = e
+            with self._cond:
+                if error is not None:
+                    self._errors.append(error)
+                self.used -= nbytes
+                self._cond.notify_all()
 
         def done(future) -> None:
             error = future.exception()
             with self._cond:
-                left[0] -= 1
+                pending[0] -= 1
+                last = pending[0] == 0
                 if error is not None:
                     self._errors.append(error)
-                last = left[0] == 0
             if last:
-                if not self._errors:
-                    on_commit()
-                with self._cond:
-                    self.used -= nbytes
-                    self._cond.notify_all()
+                release(None)
 
         if not futures:  # written synchronously: already committed
-            on_commit()
-            with self._cond:
-                self.used -= nbytes
-                self._cond.notify_all()
-        for f in futures:
-            f.commit.add_done_callback(done)
+            release(None)
+            return
+        try:
+            for f in futures:
+                f.commit.add_done_callback(done)
+        except BaseException as e:
+            release(e)  # the callbacks registered so far cannot complete the count
+            raise
 
     def wait(self) -> None:
         with self._cond:
