@@ -173,3 +173,34 @@ def test_bench_tool_runs_tiny():
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert [row["layers"] for row in result["rows"]] == [1, 2]
     assert result["rss_ratio"] > 0 and result["throughput_ratio"] > 0
+
+
+class _Future:
+    """A stand-in for a tensorstore write future whose commit is already resolved."""
+
+    def __init__(self, error=None):
+        self.commit, self._error = self, error
+
+    def add_done_callback(self, cb):
+        cb(self)
+
+    def exception(self):
+        return self._error
+
+
+def test_in_flight_writes_report_failures_instead_of_hanging():
+    committed = []
+    flight = streaming.InFlight(100)
+    flight.submit([_Future(), _Future()], 60, lambda: committed.append("a"))
+    flight.submit([], 60, lambda: committed.append("b"))  # synchronous writes
+    flight.wait()
+    assert committed == ["a", "b"] and flight.used == 0
+    flight.submit([_Future(OSError("disk full"))], 10, lambda: committed.append("c"))
+    with pytest.raises(OSError, match="disk full"):
+        flight.wait()
+    assert committed == ["a", "b"] and flight.used == 0
+    broken = streaming.InFlight(100)
+    with pytest.raises(AttributeError):
+        broken.submit([object()], 10, lambda: None)  # not a future: the budget is still released
+    with pytest.raises(AttributeError):
+        broken.wait()
