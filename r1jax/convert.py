@@ -27,6 +27,7 @@ from r1jax import checkpoint, fp8, layout, safetensors_io, streaming
 from r1jax.model.config import ConfigError, ModelConfig, load_hf_config, to_hf_dict
 
 SCALE_SUFFIX = "_scale_inv"  # "<name>.weight" has its block scales in "<name>.weight_scale_inv"
+READ_AHEAD_BYTES = 256 << 20  # the kernel reads this far ahead of the tensors being converted
 _FLOATS = {np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64),
            safetensors_io.DTYPES["BF16"]}
 
@@ -260,13 +261,12 @@ def convert(hf_dir: str, out: str, *, dtype: str = "bfloat16", drop_mtp: bool = 
                 f"unchanged shards; converting the other {len(todo)}")
         progress = streaming.Progress("convert", len(todo), sum(
             _source_bytes(k, j.tensors, j.scaled(k)) for k in todo), log)
-        # Each task first starts the disk reads of the one a worker takes after it: reading overlaps
-        # compute instead of stalling it page by page.
-        ahead = {k.key: todo[i + workers] for i, k in enumerate(todo[:len(todo) - workers])}
+        read_ahead = streaming.ReadAhead(
+            todo, [_source_bytes(k, j.tensors, j.scaled(k)) for k in todo],
+            lambda k: _prefetch(k, j.tensors, j.scaled(k)), READ_AHEAD_BYTES)
 
         def step(k: streaming.Task):
-            if k.key in ahead:
-                _prefetch(ahead[k.key], j.tensors, j.scaled(ahead[k.key]))
+            read_ahead.advance()
             return _convert_task(k, j.tensors, store, j.shapes, scales)
         times.append(time.time())
         streaming.execute(out_dir, todo, step, j.digests, workers, progress)

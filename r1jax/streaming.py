@@ -31,7 +31,7 @@ MANIFEST_NAME = "r1jax-job.json"
 JOURNAL_NAME = "r1jax-job.log"
 SYNC_EVERY_S = 30.0
 BLOCK_BYTES = 64 << 20  # a tensor bigger than this (as output) is streamed in blocks of rows
-IN_FLIGHT_PER_WORKER = 32 << 20  # written but not yet committed, per worker (see InFlight)
+IN_FLIGHT_PER_WORKER = 16 << 20  # written but not yet committed, per worker (see InFlight)
 TRIM_EVERY_S = 1.0  # see release_freed_memory
 
 
@@ -261,6 +261,31 @@ def make_tasks(expected, shapes: dict, block_bytes: int, fp8_names=frozenset()) 
         else:
             tasks += [Task(t, (lo, min(lo + rows, t.shape[0]))) for lo in range(0, t.shape[0], rows)]
     return tasks
+
+
+class ReadAhead:
+    """Keeps the kernel reading about `window` bytes ahead of the tasks being worked on, so that disk
+    reads overlap compute instead of stalling it page by page.
+
+    tasks, sizes: in the order workers take them; fetch(task): starts reading one (prefetch hints,
+    no memory of ours). Call `advance` as each task starts."""
+
+    def __init__(self, tasks: list, sizes: list[int], fetch: Callable, window: int):
+        self.tasks, self.sizes, self.fetch, self.window = tasks, sizes, fetch, window
+        self.started = self.fetched = 0  # tasks started by workers / handed to fetch
+        self.ahead = 0  # bytes fetched but not yet started
+        self._lock = threading.Lock()
+
+    def advance(self) -> None:
+        with self._lock:
+            if self.started < self.fetched:
+                self.ahead -= self.sizes[self.started]
+            self.started += 1
+            self.fetched = max(self.fetched, self.started)
+            while self.fetched < len(self.tasks) and self.ahead < self.window:
+                self.fetch(self.tasks[self.fetched])
+                self.ahead += self.sizes[self.fetched]
+                self.fetched += 1
 
 
 def run_tasks(tasks: Iterable, fn: Callable, workers: int) -> None:
