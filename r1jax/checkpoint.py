@@ -199,7 +199,8 @@ class ParamStore:
         try:
             meta, self._zarr3 = _orbax_metadata(self.params_dir)
         except Exception as e:  # orbax raises many types; all mean the same to a user
-            raise CheckpointError(f"{self.params_dir}: not an Orbax checkpoint: {type(e).__name__}: {e}") from None
+            raise CheckpointError(f"{self.params_dir}: not an Orbax checkpoint: "
+                                  f"{type(e).__name__}: {e}") from None
         if roots:
             meta = {p.split(".", 1)[1]: m for p, m in meta.items() if p.split(".", 1)[0] in roots}
         self.shapes = {p: (tuple(m.shape), np.dtype(m.dtype)) for p, m in meta.items()}
@@ -235,7 +236,8 @@ def verify_params(params_dir: str, want: dict[str, tuple[tuple, np.dtype, tuple]
     for p, (shape, dtype, _) in want.items():
         m = meta.get(p)
         if m is not None and (tuple(m.shape) != tuple(shape) or np.dtype(m.dtype) != np.dtype(dtype)):
-            problems.append(f"{p}: {np.dtype(m.dtype)}{list(m.shape)}, expected {np.dtype(dtype)}{list(shape)}")
+            problems.append(f"{p}: {np.dtype(m.dtype)}{list(m.shape)}, "
+                            f"expected {np.dtype(dtype)}{list(shape)}")
     kv = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{params_dir}/"}).result()
     stored: dict[str, int] = {}
     for key in kv.list().result():

@@ -277,7 +277,8 @@ def convert(hf_dir: str, out: str, *, dtype: str = "bfloat16", drop_mtp: bool = 
     out_dir.commit()
     times.append(time.time())
     gb, seconds = progress.bytes / 1e9, times[-1] - times[0]
-    log(f"convert: wrote {out} ({len(j.expected)} tensors, MTP {'kept' if j.cfg.with_mtp else 'not included'})")
+    mtp = "kept" if j.cfg.with_mtp else "not included"
+    log(f"convert: wrote {out} ({len(j.expected)} tensors, MTP {mtp})")
     log(f"convert: read {gb:.3f} GB in {seconds:.2f} s: {gb / seconds:.3f} GB/s (planning and layout "
         f"{times[1] - times[0]:.2f} s, tensors {times[2] - times[1]:.2f} s, checks and sync "
         f"{times[3] - times[2]:.2f} s); peak RSS {streaming.peak_rss_bytes() / 1e9:.3f} GB")

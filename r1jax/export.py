@@ -205,8 +205,9 @@ def export_params(params_dir: str, cfg: ModelConfig, out: str, *, fp8_weights: b
         out_bytes = {t.name: t.nbytes for t in tensors}
         out_bytes.update({t.name: out_bytes[t.name] + out_bytes[t.name + SCALE_SUFFIX] for t in expected
                           if t.name in fp8_names})
+        rows = lambda k: k.bounds()[1] - k.bounds()[0]
         progress = streaming.Progress("export", len(todo), sum(
-            out_bytes[k.tensor.name] * (k.bounds()[1] - k.bounds()[0]) // k.tensor.shape[0] for k in todo), log)
+            out_bytes[k.tensor.name] * rows(k) // k.tensor.shape[0] for k in todo), log)
         streaming.execute(job, todo, lambda k: _export_task(k, store, writers, fp8_names, scales),
                           digests, workers, progress)
         for w in shard_writers.values():

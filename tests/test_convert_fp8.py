@@ -191,7 +191,8 @@ def test_resume_skips_finished_tensors_and_equals_an_uninterrupted_run(release, 
     touched = index[sorted(finished)[0]]
     os.utime(d / touched, ns=(1, 1))
     redo = {k for k in finished if index[k.split("[")[0]] == touched}
-    monkeypatch.setattr(convert, "_convert_task", lambda task, *a: calls.append(task.key) or real_task(task, *a))
+    monkeypatch.setattr(convert, "_convert_task",
+                        lambda task, *a: calls.append(task.key) or real_task(task, *a))
     calls.clear()
     logs = []
     convert.convert(str(d), str(out), dtype="float32", workers=2, resume=True, log=logs.append)

@@ -77,7 +77,8 @@ def test_dequantize_is_the_release_formula_bit_for_bit(shape):
         got = fp8.dequantize(q, s, dtype)
         assert got.dtype == dtype and got.tobytes() == w.tobytes()
         got_t = fp8.dequantize(q, s, dtype, transpose=True)
-        assert got_t.flags.c_contiguous and got_t.tobytes() == np.ascontiguousarray(np.swapaxes(w, -1, -2)).tobytes()
+        assert got_t.flags.c_contiguous
+        assert got_t.tobytes() == np.ascontiguousarray(np.swapaxes(w, -1, -2)).tobytes()
 
 
 def test_quantize_fresh_scales_and_reuse_of_source_scales():
@@ -95,7 +96,8 @@ def test_quantize_fresh_scales_and_reuse_of_source_scales():
     # Source scales that are not amax/448 (so fresh scales cannot find them) are kept where they
     # reproduce the values; a block changed afterwards gets a fresh scale.
     src_s = s * np.float32(1.37)
-    src_q = np.clip(w / np.kron(src_s, np.ones((128, 128), np.float32))[:300, :200], -448, 448).astype(fp8.E4M3)
+    src_full = np.kron(src_s, np.ones((128, 128), np.float32))[:300, :200]
+    src_q = np.clip(w / src_full, -448, 448).astype(fp8.E4M3)
     values = _kron_dequant(src_q, src_s)
     fresh_q, _ = fp8.quantize(values)
     assert fresh_q.tobytes() != src_q.tobytes()
@@ -129,7 +131,8 @@ def test_shards_written_header_first_read_back_with_safetensors(tmp_path):
         for n, v in data.items():
             t = f.get_tensor(n)
             assert t.contiguous().view(torch.uint8).numpy().tobytes() == v.tobytes()
-    assert {n: i.shape for n, i in safetensors_io.read_header(path).items()} == {n: v.shape for n, v in data.items()}
+    header = safetensors_io.read_header(path)
+    assert {n: i.shape for n, i in header.items()} == {n: v.shape for n, v in data.items()}
 
 
 def test_partial_output_of_other_options_is_refused(tmp_path):
@@ -157,7 +160,8 @@ def test_fill_params_equals_the_streamed_conversion(tmp_path):
     from r1jax.model.config import to_hf_dict
     (d / "config.json").write_text(json.dumps(to_hf_dict(cfg)))
     convert.convert(str(d), str(tmp_path / "ckpt"), dtype="float32", log=lambda s: None)
-    streamed = dict(checkpoint._flatten(checkpoint.numpy_params(checkpoint.load_model(str(tmp_path / "ckpt")))))
+    model = checkpoint.load_model(str(tmp_path / "ckpt"))
+    streamed = dict(checkpoint._flatten(checkpoint.numpy_params(model)))
     filled = convert.fill_params(cfg, expected, lambda name, i: state[name])
     assert sorted(".".join(k) for k in streamed) == sorted(filled)
     for k, v in streamed.items():

@@ -71,13 +71,15 @@ def test_fp8_release_converted_and_exported_is_bit_for_bit(release, tmp_path, dt
     assert sorted(index["weight_map"]) == sorted(src) and sorted(set(index["weight_map"].values())) == files
     assert len(files) > 3 and all(os.path.getsize(out / f) <= limit + 20_000 for f in files)
     config = json.load(open(out / "config.json"))
-    assert config["quantization_config"] == json.load(open(os.path.join(hf_dir, "config.json")))["quantization_config"]
+    released = json.load(open(os.path.join(hf_dir, "config.json")))
+    assert config["quantization_config"] == released["quantization_config"]
 
 
 def test_bf16_export_loads_in_transformers_and_scores_as_r1jax(converted, tmp_path):
     out = tmp_path / "out"
-    files = export.export(converted, str(out), max_shard_bytes=1_000_000, log=QUIET)
-    assert len(files) > 1
+    assert export.main(["--checkpoint", converted, "--out", str(out), "--max_shard_gb", "0.001"]) == 0
+    files = set(json.load(open(out / "model.safetensors.index.json"))["weight_map"].values())
+    assert len(files) > 1 and all(os.path.getsize(out / f) <= 1_000_000 + 20_000 for f in files)
     got = tensors_of(out)
     assert not any(n.endswith("_scale_inv") for n in got)
     assert {d for n, (d, _) in got.items() if not n.endswith("e_score_correction_bias")} == {"torch.bfloat16"}

@@ -66,8 +66,9 @@ def write_synthetic(cfg: ModelConfig, out_dir: str, seed: int = 0) -> int:
             tensors.append(safetensors_io.OutTensor(t.name + "_scale_inv", np.dtype(np.float32),
                                                     fp8.scale_shape(t.shape)))
         else:
-            dtype = np.float32 if t.name.endswith("e_score_correction_bias") else safetensors_io.DTYPES["BF16"]
-            tensors.append(safetensors_io.OutTensor(t.name, np.dtype(dtype), t.shape))
+            bias = t.name.endswith("e_score_correction_bias")  # float32 in the release
+            dtype = np.dtype(np.float32) if bias else safetensors_io.DTYPES["BF16"]
+            tensors.append(safetensors_io.OutTensor(t.name, dtype, t.shape))
     groups = safetensors_io.plan_shards(tensors, SHARD_BYTES)
     names = safetensors_io.shard_names(len(groups))
     rng = np.random.default_rng(seed)
