@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from r1jax import checkpoint, fp8, layout, safetensors_io, streaming
+from r1jax import checkpoint, fp8, layout, resumable, safetensors_io, streaming
 from r1jax.model.config import ConfigError, ModelConfig, load_hf_config, to_hf_dict
 
 SCALE_SUFFIX = "_scale_inv"  # "<name>.weight" has its block scales in "<name>.weight_scale_inv"
@@ -241,7 +241,7 @@ def convert(hf_dir: str, out: str, *, dtype: str = "bfloat16", drop_mtp: bool = 
     """
     times = [time.time()]
     j = plan_job(hf_dir, dtype, drop_mtp, block_bytes)
-    out_dir = streaming.OutputDir(out, j.spec, resume=resume, log=log)
+    out_dir = resumable.OutputDir(out, j.spec, resume=resume, log=log)
     params_dir = os.path.join(out_dir.path, "params")
     scales_path = os.path.join(out_dir.path, checkpoint.SCALES_NAME)
     with out_dir.keeping_work("convert", log):
@@ -302,7 +302,7 @@ def main(argv=None) -> int:
     try:
         convert(a.hf_dir, a.out, dtype=a.dtype, drop_mtp=a.drop_mtp, workers=a.workers,
                 resume=a.resume, log=lambda s: print(s, file=sys.stderr, flush=True))
-    except (ConversionError, ConfigError, safetensors_io.CheckpointFormatError, streaming.JobError,
+    except (ConversionError, ConfigError, safetensors_io.CheckpointFormatError, resumable.JobError,
             checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ import sys
 
 import numpy as np
 
-from r1jax import checkpoint, fp8, layout, safetensors_io, streaming
+from r1jax import checkpoint, fp8, layout, resumable, safetensors_io, streaming
 from r1jax.convert import SCALE_SUFFIX
 from r1jax.data.tokenizer import packaged_tokenizer_dir
 from r1jax.model.config import ConfigError, ModelConfig, to_hf_dict
@@ -183,7 +183,7 @@ def export_params(params_dir: str, cfg: ModelConfig, out: str, *, fp8_weights: b
             "shards": files, "max_shard_bytes": max_shard_bytes,
             "tasks": hashlib.sha256("\n".join(k.key for k in tasks).encode()).hexdigest()[:16]}
 
-    job = streaming.OutputDir(out, spec, resume=resume, log=log)
+    job = resumable.OutputDir(out, spec, resume=resume, log=log)
     with job.keeping_work("export", log):
         if not job.resumed:
             for f, g in zip(files, groups):
@@ -246,7 +246,7 @@ def main(argv=None) -> int:
         export(a.checkpoint, a.out, fp8_weights=a.fp8, drop_mtp=a.drop_mtp,
                max_shard_bytes=int(a.max_shard_gb * 1e9), workers=a.workers, resume=a.resume,
                log=lambda s: print(s, file=sys.stderr, flush=True))
-    except (ExportError, ConfigError, checkpoint.CheckpointError, streaming.JobError,
+    except (ExportError, ConfigError, checkpoint.CheckpointError, resumable.JobError,
             safetensors_io.CheckpointFormatError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ from flax import nnx
 
 from hf_oracle import hf_loss_and_logits
 from release_writer import fp8_release
-from r1jax import checkpoint, convert, safetensors_io, sharding, streaming
+from r1jax import checkpoint, convert, resumable, safetensors_io, sharding
 from r1jax.model import preset
 
 # Dimensions with several FP8 blocks per matrix and partial edge blocks (200 = 128 + 72, 300, 136,
@@ -153,12 +153,12 @@ def test_shard_changing_during_conversion_is_named(release, tmp_path, capsys, mo
     output stays for --resume and the final directory never appears."""
     d = _copy_release(release[0], tmp_path)
     shard = sorted(d.glob("*.safetensors"))[1]
-    ready = streaming.OutputDir.mark_ready
+    ready = resumable.OutputDir.mark_ready
 
     def truncate_then_ready(self):
         ready(self)
         shard.write_bytes(shard.read_bytes()[:-4096])
-    monkeypatch.setattr(streaming.OutputDir, "mark_ready", truncate_then_ready)
+    monkeypatch.setattr(resumable.OutputDir, "mark_ready", truncate_then_ready)
     assert convert.main(["--hf_dir", str(d), "--out", str(tmp_path / "ckpt"), "--workers", "1"]) == 2
     err = capsys.readouterr().err
     assert shard.name in err and "changed while being read" in err and "--resume" in err
@@ -179,12 +179,12 @@ def test_resume_skips_finished_tensors_and_equals_an_uninterrupted_run(release, 
     monkeypatch.setattr(convert, "_convert_task", dies_after_40)
     with pytest.raises(RuntimeError, match="simulated crash"):
         convert.convert(str(d), str(out), dtype="float32", workers=2, log=QUIET)
-    journal = (tmp_path / "ckpt.partial" / streaming.JOURNAL_NAME).read_text().splitlines()
+    journal = (tmp_path / "ckpt.partial" / resumable.JOURNAL_NAME).read_text().splitlines()
     finished = {json.loads(line)["task"] for line in journal}
     assert 30 <= len(finished) <= 40 and not out.exists()
 
     # Without --resume the partial output is refused, not overwritten.
-    with pytest.raises(streaming.JobError, match="--resume"):
+    with pytest.raises(resumable.JobError, match="--resume"):
         convert.convert(str(d), str(out), dtype="float32", log=QUIET)
     # One shard changes (its mtime): its finished tensors are redone, the others are not.
     index = json.load(open(d / "model.safetensors.index.json"))["weight_map"]

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from r1jax import checkpoint, convert, fp8, layout, safetensors_io, streaming
+from r1jax import checkpoint, convert, fp8, layout, resumable, safetensors_io, streaming
 from r1jax.model import preset
 
 CFG = preset("tiny", vocab_size=96, num_hidden_layers=3, first_k_dense_replace=1, with_mtp=True)
@@ -137,14 +137,14 @@ def test_shards_written_header_first_read_back_with_safetensors(tmp_path):
 
 def test_partial_output_of_other_options_is_refused(tmp_path):
     out = str(tmp_path / "o")
-    job = streaming.OutputDir(out, {"dtype": "float32"}, resume=False, log=print)
+    job = resumable.OutputDir(out, {"dtype": "float32"}, resume=False, log=print)
     job.mark_ready()
     job.close()
-    with pytest.raises(streaming.JobError, match="dtype: 'float32' then, 'bfloat16' now"):
-        streaming.OutputDir(out, {"dtype": "bfloat16"}, resume=True, log=print)
-    with pytest.raises(streaming.JobError, match="already exists"):
+    with pytest.raises(resumable.JobError, match="dtype: 'float32' then, 'bfloat16' now"):
+        resumable.OutputDir(out, {"dtype": "bfloat16"}, resume=True, log=print)
+    with pytest.raises(resumable.JobError, match="already exists"):
         os.makedirs(out)
-        streaming.OutputDir(out, {"dtype": "float32"}, resume=True, log=print)
+        resumable.OutputDir(out, {"dtype": "float32"}, resume=True, log=print)
 
 
 def test_fill_params_equals_the_streamed_conversion(tmp_path):

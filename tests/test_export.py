@@ -17,7 +17,7 @@ from safetensors import safe_open
 
 from hf_oracle import hf_loss_and_logits
 from release_writer import fp8_release
-from r1jax import checkpoint, convert, export, streaming
+from r1jax import checkpoint, convert, export
 from r1jax.data.tokenizer import packaged_tokenizer_dir
 from r1jax.evaluate import score
 from r1jax.model import Transformer
