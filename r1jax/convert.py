@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -182,10 +181,6 @@ def _copy_side_files(src: str, dst: str) -> None:
             shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
 
 
-def _digest(*parts: str) -> str:
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
 @dataclasses.dataclass(frozen=True)
 class Job:
     """Everything a conversion decides before writing anything."""
@@ -222,13 +217,13 @@ def plan_job(hf_dir: str, dtype: str, drop_mtp: bool, block_bytes: int) -> Job:
         names = [k.tensor.name] + ([k.tensor.name + SCALE_SUFFIX] if k.tensor.name in fp8_names else [])
         return [files[tensors[n].file] for n in names]
     spec = {"job": "r1jax.convert", "format": checkpoint.FORMAT_VERSION, "dtype": dtype,
-            "with_mtp": with_mtp, "config": _digest(json.dumps(to_hf_dict(cfg), sort_keys=True)),
-            "tasks": _digest(*(k.key for k in tasks))}
+            "with_mtp": with_mtp, "config": resumable.digest(json.dumps(to_hf_dict(cfg), sort_keys=True)),
+            "tasks": resumable.digest(*(k.key for k in tasks))}
     return Job(cfg, tensors, expected, shapes, fp8_names, tasks,
                {p: (shape, dt, chunks[p]) for p, (shape, dt) in shapes.items()},
                [safetensors_io.OutTensor(i.name, i.dtype, i.shape) for i in
                 (tensors[t.name + SCALE_SUFFIX] for t in expected if t.name in fp8_names)],
-               {k.key: _digest(*sources(k)) for k in tasks}, spec)
+               {k.key: resumable.digest(*sources(k)) for k in tasks}, spec)
 
 
 def convert(hf_dir: str, out: str, *, dtype: str = "bfloat16", drop_mtp: bool = False,

@@ -16,7 +16,6 @@ tensors per worker. The output appears only when complete; --resume continues an
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -138,14 +137,24 @@ def _write_side_files(checkpoint_dir: str | None, dst: str) -> None:
 
 def _source_digest(params_dir: str, scales_path: str | None) -> str:
     """Changes whenever the params (their OCDBT manifest) or the kept scales are rewritten."""
-    h = hashlib.sha256()
+    parts = []
     for p in (os.path.join(params_dir, "manifest.ocdbt"), os.path.join(params_dir, "_METADATA")):
         if os.path.exists(p):
             st = os.stat(p)
-            h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+            parts.append(f"{p}:{st.st_size}:{st.st_mtime_ns}")
     if scales_path and os.path.exists(scales_path):
-        h.update(safetensors_io.identity(scales_path).encode())
-    return h.hexdigest()[:16]
+        parts.append(safetensors_io.identity(scales_path))
+    return resumable.digest(*parts)
+
+
+def fp8_tensors(expected, fp8_weights: bool, scales: dict) -> set[str]:
+    """The HF tensors to write as FP8: none without --fp8; with kept source scales exactly the ones
+    the FP8 source had (a release may keep e.g. eh_proj in bf16); else every `*_proj.weight`."""
+    if not fp8_weights:
+        return set()
+    if scales:
+        return {t.name for t in expected if t.name + SCALE_SUFFIX in scales}
+    return {t.name for t in expected if t.fp8_in_release}
 
 
 def export_params(params_dir: str, cfg: ModelConfig, out: str, *, fp8_weights: bool = False,
@@ -165,12 +174,7 @@ def export_params(params_dir: str, cfg: ModelConfig, out: str, *, fp8_weights: b
     store = checkpoint.ParamStore(params_dir, cache_bytes=256 << 20, roots=roots)
     _check_arrays(store, cfg, expected)
     scales = _source_scales(scales_path, expected)
-    if not fp8_weights:
-        fp8_names = set()
-    elif scales:  # exactly the tensors the FP8 source had in FP8
-        fp8_names = {t.name for t in expected if t.name + SCALE_SUFFIX in scales}
-    else:
-        fp8_names = {t.name for t in expected if t.fp8_in_release}
+    fp8_names = fp8_tensors(expected, fp8_weights, scales)
     tensors = out_tensors(expected, fp8_names)
     groups = safetensors_io.plan_shards(tensors, max_shard_bytes)
     files = safetensors_io.shard_names(len(groups))
@@ -179,9 +183,9 @@ def export_params(params_dir: str, cfg: ModelConfig, out: str, *, fp8_weights: b
     tasks = streaming.make_tasks(expected, shapes, block_bytes, fp8_names)
     digest = _source_digest(params_dir, scales_path)
     spec = {"job": "r1jax.export", "fp8": fp8_weights, "with_mtp": with_mtp, "roots": list(roots),
-            "config": hashlib.sha256(json.dumps(to_hf_dict(cfg), sort_keys=True).encode()).hexdigest()[:16],
+            "config": resumable.digest(json.dumps(to_hf_dict(cfg), sort_keys=True)),
             "shards": files, "max_shard_bytes": max_shard_bytes,
-            "tasks": hashlib.sha256("\n".join(k.key for k in tasks).encode()).hexdigest()[:16]}
+            "tasks": resumable.digest(*(k.key for k in tasks))}
 
     job = resumable.OutputDir(out, spec, resume=resume, log=log)
     with job.keeping_work("export", log):

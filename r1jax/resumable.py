@@ -10,6 +10,7 @@ only of the process, is sound.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -25,6 +26,11 @@ SYNC_EVERY_S = 30.0
 
 class JobError(ValueError):
     """An output directory that cannot be (re)started as asked; the message says what to do."""
+
+
+def digest(*parts: str) -> str:
+    """A short stable fingerprint of some strings (options, file identities, task lists)."""
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def _differences(a: dict, b: dict) -> str:
@@ -69,7 +75,11 @@ class OutputDir:
         if os.path.exists(self.path) and not resume:
             raise JobError(f"{self.path}: left by an interrupted run; pass --resume to continue it, "
                            "or remove it to start again")
-        manifest = self._read(MANIFEST_NAME) or {}
+        manifest = self._read(MANIFEST_NAME)
+        if os.path.exists(self.path) and manifest is None:
+            raise JobError(f"{self.path}: exists but was not made by r1jax (no {MANIFEST_NAME}); "
+                           "remove it or choose another --out")
+        manifest = manifest or {}
         self.resumed = bool(manifest.get("ready"))  # else it died while laying out: start again
         if self.resumed and manifest.get("spec") != spec:
             raise JobError(f"{self.path}: was started with other options ("

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import gc
+import resource
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -44,7 +45,6 @@ def peak_rss_bytes() -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

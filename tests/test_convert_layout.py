@@ -142,6 +142,9 @@ def test_partial_output_of_other_options_is_refused(tmp_path):
     job.close()
     with pytest.raises(resumable.JobError, match="dtype: 'float32' then, 'bfloat16' now"):
         resumable.OutputDir(out, {"dtype": "bfloat16"}, resume=True, log=print)
+    os.makedirs(str(tmp_path / "mine.partial"))
+    with pytest.raises(resumable.JobError, match="not made by r1jax"):
+        resumable.OutputDir(str(tmp_path / "mine"), {}, resume=True, log=print)
     with pytest.raises(resumable.JobError, match="already exists"):
         os.makedirs(out)
         resumable.OutputDir(out, {"dtype": "float32"}, resume=True, log=print)
