@@ -2,7 +2,8 @@
 own NumPy quantizer: several 128x128 blocks per matrix, partial edge blocks, blocks without a +-448
 code, an MTP layer, several shards), converted and scored by the CLIs, equals transformers' float32
 loss on the dequantized weights; the result restores sharded onto a mesh; bad FP8 inputs fail naming
-the tensor; an interrupted conversion resumes without redoing finished tensors."""
+the tensor; an interrupted conversion resumes without redoing finished tensors; transformers' fused
+FP8 experts convert too."""
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ from flax import nnx
 
 from hf_oracle import hf_loss_and_logits
 from release_writer import fp8_release
-from r1jax import checkpoint, convert, resumable, safetensors_io, sharding
+from r1jax import checkpoint, convert, layout, resumable, safetensors_io, sharding
 from r1jax.model import preset
 
 # Dimensions with several FP8 blocks per matrix and partial edge blocks (200 = 128 + 72, 300, 136,
@@ -203,3 +204,45 @@ def test_resume_skips_finished_tensors_and_equals_an_uninterrupted_run(release, 
     for path, w in checkpoint._flatten(want):
         np.testing.assert_array_equal(dict(checkpoint._flatten(got))[path], w, err_msg=".".join(path))
     assert sorted(os.listdir(out)) == sorted(os.listdir(converted))  # no bookkeeping files left
+
+
+def test_fused_fp8_experts_as_transformers_saves_them(tmp_path):
+    """transformers >= 5 saves FP8 experts fused ([E, 2F, D] codes, [E, ceil(2F/128), ceil(D/128)]
+    scales named `gate_up_proj_scale_inv`): converted in blocks of experts, equal to the formula."""
+    import ml_dtypes
+    from safetensors.torch import save_file
+
+    from hf_oracle import hf_state, random_hf_model
+    from release_writer import dequantize_ref, quantize_blocks
+    from r1jax.model.config import to_hf_dict
+    state = hf_state(random_hf_model(CFG, seed=4))
+    rng = np.random.RandomState(4)
+    stored, values = {}, {}
+    for name, w in state.items():
+        fused = name.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj"))
+        if name.endswith("_proj.weight") or fused:
+            pairs = [quantize_blocks(m, rng) for m in (w if fused else w[None])]
+            q, s = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+            values[name] = np.stack([dequantize_ref(a, b) for a, b in pairs])
+            stored[name], stored[name + "_scale_inv"] = (q, s) if fused else (q[0], s[0])
+            values[name] = values[name] if fused else values[name][0]
+        else:
+            stored[name] = w.astype(ml_dtypes.bfloat16) if not name.endswith("correction_bias") else w
+            values[name] = stored[name].astype(np.float32)
+    d = tmp_path / "hf"
+    d.mkdir()
+    torch_dtype = {"float8_e4m3fn": torch.float8_e4m3fn, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+    def as_torch(v):  # same bytes, torch's dtype (numpy has no float8 for safetensors.numpy)
+        return torch.from_numpy(np.ascontiguousarray(v).view(np.uint8)).view(torch_dtype[v.dtype.name])
+    save_file({k: as_torch(v).reshape(v.shape) for k, v in stored.items()}, str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps(to_hf_dict(CFG)))
+    # Blocks of one expert: the fused tensors stream expert by expert.
+    convert.convert(str(d), str(tmp_path / "ckpt"), dtype="float32", workers=2, block_bytes=300_000,
+                    log=QUIET)
+    model = checkpoint.load_model(str(tmp_path / "ckpt"))
+    got = dict(checkpoint._flatten(checkpoint.numpy_params(model)))
+    expected = layout.hf_tensors(CFG, set(values), with_mtp=False)
+    want = convert.fill_params(CFG.replace(param_dtype="float32"), expected, lambda n, i: values[n])
+    for path, w in want.items():
+        np.testing.assert_array_equal(got[tuple(path.split("."))], w, err_msg=path)
