@@ -125,24 +125,30 @@ def _copy_release(hf_dir, tmp_path):
     return d
 
 
-def _drop_tensor(d, name):
+def _edit_tensor(d, name, new=None):
+    """Rewrites the shard holding `name` without it, or with its data replaced by `new`."""
     from safetensors import safe_open
     from safetensors.torch import save_file
     index = json.load(open(d / "model.safetensors.index.json"))
-    fname = index["weight_map"].pop(name)
+    fname = index["weight_map"][name]
     with safe_open(str(d / fname), framework="pt") as f:
         kept = {k: f.get_tensor(k) for k in f.keys() if k != name}
+    if new is None:
+        del index["weight_map"][name]
+    else:
+        kept[name] = new
     save_file(kept, str(d / fname), metadata={"format": "pt"})
     json.dump(index, open(d / "model.safetensors.index.json", "w"))
 
 
-@pytest.mark.parametrize("victim, message", [
-    ("model.layers.2.mlp.experts.1.up_proj.weight_scale_inv", "has no"),
-    ("model.layers.0.self_attn.q_b_proj.weight", "missing tensor"),
+@pytest.mark.parametrize("victim, new, message", [
+    ("model.layers.2.mlp.experts.1.up_proj.weight_scale_inv", None, "has no"),
+    ("model.layers.0.self_attn.q_b_proj.weight", None, "missing tensor"),
+    ("model.layers.1.input_layernorm.weight", torch.ones(200, dtype=torch.int32), "wrong dtype"),
 ])
-def test_bad_fp8_input_is_named_and_leaves_nothing(release, tmp_path, capsys, victim, message):
+def test_bad_fp8_input_is_named_and_leaves_nothing(release, tmp_path, capsys, victim, new, message):
     d = _copy_release(release[0], tmp_path)
-    _drop_tensor(d, victim)
+    _edit_tensor(d, victim, new)
     assert convert.main(["--hf_dir", str(d), "--out", str(tmp_path / "ckpt")]) == 2
     err = capsys.readouterr().err
     assert message in err and victim in err
