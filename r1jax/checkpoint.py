@@ -92,7 +92,7 @@ def read_config(directory: str, **runtime) -> ModelConfig:
     """The ModelConfig a checkpoint was saved with; `runtime` overrides dtype/remat (not with_mtp)."""
     meta_path = os.path.join(directory, META_NAME)
     cfg_path = os.path.join(directory, "config.json")
-    for p in (cfg_path, meta_path, os.path.join(directory, "params")):
+    for p in (cfg_path, meta_path):
         if not os.path.exists(p):
             raise CheckpointError(f"{directory}: not an r1jax model checkpoint ({os.path.basename(p)} "
                                   "missing); convert HF weights with `python -m r1jax.convert`")

@@ -222,9 +222,29 @@ def export_params(params_dir: str, cfg: ModelConfig, out: str, *, fp8_weights: b
     return files
 
 
+def training_step_dir(path: str) -> str | None:
+    """The Orbax step directory of a training checkpoint named by `path` (RUN/checkpoints/STEP,
+    RUN/best/STEP, or RUN itself for its latest step), or None when `path` is not one."""
+    path = os.path.abspath(path)
+    if os.path.isdir(os.path.join(path, "state")):
+        return path
+    steps = os.path.join(path, "checkpoints")
+    if os.path.isdir(steps):
+        done = [int(d) for d in os.listdir(steps) if d.isdigit()]
+        if done:
+            return os.path.join(steps, str(max(done)))
+    return None
+
+
 def export(checkpoint_dir: str, out: str, **kw) -> list[str]:
-    """Exports the model checkpoint `checkpoint_dir` (r1jax/checkpoint.py format); `kw` as
-    export_params."""
+    """Exports a model checkpoint (r1jax/checkpoint.py format) or a training checkpoint (its
+    params and router bias; the run's model config is RUN/model); `kw` as export_params."""
+    step_dir = training_step_dir(checkpoint_dir)
+    if step_dir is not None:
+        run_model = os.path.join(os.path.dirname(os.path.dirname(step_dir)), "model")
+        cfg = checkpoint.read_config(run_model)
+        return export_params(os.path.join(step_dir, "state"), cfg, out, side_dir=run_model,
+                             roots=("params", "rest"), **kw)
     cfg = checkpoint.read_config(checkpoint_dir)
     return export_params(os.path.join(checkpoint_dir, "params"), cfg, out,
                          scales_path=os.path.join(checkpoint_dir, checkpoint.SCALES_NAME),
@@ -233,7 +253,9 @@ def export(checkpoint_dir: str, out: str, **kw) -> list[str]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m r1jax.export", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", required=True, help="r1jax model checkpoint (python -m r1jax.convert)")
+    p.add_argument("--checkpoint", required=True,
+                   help="r1jax model checkpoint (python -m r1jax.convert), or a training run "
+                        "(RUN for its latest step, RUN/checkpoints/STEP, RUN/best/STEP)")
     p.add_argument("--out", required=True, help="new directory for the HF checkpoint")
     p.add_argument("--fp8", action="store_true",
                    help="FP8 with 128x128 block scales where the release has them (default BF16)")

@@ -110,6 +110,8 @@ def run(c) -> dict:
                        out_shardings=(p_shard, r_shard))
         params, rest = init()
         log(f"model: preset {c.model.preset}, random init (seed {c.seed})")
+    if is_main:  # what export and evaluate need to read this run's checkpoints
+        checkpoint.write_meta(os.path.join(c.output_dir, "model"), model_cfg)
     n_params = sum(x.size for x in jax.tree.leaves(params))
     log(f"model: {n_params / 1e6:.1f}M parameters, compute {model_cfg.dtype}, params {model_cfg.param_dtype}")
 
@@ -127,19 +129,22 @@ def run(c) -> dict:
     ckpts = RunCheckpoints(c.output_dir, c.train.keep_checkpoints, log)
     monitor = Monitor(c.output_dir, total_steps, enabled=is_main)
     meta = {"step": 0, "nonfinite": 0, "best_val": None, "evals_without_gain": 0}
-    state = {"params": params, "rest": rest, "opt_state": opt_state}
+    # params and rest are saved as nested dicts (the model checkpoint layout: export reads them).
+    state = {"params": nnx.to_pure_dict(params), "rest": nnx.to_pure_dict(rest), "opt_state": opt_state}
     restored = ckpts.restore_latest(abstract_of(state))
     if restored is not None:
         step0, state, meta = restored
+        nnx.replace_by_pure_dict(params, state["params"])
+        nnx.replace_by_pure_dict(rest, state["rest"])
+        opt_state = state["opt_state"]
         loader.set_state(meta["data"])
         monitor.truncate_after(step0)
         log(f"resumed from {c.output_dir}/checkpoints/{step0}")
-    params, rest, opt_state = state["params"], state["rest"], state["opt_state"]
     step = meta["step"]
 
     def snapshot():
-        return {"params": params, "rest": rest, "opt_state": opt_state}, {**meta, "step": step,
-                                                                          "data": loader.get_state()}
+        return ({"params": nnx.to_pure_dict(params), "rest": nnx.to_pure_dict(rest), "opt_state": opt_state},
+                {**meta, "step": step, "data": loader.get_state()})
 
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))

@@ -207,3 +207,37 @@ def test_unknown_and_mistyped_keys_fail_naming_them(data, tmp_path):
     with pytest.raises(run_config.RunConfigError, match="train.grad_accum"):
         c.train.grad_accum = 3
         run(c)
+
+
+def test_trained_run_exports_to_transformers(data, reference, tmp_path):
+    """The run's latest checkpoint exported (bf16) loads in transformers and gives r1jax's loss."""
+    import torch
+    import transformers
+    from r1jax import checkpoint, export
+    from r1jax.losses import next_token_loss_sums
+    ref, _ = reference
+    assert export.main(["--checkpoint", str(ref), "--out", str(tmp_path / "hf")]) == 0
+    hf = transformers.DeepseekV3ForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32)
+    ids = np.asarray([[100 + (5 + i) % 32 for i in range(40)]])
+    with torch.no_grad():
+        logits = hf(input_ids=torch.tensor(ids)).logits
+    ref_loss = torch.nn.functional.cross_entropy(logits[0, :-1], torch.tensor(ids[0, 1:])).item()
+    cfg = checkpoint.read_config(str(ref / "model"), dtype="float32")
+    _, flat = final_params(ref)
+    import jax.numpy as jnp
+    from flax import nnx
+    from r1jax.model import Transformer
+    model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    pure = nnx.to_pure_dict(state)
+
+    def fill(tree, prefix):
+        for k, v in tree.items():
+            name = f"{prefix}.{k}"
+            key = f"params{name}" if f"params{name}" in flat else f"rest{name}"
+            tree[k] = fill(v, name) if isinstance(v, dict) else jnp.asarray(flat[key])
+        return tree
+    nnx.replace_by_pure_dict(state, fill(pure, ""))
+    ours, _ = nnx.merge(graphdef, state)(jnp.asarray(ids))
+    total, count, _ = next_token_loss_sums(ours, jnp.asarray(ids), jnp.ones_like(jnp.asarray(ids)))
+    assert abs(float(total / count) - ref_loss) < 2e-2 * ref_loss  # exported in bf16
