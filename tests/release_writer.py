@@ -50,7 +50,7 @@ def dequantize_ref(q: np.ndarray, s: np.ndarray) -> np.ndarray:
     return q.astype(np.float32) * np.kron(s, np.ones((128, 128), np.float32))[:m, :n]
 
 
-def _per_expert(state: dict[str, np.ndarray], f: int) -> dict[str, np.ndarray]:
+def per_expert(state: dict[str, np.ndarray], f: int) -> dict[str, np.ndarray]:
     """transformers' fused expert tensors -> the release's per-expert names."""
     out = {}
     for name, w in state.items():
@@ -90,7 +90,7 @@ def mtp_layer(state: dict[str, np.ndarray], cfg, rng: np.random.RandomState) -> 
     perturbed, plus enorm, hnorm, eh_proj, embed_tokens and shared_head."""
     last, mtp = f"model.layers.{cfg.num_hidden_layers - 1}.", f"model.layers.{cfg.num_hidden_layers}."
     out = {mtp + k[len(last):]: w + rng.normal(0, 0.01, w.shape).astype(np.float32)
-           for k, w in _per_expert(state, cfg.moe_intermediate_size).items() if k.startswith(last)}
+           for k, w in per_expert(state, cfg.moe_intermediate_size).items() if k.startswith(last)}
     d, v = cfg.hidden_size, cfg.vocab_size
     for name, shape in [("enorm.weight", (d,)), ("hnorm.weight", (d,)), ("eh_proj.weight", (d, 2 * d)),
                         ("embed_tokens.weight", (v, d)), ("shared_head.norm.weight", (d,)),
@@ -107,7 +107,7 @@ def write_release(state: dict[str, np.ndarray], cfg, out_dir, *, shards: int = 3
     Returns the dequantized float32 values under transformers' names (MTP excluded).
     """
     rng = np.random.RandomState(seed)
-    release = _per_expert(state, cfg.moe_intermediate_size)
+    release = per_expert(state, cfg.moe_intermediate_size)
     release.update(mtp or {})
     stored, values = {}, {}
     for name, w in release.items():

@@ -14,6 +14,7 @@ import torch
 from safetensors.numpy import save_file
 
 from hf_oracle import hf_loss_and_logits, hf_state, random_hf_model
+from release_writer import per_expert
 from r1jax import convert
 from r1jax.data import encode, load_tokenizer
 from r1jax.model import preset
@@ -64,20 +65,7 @@ def data(tmp_path_factory, hf_model):
 def write_per_expert(state, out_dir, cfg, shards=3):
     """The release layout: per-expert tensors in several shards with an index json."""
     os.makedirs(out_dir)
-    flat = {}
-    f = cfg.moe_intermediate_size
-    for name, w in state.items():
-        if name.endswith("mlp.experts.gate_up_proj"):
-            base = name[:-len("gate_up_proj")]
-            for j in range(w.shape[0]):
-                flat[f"{base}{j}.gate_proj.weight"] = w[j, :f]
-                flat[f"{base}{j}.up_proj.weight"] = w[j, f:]
-        elif name.endswith("mlp.experts.down_proj"):
-            base = name[:-len("down_proj")]
-            for j in range(w.shape[0]):
-                flat[f"{base}{j}.down_proj.weight"] = w[j]
-        else:
-            flat[name] = w
+    flat = per_expert(state, cfg.moe_intermediate_size)
     names = sorted(flat)
     weight_map = {}
     for s in range(shards):
