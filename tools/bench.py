@@ -2,7 +2,10 @@
 
     python tools/bench.py --preset v3-small --batch 2 --seq 4096 --peer ../shared/bench/hf_peer.py \
         --out tools/results/bench_h200.json
-    python tools/bench.py --preset tiny --batch 2 --seq 128 --steps 3        # CPU smoke run
+    python tools/bench.py --small --batch 2 --seq 128 --steps 3 --peer ../shared/bench/hf_peer.py  # CPU
+
+--small shrinks v3-small exactly as the peer's SMALL=1 does (and sets SMALL=1 for the peer), so the
+two implementations are compared on the same config on a CPU too (tests/test_bench.py runs it).
 
 Times the full r1jax train step (forward, backward, AdamW update; bf16 compute, float32 master
 params) after warm-up, median of --steps; checks the bf16 loss against a float32-compute forward on
@@ -35,6 +38,13 @@ from r1jax.step import StepConfig, loss_fn, train_step
 
 
 
+# The peer's SMALL=1 shrink of v3-small (hf_peer.py), for CPU runs of the side-by-side comparison.
+PEER_SMALL = dict(vocab_size=1024, hidden_size=256, intermediate_size=512, moe_intermediate_size=128,
+                  num_hidden_layers=3, num_attention_heads=4, n_routed_experts=16, kv_lora_rank=64,
+                  q_lora_rank=96, qk_rope_head_dim=16, v_head_dim=32, qk_nope_head_dim=32, n_group=4,
+                  topk_group=2, num_experts_per_tok=4)
+
+
 def init_state(cfg):
     """(graphdef, params, rest) of a randomly initialized model, created on the default device."""
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
@@ -60,10 +70,11 @@ def peak_memory_gib() -> float | None:
     return None if peak is None else peak / 2**30
 
 
-def run_peer(path: str) -> list[dict]:
-    """Runs the HF peer script; returns its result rows (hf_peer.json)."""
+def run_peer(path: str, small: bool) -> list[dict]:
+    """Runs the HF peer script (SMALL=1 when `small`); returns its result rows (hf_peer.json)."""
     with tempfile.TemporaryDirectory() as out:
-        r = subprocess.run([sys.executable, path], env=dict(os.environ, OUT=out), capture_output=True,
+        env = dict(os.environ, OUT=out, **({"SMALL": "1"} if small else {}))
+        r = subprocess.run([sys.executable, path], env=env, capture_output=True,
                            text=True, timeout=1200)
         print(r.stdout + r.stderr[-2000:], file=sys.stderr)
         result = os.path.join(out, "hf_peer.json")
@@ -71,7 +82,8 @@ def run_peer(path: str) -> list[dict]:
 
 
 def bench(args) -> dict:
-    cfg = preset(args.preset, dtype=args.dtype, param_dtype="float32", remat=args.remat)
+    cfg = preset(args.preset, dtype=args.dtype, param_dtype="float32", remat=args.remat,
+                 **(PEER_SMALL if args.small else {}))
     fpt = train_flops_per_token(cfg, args.seq)
     device = jax.devices()[0]
     graphdef, params, rest = init_state(cfg)
@@ -105,7 +117,8 @@ def bench(args) -> dict:
     tflops = fpt * tok_s / 1e12
     peak = PEAK_TFLOPS.get(device.device_kind)
     return {
-        "impl": "r1jax", "preset": args.preset, "batch": args.batch, "seq": args.seq,
+        "impl": "r1jax", "preset": args.preset + ("/small" if args.small else ""),
+        "batch": args.batch, "seq": args.seq,
         "loss_chunk": args.loss_chunk, "remat": args.remat, "dtype": args.dtype,
         "device": device.device_kind, "jax": jax.__version__, "params_B": n_params / 1e9,
         "step_ms": sec * 1e3, "tokens_per_s": tok_s, "model_tflops": tflops,
@@ -128,11 +141,15 @@ def main(argv=None) -> int:
     p.add_argument("--loss_chunk", type=int, default=0,
                    help="LM head + cross-entropy in chunks of this many positions (0: full logits)")
     p.add_argument("--remat", default="none", choices=["none", "full", "dots", "dots_no_batch"])
+    p.add_argument("--small", action="store_true",
+                   help="shrink the preset as the peer's SMALL=1 does (CPU runs of the comparison)")
     p.add_argument("--peer", help="path of the HF peer script (hf_peer.py) to run in the same call")
     p.add_argument("--out", help="write the results (JSON) here")
     a = p.parse_args(argv)
+    if a.small and (a.preset, a.batch, a.seq) != ("v3-small", 2, 128):
+        p.error("--small compares with the peer's SMALL=1 run: --preset v3-small --batch 2 --seq 128")
     # The peer runs first, in its own process: once JAX holds the device memory, torch cannot get it.
-    peer_rows = run_peer(a.peer) if a.peer else []
+    peer_rows = run_peer(a.peer, a.small) if a.peer else []
     ours = bench(a)
     print(json.dumps(ours), flush=True)
     rows = [ours] + peer_rows

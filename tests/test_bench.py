@@ -1,0 +1,33 @@
+"""tools/bench.py on CPU: the full train step and the HF peer (../shared/bench/hf_peer.py, SMALL=1) on the
+same shrunken v3-small config in one run, with the ratio and the float32 loss check written to the results file."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PEER = ROOT.parent / "shared" / "bench" / "hf_peer.py"
+
+
+@pytest.mark.skipif(not PEER.exists(), reason=f"the peer script {PEER} is not beside this checkout")
+def test_bench_cpu_side_by_side(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    r = subprocess.run([sys.executable, "tools/bench.py", "--small", "--batch", "2", "--seq", "128",
+                        "--steps", "2", "--warmup", "1", "--peer", str(PEER), "--out", str(out)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert "tools/bench.py --small" in data["command"]
+    ours, *peers = data["results"]
+    assert ours["impl"] == "r1jax" and ours["preset"] == "v3-small/small"
+    # bf16 compute agrees with the float32 forward on the same params and batch
+    assert ours["loss_rel_diff"] < 1e-2
+    # an untrained model's loss is near ln(vocab) = ln(1024)
+    assert abs(ours["loss_f32"] - 6.93) < 0.5
+    assert ours["tokens_per_s"] > 0 and ours["model_tflops"] > 0 and ours["compile_s"] > 0
+    assert {p["impl"] for p in peers} >= {"hf-grouped_mm"}, r.stderr[-3000:]
+    assert "r1jax full train step / HF grouped_mm fwd+bwd tokens/s" in r.stdout
