@@ -84,6 +84,8 @@ def run_peer(path: str, small: bool) -> list[dict]:
 def bench(args) -> dict:
     cfg = preset(args.preset, dtype=args.dtype, param_dtype="float32", remat=args.remat,
                  **(PEER_SMALL if args.small else {}))
+    if args.experts:  # same active parameters per token, more (or fewer) routed experts
+        cfg = cfg.replace(n_routed_experts=args.experts)
     fpt = train_flops_per_token(cfg, args.seq)
     device = jax.devices()[0]
     graphdef, params, rest = init_state(cfg)
@@ -119,7 +121,7 @@ def bench(args) -> dict:
     return {
         "impl": "r1jax", "preset": args.preset + ("/small" if args.small else ""),
         "batch": args.batch, "seq": args.seq,
-        "loss_chunk": args.loss_chunk, "remat": args.remat, "dtype": args.dtype,
+        "n_routed_experts": cfg.n_routed_experts, "loss_chunk": args.loss_chunk, "remat": args.remat, "dtype": args.dtype,
         "device": device.device_kind, "jax": jax.__version__, "params_B": n_params / 1e9,
         "step_ms": sec * 1e3, "tokens_per_s": tok_s, "model_tflops": tflops,
         "mfu": None if peak is None else tflops / peak, "peak_mem_gib": peak_memory_gib(),
@@ -141,13 +143,16 @@ def main(argv=None) -> int:
     p.add_argument("--loss_chunk", type=int, default=0,
                    help="LM head + cross-entropy in chunks of this many positions (0: full logits)")
     p.add_argument("--remat", default="none", choices=["none", "full", "dots", "dots_no_batch"])
+    p.add_argument("--experts", type=int, default=0, help="override the number of routed experts")
     p.add_argument("--small", action="store_true",
                    help="shrink the preset as the peer's SMALL=1 does (CPU runs of the comparison)")
     p.add_argument("--peer", help="path of the HF peer script (hf_peer.py) to run in the same call")
     p.add_argument("--out", help="write the results (JSON) here")
     a = p.parse_args(argv)
-    if a.small and (a.preset, a.batch, a.seq) != ("v3-small", 2, 128):
-        p.error("--small compares with the peer's SMALL=1 run: --preset v3-small --batch 2 --seq 128")
+    if a.small and a.preset != "v3-small":
+        p.error("--small shrinks v3-small (the peer's config); use --preset v3-small")
+    if a.small and a.peer and (a.batch, a.seq) != (2, 128):
+        p.error("--small --peer compares with the peer's SMALL=1 run, which is 2 x 128: --batch 2 --seq 128")
     # The peer runs first, in its own process: once JAX holds the device memory, torch cannot get it.
     peer_rows = run_peer(a.peer, a.small) if a.peer else []
     ours = bench(a)
