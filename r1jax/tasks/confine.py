@@ -1,0 +1,218 @@
+"""The child side of the sandbox: confine this process, then run one untrusted program.
+
+    python -I -B confine.py LIMITS_JSON PROGRAM.py      (started by r1jax.tasks.sandbox, never by hand)
+
+Runs in the fresh child process, never in the evaluator. It applies, in this order, before a byte of
+the program runs:
+
+1. resource limits (setrlimit): CPU seconds, address space, file size (caps stdout/stderr too, as they
+   are files), no core dumps, open files, and processes (RLIMIT_NPROC; the kernel ignores it for
+   uid 0, hence layer 3).
+2. Landlock (Linux >= 5.13, unprivileged): writing, creating, truncating, renaming and deleting files
+   are allowed only beneath the sample's temporary directory; TCP bind/connect are denied (ABI >= 4);
+   signals to processes outside this one (e.g. the evaluator) are denied (ABI >= 6). Reading is not
+   restricted (the interpreter needs its library).
+3. seccomp-bpf (x86_64): no new processes (fork, vfork, clone without CLONE_THREAD; clone3 answers
+   ENOSYS so threads fall back to clone) and no x32/i386 syscall entry points.
+4. A Python-level guard (defence in depth, bypassable by design): functions that delete, rename,
+   chmod/chown files, send signals, start processes or change the environment raise PermissionError.
+
+Layers 2 and 3 need `no_new_privs`; each one the kernel lacks is reported on stderr (one line starting
+"sandbox: layer unavailable") and the rest still apply.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import platform
+import resource
+import sys
+
+EXIT_SYNTAX = 121        # the program does not compile: status "error", not a test failure
+_PR_SET_NO_NEW_PRIVS = 38
+
+
+def set_limits(lim: dict) -> None:
+    """setrlimit for this process (inherited by anything it starts)."""
+    cpu = int(lim["cpu_s"])
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (lim["memory_bytes"],) * 2)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (lim["file_bytes"],) * 2)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lim["open_files"],) * 2)
+    # RLIMIT_NPROC counts every process of the real uid, so the cap is "what it has now + the margin".
+    uid = os.getuid()
+    mine = sum(1 for p in os.listdir("/proc") if p.isdigit() and _owner(p) == uid)
+    resource.setrlimit(resource.RLIMIT_NPROC, (mine + lim["extra_processes"],) * 2)
+
+
+def _owner(pid: str) -> int:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return -1
+
+
+# -- Landlock (include/uapi/linux/landlock.h) -------------------------------------------------------
+
+_SYS_LANDLOCK = {"create_ruleset": 444, "add_rule": 445, "restrict_self": 446}  # same on all arches
+_FS_WRITE_FILE, _FS_REMOVE_DIR, _FS_REMOVE_FILE = 1 << 1, 1 << 4, 1 << 5
+_FS_MAKE = sum(1 << b for b in range(6, 13))        # char, dir, reg, sock, fifo, block, sym
+_FS_REFER, _FS_TRUNCATE = 1 << 13, 1 << 14          # ABI 2, ABI 3
+_NET_BIND_TCP, _NET_CONNECT_TCP = 1, 2              # ABI 4
+_SCOPE_ABSTRACT_UNIX, _SCOPE_SIGNAL = 1, 2          # ABI 6
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]
+
+
+class _PathBeneath(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def landlock(writable_dir: str, libc) -> str:
+    """Write access only beneath `writable_dir`; returns what was applied, e.g. "landlock abi 7"."""
+    abi = libc.syscall(_SYS_LANDLOCK["create_ruleset"], None, 0, 1)   # 1 = ..._CREATE_RULESET_VERSION
+    if abi < 1:
+        raise OSError(ctypes.get_errno(), "landlock is not available")
+    fs = _FS_WRITE_FILE | _FS_REMOVE_DIR | _FS_REMOVE_FILE | _FS_MAKE
+    fs |= (_FS_REFER if abi >= 2 else 0) | (_FS_TRUNCATE if abi >= 3 else 0)
+    attr = _RulesetAttr(fs, (_NET_BIND_TCP | _NET_CONNECT_TCP) if abi >= 4 else 0,
+                        (_SCOPE_ABSTRACT_UNIX | _SCOPE_SIGNAL) if abi >= 6 else 0)
+    size = 24 if abi >= 6 else 16 if abi >= 4 else 8    # older kernels reject fields they lack
+    rfd = libc.syscall(_SYS_LANDLOCK["create_ruleset"], ctypes.byref(attr), size, 0)
+    if rfd < 0:
+        raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
+    dfd = os.open(writable_dir, os.O_PATH | os.O_DIRECTORY)
+    rule = _PathBeneath(fs, dfd)
+    if libc.syscall(_SYS_LANDLOCK["add_rule"], rfd, 1, ctypes.byref(rule), 0) < 0:  # 1 = PATH_BENEATH
+        raise OSError(ctypes.get_errno(), "landlock_add_rule")
+    if libc.syscall(_SYS_LANDLOCK["restrict_self"], rfd, 0) < 0:
+        raise OSError(ctypes.get_errno(), "landlock_restrict_self")
+    os.close(dfd)
+    os.close(rfd)
+    return f"landlock abi {abi}"
+
+
+# -- seccomp-bpf (include/uapi/linux/seccomp.h, filter.h) -------------------------------------------
+
+_AUDIT_ARCH_X86_64 = 0xC000003E
+_X86_64 = {"clone": 56, "fork": 57, "vfork": 58, "clone3": 435}
+_CLONE_THREAD = 0x00010000
+_RET_ALLOW, _RET_ERRNO = 0x7FFF0000, 0x00050000
+_EPERM, _ENOSYS = 1, 38
+_LD_W_ABS, _JEQ_K, _JGE_K, _JSET_K, _RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def no_new_processes_filter() -> list[tuple[int, int, int, int]]:
+    """The BPF program (code, jt, jf, k) over struct seccomp_data {int nr; u32 arch; u64 ip; u64 args[6]}."""
+    deny, nosys, allow = _RET_ERRNO | _EPERM, _RET_ERRNO | _ENOSYS, _RET_ALLOW
+    return [
+        (_LD_W_ABS, 0, 0, 4),                          # 0  A = arch
+        (_JEQ_K, 1, 0, _AUDIT_ARCH_X86_64),            # 1  x86_64 -> 3
+        (_RET_K, 0, 0, deny),                          # 2  i386 entry points: denied
+        (_LD_W_ABS, 0, 0, 0),                          # 3  A = nr
+        (_JGE_K, 7, 0, 0x40000000),                    # 4  x32 ABI -> 12 deny
+        (_JEQ_K, 6, 0, _X86_64["fork"]),               # 5  -> 12 deny
+        (_JEQ_K, 5, 0, _X86_64["vfork"]),              # 6  -> 12 deny
+        (_JEQ_K, 5, 0, _X86_64["clone3"]),             # 7  -> 13 ENOSYS (glibc falls back to clone)
+        (_JEQ_K, 0, 2, _X86_64["clone"]),              # 8  clone -> 9, else -> 11 allow
+        (_LD_W_ABS, 0, 0, 16),                         # 9  A = low word of args[0] (clone flags)
+        (_JSET_K, 0, 1, _CLONE_THREAD),                # 10 a thread -> 11 allow, else -> 12 deny
+        (_RET_K, 0, 0, allow),                         # 11
+        (_RET_K, 0, 0, deny),                          # 12
+        (_RET_K, 0, 0, nosys),                         # 13
+    ]
+
+
+def seccomp(libc) -> str:
+    if platform.machine() != "x86_64":
+        raise OSError(0, f"no seccomp filter for {platform.machine()}")
+    prog = no_new_processes_filter()
+    arr = (_SockFilter * len(prog))(*[_SockFilter(*ins) for ins in prog])
+    fprog = _SockFprog(len(prog), arr)
+    # prctl(PR_SET_SECCOMP=22, SECCOMP_MODE_FILTER=2, &fprog)
+    if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
+    return "seccomp no-fork"
+
+
+# -- Python-level guard -----------------------------------------------------------------------------
+
+_GUARDED = {
+    "os": ("kill", "killpg", "system", "popen", "fork", "forkpty", "putenv", "unsetenv", "remove",
+           "unlink", "rmdir", "removedirs", "rename", "renames", "replace", "truncate", "ftruncate",
+           "chmod", "fchmod", "lchmod", "chown", "fchown", "lchown", "chroot", "chdir", "fchdir",
+           "setuid", "setgid", "setsid", "setpgid", "execv", "execve", "execl", "execle", "execlp",
+           "execlpe", "execvp", "execvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv",
+           "spawnve", "spawnvp", "spawnvpe", "posix_spawn", "posix_spawnp", "register_at_fork"),
+    "shutil": ("rmtree", "move", "chown", "copytree"),
+    "subprocess": ("Popen", "run", "call", "check_call", "check_output", "getoutput",
+                   "getstatusoutput"),
+    "signal": ("pthread_kill",),
+}
+
+
+def _disabled(name: str):
+    def refuse(*args, **kwargs):
+        raise PermissionError(f"{name} is disabled in the r1jax sandbox")
+    return refuse
+
+
+def guard() -> None:
+    """Replace dangerous functions with ones that raise (posix is os's C half: guard it too)."""
+    import importlib
+    import posix
+    for mod_name, names in _GUARDED.items():
+        mod = importlib.import_module(mod_name)
+        for n in names:
+            if hasattr(mod, n):
+                setattr(mod, n, _disabled(f"{mod_name}.{n}"))
+            if mod_name == "os" and hasattr(posix, n):
+                setattr(posix, n, _disabled(f"os.{n}"))
+    for mod_name in ("ctypes", "_ctypes", "multiprocessing", "resource", "pty"):
+        sys.modules[mod_name] = None          # import now raises ImportError
+
+
+def main(argv) -> None:
+    limits_json, program_path = argv[1], argv[2]
+    lim = json.loads(limits_json)
+    with open(program_path, encoding="utf-8") as f:
+        source = f.read()
+    set_limits(lim)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        print("sandbox: layer unavailable: no_new_privs", file=sys.stderr)
+    for name, layer in (("landlock", lambda: landlock(os.getcwd(), libc)), ("seccomp", lambda: seccomp(libc))):
+        try:
+            layer()
+        except OSError as e:
+            print(f"sandbox: layer unavailable: {name}: {e}", file=sys.stderr)
+    if lim["guard"]:
+        guard()
+    try:
+        code = compile(source, "program.py", "exec")
+    except (SyntaxError, ValueError) as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(EXIT_SYNTAX)
+    del argv[:]                                # the program sees a clean argv
+    argv.append("program.py")
+    exec(code, {"__name__": "__main__", "__file__": "program.py", "__builtins__": __builtins__})
+
+
+if __name__ == "__main__":
+    main(sys.argv)

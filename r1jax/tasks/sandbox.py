@@ -1,0 +1,222 @@
+"""Run untrusted Python (generated code) in a confined child process, one process per sample.
+
+    results = run_many(programs, Limits(timeout_s=10), workers=8)   # -> list[SandboxResult]
+
+Never executes the program in the evaluator's process. Each sample gets:
+- a fresh temporary directory as cwd, HOME and TMPDIR, deleted afterwards (whatever the child left);
+- a fresh `python -I -B` (isolated: no PYTHON* variables, no user site, no script dir on sys.path; no
+  .pyc writes) with stdin on /dev/null and a minimal environment (PATH, HOME, TMPDIR, LANG, one-thread
+  BLAS settings, and a per-sample marker used to find its processes; nothing inherited, no secrets);
+- its own session and process group; stdout/stderr go to files capped by RLIMIT_FSIZE;
+- a wall-clock timeout after which the whole process group is SIGKILLed; then every process still
+  carrying the sample's marker (one that left the group with setsid) is SIGKILLed too;
+- the confinement of r1jax/tasks/confine.py, applied in the child before the program runs: rlimits
+  (CPU, memory, file size, no core, open files, processes), Landlock (writes/deletes only inside its
+  directory, no TCP, no signals outside), seccomp (no new processes) and a Python-level guard.
+
+What is contained (tests/test_sandbox.py shows each): infinite loops, fork bombs, huge allocations,
+deleting or overwriting files outside the directory, killing the evaluator, huge output.
+What is not: reading files the evaluator's uid can read (a program can read and print them; its
+output stays in the result record), disk use inside its directory up to RLIMIT_FSIZE per file,
+CPU contention with other work, and — where the kernel lacks Landlock or seccomp (non-Linux,
+non-x86_64, old kernels; reported in `stderr_tail` and by `available_layers()`) — file deletion
+as the same uid and process creation when running as root (RLIMIT_NPROC does not bind uid 0),
+against which only the Python guard remains, which a program can bypass (e.g. via ctypes
+re-imported under another name). No root tricks (no uid switch, chroot or namespaces) are used.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import os
+import select
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+from r1jax.tasks import confine
+
+STATUSES = ("passed", "failed", "timeout", "error", "killed")
+_MARKER = "R1JAX_SANDBOX_ID"
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    timeout_s: float = 10.0                 # wall clock; CPU limit is the same, rounded up
+    memory_bytes: int = 2 << 30             # RLIMIT_AS
+    file_bytes: int = 16 << 20              # RLIMIT_FSIZE: any file it writes, stdout/stderr included
+    open_files: int = 64
+    extra_processes: int = 8                # RLIMIT_NPROC margin (not binding for uid 0; seccomp is)
+    guard: bool = True                      # the Python-level guard (tests turn it off to probe the OS layers)
+    tail_bytes: int = 4096                  # how much of stdout/stderr the result keeps
+
+
+@dataclasses.dataclass
+class SandboxResult:
+    """One program's outcome. status: passed (exit 0) | failed (non-zero exit: an exception, a failed
+    assert) | timeout (wall clock) | error (does not compile, or the sandbox could not start it) |
+    killed (ended by a signal: CPU or file-size limit, segfault, out of memory)."""
+    status: str
+    returncode: int | None
+    duration_s: float
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "passed": self.passed}
+
+
+def _environment(workdir: str, marker: str) -> dict[str, str]:
+    tmp = os.path.join(workdir, "tmp")
+    return {"PATH": os.pathsep.join([os.path.dirname(sys.executable), "/usr/bin", "/bin"]),
+            "HOME": workdir, "TMPDIR": tmp, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            _MARKER: marker}
+
+
+def _tail(path: str, n: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - n))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _marked_pids(marker: str) -> list[int]:
+    """Processes whose initial environment holds this sample's marker (forked children keep it)."""
+    needle = f"{_MARKER}={marker}".encode()
+    found = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit() or int(p) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{p}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.append(int(p))
+        except OSError:
+            pass
+    return found
+
+
+def _kill_all(pgid: int, marker: str) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    _sweep(marker)
+
+
+def _sweep(marker: str) -> None:
+    """SIGKILL every process carrying the marker, until none is left."""
+    for _ in range(100):                     # a forking program may add processes while we sweep
+        pids = _marked_pids(marker)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.01)
+
+
+def _rmtree(path: str) -> None:
+    """Delete the sample's directory even where the program removed its own permissions."""
+    def fix(func, p, _exc):
+        os.chmod(os.path.dirname(p), stat.S_IRWXU)
+        if os.path.isdir(p) and not os.path.islink(p):
+            os.chmod(p, stat.S_IRWXU)
+            shutil.rmtree(p, onerror=fix)
+        else:
+            func(p)
+    shutil.rmtree(path, onerror=fix)
+
+
+def _wait_exit(proc: subprocess.Popen, timeout_s: float) -> bool:
+    """True when the child exited within timeout_s. Does not reap it, so its pid (and process
+    group id) cannot be reused by an unrelated process before the group is killed."""
+    fd = os.pidfd_open(proc.pid)
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(max(0, int(timeout_s * 1000))))
+    finally:
+        os.close(fd)
+
+
+def run_program(source: str, limits: Limits = Limits()) -> SandboxResult:
+    """Runs `source` as a script in a fresh confined process and classifies how it ended."""
+    workdir = tempfile.mkdtemp(prefix="r1jax-sandbox-")
+    marker = uuid.uuid4().hex
+    t0 = time.perf_counter()
+    try:
+        os.mkdir(os.path.join(workdir, "tmp"))
+        program = os.path.join(workdir, "program.py")
+        with open(program, "w", encoding="utf-8") as f:
+            f.write(source)
+        child_limits = {"cpu_s": max(1, int(-(-limits.timeout_s // 1))),
+                        "memory_bytes": limits.memory_bytes, "file_bytes": limits.file_bytes,
+                        "open_files": limits.open_files, "extra_processes": limits.extra_processes,
+                        "guard": limits.guard}
+        out_path, err_path = os.path.join(workdir, "stdout"), os.path.join(workdir, "stderr")
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            try:
+                proc = subprocess.Popen(
+                    [sys.executable, "-I", "-B", confine.__file__, json.dumps(child_limits), program],
+                    cwd=workdir, env=_environment(workdir, marker), stdin=subprocess.DEVNULL,
+                    stdout=out, stderr=err, start_new_session=True, close_fds=True)
+            except OSError as e:
+                return SandboxResult("error", None, time.perf_counter() - t0, "",
+                                     f"sandbox could not start the program: {e}")
+        exited = _wait_exit(proc, limits.timeout_s)
+        _kill_all(proc.pid, marker)          # its whole group and stray descendants, in every case
+        rc = proc.wait()
+        duration = time.perf_counter() - t0
+        if not exited:
+            status = "timeout"
+        elif rc == 0:
+            status = "passed"
+        elif rc == confine.EXIT_SYNTAX:
+            status = "error"
+        elif rc < 0:
+            status = "killed"
+        else:
+            status = "failed"
+        err_tail = _tail(err_path, limits.tail_bytes)
+        if rc < 0 and exited:
+            err_tail += f"\nsandbox: ended by signal {signal.Signals(-rc).name}"
+        return SandboxResult(status, rc, duration, _tail(out_path, limits.tail_bytes), err_tail)
+    finally:
+        _rmtree(workdir)
+
+
+def run_many(programs: list[str], limits: Limits = Limits(), workers: int = 0) -> list[SandboxResult]:
+    """run_program over many sources with at most `workers` children at once (0 = CPU count);
+    results in input order. Threads only wait on children: the programs run in their own processes."""
+    workers = workers or os.cpu_count() or 1
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda s: run_program(s, limits), programs))
+
+
+def available_layers() -> list[str]:
+    """The confinement layers this machine's kernel applies (probed by running an empty program)."""
+    r = run_program("pass", Limits(timeout_s=10))
+    missing = [ln for ln in r.stderr_tail.splitlines() if ln.startswith("sandbox: layer unavailable")]
+    layers = ["rlimits", "landlock", "seccomp", "guard"]
+    for ln in missing:
+        for name in ("landlock", "seccomp"):
+            if name in ln:
+                layers.remove(name)
+    return layers
