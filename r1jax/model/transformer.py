@@ -5,6 +5,9 @@ Axis legend: B batch, T time, D model, V vocab, L layers (of one stack), E route
 Layers are stacked: every parameter of a stack has a leading L axis (logical name "layers") and the
 stack runs under `jax.lax.scan`, so compile time does not grow with depth. The first
 `first_k_dense_replace` layers form the dense stack, the rest the MoE stack.
+
+Generation: `prefill` runs left-padded prompts through the training forward and fills MLA's latent
+cache (r1jax/model/latent_cache.py); `decode` runs the next tokens against it (MLA.decode).
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from flax import nnx
 from r1jax import sharding
 from r1jax.model import params
 from r1jax.model.config import ModelConfig
+from r1jax.model.latent_cache import LatentCache
 from r1jax.model.mla import MLA
 from r1jax.model.mlp import MLP
 from r1jax.model.moe import MoE
@@ -47,12 +51,30 @@ class Block(nnx.Module):
     def __call__(self, x, cos, sin, segment_ids):
         """x [B, T, D] -> (x' [B, T, D], stats: {} or MoE stats)."""
         h = x + self.attn(self.attn_norm(x), cos, sin, segment_ids)
+        return self.feed_forward(h, segment_ids > 0)
+
+    def feed_forward(self, h, token_mask):
+        """The second half: h [B, T, D] after attention -> (h + MLP-or-MoE(norm(h)), stats)."""
         h = sharding.constrain(h, ("batch", "seq", "embed"))
         if self.moe:
-            y, stats = self.mlp(self.mlp_norm(h), segment_ids > 0)
+            y, stats = self.mlp(self.mlp_norm(h), token_mask)
         else:
             y, stats = self.mlp(self.mlp_norm(h)), {}
         return sharding.constrain(h + y, ("batch", "seq", "embed")), stats
+
+    def prefill(self, x, cos, sin, segment_ids):
+        """The training forward, also returning this layer's decode-cache entries:
+        x [B, T, D] -> (x' [B, T, D], (latent [B, T, C], k_rope [B, T, R]))."""
+        a, latent, k_rope = self.attn.forward_with_latent(self.attn_norm(x), cos, sin, segment_ids)
+        x, _ = self.feed_forward(x + a, segment_ids > 0)
+        return x, (latent, k_rope)
+
+    def decode(self, x, cos, sin, cache, layer, slot, mask):
+        """x [B, T, D] at cache slots slot..slot+T-1 -> (x' [B, T, D], cache with layer `layer`
+        written); attention against the latent cache (MLA.decode), mask [B, T, S]."""
+        a, cache = self.attn.decode(self.attn_norm(x), cos, sin, cache, layer, slot, mask)
+        x, _ = self.feed_forward(x + a, jnp.ones(x.shape[:2], bool))
+        return x, cache
 
 
 def stacked_blocks(cfg: ModelConfig, n: int, moe: bool, rngs: nnx.Rngs) -> Block:
@@ -79,6 +101,30 @@ def scan_blocks(blocks: Block, x, cos, sin, segment_ids, remat: str):
     if remat != "none":
         body = jax.checkpoint(body, policy=_REMAT_POLICIES[remat], prevent_cse=False)
     return jax.lax.scan(body, x, state)
+
+
+def scan_prefill(blocks: Block, x, cos, sin, segment_ids):
+    """Stacked Block.prefill: x [B, T, D] -> (x', (latent [L, B, T, C], k_rope [L, B, T, R]))."""
+    graphdef, state = nnx.split(blocks)
+
+    def body(h, layer_state):
+        return nnx.merge(graphdef, layer_state).prefill(h, cos, sin, segment_ids)
+
+    return jax.lax.scan(body, x, state)
+
+
+def scan_decode(blocks: Block, first_layer: int, x, cos, sin, cache, slot, mask):
+    """Stacked Block.decode over cache layers first_layer..: x [B, T, D] -> (x', cache)."""
+    graphdef, state = nnx.split(blocks)
+    n = jax.tree.leaves(state)[0].shape[0]
+
+    def body(carry, xs):
+        h, cache = carry
+        layer_state, layer = xs
+        return nnx.merge(graphdef, layer_state).decode(h, cos, sin, cache, layer, slot, mask), None
+
+    (x, cache), _ = jax.lax.scan(body, (x, cache), (state, first_layer + jnp.arange(n, dtype=jnp.int32)))
+    return x, cache
 
 
 def default_positions(tokens: jnp.ndarray) -> jnp.ndarray:
@@ -135,6 +181,38 @@ class Transformer(nnx.Module):
         """tokens [B, T] -> (float32 logits [B, T, V], stats)."""
         h, stats = self.hidden_states(tokens, positions, segment_ids)
         return self.logits(h), stats
+
+    def prefill(self, tokens, cache: LatentCache):
+        """Runs LEFT-padded prompts tokens [B, T] (row b real from slot cache.start[b]) through the
+        training forward, filling cache slots 0..T-1: -> (float32 logits [B, V] at the last slot,
+        cache). Padding is its own segment, so it never reaches a real token."""
+        cfg = self.cfg
+        slots = jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
+        segment_ids = (slots >= cache.start[:, None]).astype(jnp.int32)  # [B, T], 0 for padding
+        positions = jnp.maximum(slots - cache.start[:, None], 0)
+        cos, sin = rope_tables(cfg, positions)
+        x = self.embed_tokens(tokens)
+        if cfg.first_k_dense_replace:
+            x, (latent, k_rope) = scan_prefill(self.dense_layers, x, cos, sin, segment_ids)
+            cache = cache.write_layers(0, latent, k_rope)
+        if cfg.num_moe_layers:
+            x, (latent, k_rope) = scan_prefill(self.moe_layers, x, cos, sin, segment_ids)
+            cache = cache.write_layers(cfg.first_k_dense_replace, latent, k_rope)
+        return self.logits(self.final_norm(x[:, -1:]))[:, 0], cache
+
+    def decode(self, tokens, slot, cache: LatentCache):
+        """tokens [B, T] at cache slots slot..slot+T-1 (every row's next tokens) -> (float32 logits
+        [B, T, V], cache with them written). T is 1 for a decode step."""
+        cfg, t = self.cfg, tokens.shape[1]
+        slot = jnp.asarray(slot, jnp.int32)
+        cos, sin = rope_tables(cfg, cache.positions(slot, t))
+        mask = cache.key_mask(slot, t)
+        x = self.embed_tokens(tokens)
+        if cfg.first_k_dense_replace:
+            x, cache = scan_decode(self.dense_layers, 0, x, cos, sin, cache, slot, mask)
+        if cfg.num_moe_layers:
+            x, cache = scan_decode(self.moe_layers, cfg.first_k_dense_replace, x, cos, sin, cache, slot, mask)
+        return self.logits(self.final_norm(x)), cache
 
     def mtp_logits(self, h, tokens, positions=None, segment_ids=None):
         """The MTP module's float32 logits [B, T, V] (position t predicts tokens[t+2]) and its MoE

@@ -1,0 +1,442 @@
+"""Generate with a checkpoint: R1 chat prompts, prefill + decode on MLA's latent cache, sampling.
+
+    python -m r1jax.generate --checkpoint CKPT --prompt TEXT            # streams to the console
+    python -m r1jax.generate --checkpoint CKPT --input FILE.jsonl --output FILE.jsonl
+        [--temperature 0.6] [--top_p 0.95] [--top_k 0] [--seed 0] [--max_new_tokens 1024]
+        [--stop STR ...] [--batch_size 8] [--dtype bfloat16] [--mesh fsdp=2,tensor=4]
+
+CKPT is a model checkpoint (python -m r1jax.convert) or a training run (RUN for its latest step,
+RUN/checkpoints/STEP, RUN/best/STEP), resolved as export does. Input rows are {"prompt": str} (one
+user turn) or {"messages": [...]} (a final assistant turn, if any, is dropped: generation replaces
+it); output rows keep the input's fields and add text, reasoning, answer, n_tokens, finish_reason.
+
+Prompts are rendered in the R1 chat format and end with `<｜Assistant｜><think>\\n`, so the model
+writes its reasoning first: `reasoning` is the text before `</think>`, `answer` what follows it (all
+of the text is reasoning, and `answer` empty, when `</think>` never came).
+
+Python API (what other code calls; HumanEval evaluation builds on it):
+
+    generate_texts(model: Transformer, tokenizer, prompts: list[str | list[dict]],
+                   settings: GenerationSettings = GenerationSettings(), *, mesh=None,
+                   on_text=None) -> list[dict]
+
+`prompts[i]` is a user message (str) or a conversation ([{"role", "content"}, ...]). Returns, per
+prompt in order, {"text": str, "reasoning": str, "answer": str, "tokens": list[int] (generated ids,
+the end-of-sentence token included when produced), "n_tokens": int, "finish_reason": "stop" (end of
+sentence or a stop string) | "length" (max_new_tokens)}. `text` is cut before the first stop
+string. `on_text(i, piece)` receives prompt i's text as it grows (console streaming). `mesh`: the
+mesh the model's params are placed on (load(..., mesh=mesh)); None for one device.
+`generate_ids` is the same on token ids. Sampling: r1jax/sampling.py.
+
+Decode: left-padded batches (every row's next token at one shared cache slot); `prefill` runs the
+prompts through the training forward and fills the latent cache; each call of the jitted decode
+function then runs `steps_per_call` steps under a lax.scan (sample, write, attend with kv_b absorbed).
+EOS is handled inside the loop; stop strings between calls, on the decoded text.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from r1jax import checkpoint, sampling, sharding
+from r1jax.data.chat import generation_prompt
+from r1jax.data.formats import DataError, parse_row, split_reasoning
+from r1jax.data.tokenizer import encode, load_tokenizer
+from r1jax.export import training_step_dir
+from r1jax.model.config import ConfigError
+from r1jax.model.latent_cache import LatentCache, init_cache
+from r1jax.model.transformer import Transformer
+
+PROMPT_BUCKET = 64  # prompts are left-padded to a multiple of this: few shapes to compile
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 1024
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 0
+    seed: int = 0
+    stop: tuple[str, ...] = ()              # stop strings (the text is cut before them)
+    eos_token_ids: tuple[int, ...] = ()     # () = the tokenizer's end-of-sentence token
+    batch_size: int = 8
+    steps_per_call: int = 8                 # decode steps per jitted call (1 for token streaming)
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.steps_per_call < 1:
+            raise ValueError("max_new_tokens, batch_size and steps_per_call must be >= 1")
+        self.sampling  # validates temperature / top_p / top_k
+
+    @property
+    def sampling(self) -> sampling.SamplingSettings:
+        return sampling.SamplingSettings(self.temperature, self.top_p, self.top_k)
+
+
+class Decoding(NamedTuple):
+    """The decode loop's state (a pytree)."""
+    cache: LatentCache
+    logits: jnp.ndarray   # [B, V] float32: next-token logits of every row
+    slot: jnp.ndarray     # () int32: the cache slot the next token goes to
+    done: jnp.ndarray     # [B] bool: row finished (emits -1 from now on)
+    rows: jnp.ndarray     # [B] int32: prompt index of each row (its sampling key)
+    step: jnp.ndarray     # () int32: tokens generated so far
+    seed: jnp.ndarray     # () int32
+
+
+# ---- the jitted engine ---------------------------------------------------------------------------
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_len"))
+def _prefill(graphdef, state, tokens, start, rows, done, seed, max_len: int) -> Decoding:
+    model = nnx.merge(graphdef, state)
+    cache = init_cache(model.cfg, tokens.shape[0], max_len, start)
+    logits, cache = model.prefill(tokens, cache)
+    return Decoding(cache, logits, jnp.asarray(tokens.shape[1], jnp.int32), done, rows,
+                    jnp.zeros((), jnp.int32), seed)
+
+
+def _decode(graphdef, state, d: Decoding, eos_ids, n: int, settings: sampling.SamplingSettings):
+    """n decode steps -> (Decoding, tokens [B, n] int32, -1 where a row had already finished)."""
+    model = nnx.merge(graphdef, state)
+
+    def step(d: Decoding, _):
+        tok = sampling.sample(d.logits, sampling.row_keys(d.seed, d.rows, d.step), settings)
+        out = jnp.where(d.done, -1, tok)
+        done = d.done | jnp.isin(tok, eos_ids)
+        logits, cache = model.decode(jnp.where(d.done, 0, tok)[:, None], d.slot, d.cache)
+        return d._replace(cache=cache, logits=logits[:, 0], slot=d.slot + 1, done=done,
+                          step=d.step + 1), out
+
+    d, toks = jax.lax.scan(step, d, None, length=n)
+    return d, toks.T
+
+
+@functools.cache
+def _decode_fn(backend: str):
+    # The cache is updated in place where buffers can be donated (not on CPU, which would warn).
+    return jax.jit(_decode, static_argnames=("graphdef", "n", "settings"),
+                   donate_argnames=() if backend == "cpu" else ("d",))
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def _batch_multiple(mesh) -> int:
+    """Rows of a batch must divide over the mesh's data-like axes (the "batch" rule)."""
+    if mesh is None:
+        return 1
+    spec = sharding.logical_to_spec(("batch",))[0]
+    names = (spec,) if isinstance(spec, str) else tuple(spec or ())
+    return int(np.prod([mesh.shape[a] for a in names if a in mesh.shape]))
+
+
+@dataclasses.dataclass
+class _Row:
+    index: int
+    tokens: list
+    finish: str | None = None
+    emitted: int = 0  # characters already given to on_text
+
+
+def generate_ids(model: Transformer, prompts: Sequence[Sequence[int]],
+                 settings: GenerationSettings = GenerationSettings(), *, eos_token_ids: Sequence[int],
+                 mesh=None, detokenize: Callable[[list[int]], str] | None = None,
+                 on_text: Callable[[int, str], None] | None = None) -> list[dict]:
+    """Generates after each prompt (token ids, BOS included): [{"tokens", "finish_reason", "text"?}].
+
+    Stop strings and on_text need `detokenize` (generated ids -> text, EOS excluded); "text" is
+    then returned too. Batches of settings.batch_size rows (rounded up to the mesh's data axes);
+    a short last batch is filled with finished dummy rows, so every batch has one shape.
+    """
+    graphdef, state = nnx.split(model)
+    cfg = model.cfg
+    eos = jnp.asarray(sorted(set(eos_token_ids)), jnp.int32)
+    bsz = _round_up(settings.batch_size, _batch_multiple(mesh))
+    chunk = min(settings.steps_per_call, settings.max_new_tokens)
+    n_steps = _round_up(settings.max_new_tokens, chunk)
+    stops = tuple(s for s in settings.stop if s)
+    hold = max((len(s) for s in stops), default=1) - 1  # streamed text stays this far behind
+    if not eos_token_ids:
+        raise ValueError("eos_token_ids is empty: pass the tokenizer's end-of-sentence id")
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"prompt {i}: no tokens")
+        if max(p) >= cfg.vocab_size:
+            raise ValueError(f"prompt {i}: token id {max(p)} >= vocab_size {cfg.vocab_size}")
+    results: list[dict] = [None] * len(prompts)  # type: ignore[list-item]
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        for first in range(0, len(prompts), bsz):
+            idx = list(range(first, min(first + bsz, len(prompts))))
+            t = _round_up(max(len(prompts[i]) for i in idx), PROMPT_BUCKET)
+            if t + n_steps > cfg.max_position_embeddings:
+                raise ValueError(f"prompt of {t} tokens + {n_steps} new > max_position_embeddings "
+                                 f"{cfg.max_position_embeddings}")
+            tokens = np.zeros((bsz, t), np.int32)
+            start = np.full((bsz,), t - 1, np.int32)
+            for r, i in enumerate(idx):
+                tokens[r, t - len(prompts[i]):] = prompts[i]
+                start[r] = t - len(prompts[i])
+            rows = np.arange(first, first + bsz, dtype=np.int32)
+            done = np.arange(bsz) >= len(idx)
+            put = functools.partial(_place, mesh=mesh)
+            d = _prefill(graphdef, state, put(tokens), put(start), put(rows), put(done),
+                         jnp.asarray(settings.seed, jnp.int32), max_len=t + n_steps)
+            live = [_Row(i, []) for i in idx]
+            for _ in range(n_steps // chunk):
+                d, toks = _decode_fn(jax.default_backend())(graphdef, state, d, eos, chunk, settings.sampling)
+                toks = np.asarray(toks)
+                stopped = np.zeros((bsz,), bool)
+                for r, row in enumerate(live):
+                    if row.finish is not None:
+                        continue
+                    for tok in toks[r]:
+                        row.tokens.append(int(tok))
+                        if int(tok) in eos_token_ids:
+                            row.finish = "stop"
+                            break
+                        if len(row.tokens) >= settings.max_new_tokens:
+                            row.finish = "length"
+                            break
+                    if detokenize is not None and (stops or on_text is not None):
+                        text, hit = sampling.cut_at_stop(detokenize(_without_eos(row.tokens, eos_token_ids)),
+                                                         stops)
+                        if hit:
+                            row.finish = "stop"
+                        if on_text is not None:
+                            end = len(text) if row.finish else max(len(text) - hold, row.emitted)
+                            if text[row.emitted:end].endswith("\ufffd") and not row.finish:
+                                end -= 1  # a partial UTF-8 character: wait for its other bytes
+                            if end > row.emitted:
+                                on_text(row.index, text[row.emitted:end])
+                                row.emitted = end
+                    stopped[r] = row.finish is not None
+                if all(row.finish is not None for row in live):
+                    break
+                if stopped.any():  # finished by a stop string: stop sampling those rows
+                    d = d._replace(done=d.done | put(stopped))
+            for row in live:
+                out = {"tokens": row.tokens, "finish_reason": row.finish or "length"}
+                if detokenize is not None:
+                    out["text"] = sampling.cut_at_stop(detokenize(_without_eos(row.tokens, eos_token_ids)),
+                                                       stops)[0]
+                results[row.index] = out
+    return results
+
+
+def _place(x: np.ndarray, mesh=None) -> jax.Array:
+    """A host batch array [B, ...] on the devices: rows over the mesh's data-like axes."""
+    if mesh is None:
+        return jnp.asarray(x)
+    spec = sharding.logical_to_spec(("batch",) + (None,) * (x.ndim - 1))
+    return jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
+
+
+def _without_eos(tokens: list[int], eos_ids) -> list[int]:
+    return tokens[:-1] if tokens and tokens[-1] in eos_ids else tokens
+
+
+# ---- prompts and outputs -------------------------------------------------------------------------
+
+def render_prompt(prompt: str | Sequence[dict], where: str = "prompt") -> str:
+    """A user message (str) or a conversation -> the R1 generation prompt (ends with
+    `<｜Assistant｜><think>\\n`). A final assistant turn is dropped; DataError names `where`."""
+    if isinstance(prompt, str):
+        msgs = [{"role": "user", "content": prompt}]
+    elif isinstance(prompt, (list, tuple)):
+        msgs = list(prompt)
+    else:
+        raise DataError(f"{where}: a prompt is a string or a list of messages, got {type(prompt).__name__}")
+    if not msgs or not isinstance(msgs[-1], dict) or msgs[-1].get("role") != "assistant":
+        msgs = msgs + [{"role": "assistant", "content": ""}]  # the turn generation writes
+    return generation_prompt(parse_row({"messages": msgs}, where))
+
+
+def split_output(text: str) -> tuple[str, str]:
+    """(reasoning, answer) of generated text that followed `<think>\\n`: split at `</think>`; with
+    no `</think>`, the reasoning never ended and the answer is empty."""
+    if "</think>" not in text:
+        return text, ""
+    reasoning, answer = split_reasoning(text)
+    return reasoning or "", answer
+
+
+def eos_ids_of(tokenizer) -> tuple[int, ...]:
+    return (int(tokenizer.eos_token_id),)
+
+
+def generate_texts(model: Transformer, tokenizer, prompts: Sequence[str | Sequence[dict]],
+                   settings: GenerationSettings = GenerationSettings(), *, mesh=None,
+                   on_text: Callable[[int, str], None] | None = None) -> list[dict]:
+    """See the module docstring: per prompt {"text", "reasoning", "answer", "tokens", "n_tokens",
+    "finish_reason"}."""
+    ids = [encode(tokenizer, render_prompt(p, f"prompts[{i}]"), add_bos=True) for i, p in enumerate(prompts)]
+    eos = settings.eos_token_ids or eos_ids_of(tokenizer)
+    detok = lambda t: tokenizer.decode(t, skip_special_tokens=False)
+    out = generate_ids(model, ids, settings, eos_token_ids=eos, mesh=mesh, detokenize=detok, on_text=on_text)
+    for o in out:
+        o["reasoning"], o["answer"] = split_output(o["text"])
+        o["n_tokens"] = len(o["tokens"])
+    return out
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+
+def load(path: str, dtype: str = "bfloat16", mesh=None) -> tuple[Transformer, str]:
+    """(model, directory of its config and side files) from a model checkpoint or a training run
+    (resolved as export does: RUN, RUN/checkpoints/STEP, RUN/best/STEP); params are placed by
+    r1jax.sharding.variable_shardings on `mesh` (None: the default device)."""
+    step_dir = training_step_dir(path)
+    meta_dir = os.path.join(os.path.dirname(os.path.dirname(step_dir)), "model") if step_dir else path
+    cfg = checkpoint.read_config(meta_dir, dtype=dtype)
+    abstract = checkpoint.abstract_model(cfg)
+    if mesh is None:
+        dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shard = jax.tree.map(lambda _: dev, nnx.to_pure_dict(nnx.state(abstract)))
+    else:
+        shard = nnx.to_pure_dict(sharding.variable_shardings(nnx.state(abstract), mesh))
+    if step_dir is None:
+        return checkpoint.load_model(path, cfg, shard), meta_dir
+    # A trainer's state item is {"params", "rest", "opt_state"}; the first two are the model's
+    # variables split by kind (r1jax/step.py), in the model checkpoint's nested layout.
+    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+    target = {k: jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                              nnx.to_pure_dict(part), _select(shard, nnx.to_pure_dict(part)))
+              for k, part in (("params", params), ("rest", rest))}
+    try:
+        restored = ocp.PyTreeCheckpointer().restore(
+            os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
+                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True))
+    except Exception as e:  # orbax raises many types; all mean the same to a user
+        raise checkpoint.CheckpointError(f"{step_dir}/state: cannot restore: "
+                                         f"{type(e).__name__}: {e}") from None
+    nnx.replace_by_pure_dict(params, restored["params"])
+    nnx.replace_by_pure_dict(rest, restored["rest"])
+    return nnx.merge(graphdef, params, rest), meta_dir
+
+
+def _select(full: dict, like: dict) -> dict:
+    """The entries of nested dict `full` at the paths of nested dict `like`."""
+    return {k: _select(full[k], v) if isinstance(v, dict) else full[k] for k, v in like.items()}
+
+
+def parse_mesh(spec: str | None):
+    """"fsdp=2,tensor=4" -> a mesh of those axis sizes (data takes the rest); None -> no mesh."""
+    if not spec:
+        return None
+    sizes = {}
+    for part in spec.split(","):
+        name, _, value = part.partition("=")
+        if name not in sharding.MESH_AXES or not value.lstrip("-").isdigit():
+            raise ValueError(f"--mesh {spec!r}: expected AXIS=N,... with AXIS one of {sharding.MESH_AXES}")
+        sizes[name] = int(value)
+    sizes.setdefault("data", -1)
+    return sharding.make_mesh(**sizes)
+
+
+# ---- command line --------------------------------------------------------------------------------
+
+def read_prompts(path: str) -> list[tuple[dict, str | list]]:
+    """(row, prompt) of each JSONL row: {"prompt": str} or {"messages": [...]}; errors name file:line."""
+    out = []
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise DataError(f"{path}: cannot open: {e.strerror}") from None
+    with f:
+        for lineno, line in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: invalid JSON: {e.msg}") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+            if "messages" in row:
+                prompt = row["messages"]
+            elif isinstance(row.get("prompt"), str):
+                prompt = row["prompt"]
+            else:
+                raise DataError(f"{where}: expected a string 'prompt' or a 'messages' list "
+                                f"(keys: {sorted(row)})")
+            render_prompt(prompt, where)  # validates now, before any model is loaded
+            out.append((row, prompt))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m r1jax.generate", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="model checkpoint or training run")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="one user message; the output streams to stdout")
+    src.add_argument("--input", help="JSONL rows with 'prompt' or 'messages'")
+    p.add_argument("--output", help="JSONL output (with --input)")
+    d = GenerationSettings()
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0 is greedy")
+    p.add_argument("--top_p", type=float, default=d.top_p)
+    p.add_argument("--top_k", type=int, default=d.top_k, help="0 is off")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--max_new_tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--stop", nargs="+", default=[], metavar="STR", help="stop strings")
+    p.add_argument("--batch_size", type=int, default=d.batch_size)
+    p.add_argument("--steps_per_call", type=int, default=d.steps_per_call,
+                   help="decode steps per jitted call with --input (--prompt streams every token)")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="compute dtype")
+    p.add_argument("--mesh", help="mesh axis sizes, e.g. tensor=8 or fsdp=2,tensor=4 (default: one device)")
+    a = p.parse_args(argv)
+    if a.input and not a.output:
+        p.error("--input needs --output")
+    log = lambda s: print(s, file=sys.stderr, flush=True)
+    try:
+        settings = GenerationSettings(
+            max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
+            seed=a.seed, stop=tuple(a.stop), batch_size=1 if a.prompt is not None else a.batch_size,
+            steps_per_call=1 if a.prompt is not None else a.steps_per_call)
+        rows = [({"prompt": a.prompt}, a.prompt)] if a.prompt is not None else read_prompts(a.input)
+        if a.prompt is not None:
+            render_prompt(a.prompt)
+        mesh = parse_mesh(a.mesh)
+        t0 = time.time()
+        model, meta_dir = load(a.checkpoint, a.dtype, mesh)
+        own_tok = os.path.exists(os.path.join(meta_dir, "tokenizer.json"))
+        tokenizer = load_tokenizer(meta_dir if own_tok else None)
+        log(f"generate: loaded {a.checkpoint} in {time.time() - t0:.1f}s; {len(rows)} prompt(s)")
+    except (ValueError, DataError, ConfigError, checkpoint.CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    t0 = time.time()
+    stream = (lambda i, piece: print(piece, end="", flush=True)) if a.prompt is not None else None
+    out = generate_texts(model, tokenizer, [pr for _, pr in rows], settings, mesh=mesh, on_text=stream)
+    n = sum(o["n_tokens"] for o in out)
+    if a.prompt is not None:
+        print()
+    else:
+        tmp = a.output + ".partial"
+        with open(tmp, "w", encoding="utf-8") as f:
+            for (row, _), o in zip(rows, out):
+                f.write(json.dumps({**row, "text": o["text"], "reasoning": o["reasoning"],
+                                    "answer": o["answer"], "n_tokens": o["n_tokens"],
+                                    "finish_reason": o["finish_reason"]}, ensure_ascii=False) + "\n")
+        os.replace(tmp, a.output)
+    log(f"generate: {len(out)} outputs, {n} tokens in {time.time() - t0:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
