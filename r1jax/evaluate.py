@@ -1,6 +1,8 @@
-"""Score a checkpoint: mean next-token loss, perplexity and token accuracy over a JSONL file.
+"""Score a checkpoint: mean next-token loss, perplexity and token accuracy over a JSONL file, or, with
+--task, a task metric on generated answers (HumanEval pass@k, exact match, contains, boxed math).
 
     python -m r1jax.evaluate --checkpoint CKPT --data FILE.jsonl [--dtype float32] [--batch_size 8] [--json]
+    python -m r1jax.evaluate --task humaneval --checkpoint CKPT [--n_samples N --k 1,10 ...]  (r1jax/tasks/cli.py)
 
 Rows are `{"input_ids": [...]}` or `{"text": ...}` (R1 tokenizer, BOS prepended). The loss is the mean
 NLL in nats over every predicted token: tokens 1..n-1 of each row from their prefix, padding excluded.
@@ -24,6 +26,9 @@ from r1jax import checkpoint
 from r1jax.data import DataError, load_tokenizer, read_scoring_rows
 from r1jax.losses import next_token_loss_sums
 from r1jax.model.config import ConfigError
+from r1jax.tasks import cli as task_cli
+from r1jax.tasks.humaneval import HumanEvalError
+from r1jax.tasks.runner import TaskError
 
 
 def bucket_length(n: int, multiple: int = 64) -> int:
@@ -76,17 +81,28 @@ def score(model, rows, batch_size: int, log=lambda s: None) -> dict:
             "accuracy": correct / count, "sequences": len(rows)}
 
 
-def main(argv=None) -> int:
+def main(argv=None, generate_fn=None) -> int:
+    """generate_fn (task mode only): prompts -> [{"answer", "text", ...}] in place of the checkpoint's
+    model, for callers that bring their own generation."""
     p = argparse.ArgumentParser(prog="python -m r1jax.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="r1jax model checkpoint (python -m r1jax.convert)")
-    p.add_argument("--data", required=True, help="JSONL rows with input_ids or text")
+    p.add_argument("--data", help="JSONL rows with input_ids or text (with --task: the task's rows)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="compute dtype")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object, last line")
+    task_cli.add_arguments(p)
     a = p.parse_args(argv)
     if a.batch_size < 1:
         p.error("--batch_size must be >= 1")
     log = lambda s: print(s, file=sys.stderr, flush=True)
+    if a.task:
+        try:
+            return task_cli.run(a, generate_fn, log)
+        except (TaskError, HumanEvalError, DataError, ConfigError, checkpoint.CheckpointError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    if not a.data:
+        p.error("--data is required (or --task)")
     try:
         cfg = checkpoint.read_config(a.checkpoint, dtype=a.dtype)
         # The checkpoint's own tokenizer when it has one; else the packaged R1 one, loaded on demand.

@@ -56,7 +56,19 @@ def defaults() -> ml_collections.ConfigDict:
     c.train.mtp_loss_weight = 0.0      # needs model.with_mtp
     c.train.router_bias_rate = 0.0     # aux-loss-free balancing: b += rate * sign(mean_load - load)
     c.train.loss_chunk = 4096          # LM head + cross-entropy over this many positions at a time; 0 = all
-    c.train.task_eval_every = 0        # reserved for task metrics (0 = off)
+    c.train.task_eval_every = 0        # task metric (section `task`, r1jax/task_eval.py) every N steps; 0 = off
+
+    c.task = ml_collections.ConfigDict()   # task metrics during training: r1jax/task_eval.py
+    c.task.name = "humaneval"          # humaneval | exact_match | contains | boxed
+    c.task.data = ""                   # JSONL prompts + references; "" = bundled HumanEval (humaneval only)
+    c.task.limit = 16                  # held-out items (an even spread); 0 = all
+    c.task.n_samples = 1
+    c.task.k = "1"                     # pass@k, comma-separated, each <= n_samples
+    c.task.temperature = 0.6
+    c.task.top_p = 0.95
+    c.task.max_new_tokens = 512
+    c.task.timeout_s = 10.0            # per HumanEval program in the sandbox
+    c.task.workers = 0                 # sandbox processes at once; 0 = CPU count
 
     c.optim = ml_collections.ConfigDict()
     o = OptimConfig()
@@ -119,6 +131,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for key in positive:
         if got[key] <= 0:
             raise RunConfigError(f"config key {key}={got[key]}: must be > 0")
+    _validate_task(got)
     if got["train.steps"] <= 0 and got["train.epochs"] <= 0:
         raise RunConfigError("config keys train.steps and train.epochs: one must be > 0")
     if got["train.batch_size"] % got["train.grad_accum"]:
@@ -130,6 +143,28 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise RunConfigError(f"config key train.loss_chunk={got['train.loss_chunk']}: must be >= 0")
     if got["train.mtp_loss_weight"] and not got["model.with_mtp"]:
         raise RunConfigError("config key train.mtp_loss_weight > 0 needs model.with_mtp=True")
+
+
+def _validate_task(got: dict) -> None:
+    from r1jax.tasks.runner import TASKS
+    if got["train.task_eval_every"] < 0:
+        raise RunConfigError(f"config key train.task_eval_every={got['train.task_eval_every']}: must be >= 0")
+    if got["task.name"] not in TASKS:
+        raise RunConfigError(f"config key task.name={got['task.name']!r}: one of {', '.join(TASKS)}")
+    if got["task.name"] != "humaneval" and got["train.task_eval_every"] and not got["task.data"]:
+        raise RunConfigError(f"config key task.data: task {got['task.name']} needs a JSONL of prompts "
+                             "and references")
+    for key in ("task.n_samples", "task.max_new_tokens", "task.timeout_s"):
+        if got[key] <= 0:
+            raise RunConfigError(f"config key {key}={got[key]}: must be > 0")
+    if got["task.limit"] < 0 or got["task.workers"] < 0 or got["task.temperature"] < 0:
+        raise RunConfigError("config keys task.limit, task.workers, task.temperature: must be >= 0")
+    if not 0 < got["task.top_p"] <= 1:
+        raise RunConfigError(f"config key task.top_p={got['task.top_p']}: must be in (0, 1]")
+    ks = [k.strip() for k in got["task.k"].split(",") if k.strip()]
+    if not ks or not all(k.isdigit() and 1 <= int(k) <= got["task.n_samples"] for k in ks):
+        raise RunConfigError(f"config key task.k={got['task.k']!r}: integers in 1..task.n_samples="
+                             f"{got['task.n_samples']}, comma-separated")
 
 
 def _pairs(text: str, key: str) -> dict[str, float]:

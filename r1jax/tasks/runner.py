@@ -1,0 +1,143 @@
+"""Task evaluation: load a task's items, generate n samples per item, score them, summarize.
+
+Generation is injected: `generate_fn(prompts: list[str]) -> list[dict]` takes user messages and returns
+one dict per prompt with at least "answer" (the text after `</think>`) and "text" (everything
+generated); "reasoning", "tokens" and "finish_reason" are kept in the records when present. Sampling
+settings (temperature, top-p, length) are bound into generate_fn by the caller.
+
+Tasks:
+- humaneval: the bundled 164 problems (or a HumanEval-format FILE), code extracted from the answer
+  and run in the sandbox; pass@k (unbiased estimator) over n samples per problem.
+- exact_match / contains / boxed: a JSONL FILE of rows with a prompt ("prompt", "input" or
+  "question") and a reference ("answer", "output" or "reference"); the answer is scored by
+  r1jax.tasks.answers. With n samples per item, pass@k counts an item solved by any of k.
+Every task reports "accuracy" (mean over all samples) and pass@k for each requested k <= n.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Callable
+
+from r1jax.tasks import answers, humaneval, sandbox
+
+TASKS = ("humaneval", "exact_match", "contains", "boxed")
+_PROMPT_KEYS = ("prompt", "input", "question")
+_REFERENCE_KEYS = ("answer", "output", "reference")
+
+GenerateFn = Callable[[list[str]], list[dict]]
+
+
+class TaskError(ValueError):
+    """Bad task name, settings or data; the message names the file, line and key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSettings:
+    n_samples: int = 1
+    ks: tuple[int, ...] = (1,)
+    limit: int = 0                            # 0 = every item; else an even spread of this many
+    limits: sandbox.Limits = sandbox.Limits()
+    workers: int = 0                          # sandbox processes at once; 0 = CPU count
+
+    def __post_init__(self):
+        if self.n_samples < 1:
+            raise TaskError(f"n_samples must be >= 1, got {self.n_samples}")
+        bad = [k for k in self.ks if not 1 <= k <= self.n_samples]
+        if not self.ks or bad:
+            raise TaskError(f"k values {list(self.ks)} must each be in 1..n_samples={self.n_samples}")
+
+
+def read_reference_rows(path: str) -> list[dict]:
+    """[{"id", "prompt", "reference"}] from a JSONL file; bad rows fail naming file:line and key."""
+    items = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TaskError(f"{path}:{line_no}: not JSON: {e}") from None
+            if not isinstance(row, dict):
+                raise TaskError(f"{path}:{line_no}: a row must be a JSON object")
+            got = {}
+            for role, keys in (("prompt", _PROMPT_KEYS), ("reference", _REFERENCE_KEYS)):
+                key = next((k for k in keys if k in row), None)
+                if key is None or not isinstance(row[key], str):
+                    raise TaskError(f"{path}:{line_no}: needs a string {role} under one of "
+                                    f"{', '.join(keys)}; has keys {sorted(row)}")
+                got[role] = row[key]
+            items.append({"id": str(row.get("id", line_no)), **got})
+    if not items:
+        raise TaskError(f"{path}: no rows")
+    return items
+
+
+def load_items(task: str, data: str = "", limit: int = 0) -> list[dict]:
+    """The task's items ({"id", "prompt", ...}), an even spread of `limit` of them when limit > 0."""
+    if task not in TASKS:
+        raise TaskError(f"unknown task {task!r}; one of {', '.join(TASKS)}")
+    if task == "humaneval":
+        problems = humaneval.load_problems(data)
+        items = [{"id": p["task_id"], "prompt": humaneval.chat_prompt(p), "problem": p} for p in problems]
+    else:
+        if not data:
+            raise TaskError(f"task {task} needs a data file (JSONL with prompts and references)")
+        items = read_reference_rows(data)
+    return humaneval.spread(items, limit)
+
+
+def _score_answers(task: str, items: list[dict], outs: list[dict], n: int, st: TaskSettings) -> list[dict]:
+    """One {"passed", ...} per sample, in (item, sample) order."""
+    if task == "humaneval":
+        codes = [humaneval.extract_code(o.get("answer", ""), items[i // n]["problem"]["entry_point"])
+                 for i, o in enumerate(outs)]
+        programs = [humaneval.program(items[i // n]["problem"], c) for i, c in enumerate(codes)]
+        results = sandbox.run_many(programs, st.limits, st.workers)
+        return [{"passed": r.passed, "status": r.status, "stderr_tail": r.stderr_tail[-1000:],
+                 "run_s": round(r.duration_s, 4), "code": c} for r, c in zip(results, codes)]
+    check = {"exact_match": answers.exact_match, "contains": answers.contains,
+             "boxed": answers.boxed_match}[task]
+    out = []
+    for i, o in enumerate(outs):
+        ref = items[i // n]["reference"]
+        # exact/contains judge the final answer; boxed looks for the box anywhere in what was generated
+        pred = o.get("text", "") if task == "boxed" else o.get("answer", "")
+        rec = {"passed": bool(check(pred, ref)), "reference": ref}
+        if task == "boxed":
+            rec["boxed"] = answers.last_boxed(pred)
+        out.append(rec)
+    return out
+
+
+def evaluate(task: str, items: list[dict], generate_fn: GenerateFn,
+             settings: TaskSettings = TaskSettings()) -> tuple[list[dict], dict]:
+    """(per-sample records, summary) for `task` over `items` with `generate_fn`."""
+    n = settings.n_samples
+    prompts = [it["prompt"] for it in items for _ in range(n)]
+    t0 = time.perf_counter()
+    outs = generate_fn(prompts)
+    gen_s = time.perf_counter() - t0
+    if len(outs) != len(prompts):
+        raise TaskError(f"generate_fn returned {len(outs)} results for {len(prompts)} prompts")
+    t1 = time.perf_counter()
+    scored = _score_answers(task, items, outs, n, settings)
+    records = []
+    for i, (o, s) in enumerate(zip(outs, scored)):
+        rec = {"task": task, "id": items[i // n]["id"], "sample": i % n,
+               "answer": o.get("answer", ""), **s}
+        for key in ("reasoning", "tokens", "finish_reason"):
+            if key in o:
+                rec[key] = o[key]
+        records.append(rec)
+    counts = [(n, sum(r["passed"] for r in records[j * n:(j + 1) * n])) for j in range(len(items))]
+    summary = {"task": task, "items": len(items), "samples": len(records),
+               "accuracy": sum(r["passed"] for r in records) / len(records),
+               **humaneval.mean_pass_at_k(counts, list(settings.ks)),
+               "generate_s": round(gen_s, 3), "score_s": round(time.perf_counter() - t1, 3)}
+    if task == "humaneval":
+        statuses = [r["status"] for r in records]
+        summary["status_counts"] = {s: statuses.count(s) for s in sandbox.STATUSES if s in statuses}
+    return records, summary
