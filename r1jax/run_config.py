@@ -10,6 +10,7 @@ import ml_collections
 
 from r1jax.model.config import ModelConfig, preset
 from r1jax.optim import OptimConfig
+from r1jax.sharding import MESH_PRESETS
 
 
 class RunConfigError(ValueError):
@@ -95,6 +96,12 @@ def defaults() -> ml_collections.ConfigDict:
     c.mesh.fsdp = 1
     c.mesh.expert = 1
     c.mesh.tensor = 1
+    c.mesh.preset = ""                 # r1jax.sharding.MESH_PRESETS; set: its sizes replace the four above
+
+    c.dist = ml_collections.ConfigDict()  # several processes (r1jax/distributed.py); unset = detected
+    c.dist.coordinator = ""            # "HOST:PORT" of process 0; "" = from the launcher (SLURM, TPU pod)
+    c.dist.num_processes = 0           # 0 = from the launcher (one process when there is none)
+    c.dist.process_id = -1             # -1 = from the launcher
     return c
 
 
@@ -143,6 +150,17 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise RunConfigError(f"config key train.loss_chunk={got['train.loss_chunk']}: must be >= 0")
     if got["train.mtp_loss_weight"] and not got["model.with_mtp"]:
         raise RunConfigError("config key train.mtp_loss_weight > 0 needs model.with_mtp=True")
+    if got["mesh.preset"] and got["mesh.preset"] not in MESH_PRESETS:
+        raise RunConfigError(f"config key mesh.preset={got['mesh.preset']!r}: choose one of {MESH_PRESETS}")
+    if got["dist.num_processes"] < 0 or got["dist.process_id"] < -1:
+        raise RunConfigError(f"config keys dist.num_processes={got['dist.num_processes']} (>= 0) / "
+                             f"dist.process_id={got['dist.process_id']} (>= -1) out of range")
+    if 0 < got["dist.num_processes"] <= got["dist.process_id"]:
+        raise RunConfigError(f"config key dist.process_id={got['dist.process_id']} must be < "
+                             f"dist.num_processes={got['dist.num_processes']}")
+    host, _, port = got["dist.coordinator"].rpartition(":")
+    if got["dist.coordinator"] and not (host and port.isdigit()):
+        raise RunConfigError(f"config key dist.coordinator={got['dist.coordinator']!r}: expected HOST:PORT")
 
 
 def _validate_task(got: dict) -> None:

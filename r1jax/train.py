@@ -1,8 +1,13 @@
 """Fine-tune an R1-architecture model: python -m r1jax.train --config=configs/code.py [--config.k=v]
 
-Reads top to bottom: config, mesh, data, model, shard, step, checkpoint, loop. Rerunning the same
-command in the same output_dir resumes exactly (params, optimizer state, router bias, step and the
-data iterator). SIGTERM saves a checkpoint and exits cleanly.
+Reads top to bottom: config, processes, mesh, data, model, shard, step, checkpoint, loop. Rerunning the
+same command in the same output_dir resumes exactly (params, optimizer state, router bias, step and the
+data iterator), on any mesh. SIGTERM saves a checkpoint and exits cleanly.
+
+Multi-host: every host runs this same command (tools/launch_tpu_pod.sh, tools/launch_slurm.sh); the
+processes join first (r1jax/distributed.py), each loads its own rows of every global batch, all of them
+write and restore the checkpoints, and only process 0 writes metrics, plots and config files.
+output_dir and data.cache_dir must be one directory every host sees.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from absl import app, logging as absl_logging
 from flax import nnx
 from ml_collections import config_flags
 
-from r1jax import checkpoint, run_config, sharding
+from r1jax import checkpoint, distributed, run_config, sharding
 from r1jax.data.loader import make_loader
 from r1jax.data.token_store import TokenStore
 from r1jax.flops import train_flops_per_token
@@ -61,18 +66,26 @@ def evaluate_split(eval_fn, params, rest, prefix, c, batch_sharding, max_batches
 def run(c) -> dict:
     """Runs (or resumes) training as configured; returns the final summary."""
     run_config.validate(c)
+    # ---- processes: joined before anything touches a device
+    joined = distributed.initialize(c.dist)
     is_main = jax.process_index() == 0
     os.makedirs(c.output_dir, exist_ok=True)
     if is_main:
         with open(os.path.join(c.output_dir, "config.json"), "w") as f:
             f.write(c.to_json_best_effort(indent=2))
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if is_main else (lambda s: None)
+    log(f"processes: {joined}")
 
-    # ---- mesh
+    # ---- mesh: set for the whole run, so that code tracing under it (shard_map) sees its axes
     mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.expert, c.mesh.tensor)
-    batch_sharding = sharding.batch_sharding(mesh)
     log(f"mesh {dict(mesh.shape)} over {mesh.devices.size} of {jax.device_count()} "
-        f"{jax.devices()[0].platform} device(s)")
+        f"{jax.devices()[0].platform} device(s) in {jax.process_count()} process(es)")
+    with jax.set_mesh(mesh):
+        return _train(c, mesh, is_main, log)
+
+
+def _train(c, mesh, is_main: bool, log) -> dict:
+    batch_sharding = sharding.batch_sharding(mesh)
 
     # ---- data
     train_prefix, val_prefix = prepare_data(c, log)
@@ -148,6 +161,7 @@ def run(c) -> dict:
 
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+    stop_agreed = distributed.AnyProcess()  # a SIGTERM on one host stops every host at the same step
 
     def do_eval(at_step: int, train_loss: float | None) -> bool:
         """Validation at `at_step`: logs, keeps the best checkpoint; True to stop early."""
@@ -187,7 +201,7 @@ def run(c) -> dict:
     t_last = time.perf_counter()
     try:
         while step < total_steps:
-            if stop["signal"] is not None:
+            if stop_agreed.poll(stop["signal"] is not None):
                 log(f"SIGTERM at step {step}: saving a checkpoint and exiting")
                 ckpts.save(step, *snapshot())
                 ckpts.wait()
@@ -279,7 +293,7 @@ def main(argv) -> None:
         raise app.UsageError("--config=configs/NAME.py is required")
     try:
         summary = run(_CONFIG.value)
-    except (TrainingError, run_config.RunConfigError) as e:
+    except (TrainingError, run_config.RunConfigError, distributed.DistributedError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(json.dumps(summary))

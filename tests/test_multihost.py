@@ -1,0 +1,169 @@
+"""python -m r1jax.train as 2 processes x 2 CPU devices over loopback (jax.distributed, gloo) equals
+1 process x 4 devices: the same losses at every step and the same final parameters."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "configs"))
+import tiny  # noqa: E402  (configs/tiny.py)
+
+from r1jax import distributed, run_config  # noqa: E402
+from r1jax.train import run  # noqa: E402
+from r1jax.train_data import prepare_data  # noqa: E402
+
+STEPS = 4
+TIMEOUT = 420  # seconds for the whole launch: 2 cores are shared with other test runs
+
+
+def _rows(path, n=200, seed=0):
+    """Rows of input_ids counting up (mod 32) from a random start, as in test_train."""
+    rng = np.random.RandomState(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            start, length = rng.randint(0, 32), rng.randint(20, 60)
+            f.write(json.dumps({"input_ids": [int(100 + (start + i) % 32) for i in range(length)]}) + "\n")
+
+
+def _config(data, out):
+    c = tiny.get_config()
+    c.output_dir = str(out)
+    c.data.train = str(data / "train.jsonl")
+    c.data.cache_dir = str(data / "cache")
+    c.data.max_examples = 0
+    c.train.steps = STEPS
+    c.train.batch_size = 4          # one row per device
+    c.train.seq_len = 32
+    c.train.log_every = 1
+    c.train.eval_every = 2
+    c.train.eval_batches = 2
+    c.train.checkpoint_every = 2
+    c.mesh.data = -1  # every device of every process
+    return c
+
+
+def _command(c):
+    overrides = {"output_dir": c.output_dir, "data.train": c.data.train, "data.cache_dir": c.data.cache_dir,
+                 "data.max_examples": 0, "train.steps": STEPS, "train.batch_size": c.train.batch_size,
+                 "train.seq_len": c.train.seq_len, "train.log_every": 1, "train.eval_every": 2,
+                 "train.eval_batches": 2, "train.checkpoint_every": 2, "mesh.data": -1}
+    return [sys.executable, "-m", "r1jax.train", f"--config={ROOT / 'configs' / 'tiny.py'}",
+            *(f"--config.{k}={v}" for k, v in overrides.items())]
+
+
+def _env(devices):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "TPU_", "JAX_COORD"))}
+    return dict(env, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_all(commands, meanwhile):
+    """Runs the (command, env) pairs concurrently and `meanwhile()` here; all are killed if one fails
+    or time runs out. Returns meanwhile's result and the processes' stderr."""
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cmd, env in commands]
+    try:
+        here = meanwhile()
+        outs = [p.communicate(timeout=TIMEOUT) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    return here, [err for _, err in outs]
+
+
+def _records(out):
+    return [json.loads(line) for line in open(Path(out) / "metrics.jsonl")]
+
+
+def _final_params(out):
+    """The last checkpoint's params and rest as {path: array}, restored onto this process's device 0
+    (the checkpoint records the saving processes' devices)."""
+    import jax
+    import orbax.checkpoint as ocp
+    path = Path(out) / "checkpoints" / str(STEPS) / "state"
+    with ocp.StandardCheckpointer() as ckptr:
+        meta = ckptr.metadata(path)
+        meta = getattr(meta, "item_metadata", meta)
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), dict(meta))
+        tree = ckptr.restore(path, target)
+    return {jax.tree_util.keystr(k): np.asarray(v)
+            for k, v in jax.tree_util.tree_flatten_with_path({"params": tree["params"],
+                                                              "rest": tree["rest"]})[0]}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    _rows(data / "train.jsonl")
+    one, two = tmp_path_factory.mktemp("one_process"), tmp_path_factory.mktemp("two_processes")
+    prepare_data(_config(data, one), log=lambda s: None)  # once, here: the launches below reuse it
+    port = _free_port()
+    multi = [(_command(_config(data, two)) + [f"--config.dist.coordinator=127.0.0.1:{port}",
+                                             "--config.dist.num_processes=2", f"--config.dist.process_id={i}"],
+              _env(2)) for i in range(2)]
+    # The reference runs in this process (8 CPU devices, conftest) on a mesh of its first 4.
+    one_cfg = _config(data, one)
+    one_cfg.mesh.data = 4
+    summary, errs = _run_all(multi, lambda: run(one_cfg))
+    return one, two, summary, errs
+
+
+def test_two_processes_equal_one(runs):
+    one, two, summary, (err_p0, err_p1) = runs
+    assert "over 4 of 4 cpu device(s) in 2 process(es)" in err_p0 and "process 0 of 2" in err_p0, err_p0[-2000:]
+    assert summary["step"] == STEPS
+    assert "compiled in" not in err_p1 and "val/loss" not in err_p1  # only process 0 logs
+    ref, got = _records(one), _records(two)
+    # Only process 0 writes metrics: each record once, in the same order as the single process.
+    assert [(r["step"], "val/loss" in r) for r in got] == [(r["step"], "val/loss" in r) for r in ref]
+    assert sum("train/loss" in r for r in got) == STEPS
+    for r0, r1 in zip(ref, got):
+        for key in ("train/loss", "val/loss", "grad_norm"):
+            if key in r0:
+                # Same math, another reduction order (gloo across processes vs in-process): float32
+                # rounding only, ~1e-7 relative per step.
+                assert r1[key] == pytest.approx(r0[key], rel=1e-5), (r0["step"], key)
+    want, params = _final_params(one), _final_params(two)
+    assert want.keys() == params.keys()
+    for k, v in want.items():
+        np.testing.assert_allclose(params[k], v, rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_launcher_detection_and_init_args():
+    c = run_config.defaults()
+    assert distributed.init_args(c.dist, {}) is None  # a plain run stays one process
+    slurm = {"SLURM_NTASKS": "4", "SLURM_STEP_NODELIST": "node[01-04]", "SLURM_PROCID": "2"}
+    assert distributed.launcher(slurm) == "slurm"
+    assert distributed.init_args(c.dist, slurm) == {"coordinator_address": None, "num_processes": None,
+                                                    "process_id": None}  # JAX reads SLURM's variables
+    assert distributed.launcher({"SLURM_NTASKS": "1", "SLURM_STEP_NODELIST": "n1"}) is None
+    assert distributed.launcher({"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"}) == "cloud tpu"
+    c.dist.num_processes = 16  # a TPU pod launch: the count given, the rest from the VM's metadata
+    assert distributed.init_args(c.dist, {}) == {"coordinator_address": None, "num_processes": 16,
+                                                 "process_id": None}
+    c.dist.num_processes = 1
+    assert distributed.init_args(c.dist, slurm) is None  # explicitly one process
+    for key, value, match in (("coordinator", "nohost", "dist.coordinator"),
+                              ("num_processes", 2, "dist.process_id"), ("process_id", -2, "dist.")):
+        c = run_config.defaults()
+        c.dist[key] = value
+        if key == "num_processes":
+            c.dist.process_id = 2
+        with pytest.raises(run_config.RunConfigError, match=match):
+            run_config.validate(c)
