@@ -2,11 +2,12 @@
 the trainer generates answers for a held-out subset of the configured task and logs its metric.
 
     evaluator = TaskEval(c)                          # once, after the config is validated
-    metrics = evaluator(generate_fn)                 # {"task/humaneval_pass@1": ..., ...}
+    metrics = evaluator.run_model(model, tokenizer, mesh)   # {"task/humaneval_pass@1": ..., ...}
+    metrics = evaluator(generate_fn)                 # the same with any generation function
 
-`generate_fn(prompts) -> [{"answer", "text", ...}]` wraps the current model with the sampling
-settings of `evaluator.sampling` (temperature, top_p, max_new_tokens, seed), e.g. with
-r1jax.generate. Config keys (r1jax/run_config.py, section `task`):
+`run_model` generates with r1jax.generate.generate_texts and `evaluator.sampling` (temperature,
+top_p, max_new_tokens, seed: GenerationSettings fields); `generate_fn(prompts) -> [{"answer",
+"text", ...}]` is for other generators. Config keys (r1jax/run_config.py, section `task`):
 
 | key | default | meaning |
 |---|---|---|
@@ -46,6 +47,12 @@ class TaskEval:
         self.items = runner.load_items(t.name, t.data, t.limit)
         self.sampling = {"temperature": t.temperature, "top_p": t.top_p,
                          "max_new_tokens": t.max_new_tokens, "seed": c.seed}
+
+    def run_model(self, model, tokenizer, mesh=None) -> dict[str, float]:
+        """The metrics of `model` (e.g. the trainer's current one), generating with r1jax.generate."""
+        from r1jax import generate
+        settings = generate.GenerationSettings(**self.sampling)
+        return self(lambda prompts: generate.generate_texts(model, tokenizer, prompts, settings, mesh=mesh))
 
     def __call__(self, generate_fn: runner.GenerateFn) -> dict[str, float]:
         _, summary = runner.evaluate(self.task, self.items, generate_fn, self.settings)

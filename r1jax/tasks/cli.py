@@ -43,11 +43,17 @@ def settings_from_args(a) -> runner.TaskSettings:
 
 
 def model_generate_fn(checkpoint_dir: str, dtype: str, temperature: float, top_p: float,
-                      max_new_tokens: int, seed: int) -> runner.GenerateFn:
-    """generate_fn backed by r1jax.generate on a checkpoint (loaded once)."""
-    from r1jax import generate     # generation is its own module; imported only when a model is needed
-    return generate.texts_fn(checkpoint_dir, dtype=dtype, temperature=temperature, top_p=top_p,
-                             max_new_tokens=max_new_tokens, seed=seed)
+                      max_new_tokens: int, seed: int, batch_size: int) -> runner.GenerateFn:
+    """generate_fn backed by r1jax.generate on a checkpoint or training run (loaded once), with the
+    checkpoint's own tokenizer when it has one, else the packaged R1 one."""
+    from r1jax import generate
+    from r1jax.data import load_tokenizer
+    model, meta_dir = generate.load(checkpoint_dir, dtype)
+    own_tok = os.path.exists(os.path.join(meta_dir, "tokenizer.json"))
+    tokenizer = load_tokenizer(meta_dir if own_tok else None)
+    settings = generate.GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature,
+                                           top_p=top_p, seed=seed, batch_size=batch_size)
+    return lambda prompts: generate.generate_texts(model, tokenizer, prompts, settings)
 
 
 def run(a, generate_fn: runner.GenerateFn | None = None, log=lambda s: None) -> int:
@@ -57,7 +63,7 @@ def run(a, generate_fn: runner.GenerateFn | None = None, log=lambda s: None) -> 
     log(f"evaluate: task {a.task}, {len(items)} items x {settings.n_samples} samples")
     if generate_fn is None:
         generate_fn = model_generate_fn(a.checkpoint, a.dtype, a.temperature, a.top_p,
-                                        a.max_new_tokens, a.seed)
+                                        a.max_new_tokens, a.seed, a.batch_size)
     records, summary = runner.evaluate(a.task, items, generate_fn, settings)
     summary.update(checkpoint=a.checkpoint, data=a.data or "", n_samples=settings.n_samples,
                    temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens)

@@ -2,8 +2,13 @@
 
 Generation is injected: `generate_fn(prompts: list[str]) -> list[dict]` takes user messages and returns
 one dict per prompt with at least "answer" (the text after `</think>`) and "text" (everything
-generated); "reasoning", "tokens" and "finish_reason" are kept in the records when present. Sampling
-settings (temperature, top-p, length) are bound into generate_fn by the caller.
+generated); "reasoning", "n_tokens" and "finish_reason" are kept in the records when present
+(r1jax.generate.generate_texts returns all of these). Sampling settings (temperature, top-p,
+length) are bound into generate_fn by the caller. Repeated prompts get independent samples
+(generate_texts keys each row's sampling by its index).
+
+Only the answer is scored (boxed: the whole text, as the box may close the reasoning): a sample
+whose reasoning never ends (no `</think>` within max_new_tokens) has an empty answer and fails.
 
 Tasks:
 - humaneval: the bundled 164 problems (or a HumanEval-format FILE), code extracted from the answer
@@ -128,7 +133,7 @@ def evaluate(task: str, items: list[dict], generate_fn: GenerateFn,
     for i, (o, s) in enumerate(zip(outs, scored)):
         rec = {"task": task, "id": items[i // n]["id"], "sample": i % n,
                "answer": o.get("answer", ""), **s}
-        for key in ("reasoning", "tokens", "finish_reason"):
+        for key in ("reasoning", "n_tokens", "finish_reason"):
             if key in o:
                 rec[key] = o[key]
         records.append(rec)
