@@ -203,3 +203,74 @@ def test_sequence_aux_loss_matches_formula_with_padding():
     uniform = Routing(jnp.ones((n, 4)), jnp.asarray(np.arange(n * 4).reshape(n, 4) % e, jnp.int32),
                       jnp.full((n, e), 0.5))
     assert float(sequence_aux_loss(uniform, jnp.ones(n, bool), 1, cfg)) == pytest.approx(1.0, rel=1e-6)
+
+
+def np_ragged_all_to_all(operands, outputs, input_offsets, send_sizes, output_offsets, recv_sizes):
+    """jax.lax.ragged_all_to_all's documented semantics, per device of an axis of size P, with S
+    slices per device (slice s goes to device s // (S / P)): lists over devices -> results."""
+    p, s = len(operands), len(input_offsets[0])
+    per = s // p
+    results = [o.copy() for o in outputs]
+    for src in range(p):
+        for i in range(s):
+            dst, q = divmod(i, per)
+            data = operands[src][input_offsets[src][i]:input_offsets[src][i] + send_sizes[src][i]]
+            # on dst this is slice src * per + q, written at the sender's output_offsets[i]
+            assert recv_sizes[dst][src * per + q] == len(data)
+            results[dst][output_offsets[src][i]:output_offsets[src][i] + len(data)] = data
+    return results
+
+
+def test_ragged_exchange_matches_documented_semantics():
+    """The exchange (the CPU emulation here) against the docs' pseudo-code: 4 devices, 2 slices per
+    destination, internal padding in the operand, gaps and kept values in the output, empty slices;
+    and its gradient: each received row's cotangent returns to the row it came from."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+    from r1jax.model.expert_parallel import ragged_all_to_all
+
+    rng = np.random.default_rng(8)
+    p, per, nin, mout, f = 4, 2, 20, 28, 3
+    s = p * per
+    sizes = rng.integers(0, 3, (p, s))  # sizes[src, slice]
+    sizes[0, :] = 0
+    sizes[1, 2 * per:3 * per] = 3  # a full slice pair to device 2
+    in_off, out_off = np.zeros((p, s), np.int32), np.zeros((p, s), np.int32)
+    for src in range(p):  # slices placed in a shuffled order, with gaps
+        at = 0
+        for i in rng.permutation(s):
+            at += rng.integers(0, 2)
+            in_off[src, i], at = at, at + sizes[src, i]
+        assert at <= nin
+    recv = np.zeros((p, s), np.int32)
+    for dst in range(p):
+        at = 0
+        for src in rng.permutation(p):
+            for q in range(per):
+                i = dst * per + q
+                at += rng.integers(0, 2)
+                out_off[src, i], at = at, at + sizes[src, i]
+                recv[dst, src * per + q] = sizes[src, i]
+        assert at <= mout
+    operands = rng.standard_normal((p, nin, f)).astype(np.float32)
+    outputs = rng.standard_normal((p, mout, f)).astype(np.float32)
+    want = np.stack(np_ragged_all_to_all(operands, outputs, in_off, sizes, out_off, recv))
+
+    mesh = jax.make_mesh((p,), ("x",), devices=jax.devices()[:p], axis_types=(jax.sharding.AxisType.Auto,))
+    flat = lambda a: jnp.asarray(a.reshape((-1,) + a.shape[2:]))  # devices stacked on axis 0
+    ints = [flat(a.astype(np.int32)) for a in (in_off, sizes, out_off, recv)]
+    exchange = jax.shard_map(lambda op, out, *i: ragged_all_to_all(op, out, *i, axis_name="x"),
+                             mesh=mesh, in_specs=P("x"), out_specs=P("x"))
+    got, vjp = jax.vjp(lambda op, out: exchange(op, out, *ints), flat(operands), flat(outputs))
+    np.testing.assert_array_equal(np.asarray(got).reshape(want.shape), want)
+
+    ct = rng.standard_normal(want.shape).astype(np.float32)
+    d_op, d_out = (np.asarray(g).reshape(a.shape) for g, a in zip(vjp(flat(ct)), (operands, outputs)))
+    want_op, want_out = np.zeros_like(operands), ct.copy()
+    for src in range(p):
+        for i in range(s):
+            dst, n = i // per, sizes[src, i]
+            want_op[src, in_off[src, i]:in_off[src, i] + n] = ct[dst, out_off[src, i]:out_off[src, i] + n]
+            want_out[dst, out_off[src, i]:out_off[src, i] + n] = 0  # overwritten rows
+    np.testing.assert_array_equal(d_op, want_op)
+    np.testing.assert_array_equal(d_out, want_out)

@@ -1,7 +1,11 @@
-"""The model under meshes of the 8 fake CPU devices: loss and gradients equal the single-device ones
-(float32), with parameters placed by the logical-axis table."""
-import functools
+"""The model under meshes of the 8 fake CPU devices: loss, gradients and MoE stats equal the
+single-device ones (float32), with parameters placed by the logical-axis table; meshes with an
+`expert` axis run the routed experts under shard_map with the ragged exchange (DESIGN.md section 3).
 
+One batch covers the dropless worst cases: the second MoE layer's router bias sends every token to
+experts 2 and 3 (so every copy lands on one expert shard, whose receive buffer is exactly full), and
+rows are padding-heavy (one all padding, one with 4 real tokens).
+"""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,24 +18,36 @@ from r1jax.step import loss_fn, split_model
 
 CFG = preset("tiny", dtype="float32", vocab_size=256, num_attention_heads=4, n_routed_experts=8)
 MESHES = [dict(data=8), dict(fsdp=8), dict(expert=4, tensor=2), dict(data=2, expert=2, tensor=2)]
+SKEWED = (2, 3)  # one group; on expert 4 or 2 both live on one shard
 
 
 @pytest.fixture(scope="module")
 def reference():
     graphdef, params, rest = split_model(Transformer(CFG, rngs=nnx.Rngs(0)))
+    bias = rest["moe_layers"]["mlp"]["router_bias"]
+    bias[...] = bias[...].at[1, SKEWED[0]:SKEWED[-1] + 1].set(10.0)  # MoE layer 1: all to 2 and 3
     rng = np.random.RandomState(1)
     b, t = 8, 32
+    seg = np.ones((b, t), np.int32)
+    seg[3, 20:] = 0
+    seg[5, 4:] = 0
+    seg[6, :] = 0  # a row of padding only
     batch = {"tokens": jnp.asarray(rng.randint(0, CFG.vocab_size, (b, t)), jnp.int32),
              "positions": jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)),
-             "segment_ids": jnp.ones((b, t), jnp.int32).at[3, 20:].set(0)}
-    f = jax.value_and_grad(lambda p, r, bt: loss_fn(p, r, graphdef, bt)[0])
-    loss, grads = jax.jit(f)(params, rest, batch)
-    return graphdef, params, rest, batch, f, float(loss), grads
+             "segment_ids": jnp.asarray(seg)}
+    f = jax.value_and_grad(lambda p, r, bt: loss_fn(p, r, graphdef, bt), has_aux=True)
+    (loss, sums), grads = jax.jit(f)(params, rest, batch)
+    # the batch really exercises the worst case: every layer-1 copy of a real token on 2 or 3
+    real = float((seg > 0).sum())
+    load = np.asarray(sums["load"])  # [L, E]
+    assert load[1, list(SKEWED)].sum() == load[1].sum() == CFG.num_experts_per_tok * real
+    assert (load[0] > 0).sum() >= 6  # layer 0 spreads
+    return graphdef, params, rest, batch, f, float(loss), sums, grads
 
 
 @pytest.mark.parametrize("axes", MESHES, ids=lambda a: ",".join(f"{k}{v}" for k, v in a.items()))
 def test_sharded_loss_and_grads_equal_single_device(reference, axes):
-    graphdef, params, rest, batch, f, loss0, grads0 = reference
+    graphdef, params, rest, batch, f, loss0, sums0, grads0 = reference
     mesh = sharding.make_mesh(**{**dict(data=1, fsdp=1, expert=1, tensor=1), **axes})
     p_sh = sharding.variable_shardings(params, mesh)
     r_sh = sharding.variable_shardings(rest, mesh)
@@ -40,8 +56,14 @@ def test_sharded_loss_and_grads_equal_single_device(reference, axes):
     rest_s = jax.device_put(rest, r_sh)
     batch_s = jax.device_put(batch, b_sh)
     with jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else jax.set_mesh(mesh):
-        loss, grads = jax.jit(f)(params_s, rest_s, batch_s)
+        lowered = jax.jit(f).lower(params_s, rest_s, batch_s)
+        (loss, sums), grads = lowered.compile()(params_s, rest_s, batch_s)
+    # the expert-parallel path ran exactly when there is an expert axis: its exchange (the CPU form
+    # of the ragged one) is the program's only all-to-all before XLA's partitioner adds its own
+    assert ("stablehlo.all_to_all" in lowered.as_text()) == (axes.get("expert", 1) > 1)
     assert float(loss) == pytest.approx(loss0, rel=1e-5)
+    np.testing.assert_array_equal(np.asarray(sums["load"]), np.asarray(sums0["load"]))
+    np.testing.assert_allclose(np.asarray(sums["aux"]), np.asarray(sums0["aux"]), rtol=1e-5)
     for (path, g), g0 in zip(jax.tree_util.tree_flatten_with_path(grads)[0], jax.tree.leaves(grads0)):
         err = np.linalg.norm(np.asarray(g) - np.asarray(g0)) / max(np.linalg.norm(np.asarray(g0)), 1e-30)
         assert err < 1e-5, (jax.tree_util.keystr(path), err)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from r1jax import sharding
-from r1jax.model import kernels, params
+from r1jax.model import expert_parallel, kernels, params
 from r1jax.model.config import ModelConfig
 from r1jax.model.mlp import MLP
 
@@ -81,16 +81,21 @@ def grouped_swiglu(x_sorted, group_sizes, gate, up, down):
 
 def dropless_experts(x, routing: Routing, gate, up, down):
     """Every token copy goes to its expert (no capacity): sort copies by expert, grouped matmul,
-    unsort, weighted sum. x [N, D] -> [N, D] in x.dtype; weights applied in float32."""
+    unsort, weighted sum. x [N, D] -> [N, D] in x.dtype; weights applied in float32.
+
+    Sorting and unsorting are gathers by the permutation and its inverse in both directions
+    (expert_parallel.permute_rows): no float scatter, slow on GPU.
+    """
     n, d = x.shape
     k = routing.experts.shape[1]
     e = gate.shape[0]
-    flat = routing.experts.reshape(-1)  # [M]
-    order = jnp.argsort(flat, stable=True)  # copies grouped by expert
-    token_of = order // k  # [M] source token of each sorted copy
+    flat = routing.experts.reshape(-1)  # [M] copy c = token c // K, choice c % K
+    order = jnp.argsort(flat, stable=True).astype(jnp.int32)  # copies grouped by expert
+    inv = expert_parallel.inverse_permutation(order)
     group_sizes = jnp.bincount(flat, length=e).astype(jnp.int32)  # [E]
-    y_sorted = grouped_swiglu(x[token_of], group_sizes, gate, up, down)  # [M, D]
-    y = jnp.zeros_like(y_sorted).at[order].set(y_sorted).reshape(n, k, d)  # [N, K, D]
+    x_sorted = expert_parallel.permute_rows(jnp.repeat(x, k, axis=0), order, inv)  # [M, D]
+    y_sorted = grouped_swiglu(x_sorted, group_sizes, gate, up, down)  # [M, D]
+    y = expert_parallel.permute_rows(y_sorted, inv, order).reshape(n, k, d)  # [N, K, D]
     return jnp.einsum("nkd,nk->nd", y.astype(jnp.float32), routing.weights).astype(x.dtype)
 
 
@@ -119,7 +124,14 @@ class MoE(nnx.Module):
         logits = xf.astype(jnp.float32) @ self.router[...].astype(jnp.float32)  # [N, E]
         r = route(logits, self.router_bias[...], cfg)
         c = lambda p: p[...].astype(dt)
-        y = dropless_experts(xf.astype(dt), r, c(self.gate), c(self.up), c(self.down)).reshape(b, t, d)
+        gate, up, down = c(self.gate), c(self.up), c(self.down)
+        layout = expert_parallel.plan(b * t, d, cfg.n_routed_experts, cfg.moe_intermediate_size)
+        if layout is None:  # no expert axis: the global token set under XLA's propagation
+            y = dropless_experts(xf.astype(dt), r, gate, up, down)
+        else:  # routing and its stats stay global (XLA splits them by token); experts under shard_map
+            y = expert_parallel.routed_experts(xf.astype(dt), r.experts, r.weights, gate, up, down,
+                                               grouped_swiglu, layout)
+        y = y.reshape(b, t, d)
         if cfg.n_shared_experts:
             y = y + self.shared(x)
         y = sharding.constrain(y, ("batch", "seq", "embed"))
