@@ -88,8 +88,9 @@ def test_fresh_directory_environment_and_stdin(monkeypatch):
 
 
 def test_attacks_are_contained(confined, planted):
-    """Infinite loop, fork bomb, 10 GB allocation, deleting/overwriting/renaming a file outside, huge
-    output, signalling the evaluator: each fails, and the machine is unharmed."""
+    """Infinite loop, fork bomb, 10 GB allocation, deleting/overwriting/renaming/reading a file
+    outside, reading the evaluator's environment, signalling it, huge output, a subprocess: each
+    fails, and the machine is unharmed."""
     hits = []
     previous = signal.signal(signal.SIGUSR1, lambda *_: hits.append(1))
     p, d = str(planted), str(planted.parent)
@@ -101,6 +102,8 @@ def test_attacks_are_contained(confined, planted):
         "rmtree outside": f"import shutil\nshutil.rmtree({d!r})\n",
         "rename outside": f"import os\nos.rename({p!r}, 'stolen.txt')\n",
         "truncate outside": f"open({p!r}, 'w').write('gone')\n",
+        "read outside": f"print(open({p!r}).read())\n",
+        "read the evaluator's environment": "import os\nprint(open(f'/proc/{os.getppid()}/environ').read())\n",
         "signal the evaluator": "import os, signal\nos.kill(os.getppid(), signal.SIGUSR1)\n",
         "huge output": "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n",
         "subprocess": "import subprocess\nsubprocess.run(['rm', '-rf', " + repr(d) + "])\n",
@@ -125,6 +128,8 @@ def test_attacks_are_contained(confined, planted):
     assert len(by_name["huge output"].stdout_tail) <= OPEN.tail_bytes
     for r in guarded:
         assert r.status == "failed" and "disabled in the r1jax sandbox" in r.stderr_tail, r
+    assert "keep me" not in by_name["read outside"].stdout_tail
+    assert "PermissionError" in by_name["read the evaluator's environment"].stderr_tail
     assert planted.read_text() == "keep me"
     assert hits == []
     assert _sandbox_processes() == []
@@ -133,9 +138,10 @@ def test_attacks_are_contained(confined, planted):
 def test_escaped_processes_are_swept():
     """A process that left the sandbox's process group (setsid) is still found by its marker."""
     marker = "sweep-test-marker"
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
-                            env={"R1JAX_SANDBOX_ID": marker}, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
+                            env={"R1JAX_SANDBOX_ID": marker}, start_new_session=True, stdout=subprocess.PIPE)
     try:
+        assert proc.stdout.readline() == b"up\n"           # exec'd: /proc shows its own environment
         assert sandbox._marked_pids(marker) == [proc.pid]
         sandbox._sweep(marker)
         assert proc.wait(timeout=5) == -signal.SIGKILL
@@ -143,3 +149,4 @@ def test_escaped_processes_are_swept():
     finally:
         if proc.poll() is None:
             proc.kill()
+        proc.stdout.close()

@@ -9,13 +9,15 @@ the program runs:
    are files), no core dumps, open files, and processes (RLIMIT_NPROC; the kernel ignores it for
    uid 0, hence layer 3).
 2. Landlock (Linux >= 5.13, unprivileged): writing, creating, truncating, renaming and deleting files
-   are allowed only beneath the sample's temporary directory; TCP bind/connect are denied (ABI >= 4);
-   signals to processes outside this one (e.g. the evaluator) are denied (ABI >= 6). Reading is not
-   restricted (the interpreter needs its library).
+   are allowed only beneath the sample's temporary directory; reading only there and in what the
+   interpreter needs (its prefix and import path, /usr, /lib, a few /etc files, /dev/null and
+   urandom), so the evaluator's files and other processes' /proc entries are out of reach; TCP
+   bind/connect are denied (ABI >= 4); signals to processes outside the sandbox (e.g. the
+   evaluator) are denied (ABI >= 6).
 3. seccomp-bpf (x86_64): no new processes (fork, vfork, clone without CLONE_THREAD; clone3 answers
    ENOSYS so threads fall back to clone) and no x32/i386 syscall entry points.
 4. A Python-level guard (defence in depth, bypassable by design): functions that delete, rename,
-   chmod/chown files, send signals, start processes or change the environment raise PermissionError.
+   chmod/chown files, send signals, change directory or start processes raise PermissionError.
 
 Layers 2 and 3 need `no_new_privs`; each one the kernel lacks is reported on stderr (one line starting
 "sandbox: layer unavailable") and the rest still apply.
@@ -74,12 +76,42 @@ class _PathBeneath(ctypes.Structure):
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
+_FS_EXECUTE, _FS_READ_FILE, _FS_READ_DIR = 1 << 0, 1 << 2, 1 << 3
+_FILE_ONLY = _FS_EXECUTE | _FS_WRITE_FILE | _FS_READ_FILE | _FS_TRUNCATE   # rights a file rule may hold
+# What the interpreter and its libraries need to read; everything else (other users' and the
+# evaluator's files, /proc/PID/environ of other processes, /work, ~/.ssh) stays unreadable.
+_SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/etc/alternatives", "/etc/ssl/certs",
+                "/sys/devices/system/cpu", "/proc/self")   # /proc/self: this process's own entry only
+_SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/locale.alias", "/etc/mime.types",
+                 "/dev/urandom", "/dev/random", "/proc/cpuinfo", "/proc/meminfo")
+_DEV_SINKS = ("/dev/null", "/dev/zero")
+
+
+def readable_paths() -> list[str]:
+    """The interpreter's prefixes and import path, and the system libraries it loads."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+    paths.update(p for p in sys.path if p)
+    return sorted(p for p in paths | set(_SYSTEM_DIRS) if os.path.isdir(p))
+
+
+def _add_rule(libc, rfd: int, path: str, access: int) -> None:
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        rule = _PathBeneath(access, fd)
+        if libc.syscall(_SYS_LANDLOCK["add_rule"], rfd, 1, ctypes.byref(rule), 0) < 0:  # PATH_BENEATH
+            raise OSError(ctypes.get_errno(), f"landlock_add_rule {path}")
+    finally:
+        os.close(fd)
+
+
 def landlock(writable_dir: str, libc) -> str:
-    """Write access only beneath `writable_dir`; returns what was applied, e.g. "landlock abi 7"."""
+    """Full access beneath `writable_dir`, read/execute beneath readable_paths(), nothing elsewhere;
+    no TCP (ABI >= 4), no signals or abstract sockets outside the sandbox (ABI >= 6)."""
     abi = libc.syscall(_SYS_LANDLOCK["create_ruleset"], None, 0, 1)   # 1 = ..._CREATE_RULESET_VERSION
     if abi < 1:
         raise OSError(ctypes.get_errno(), "landlock is not available")
-    fs = _FS_WRITE_FILE | _FS_REMOVE_DIR | _FS_REMOVE_FILE | _FS_MAKE
+    fs = (_FS_EXECUTE | _FS_WRITE_FILE | _FS_READ_FILE | _FS_READ_DIR | _FS_REMOVE_DIR
+          | _FS_REMOVE_FILE | _FS_MAKE)
     fs |= (_FS_REFER if abi >= 2 else 0) | (_FS_TRUNCATE if abi >= 3 else 0)
     attr = _RulesetAttr(fs, (_NET_BIND_TCP | _NET_CONNECT_TCP) if abi >= 4 else 0,
                         (_SCOPE_ABSTRACT_UNIX | _SCOPE_SIGNAL) if abi >= 6 else 0)
@@ -87,14 +119,19 @@ def landlock(writable_dir: str, libc) -> str:
     rfd = libc.syscall(_SYS_LANDLOCK["create_ruleset"], ctypes.byref(attr), size, 0)
     if rfd < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
-    dfd = os.open(writable_dir, os.O_PATH | os.O_DIRECTORY)
-    rule = _PathBeneath(fs, dfd)
-    if libc.syscall(_SYS_LANDLOCK["add_rule"], rfd, 1, ctypes.byref(rule), 0) < 0:  # 1 = PATH_BENEATH
-        raise OSError(ctypes.get_errno(), "landlock_add_rule")
-    if libc.syscall(_SYS_LANDLOCK["restrict_self"], rfd, 0) < 0:
-        raise OSError(ctypes.get_errno(), "landlock_restrict_self")
-    os.close(dfd)
-    os.close(rfd)
+    try:
+        _add_rule(libc, rfd, writable_dir, fs)
+        for d in readable_paths():
+            _add_rule(libc, rfd, d, _FS_EXECUTE | _FS_READ_FILE | _FS_READ_DIR)
+        for f in _SYSTEM_FILES + _DEV_SINKS:
+            if os.path.exists(f):
+                sink = f in _DEV_SINKS
+                _add_rule(libc, rfd, f, fs & _FILE_ONLY & (_FS_READ_FILE | (
+                    _FS_WRITE_FILE | _FS_TRUNCATE if sink else 0)))
+        if libc.syscall(_SYS_LANDLOCK["restrict_self"], rfd, 0) < 0:
+            raise OSError(ctypes.get_errno(), "landlock_restrict_self")
+    finally:
+        os.close(rfd)
     return f"landlock abi {abi}"
 
 
@@ -153,7 +190,7 @@ def seccomp(libc) -> str:
 # -- Python-level guard -----------------------------------------------------------------------------
 
 _GUARDED = {
-    "os": ("kill", "killpg", "system", "popen", "fork", "forkpty", "putenv", "unsetenv", "remove",
+    "os": ("kill", "killpg", "system", "popen", "fork", "forkpty", "remove",
            "unlink", "rmdir", "removedirs", "rename", "renames", "replace", "truncate", "ftruncate",
            "chmod", "fchmod", "lchmod", "chown", "fchown", "lchown", "chroot", "chdir", "fchdir",
            "setuid", "setgid", "setsid", "setpgid", "execv", "execve", "execl", "execle", "execlp",

@@ -11,18 +11,20 @@ Never executes the program in the evaluator's process. Each sample gets:
 - a wall-clock timeout after which the whole process group is SIGKILLed; then every process still
   carrying the sample's marker (one that left the group with setsid) is SIGKILLed too;
 - the confinement of r1jax/tasks/confine.py, applied in the child before the program runs: rlimits
-  (CPU, memory, file size, no core, open files, processes), Landlock (writes/deletes only inside its
-  directory, no TCP, no signals outside), seccomp (no new processes) and a Python-level guard.
+  (CPU, memory, file size, no core, open files, processes), Landlock (writes and deletes only inside
+  its directory, reads only there and in the interpreter's own paths, no TCP, no signals outside),
+  seccomp (no new processes) and a Python-level guard.
 
 What is contained (tests/test_sandbox.py shows each): infinite loops, fork bombs, huge allocations,
-deleting or overwriting files outside the directory, killing the evaluator, huge output.
-What is not: reading files the evaluator's uid can read (a program can read and print them; its
-output stays in the result record), disk use inside its directory up to RLIMIT_FSIZE per file,
-CPU contention with other work, and — where the kernel lacks Landlock or seccomp (non-Linux,
-non-x86_64, old kernels; reported in `stderr_tail` and by `available_layers()`) — file deletion
-as the same uid and process creation when running as root (RLIMIT_NPROC does not bind uid 0),
-against which only the Python guard remains, which a program can bypass (e.g. via ctypes
-re-imported under another name). No root tricks (no uid switch, chroot or namespaces) are used.
+deleting, overwriting or reading files outside its directory (the evaluator's environment in /proc
+included), signalling the evaluator, huge output.
+What is not: reading what the interpreter needs (its prefix and import path, /usr, /lib: public
+code), disk use inside its directory (RLIMIT_FSIZE per file, for as long as it runs), CPU
+contention with other work; and where the kernel lacks Landlock or seccomp (non-Linux, non-x86_64,
+kernels before 5.13; reported on stderr and by `available_layers()`): file access as the same uid,
+and process creation when running as root (RLIMIT_NPROC does not bind uid 0), against which only
+the Python guard remains, which a program can bypass (posix.*, re-imported modules). No root
+tricks (uid switch, chroot, namespaces) are used. Linux only (pidfd, /proc).
 """
 from __future__ import annotations
 
