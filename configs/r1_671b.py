@@ -3,10 +3,13 @@
     python -m r1jax.convert --hf_dir /data/DeepSeek-R1 --out /ckpt/r1
     python -m r1jax.train --config=configs/r1_671b.py --config.model.checkpoint=/ckpt/r1 \\
         --config.data.train=/data/mine.jsonl
+    python -m r1jax.plan --config=configs/r1_671b.py --topology=v5p-1024   # memory, before renting it
 
-tokens/step = batch_size * seq_len * grad_accum = 256 * 4096 * 4 = 4.2M.
-Memory per parameter: bf16 params (2) + bf16 grads (2) + bf16 Adam moments (4) = 8 bytes: 5.4 TB for
-the model, spread over the mesh (fsdp x expert x tensor). Multi-host launch and pod plans: BUILD.md.
+tokens/step = batch_size * seq_len = 512 * 4096 = 2.1M, in grad_accum micro-batches of 512 / 4 = 128
+sequences. Memory per parameter: bf16 params (2) + float32 gradient accumulator (4) + bf16 Adam
+moments (4) = 10 bytes: 6.7 TB for the model, spread over every chip (fsdp x expert x tensor).
+The mesh comes from mesh.preset for the device count (r1jax/sharding.py: r1-671b-v5p, r1-671b-v6e,
+r1-671b-gpu). Multi-host launch and pod plans: BUILD.md.
 """
 from r1jax.run_config import defaults
 
@@ -20,7 +23,7 @@ def get_config():
     c.model.param_dtype = "bfloat16"
     c.model.remat = "full"
     c.train.steps = 1000
-    c.train.batch_size = 256
+    c.train.batch_size = 512         # a multiple of the chips: every chip gets whole sequences
     c.train.seq_len = 4096
     c.train.grad_accum = 4
     c.train.eval_every = 100
@@ -31,8 +34,5 @@ def get_config():
     c.optim.warmup_steps = 50
     c.optim.state_dtype = "bfloat16"
     c.optim.layer_decay = 0.95
-    c.mesh.data = 1
-    c.mesh.fsdp = -1
-    c.mesh.expert = 8
-    c.mesh.tensor = 1
+    c.mesh.preset = "r1-671b-v5p"    # r1-671b-v6e on Trillium, r1-671b-gpu on 8-GPU hosts
     return c

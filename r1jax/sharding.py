@@ -22,8 +22,8 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
     "vocab": "tensor",
     "heads": "tensor",
     "head_dim": None,
-    "q_lora": None,
-    "kv_lora": None,
+    "q_lora": "fsdp",    # q_b / kv_b have no embed dim: FSDP splits them along their LoRA rank
+    "kv_lora": "fsdp",
     "mlp": "tensor",
     "moe_mlp": "tensor",
     "expert": "expert",
@@ -125,3 +125,40 @@ def variable_shardings(state, mesh: jax.sharding.Mesh):
 def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
     """[B, T] batches: rows over the data-like axes (data, fsdp, expert)."""
     return jax.sharding.NamedSharding(mesh, logical_to_spec(("batch", "seq")))
+
+
+# Mesh presets --------------------------------------------------------------------------------------
+# (data, fsdp, expert, tensor) for the 671B by hardware and device count. Why these sizes:
+# - tensor 1: FSDP all-gathers a layer's weights once per micro-batch, while tensor parallelism
+#   all-reduces activations twice per layer; at one or more 4K sequences per chip FSDP moves fewer
+#   bytes, and MLA's 128 heads need no splitting to fit.
+# - expert: the routed experts are 97% of the 671B. Splitting them over `expert` (each shard owns
+#   256 / expert whole experts) replaces most of their per-layer FSDP all-gather by moving token
+#   copies. The dropless receive buffer of expert parallelism (r1jax/model/expert_parallel.py) grows
+#   with the degree, so it is the smallest degree >= 8 that divides the 256 experts and that the
+#   slice's physical torus can form: on a TPU a mesh axis must be a product of whole physical axes
+#   (jax.make_mesh), and v5p 4x4x4 or v6e 16x16 cannot form 8.
+# - fsdp: everything left, so every parameter and optimizer state is split over all chips.
+# - data 1: the batch is split over (data, fsdp, expert) anyway; a separate data axis only adds
+#   replicas of the parameters.
+# GPU hosts: expert parallelism inside the 8-GPU NVLink domain, FSDP across hosts.
+TPU_EXPERT_DEGREE = {
+    "r1-671b-v5p": {64: 16, 128: 8, 256: 8, 512: 8, 1024: 8},   # 4x4x4, 4x4x8, 4x8x8, 8x8x8, 8x8x16
+    "r1-671b-v6e": {64: 8, 128: 8, 256: 16},                     # 8x8, 8x16, 16x16
+}
+MESH_PRESETS = (*TPU_EXPERT_DEGREE, "r1-671b-gpu")
+
+
+def mesh_preset(name: str, n_devices: int) -> dict[str, int]:
+    """{data, fsdp, expert, tensor} sizes of preset `name` on n_devices (TPU chips or GPUs)."""
+    if name == "r1-671b-gpu":
+        if n_devices % 8:
+            raise ValueError(f"mesh preset {name!r}: {n_devices} GPUs are not whole 8-GPU hosts")
+        return {"data": 1, "fsdp": n_devices // 8, "expert": 8, "tensor": 1}
+    if name not in TPU_EXPERT_DEGREE:
+        raise ValueError(f"mesh preset {name!r} unknown; presets are {MESH_PRESETS}")
+    degrees = TPU_EXPERT_DEGREE[name]
+    if n_devices not in degrees:
+        raise ValueError(f"mesh preset {name!r} covers {sorted(degrees)} chips, not {n_devices}; "
+                         "set mesh.data/fsdp/expert/tensor instead")
+    return {"data": 1, "fsdp": n_devices // degrees[n_devices], "expert": degrees[n_devices], "tensor": 1}
