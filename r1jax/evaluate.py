@@ -2,7 +2,7 @@
 --task, a task metric on generated answers (HumanEval pass@k, exact match, contains, boxed math).
 
     python -m r1jax.evaluate --checkpoint CKPT --data FILE.jsonl [--dtype float32] [--batch_size 8] [--json]
-    python -m r1jax.evaluate --task humaneval --checkpoint CKPT [--n_samples N --k 1,10 ...]  (r1jax/tasks/cli.py)
+    python -m r1jax.evaluate --task humaneval --checkpoint CKPT [--n_samples N --k 1,10 ...]   (tasks/cli.py)
 
 Rows are `{"input_ids": [...]}` or `{"text": ...}` (R1 tokenizer, BOS prepended). The loss is the mean
 NLL in nats over every predicted token: tokens 1..n-1 of each row from their prefix, padding excluded.

@@ -57,7 +57,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.train.mtp_loss_weight = 0.0      # needs model.with_mtp
     c.train.router_bias_rate = 0.0     # aux-loss-free balancing: b += rate * sign(mean_load - load)
     c.train.loss_chunk = 4096          # LM head + cross-entropy over this many positions at a time; 0 = all
-    c.train.task_eval_every = 0        # task metric (section `task`, r1jax/task_eval.py) every N steps; 0 = off
+    c.train.task_eval_every = 0        # task metric every N steps (section task: task_eval.py); 0 = off
 
     c.task = ml_collections.ConfigDict()   # task metrics during training: r1jax/task_eval.py
     c.task.name = "humaneval"          # humaneval | exact_match | contains | boxed

@@ -103,7 +103,8 @@ def test_attacks_are_contained(confined, planted):
         "rename outside": f"import os\nos.rename({p!r}, 'stolen.txt')\n",
         "truncate outside": f"open({p!r}, 'w').write('gone')\n",
         "read outside": f"print(open({p!r}).read())\n",
-        "read the evaluator's environment": "import os\nprint(open(f'/proc/{os.getppid()}/environ').read())\n",
+        "read the evaluator's environment":
+            "import os\nprint(open(f'/proc/{os.getppid()}/environ').read())\n",
         "signal the evaluator": "import os, signal\nos.kill(os.getppid(), signal.SIGUSR1)\n",
         "huge output": "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n",
         "subprocess": "import subprocess\nsubprocess.run(['rm', '-rf', " + repr(d) + "])\n",

@@ -61,7 +61,7 @@ def test_extract_code_from_r1_answers(problems):
         # demo code under a main guard would block on input(): it is cut off
         (he10, _fenced(full + "\n\nif __name__ == '__main__':\n    print(make_palindrome(input()))"), True),
         # the last defining block wins over an earlier wrong attempt
-        (he10, _fenced("def make_palindrome(string):\n    return string") + "\nFixed:\n" + _fenced(full), True),
+        (he10, _fenced("def make_palindrome(s):\n    return s") + "\nFixed:\n" + _fenced(full), True),
         (he10, _fenced(full) + "\nSimpler:\n" + _fenced("def make_palindrome(string):\n    return string"),
          False),
         # prose without code fails (it is not Python)
@@ -69,7 +69,8 @@ def test_extract_code_from_r1_answers(problems):
     ]
     progs = [humaneval.program(p, humaneval.extract_code(ans, p["entry_point"])) for p, ans, _ in cases]
     results = sandbox.run_many(progs, sandbox.Limits(timeout_s=10), workers=4)
-    assert [r.passed for r in results] == [want for _, _, want in cases], [r.stderr_tail[-200:] for r in results]
+    errors = [r.stderr_tail[-200:] for r in results]
+    assert [r.passed for r in results] == [want for _, _, want in cases], errors
     assert "input" not in humaneval.extract_code(cases[4][1], "make_palindrome")
 
 
@@ -223,7 +224,8 @@ def test_task_eval_from_run_config(problems):
     assert metrics["task/humaneval_accuracy"] == pytest.approx(0.5)
     assert ev.sampling == {"temperature": 0.6, "top_p": 0.95, "max_new_tokens": 512, "seed": 0}
     for key, value, msg in [("task.name", "mbpp", "task.name='mbpp'"), ("task.k", "1,3", "task.k='1,3'"),
-                            ("task.top_p", 0.0, "task.top_p"), ("train.task_eval_every", -1, "task_eval_every")]:
+                            ("task.top_p", 0.0, "task.top_p"),
+                            ("train.task_eval_every", -1, "task_eval_every")]:
         bad = run_config.defaults()
         bad.task.n_samples = 2
         section, name = key.split(".")

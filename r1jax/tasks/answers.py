@@ -7,8 +7,8 @@ Math answers (boxed_match): the content of the LAST `\\boxed{...}` (or `\\fbox{.
 without braces) of the prediction, found with balanced braces (escaped `\\{` `\\}` do not count),
 against the reference's last box, or the whole reference when it has none. Both are normalized by
 `normalize_math`, this documented set and nothing more:
-  - drop `$` (and `\\$`), `\\left`, `\\right`, spacing commands (`\\,` `\\;` `\\:` `\\!` `\\quad` `\\qquad`), `\\%`,
-    `^\\circ`/`^{\\circ}` and all whitespace; a trailing period;
+  - drop `$` (and `\\$`), `\\left`, `\\right`, spacing commands (`\\,` `\\;` `\\:` `\\!` `\\quad`
+    `\\qquad`), `\\%`, `^\\circ`/`^{\\circ}` and all whitespace; a trailing period;
   - unwrap `\\text{}`, `\\textbf{}`, `\\mathrm{}`, `\\mathbf{}`, `\\displaystyle`; `\\dfrac`/`\\tfrac` ->
     `\\frac`; `\\frac{a}{b}` (nested, balanced) and `\\frac ab` -> `(a)/(b)` with single-token parts
     left unparenthesized;

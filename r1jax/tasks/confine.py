@@ -233,7 +233,8 @@ def main(argv) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         print("sandbox: layer unavailable: no_new_privs", file=sys.stderr)
-    for name, layer in (("landlock", lambda: landlock(os.getcwd(), libc)), ("seccomp", lambda: seccomp(libc))):
+    layers = (("landlock", lambda: landlock(os.getcwd(), libc)), ("seccomp", lambda: seccomp(libc)))
+    for name, layer in layers:
         try:
             layer()
         except OSError as e:

@@ -55,7 +55,7 @@ class Limits:
     file_bytes: int = 16 << 20              # RLIMIT_FSIZE: any file it writes, stdout/stderr included
     open_files: int = 64
     extra_processes: int = 8                # RLIMIT_NPROC margin (not binding for uid 0; seccomp is)
-    guard: bool = True                      # the Python-level guard (tests turn it off to probe the OS layers)
+    guard: bool = True                      # the Python-level guard (off: tests probe the OS layers)
     tail_bytes: int = 4096                  # how much of stdout/stderr the result keeps
 
 
