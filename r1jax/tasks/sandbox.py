@@ -6,7 +6,9 @@ Never executes the program in the evaluator's process. Each sample gets:
 - a fresh temporary directory as cwd, HOME and TMPDIR, deleted afterwards (whatever the child left);
 - a fresh `python -I -B` (isolated: no PYTHON* variables, no user site, no script dir on sys.path; no
   .pyc writes) with stdin on /dev/null and a minimal environment (PATH, HOME, TMPDIR, LANG, one-thread
-  BLAS settings, and a per-sample marker used to find its processes; nothing inherited, no secrets);
+  BLAS settings, and a per-sample marker used to find its processes; nothing inherited, no secrets).
+  -I ignores PYTHON* variables, PYTHONHASHSEED included: str hashing stays randomized per sample, as
+  in any plain run, so a program that passes only for some set orders is not made to look stable;
 - its own session and process group; stdout/stderr go to files capped by RLIMIT_FSIZE;
 - a wall-clock timeout after which the whole process group is SIGKILLed; then every process still
   carrying the sample's marker (one that left the group with setsid) is SIGKILLed too;
