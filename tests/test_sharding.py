@@ -73,3 +73,44 @@ def test_sharded_loss_and_grads_equal_single_device(reference, axes):
         assert up.sharding.spec[1] == "expert"
         blocks = {tuple((sl.start, sl.stop) for sl in s.index) for s in up.addressable_shards}
         assert len(blocks) == axes["expert"] * axes.get("tensor", 1)
+
+
+def test_expert_parallel_experts_equal_single_program_at_the_dropless_bound():
+    """routed_experts over {fsdp 2, expert 2, tensor 2} (so the fsdp gather and the tensor psum run)
+    equals the single-program dropless_experts, values and gradients, for random routing and for
+    every copy on one shard (its receive buffer exactly full: the last row counts here)."""
+    from r1jax.model import expert_parallel
+    from r1jax.model.moe import Routing, dropless_experts, grouped_swiglu
+
+    rng = np.random.default_rng(9)
+    n, d, f, e, k = 32, 16, 8, 8, 2
+    x, ct = (jnp.asarray(rng.standard_normal((n, d)), jnp.float32) for _ in range(2))
+    gate, up = (jnp.asarray(rng.standard_normal((e, d, f)) * 0.3, jnp.float32) for _ in range(2))
+    down = jnp.asarray(rng.standard_normal((e, f, d)) * 0.3, jnp.float32)
+    weights = jnp.asarray(rng.uniform(0.1, 1.0, (n, k)), jnp.float32)
+    spread = np.stack([rng.choice(e, k, replace=False) for _ in range(n)])
+    skewed = np.stack([rng.permutation([2, 3]) for _ in range(n)])  # experts 0-3 live on shard 0
+    mesh = sharding.make_mesh(data=1, fsdp=2, expert=2, tensor=2)
+
+    def run(fn, experts):
+        return jax.vjp(lambda *a: fn(*a, Routing(weights, experts, None)), x, gate, up, down)
+
+    def parallel(x, gate, up, down, r):
+        layout = expert_parallel.plan(n, d, e, f)
+        assert layout is not None and layout["fsdp"] == "fsdp" and layout["tensor"] == "tensor"
+        return expert_parallel.routed_experts(x, r.experts, r.weights, gate, up, down,
+                                              grouped_swiglu, layout)
+
+    def both(experts):
+        y0, vjp0 = run(lambda x, g, u, dn, r: dropless_experts(x, r, g, u, dn), experts)
+        y, vjp = run(parallel, experts)
+        return (y0, *vjp0(ct)), (y, *vjp(ct))
+
+    both = jax.jit(both)
+    with jax.set_mesh(mesh):
+        assert "stablehlo.all_to_all" in both.lower(jnp.asarray(spread, jnp.int32)).as_text()
+        for experts in (spread, skewed):
+            want, got = both(jnp.asarray(experts, jnp.int32))
+            for name, a, b in zip(("y", "dx", "dgate", "dup", "ddown"), got, want):
+                err = np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b))
+                assert err < 1e-5, (name, err)
