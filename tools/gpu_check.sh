@@ -21,3 +21,6 @@ timeout 420 python3 tools/bench.py --preset v3-small --batch 2 --seq 4096 --step
 # The same step with the LM head + cross-entropy chunked (no [B, T, V] float32 logits).
 timeout 300 python3 tools/bench.py --preset v3-small --batch 2 --seq 4096 --steps 10 --loss_chunk 4096 \
   --out "$OUT/bench_chunk.json" 2>&1 | grep -v Warning | tee "$OUT/bench_chunk.log"
+# Generation: prefill and decode tokens/s on the latent cache, cache bytes per token vs per-head K/V.
+timeout 240 python3 tools/bench_decode.py --preset v3-small --batch 32 --prompt_len 1024 --new_tokens 128 \
+  --out "$OUT/bench_decode.json" 2>&1 | grep -v Warning | tee "$OUT/bench_decode.log"
