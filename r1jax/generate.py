@@ -274,8 +274,19 @@ def split_output(text: str) -> tuple[str, str]:
     return reasoning or "", answer
 
 
-def eos_ids_of(tokenizer) -> tuple[int, ...]:
-    return (int(tokenizer.eos_token_id),)
+def eos_ids_of(tokenizer, meta_dir: str | None = None) -> tuple[int, ...]:
+    """End-of-sentence ids: the tokenizer's, and those of the checkpoint's config.json and
+    generation_config.json (`eos_token_id`: an int or a list) when given."""
+    ids = {int(tokenizer.eos_token_id)}
+    for name in ("config.json", "generation_config.json"):
+        path = os.path.join(meta_dir, name) if meta_dir else ""
+        if path and os.path.exists(path):
+            with open(path) as f:
+                value = json.load(f).get("eos_token_id")
+            for v in value if isinstance(value, list) else [value]:
+                if isinstance(v, int) and not isinstance(v, bool):
+                    ids.add(v)
+    return tuple(sorted(ids))
 
 
 def generate_texts(model: Transformer, tokenizer, prompts: Sequence[str | Sequence[dict]],
@@ -416,6 +427,7 @@ def main(argv=None) -> int:
         model, meta_dir = load(a.checkpoint, a.dtype, mesh)
         own_tok = os.path.exists(os.path.join(meta_dir, "tokenizer.json"))
         tokenizer = load_tokenizer(meta_dir if own_tok else None)
+        settings = dataclasses.replace(settings, eos_token_ids=eos_ids_of(tokenizer, meta_dir))
         log(f"generate: loaded {a.checkpoint} in {time.time() - t0:.1f}s; {len(rows)} prompt(s)")
     except (ValueError, DataError, ConfigError, checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
