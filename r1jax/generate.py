@@ -146,37 +146,70 @@ def _batch_multiple(mesh) -> int:
 
 @dataclasses.dataclass
 class _Row:
+    """Host-side bookkeeping of one prompt's generation."""
     index: int
     tokens: list
     finish: str | None = None
     emitted: int = 0  # characters already given to on_text
 
+    def take(self, toks: np.ndarray, eos_ids, max_new: int) -> None:
+        """Appends one decode call's tokens [n] up to an end-of-sentence id or max_new tokens."""
+        for tok in map(int, toks):
+            self.tokens.append(tok)
+            if tok in eos_ids:
+                self.finish = "stop"
+            elif len(self.tokens) >= max_new:
+                self.finish = "length"
+            if self.finish:
+                return
+
+    def check_text(self, text: str, stops, hold: int, on_text) -> None:
+        """Stops at a stop string; streams the new text, held back `hold` characters (a stop string
+        may be forming) and while it ends in a partial UTF-8 character."""
+        text, hit = sampling.cut_at_stop(text, stops)
+        if hit:
+            self.finish = "stop"
+        if on_text is None:
+            return
+        end = len(text) if self.finish else max(len(text) - hold, self.emitted)
+        if not self.finish and text[self.emitted:end].endswith("\ufffd"):
+            end -= 1
+        if end > self.emitted:
+            on_text(self.index, text[self.emitted:end])
+            self.emitted = end
+
 
 def generate_ids(model: Transformer, prompts: Sequence[Sequence[int]],
-                 settings: GenerationSettings = GenerationSettings(), *, eos_token_ids: Sequence[int],
-                 mesh=None, detokenize: Callable[[list[int]], str] | None = None,
+                 settings: GenerationSettings = GenerationSettings(), *,
+                 eos_token_ids: Sequence[int] | None = None, mesh=None,
+                 detokenize: Callable[[list[int]], str] | None = None,
                  on_text: Callable[[int, str], None] | None = None) -> list[dict]:
     """Generates after each prompt (token ids, BOS included): [{"tokens", "finish_reason", "text"?}].
 
-    Stop strings and on_text need `detokenize` (generated ids -> text, EOS excluded); "text" is
-    then returned too. Batches of settings.batch_size rows (rounded up to the mesh's data axes);
-    a short last batch is filled with finished dummy rows, so every batch has one shape.
+    eos_token_ids default to settings.eos_token_ids. Stop strings and on_text need `detokenize`
+    (generated ids -> text, EOS excluded); "text" is then returned too. Batches of
+    settings.batch_size rows (rounded up to the mesh's data axes); a short last batch is filled with
+    finished dummy rows, so every batch has one shape.
     """
+    eos_ids = tuple(eos_token_ids if eos_token_ids is not None else settings.eos_token_ids)
+    if not eos_ids:
+        raise ValueError("no end-of-sentence id: pass eos_token_ids (the tokenizer's eos_token_id)")
     graphdef, state = nnx.split(model)
     cfg = model.cfg
-    eos = jnp.asarray(sorted(set(eos_token_ids)), jnp.int32)
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"prompt {i}: no tokens")
+        if max(p) >= cfg.vocab_size or min(p) < 0:
+            raise ValueError(f"prompt {i}: token ids must be in [0, vocab_size {cfg.vocab_size})")
+    eos = jnp.asarray(sorted(set(eos_ids)), jnp.int32)
     bsz = _round_up(settings.batch_size, _batch_multiple(mesh))
     chunk = min(settings.steps_per_call, settings.max_new_tokens)
     n_steps = _round_up(settings.max_new_tokens, chunk)
     stops = tuple(s for s in settings.stop if s)
-    hold = max((len(s) for s in stops), default=1) - 1  # streamed text stays this far behind
-    if not eos_token_ids:
-        raise ValueError("eos_token_ids is empty: pass the tokenizer's end-of-sentence id")
-    for i, p in enumerate(prompts):
-        if not p:
-            raise ValueError(f"prompt {i}: no tokens")
-        if max(p) >= cfg.vocab_size:
-            raise ValueError(f"prompt {i}: token id {max(p)} >= vocab_size {cfg.vocab_size}")
+    hold = max((len(s) for s in stops), default=1) - 1
+    watch_text = detokenize is not None and (stops or on_text is not None)
+    decode = _decode_fn(jax.default_backend())
+    put = functools.partial(_place, mesh=mesh)
     results: list[dict] = [None] * len(prompts)  # type: ignore[list-item]
     with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
         for first in range(0, len(prompts), bsz):
@@ -185,54 +218,34 @@ def generate_ids(model: Transformer, prompts: Sequence[Sequence[int]],
             if t + n_steps > cfg.max_position_embeddings:
                 raise ValueError(f"prompt of {t} tokens + {n_steps} new > max_position_embeddings "
                                  f"{cfg.max_position_embeddings}")
-            tokens = np.zeros((bsz, t), np.int32)
+            tokens = np.zeros((bsz, t), np.int32)  # left-padded; dummy rows hold one token
             start = np.full((bsz,), t - 1, np.int32)
             for r, i in enumerate(idx):
                 tokens[r, t - len(prompts[i]):] = prompts[i]
                 start[r] = t - len(prompts[i])
-            rows = np.arange(first, first + bsz, dtype=np.int32)
-            done = np.arange(bsz) >= len(idx)
-            put = functools.partial(_place, mesh=mesh)
-            d = _prefill(graphdef, state, put(tokens), put(start), put(rows), put(done),
+            rows = np.arange(first, first + bsz, dtype=np.int32)  # prompt index: the sampling key
+            dummy = np.arange(bsz) >= len(idx)
+            d = _prefill(graphdef, state, put(tokens), put(start), put(rows), put(dummy),
                          jnp.asarray(settings.seed, jnp.int32), max_len=t + n_steps)
             live = [_Row(i, []) for i in idx]
             for _ in range(n_steps // chunk):
-                d, toks = _decode_fn(jax.default_backend())(graphdef, state, d, eos, chunk, settings.sampling)
+                d, toks = decode(graphdef, state, d, eos, chunk, settings.sampling)
                 toks = np.asarray(toks)
-                stopped = np.zeros((bsz,), bool)
                 for r, row in enumerate(live):
-                    if row.finish is not None:
-                        continue
-                    for tok in toks[r]:
-                        row.tokens.append(int(tok))
-                        if int(tok) in eos_token_ids:
-                            row.finish = "stop"
-                            break
-                        if len(row.tokens) >= settings.max_new_tokens:
-                            row.finish = "length"
-                            break
-                    if detokenize is not None and (stops or on_text is not None):
-                        text, hit = sampling.cut_at_stop(detokenize(_without_eos(row.tokens, eos_token_ids)),
-                                                         stops)
-                        if hit:
-                            row.finish = "stop"
-                        if on_text is not None:
-                            end = len(text) if row.finish else max(len(text) - hold, row.emitted)
-                            if text[row.emitted:end].endswith("\ufffd") and not row.finish:
-                                end -= 1  # a partial UTF-8 character: wait for its other bytes
-                            if end > row.emitted:
-                                on_text(row.index, text[row.emitted:end])
-                                row.emitted = end
-                    stopped[r] = row.finish is not None
-                if all(row.finish is not None for row in live):
+                    if row.finish is None:
+                        row.take(toks[r], eos_ids, settings.max_new_tokens)
+                        if watch_text:
+                            text = detokenize(_without_eos(row.tokens, eos_ids))
+                            row.check_text(text, stops, hold, on_text)
+                if all(row.finish for row in live):
                     break
-                if stopped.any():  # finished by a stop string: stop sampling those rows
-                    d = d._replace(done=d.done | put(stopped))
+                stopped = np.array([bool(row.finish) for row in live] + [True] * (bsz - len(live)))
+                d = d._replace(done=d.done | put(stopped))  # rows ended by a stop string, too
             for row in live:
                 out = {"tokens": row.tokens, "finish_reason": row.finish or "length"}
                 if detokenize is not None:
-                    out["text"] = sampling.cut_at_stop(detokenize(_without_eos(row.tokens, eos_token_ids)),
-                                                       stops)[0]
+                    text = detokenize(_without_eos(row.tokens, eos_ids))
+                    out["text"] = sampling.cut_at_stop(text, stops)[0]
                 results[row.index] = out
     return results
 
