@@ -32,7 +32,7 @@ from r1jax.data.token_store import TokenStore
 from r1jax.flops import train_flops_per_token
 from r1jax.model import Transformer
 from r1jax.monitor import Monitor, device_memory, peak_tflops
-from r1jax.optim import make_optimizer
+from r1jax.optim import make_optimizer, path_str
 from r1jax.step import StepConfig, loss_fn, split_model, train_step
 from r1jax.train_checkpoint import RunCheckpoints, abstract_of
 from r1jax.train_data import prepare_data
@@ -44,6 +44,33 @@ class TrainingError(RuntimeError):
 
 def _global_batch(local: dict, batch_sharding) -> dict:
     return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v)) for k, v in local.items()}
+
+
+def opt_state_shardings(opt_state, params, mesh) -> object:
+    """Each optimizer-state leaf sharded like the parameter it belongs to (Adam's moments; its dotted
+    path ends with the parameter's and the shapes agree), anything else (counters) replicated.
+
+    `jax.jit(tx.init)` alone replicates the moments: its zeros do not depend on the parameters.
+    """
+    by_name = {path_str(p): (x.shape, x.sharding) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def one(path, leaf):
+        name = path_str(path)
+        for pname, (shape, sh) in by_name.items():
+            if (name == pname or name.endswith("." + pname)) and leaf.shape == shape:
+                return sh
+        return replicated
+    return jax.tree_util.tree_map_with_path(one, opt_state)
+
+
+def jit_train_step(graphdef, tx, sc: StepConfig, state_shardings: tuple, mesh):
+    """train_step jitted with donated (params, rest, opt_state) that keep `state_shardings` step after
+    step: left free, XLA may hand back another layout, which recompiles the step (or fails the
+    ahead-of-time compiled one). Metrics come back replicated, readable on every process."""
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.jit(functools.partial(train_step, graphdef, tx, sc), donate_argnums=(0, 1, 2),
+                   out_shardings=(*state_shardings, replicated))
 
 
 def evaluate_split(eval_fn, params, rest, prefix, c, batch_sharding, max_batches: int) -> dict:
@@ -130,11 +157,12 @@ def _train(c, mesh, is_main: bool, log) -> dict:
 
     # ---- step
     tx, lr_by_group, stage_at = make_optimizer(run_config.optim_config(c, total_steps), model_cfg, params)
-    opt_state = jax.jit(tx.init)(params)
+    o_shard = opt_state_shardings(jax.eval_shape(tx.init, params), params, mesh)
+    opt_state = jax.jit(tx.init, out_shardings=o_shard)(params)
     sc = StepConfig(grad_accum=c.train.grad_accum, aux_loss_weight=c.train.aux_loss_weight,
                     mtp_loss_weight=c.train.mtp_loss_weight, router_bias_rate=c.train.router_bias_rate,
                     loss_chunk=c.train.loss_chunk)
-    step_fn = jax.jit(functools.partial(train_step, graphdef, tx, sc), donate_argnums=(0, 1, 2))
+    step_fn = jit_train_step(graphdef, tx, sc, (p_shard, r_shard, o_shard), mesh)
     eval_fn = jax.jit(lambda p, r, b: loss_fn(p, r, graphdef, b, StepConfig(loss_chunk=c.train.loss_chunk))[1])
     flops_per_token = train_flops_per_token(model_cfg, c.train.seq_len)
 
