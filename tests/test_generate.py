@@ -4,7 +4,8 @@
   while r1jax runs the prompts as one left-padded batch of different lengths;
 - every decode step's logits equal a full recompute by the
   training forward (Transformer.__call__ on the right-padded sequences so far);
-- sharded over a data x fsdp x tensor mesh, the same tokens as on one device;
+- sharded over an fsdp x expert x tensor mesh (routed experts under shard_map), the same tokens
+  as on one device;
 - the CLI end to end on a tiny checkpoint with the real tokenizer: --input/--output rows, greedy
   tokens equal the argmax of a full forward, stop strings, --prompt streaming, a training run,
   malformed rows named by file:line.
@@ -116,7 +117,7 @@ def test_decode_steps_equal_full_forward(case):
 
 def test_sharded_equals_one_device(case, greedy):
     _, model, prompts = case
-    mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+    mesh = sharding.make_mesh(data=1, fsdp=2, expert=2, tensor=2)  # experts under shard_map
     graphdef, state = nnx.split(model)
     state = jax.device_put(state, sharding.variable_shardings(state, mesh))
     s = GenerationSettings(max_new_tokens=NEW, temperature=0.0, batch_size=4, steps_per_call=8)
