@@ -26,7 +26,15 @@ the end-of-sentence token included when produced), "n_tokens": int, "finish_reas
 sentence or a stop string) | "length" (max_new_tokens)}. `text` is cut before the first stop
 string. `on_text(i, piece)` receives prompt i's text as it grows (console streaming). `mesh`: the
 mesh the model's params are placed on (load(..., mesh=mesh)); None for one device.
-`generate_ids` is the same on token ids. Sampling: r1jax/sampling.py.
+GenerationSettings(max_new_tokens=1024, temperature=0.6, top_p=0.95, top_k=0, seed=0, stop=(),
+eos_token_ids=() [the tokenizer's], batch_size=8, steps_per_call=8). Also:
+
+    load(path: str, dtype="bfloat16", mesh=None) -> (Transformer, meta_dir: str)
+    generate_ids(model, prompts: list[list[int]], settings, *, eos_token_ids=None, mesh=None,
+                 detokenize=None, on_text=None) -> list[dict]      # the same on token ids
+
+Sampling (r1jax/sampling.py): each prompt draws with keys from (seed, its index in `prompts`, step),
+so a fixed seed reproduces, whatever the batch size.
 
 Decode: left-padded batches (every row's next token at one shared cache slot); `prefill` runs the
 prompts through the training forward and fills the latent cache; each call of the jitted decode
