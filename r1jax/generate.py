@@ -34,7 +34,8 @@ eos_token_ids=() [the tokenizer's], batch_size=8, steps_per_call=8). Also:
                  detokenize=None, on_text=None) -> list[dict]      # the same on token ids
 
 Sampling (r1jax/sampling.py): each prompt draws with keys from (seed, its index in `prompts`, step),
-so a fixed seed reproduces, whatever the batch size.
+so a fixed seed reproduces, and a prompt's sample does not depend on the other prompts of its batch
+(up to the float rounding of its logits).
 
 Decode: left-padded batches (every row's next token at one shared cache slot); `prefill` runs the
 prompts through the training forward and fills the latent cache; each call of the jitted decode

@@ -10,6 +10,7 @@
   tokens equal the argmax of a full forward, stop strings, --prompt streaming, a training run,
   malformed rows named by file:line.
 """
+import dataclasses
 import json
 
 import jax
@@ -123,6 +124,18 @@ def test_sharded_equals_one_device(case, greedy):
     s = GenerationSettings(max_new_tokens=NEW, temperature=0.0, batch_size=4, steps_per_call=8)
     out = generate_ids(nnx.merge(graphdef, state), prompts, s, eos_token_ids=(1,), mesh=mesh)
     assert [o["tokens"] for o in out] == [g["tokens"] for g in greedy]
+
+
+def test_sampling_reproduces_and_rows_do_not_depend_on_their_batch(case):
+    _, model, prompts = case
+    # temperature 0.1: the logits (std ~0.16 for these random weights) still decide, not only the key
+    s = GenerationSettings(max_new_tokens=8, temperature=0.1, top_p=0.9, seed=3, batch_size=4)
+    other = prompts[:2] + [prompts[2][::-1]]  # same shapes, a different third prompt
+    a, again, b = (generate_ids(model, p, s, eos_token_ids=(1,)) for p in (prompts, prompts, other))
+    assert [o["tokens"] for o in a] == [o["tokens"] for o in again]
+    assert [o["tokens"] for o in a[:2]] == [o["tokens"] for o in b[:2]] and a[2] != b[2]
+    seeded = generate_ids(model, prompts, dataclasses.replace(s, seed=4), eos_token_ids=(1,))
+    assert all(x["tokens"] != y["tokens"] for x, y in zip(a, seeded))
 
 
 def test_cache_is_576_values_per_layer_token_for_r1():
