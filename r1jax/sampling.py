@@ -29,45 +29,45 @@ class SamplingSettings:
             raise ValueError(f"top_k must be >= 0 (0 is off), got {self.top_k}")
 
 
-CANDIDATES = 1024  # top-p looks at this many most likely tokens first (lax.top_k); sorts all only if
-                   # their mass is short of top_p. A full sort of 129k logits costs ~100 ms on a CPU.
-
-
 def filter_logits(logits: jnp.ndarray, temperature: float, top_k: int = 0, top_p: float = 1.0) -> jnp.ndarray:
     """logits [B, V] -> float32 logits / temperature with -inf outside the kept set [B, V].
 
-    top_k keeps the k largest (ties broken by index); top_p then keeps the smallest set of the most
-    likely tokens whose mass (renormalized after top-k) reaches top_p; the most likely token always
-    stays. temperature must be > 0 here (0 is greedy, see `sample`).
+    top_k keeps the k largest (lax.top_k's choice among ties); top_p then keeps the smallest set of
+    the most likely tokens whose mass (renormalized after top-k) reaches top_p, and any token exactly
+    as likely as the least likely of them; the most likely token always stays. temperature must be
+    > 0 here (0 is greedy, see `sample`).
     """
     x = logits.astype(jnp.float32) / temperature
-    v = x.shape[-1]
-    if top_k <= 0 and top_p >= 1.0:
-        return x
-    if top_k > 0 or v <= CANDIDATES:
-        return _keep_top(x, min(top_k, v) if top_k > 0 else v, top_k, top_p)[0]
-    fast, mass = _keep_top(x, CANDIDATES, top_k, top_p)
-    # Exact either way: when the candidates hold at least top_p of the mass, the nucleus is among them.
-    return jax.lax.cond(jnp.all(mass >= top_p), lambda: fast, lambda: _keep_top(x, v, top_k, top_p)[0])
-
-
-def _keep_top(x, k: int, top_k: int, top_p: float):
-    """(x with -inf outside the kept set [B, V], mass of the k most likely tokens [B]), deciding among
-    the k most likely tokens only (k == V: all of them, by a full sort)."""
-    rows = jnp.arange(x.shape[0])[:, None]
-    if k < x.shape[-1]:
-        vals, idx = jax.lax.top_k(x, k)  # [B, k] descending
-    else:
-        idx = jnp.argsort(-x, axis=-1, stable=True)
-        vals = jnp.take_along_axis(x, idx, axis=-1)
-    keep = jnp.arange(k)[None, :] < (top_k if top_k > 0 else k)
-    # top-p mass is relative to what top-k kept, else to the whole vocabulary
-    lse = jax.nn.logsumexp(jnp.where(keep, vals, -jnp.inf) if top_k > 0 else x, axis=-1, keepdims=True)
-    probs = jnp.where(keep, jnp.exp(vals - lse), 0.0)
+    b, v = x.shape
+    keep = jnp.ones(x.shape, bool)
+    if 0 < top_k < v:
+        idx = jax.lax.top_k(x, top_k)[1]  # [B, k]
+        keep = jnp.zeros(x.shape, bool).at[jnp.arange(b)[:, None], idx].set(True)
     if top_p < 1.0:
-        keep &= (jnp.cumsum(probs, axis=-1) - probs) < top_p  # mass of strictly more likely tokens
-    keep_vocab = jnp.zeros(x.shape, bool).at[rows, idx].set(keep)
-    return jnp.where(keep_vocab, x, -jnp.inf), probs.sum(-1)
+        keep &= nucleus(jax.nn.softmax(jnp.where(keep, x, -jnp.inf), axis=-1), top_p)
+    return jnp.where(keep, x, -jnp.inf)
+
+
+def nucleus(probs: jnp.ndarray, top_p: float) -> jnp.ndarray:
+    """probs [B, V] (>= 0, summing to 1) -> keep [B, V]: tokens at least as likely as the k-th most
+    likely, k the fewest whose mass reaches top_p.
+
+    No sort (a full sort of 129k logits costs ~100 ms per step on a CPU): the threshold is found by
+    bisection on the probabilities' float32 bit patterns, which order non-negative floats as
+    integers, so 32 masked sums land exactly on the k-th largest value.
+    """
+    bits = jax.lax.bitcast_convert_type(probs.astype(jnp.float32), jnp.int32)  # [B, V]
+    mass_from = lambda t: jnp.sum(jnp.where(bits >= t[:, None], probs, 0.0), axis=-1)  # [B]
+
+    def halve(_, bounds):  # invariant: mass_from(lo) >= top_p > mass_from(hi)
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        ok = mass_from(mid) >= top_p
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+    lo = jnp.zeros(bits.shape[:1], jnp.int32)
+    lo, _ = jax.lax.fori_loop(0, 32, halve, (lo, bits.max(axis=-1) + 1))
+    return bits >= lo[:, None]
 
 
 def sample(logits: jnp.ndarray, keys: jax.Array, s: SamplingSettings) -> jnp.ndarray:

@@ -8,8 +8,8 @@ Random weights (the numbers do not depend on them), params and compute in --dtyp
 warm-up call that compiles, the same jitted functions r1jax.generate runs: the prefill of a batch of
 left-padded prompts (prompt tokens/s) and decode calls of --steps_per_call steps each (sampling with
 --temperature and top-p 0.95 included; generated tokens/s over the batch), median of --repeats.
-Random weights give near-flat next-token distributions, so top-p takes its slow path (a full sort
-of the vocabulary, r1jax/sampling.py): a worst case; --temperature 0 times greedy decoding.
+Random weights give near-flat next-token distributions (top-p keeps most of the vocabulary; its
+cost does not depend on that, r1jax/sampling.py); --temperature 0 times greedy decoding.
 Reports the decode cache per token over all layers, latent (kv_lora_rank + qk_rope_head_dim values)
 against what per-head K/V would hold (heads * (qk_head_dim + v_head_dim)), and the cache's total.
 The last line of stdout is one JSON object.
