@@ -78,7 +78,7 @@ def main(argv=None) -> dict:
     p.add_argument("--new_tokens", type=int, default=32, help="decode steps timed per repeat")
     p.add_argument("--steps_per_call", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--temperature", type=float, default=0.6, help="0: greedy (no top-p sort)")
+    p.add_argument("--temperature", type=float, default=0.6, help="0: greedy (no sampling)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--out", help="also write the JSON here")
     a = p.parse_args(argv)
