@@ -1,0 +1,328 @@
+"""Plan a pod without the hardware: compile the real training step ahead of time for a TPU slice.
+
+    python -m r1jax.plan --config=configs/r1_671b.py --topology=v5p-1024 [--variant full] [--json]
+
+The step is built as r1jax/train.py builds it (make_optimizer, StepConfig, train_step, split_model,
+variable_shardings, batch_sharding, donated params / router bias / optimizer state, all under
+`jax.set_mesh`), from abstract parameters (nnx.eval_shape: no memory), on a mesh of the slice's
+devices as libtpu describes them (jax.experimental.topologies), then lowered and compiled by the TPU
+compiler on this CPU. It reports per-chip memory (XLA's memory analysis), FLOPs, compile time and
+whether the step fits the chip's HBM with HEADROOM to spare. A step the compiler itself cannot fit
+is reported with the compiler's own figure (fits = false).
+
+Slice names follow Cloud TPU accelerator types: v5p-N counts TensorCores (2 per chip, v5p-1024 =
+512 chips, 8x8x8); v6e-N counts chips (v6e-256 = 16x16). A raw libtpu topology (`v5p:4x4x8`) works too.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import re
+import sys
+import time
+
+# libtpu is only a compiler here. Without these it warns that it cannot find the TPU metadata
+# server, and it refuses to load while another process (a test, a second plan) holds its lock.
+# Set before libtpu loads (the first topology query); a real TPU VM's own values win.
+for _k, _v in {"ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "TPU_ACCELERATOR_TYPE": "v5p-8",
+               "TPU_WORKER_HOSTNAMES": "localhost", "TPU_SKIP_MDS_QUERY": "1"}.items():
+    os.environ.setdefault(_k, _v)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from r1jax import checkpoint, run_config, sharding  # noqa: E402
+from r1jax.flops import train_flops_per_token  # noqa: E402
+from r1jax.model import Transformer  # noqa: E402
+from r1jax.optim import make_optimizer, path_str  # noqa: E402
+from r1jax.step import StepConfig, split_model, train_step  # noqa: E402
+
+GIB = 1024 ** 3
+# HBM per chip that the TPU compiler (libtpu 0.0.42) allocates against, read from its
+# out-of-memory messages here ("exceeds available HBM (95.74G)"). Cloud TPU documentation lists
+# 95 GB for v5p (cloud.google.com/tpu/docs/v5p) and 32 GB for v6e (cloud.google.com/tpu/docs/v6e).
+HBM_GIB = {"v5p": 95.74, "v6e": 31.25}
+# A plan fits when the compiled step needs at most this fraction of HBM: the rest is for what the
+# program does not see (the runtime's collective buffers, the next batch being transferred in,
+# allocator fragmentation).
+HEADROOM = 0.9
+# Physical shapes of the standard slices (Cloud TPU docs), by chip count.
+_SHAPES = {"v5p": {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
+                   256: "4x8x8", 512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16"},
+           "v6e": {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16",
+                   256: "16x16"}}
+_CORES_PER_CHIP = {"v5p": 2, "v6e": 1}   # the accelerator type's N counts TensorCores
+# The fine-tuning modes a plan can compare; each overrides only the optimizer keys named.
+VARIANTS = {
+    "full": {"optim.freeze_groups": "", "optim.state_dtype": "float32"},
+    "bf16_state": {"optim.freeze_groups": "", "optim.state_dtype": "bfloat16"},
+    "frozen_experts": {"optim.freeze_groups": "routed_experts", "optim.state_dtype": "float32"},
+}
+
+
+class PlanError(ValueError):
+    """A slice name, variant or mesh that cannot be planned; the message says which and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+    name: str            # as asked: "v5p-1024" or "v5p:8x8x8"
+    generation: str      # "v5p" | "v6e"
+    topology: str        # libtpu's name, "v5p:8x8x8"
+    chips: int
+    hbm_gib: float
+
+
+def parse_slice(name: str) -> Slice:
+    """A Cloud TPU accelerator type ("v5p-1024", "v6e-256") or libtpu topology ("v5p:4x4x8")."""
+    m = re.fullmatch(r"(v5p|v6e)([-:])([0-9x]+)", name.strip())
+    if not m:
+        raise PlanError(f"--topology={name!r}: expected v5p-N, v6e-N or e.g. v5p:4x4x8 "
+                        f"(generations: {sorted(HBM_GIB)})")
+    gen, sep, rest = m.groups()
+    if sep == ":":
+        chips = math.prod(int(d) for d in rest.split("x"))
+        return Slice(name, gen, f"{gen}:{rest}", chips, HBM_GIB[gen])
+    n = int(rest)
+    chips, odd = divmod(n, _CORES_PER_CHIP[gen])
+    if odd or chips not in _SHAPES[gen]:
+        sizes = sorted(c * _CORES_PER_CHIP[gen] for c in _SHAPES[gen])
+        raise PlanError(f"--topology={name!r}: no standard {gen} slice of that size; sizes are "
+                        f"{gen}-{sizes} (or give a shape, e.g. {gen}:{_SHAPES[gen][64]})")
+    return Slice(name, gen, f"{gen}:{_SHAPES[gen][chips]}", chips, HBM_GIB[gen])
+
+
+def slice_devices(s: Slice) -> list:
+    """The slice's TPU devices as the compiler sees them (no TPU needed: libtpu describes them)."""
+    from jax.experimental import topologies
+    try:
+        return list(topologies.get_topology_desc(platform="tpu", topology_name=s.topology).devices)
+    except Exception as e:  # noqa: BLE001 - libtpu missing or the shape unknown to it
+        raise PlanError(f"libtpu cannot describe {s.topology} ({e!r:.300}); is jax[tpu] installed "
+                        f"(pip install -e '.[tpu]')?") from e
+
+
+def with_variant(c, variant: str | None):
+    """A copy of config c with the variant's keys set (None: the config as written)."""
+    if variant is None:
+        return c
+    if variant not in VARIANTS:
+        raise PlanError(f"--variant={variant!r}: choose one of {sorted(VARIANTS)}")
+    c = c.copy_and_resolve_references()
+    with c.unlocked():
+        for key, value in VARIANTS[variant].items():
+            section, k = key.split(".")
+            c[section][k] = value
+    return c
+
+
+def mesh_sizes(c, n_devices: int) -> dict[str, int]:
+    """The run's mesh sizes: the mesh.preset's for n_devices when set, else mesh.data/fsdp/...."""
+    if c.mesh.preset:
+        return sharding.mesh_preset(c.mesh.preset, n_devices)
+    return {k: c.mesh[k] for k in sharding.MESH_AXES}
+
+
+def _abstract(tree, shardings):
+    """nnx.State of ShapeDtypeStructs carrying their shardings (the arguments, without memory)."""
+    return jax.tree.map(lambda v, s: v.replace(jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s)),
+                        tree, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def opt_state_shardings(opt_state, params, mesh):
+    """Each optimizer-state leaf sharded like the parameter it belongs to (Adam's moments), others
+    (step counters) replicated.
+
+    A leaf belongs to parameter NAME when its dotted path ends with NAME and the shapes agree.
+    (`jax.jit(tx.init)` alone would not do this: its zeros do not depend on the parameters' values,
+    so XLA replicates them, which for the 671B is 2.4 TiB of bf16 moments on every chip.)
+    """
+    by_name = {path_str(p): (x.shape, x.sharding)
+               for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def one(path, leaf):
+        name = path_str(path)
+        for pname, (shape, sh) in by_name.items():
+            if (name == pname or name.endswith("." + pname)) and leaf.shape == shape:
+                return sh
+        return replicated
+    return jax.tree_util.tree_map_with_path(one, opt_state)
+
+
+def build_step(c, mesh, model_overrides: dict | None = None):
+    """(jitted train step, its abstract arguments, model config) as r1jax/train.py builds them.
+
+    The step must be lowered under jax.set_mesh(mesh), as train.py runs it. make_optimizer runs
+    outside the mesh: its constants are host arrays, and a compile-only TPU device cannot hold them.
+    """
+    if c.model.checkpoint:
+        model_cfg = checkpoint.read_config(c.model.checkpoint, dtype=c.model.dtype,
+                                           param_dtype=c.model.param_dtype, remat=c.model.remat)
+    else:
+        model_cfg = run_config.model_config(c)
+    if model_overrides:  # a cheaper stand-in of the same architecture (tests), never in the CLI
+        model_cfg = model_cfg.replace(**model_overrides)
+    abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(c.seed)))
+    graphdef, abs_params, abs_rest = split_model(abstract)
+    params = _abstract(abs_params, sharding.variable_shardings(abs_params, mesh))
+    rest = _abstract(abs_rest, sharding.variable_shardings(abs_rest, mesh))
+
+    total_steps = c.train.steps or 1
+    tx, _, _ = make_optimizer(run_config.optim_config(c, total_steps), model_cfg, params)
+    opt_state = jax.eval_shape(tx.init, params)
+    opt_state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                             opt_state, opt_state_shardings(opt_state, params, mesh))
+
+    sc = StepConfig(grad_accum=c.train.grad_accum, aux_loss_weight=c.train.aux_loss_weight,
+                    mtp_loss_weight=c.train.mtp_loss_weight, router_bias_rate=c.train.router_bias_rate,
+                    loss_chunk=c.train.loss_chunk)
+    step_fn = jax.jit(functools.partial(train_step, graphdef, tx, sc), donate_argnums=(0, 1, 2))
+    rows = c.train.batch_size
+    shards = math.prod(mesh.shape[a] for a in ("data", "fsdp", "expert"))
+    if rows % shards:
+        raise PlanError(f"config key train.batch_size={rows} does not split over the "
+                        f"{shards} batch shards (data x fsdp x expert) of mesh {dict(mesh.shape)}")
+    batch_sharding = sharding.batch_sharding(mesh)
+    batch = {k: jax.ShapeDtypeStruct((rows, c.train.seq_len), jnp.int32, sharding=batch_sharding)
+             for k in ("tokens", "positions", "segment_ids", "loss_mask")}
+    return step_fn, (params, rest, opt_state, batch), model_cfg
+
+
+def state_bytes(args) -> dict[str, int]:
+    """Global bytes of params, router state and optimizer state (the step's inputs but the batch)."""
+    size = lambda t: sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(t))
+    params, rest, opt_state, _ = args
+    return {"params": size(params), "rest": size(rest), "opt_state": size(opt_state)}
+
+
+def argument_bytes_per_device(args) -> int:
+    """Bytes of the step's inputs on one device, from their shardings (the largest shard per leaf)."""
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
+               for x in jax.tree.leaves(args))
+
+
+_OOM = re.compile(r"\(([0-9.]+)([KMGT])\) exceeds available HBM \(([0-9.]+)([KMGT])\)")
+
+
+def _gib(value: str, unit: str) -> float:
+    return float(value) * 1024 ** "KMGT".index(unit) / 1024 ** 2
+
+
+def plan(c, topology: str, variant: str | None = None, model_overrides: dict | None = None) -> dict:
+    """Compiles config c's train step for a TPU slice; the report dict (see module docstring)."""
+    s = parse_slice(topology)
+    c = with_variant(c, variant)
+    run_config.validate(c)
+    devices = slice_devices(s)
+    try:
+        sizes = mesh_sizes(c, len(devices))
+        mesh = sharding.make_mesh(**sizes, devices=devices)
+    except (ValueError, NotImplementedError) as e:
+        raise PlanError(f"mesh for {s.name} ({s.topology}, {len(devices)} chips): {e}") from e
+    report = {"topology": s.name, "libtpu_topology": s.topology, "chips": len(devices),
+              "variant": variant or "config", "mesh": {k: int(v) for k, v in mesh.shape.items()},
+              "mesh_preset": c.mesh.preset, "model": c.model.preset, "hbm_gib": s.hbm_gib,
+              "headroom": HEADROOM, "batch": [c.train.batch_size, c.train.seq_len],
+              "grad_accum": c.train.grad_accum, "param_dtype": c.model.param_dtype,
+              "state_dtype": c.optim.state_dtype, "freeze_groups": c.optim.freeze_groups}
+    t0 = time.perf_counter()
+    step_fn, args, model_cfg = build_step(c, mesh, model_overrides)
+    with jax.set_mesh(mesh):
+        lowered = step_fn.lower(*args)
+        report["lower_s"] = round(time.perf_counter() - t0, 2)
+        report["state_gib"] = {k: v / GIB for k, v in state_bytes(args).items()}
+        tokens = c.train.batch_size * c.train.seq_len
+        report["model_flops"] = train_flops_per_token(model_cfg, c.train.seq_len) * tokens
+        t1 = time.perf_counter()
+        try:
+            compiled = lowered.compile()
+        except Exception as e:  # noqa: BLE001 - the TPU compiler's out-of-memory is a result
+            m = _OOM.search(str(e))
+            if "RESOURCE_EXHAUSTED" not in str(e) or not m:
+                raise
+            # The compiler's figure is its temporaries; the inputs come on top (a lower bound: the
+            # compiler stopped before it had placed everything).
+            temps = _gib(m.group(1), m.group(2))
+            report.update(compiled=False, compile_s=round(time.perf_counter() - t1, 2),
+                          compiler_temporaries_gib=temps,
+                          per_device_memory_gib=temps + argument_bytes_per_device(args) / GIB,
+                          compiler_hbm_gib=_gib(m.group(3), m.group(4)), fits=False, flops=None,
+                          compiler_error=str(e).splitlines()[0][:400])
+            return report
+        report["compile_s"] = round(time.perf_counter() - t1, 2)
+    ma = compiled.memory_analysis()
+    mem = {"arguments": ma.argument_size_in_bytes, "outputs": ma.output_size_in_bytes,
+           "aliased": ma.alias_size_in_bytes, "temporaries": ma.temp_size_in_bytes,
+           "code": ma.generated_code_size_in_bytes}
+    total = mem["arguments"] + mem["outputs"] - mem["aliased"] + mem["temporaries"] + mem["code"]
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    report.update(compiled=True, memory_gib={k: v / GIB for k, v in mem.items()},
+                  per_device_memory_gib=total / GIB, fits=total / GIB <= HEADROOM * s.hbm_gib,
+                  flops=float(cost.get("flops", 0.0)) if cost else None)
+    return report
+
+
+def format_report(r: dict) -> str:
+    """The human-readable table of one plan."""
+    lines = [f"plan: {r['model']} ({r['variant']}) on {r['topology']} = {r['libtpu_topology']}, "
+             f"{r['chips']} chips, mesh {r['mesh']}"
+             + (f" (preset {r['mesh_preset']})" if r["mesh_preset"] else ""),
+             f"  batch {r['batch'][0]} x {r['batch'][1]} in {r['grad_accum']} micro-batch(es); params "
+             f"{r['param_dtype']}, Adam moments {r['state_dtype']}, frozen: {r['freeze_groups'] or '-'}",
+             "  state, whole slice (GiB): " + ", ".join(f"{k} {v:,.0f}" for k, v in r["state_gib"].items())]
+    if r["compiled"]:
+        m = r["memory_gib"]
+        lines += [f"  per chip (GiB): arguments {m['arguments']:.2f}  outputs {m['outputs']:.2f}  "
+                  f"aliased (donated) {m['aliased']:.2f}  temporaries {m['temporaries']:.2f}  "
+                  f"code {m['code']:.2f}",
+                  f"  per chip total {r['per_device_memory_gib']:.2f} GiB of {r['hbm_gib']} GiB HBM "
+                  f"(fits when <= {r['headroom']:.0%}): {'FITS' if r['fits'] else 'DOES NOT FIT'}",
+                  f"  FLOPs per step: compiler {r['flops']:.3e} per chip "
+                  f"(x {r['chips']} = {r['flops'] * r['chips']:.3e}); "
+                  f"model formula {r['model_flops']:.3e} for the slice"]
+    else:
+        lines += [f"  the TPU compiler stopped: temporaries alone need {r['compiler_temporaries_gib']:.2f} "
+                  f"GiB per chip, with the inputs at least {r['per_device_memory_gib']:.2f} GiB; "
+                  f"{r['compiler_hbm_gib']:.2f} GiB are available: DOES NOT FIT",
+                  f"  ({r['compiler_error']})"]
+    lines.append(f"  lowering {r['lower_s']} s, compilation {r['compile_s']} s")
+    return "\n".join(lines)
+
+
+def main(argv) -> None:
+    from absl import app, logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)  # JAX narrates its backend search at INFO
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    f = _FLAGS
+    if f["config"].value is None:
+        raise app.UsageError("--config=configs/NAME.py is required")
+    try:
+        r = plan(f["config"].value, f["topology"].value, f["variant"].value)
+    except (PlanError, run_config.RunConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(r) if f["json"].value else format_report(r))
+
+
+def _define_flags():
+    from absl import flags
+    from ml_collections import config_flags
+    return {"config": config_flags.DEFINE_config_file("config", None, "a configs/*.py file",
+                                                      lock_config=True),
+            "topology": flags.DEFINE_string("topology", "v5p-1024", "v5p-N, v6e-N or v5p:AxBxC"),
+            "variant": flags.DEFINE_enum("variant", None, sorted(VARIANTS),
+                                         "fine-tuning mode; unset: the config as written"),
+            "json": flags.DEFINE_bool("json", False, "print one JSON object")}
+
+
+if __name__ == "__main__":
+    from absl import app
+    _FLAGS = _define_flags()
+    app.run(main)
