@@ -9,7 +9,7 @@ tokens/step = batch_size * seq_len = 512 * 4096 = 2.1M, in grad_accum micro-batc
 sequences. Memory per parameter: bf16 params (2) + float32 gradient accumulator (4) + bf16 Adam
 moments (4) = 10 bytes: 6.7 TB for the model, spread over every chip (fsdp x expert x tensor).
 The mesh comes from mesh.preset for the device count (r1jax/sharding.py: r1-671b-v5p, r1-671b-v6e,
-r1-671b-gpu). Multi-host launch and pod plans: BUILD.md.
+r1-671b-gpu; sharding.mesh_sizes). Multi-host launch and pod plans: BUILD.md.
 """
 from r1jax.run_config import defaults
 
@@ -35,4 +35,8 @@ def get_config():
     c.optim.state_dtype = "bfloat16"
     c.optim.layer_decay = 0.95
     c.mesh.preset = "r1-671b-v5p"    # r1-671b-v6e on Trillium, r1-671b-gpu on 8-GPU hosts
+    c.mesh.data = 1                  # the sizes used where mesh.preset is not read
+    c.mesh.fsdp = -1
+    c.mesh.expert = 8
+    c.mesh.tensor = 1
     return c

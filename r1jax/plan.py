@@ -120,13 +120,6 @@ def with_variant(c, variant: str | None):
     return c
 
 
-def mesh_sizes(c, n_devices: int) -> dict[str, int]:
-    """The run's mesh sizes: the mesh.preset's for n_devices when set, else mesh.data/fsdp/...."""
-    if c.mesh.preset:
-        return sharding.mesh_preset(c.mesh.preset, n_devices)
-    return {k: c.mesh[k] for k in sharding.MESH_AXES}
-
-
 def _abstract(tree, shardings):
     """nnx.State of ShapeDtypeStructs carrying their shardings (the arguments, without memory)."""
     return jax.tree.map(lambda v, s: v.replace(jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s)),
@@ -220,7 +213,7 @@ def plan(c, topology: str, variant: str | None = None, model_overrides: dict | N
     run_config.validate(c)
     devices = slice_devices(s)
     try:
-        sizes = mesh_sizes(c, len(devices))
+        sizes = sharding.mesh_sizes(c.mesh, len(devices))
         mesh = sharding.make_mesh(**sizes, devices=devices)
     except (ValueError, NotImplementedError) as e:
         raise PlanError(f"mesh for {s.name} ({s.topology}, {len(devices)} chips): {e}") from e

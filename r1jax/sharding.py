@@ -162,3 +162,11 @@ def mesh_preset(name: str, n_devices: int) -> dict[str, int]:
         raise ValueError(f"mesh preset {name!r} covers {sorted(degrees)} chips, not {n_devices}; "
                          "set mesh.data/fsdp/expert/tensor instead")
     return {"data": 1, "fsdp": n_devices // degrees[n_devices], "expert": degrees[n_devices], "tensor": 1}
+
+
+def mesh_sizes(mesh_cfg, n_devices: int) -> dict[str, int]:
+    """A run config's `mesh` section -> {data, fsdp, expert, tensor}: its preset's sizes for
+    n_devices when mesh.preset is set, else mesh.data/fsdp/expert/tensor as written."""
+    if mesh_cfg.preset:
+        return mesh_preset(mesh_cfg.preset, n_devices)
+    return {a: mesh_cfg[a] for a in MESH_AXES}
