@@ -24,22 +24,15 @@ import re
 import sys
 import time
 
-# libtpu is only a compiler here. Without these it warns that it cannot find the TPU metadata
-# server, and it refuses to load while another process (a test, a second plan) holds its lock.
-# Set before libtpu loads (the first topology query); a real TPU VM's own values win.
-for _k, _v in {"ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "TPU_ACCELERATOR_TYPE": "v5p-8",
-               "TPU_WORKER_HOSTNAMES": "localhost", "TPU_SKIP_MDS_QUERY": "1"}.items():
-    os.environ.setdefault(_k, _v)
+import jax
+import jax.numpy as jnp
+from flax import nnx
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from r1jax import checkpoint, run_config, sharding  # noqa: E402
-from r1jax.flops import train_flops_per_token  # noqa: E402
-from r1jax.model import Transformer  # noqa: E402
-from r1jax.optim import make_optimizer, path_str  # noqa: E402
-from r1jax.step import StepConfig, split_model, train_step  # noqa: E402
+from r1jax import checkpoint, run_config, sharding
+from r1jax.flops import train_flops_per_token
+from r1jax.model import Transformer
+from r1jax.optim import make_optimizer, path_str
+from r1jax.step import StepConfig, split_model, train_step
 
 GIB = 1024 ** 3
 # HBM per chip that the TPU compiler (libtpu 0.0.42) allocates against, read from its
@@ -96,14 +89,26 @@ def parse_slice(name: str) -> Slice:
     return Slice(name, gen, f"{gen}:{_SHAPES[gen][chips]}", chips, HBM_GIB[gen])
 
 
+# libtpu is only a compiler here. Without these it warns that it cannot find the TPU metadata
+# server, and it refuses to load while another process (a test, a second plan) holds its lock. It
+# reads them when it loads (the first topology query); a real TPU VM's own values win.
+_LIBTPU_ENV = {"ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "TPU_ACCELERATOR_TYPE": "v5p-8",
+               "TPU_WORKER_HOSTNAMES": "localhost", "TPU_SKIP_MDS_QUERY": "1"}
+
+
 def slice_devices(s: Slice) -> list:
     """The slice's TPU devices as the compiler sees them (no TPU needed: libtpu describes them)."""
     from jax.experimental import topologies
+    added = {k: v for k, v in _LIBTPU_ENV.items() if k not in os.environ}
+    os.environ.update(added)
     try:
         return list(topologies.get_topology_desc(platform="tpu", topology_name=s.topology).devices)
     except Exception as e:  # noqa: BLE001 - libtpu missing or the shape unknown to it
         raise PlanError(f"libtpu cannot describe {s.topology} ({e!r:.300}); is jax[tpu] installed "
                         f"(pip install -e '.[tpu]')?") from e
+    finally:  # not inherited by child processes, whose JAX would take them for a TPU host
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def with_variant(c, variant: str | None):
