@@ -152,7 +152,7 @@ def opt_state_shardings(opt_state, params, mesh):
     return jax.tree_util.tree_map_with_path(one, opt_state)
 
 
-def build_step(c, mesh, model_overrides: dict | None = None):
+def build_step(c, mesh):
     """(jitted train step, its abstract arguments, model config) as r1jax/train.py builds them.
 
     The step must be lowered under jax.set_mesh(mesh), as train.py runs it. make_optimizer runs
@@ -163,8 +163,6 @@ def build_step(c, mesh, model_overrides: dict | None = None):
                                            param_dtype=c.model.param_dtype, remat=c.model.remat)
     else:
         model_cfg = run_config.model_config(c)
-    if model_overrides:  # a cheaper stand-in of the same architecture (tests), never in the CLI
-        model_cfg = model_cfg.replace(**model_overrides)
     abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(c.seed)))
     graphdef, abs_params, abs_rest = split_model(abstract)
     params = _abstract(abs_params, sharding.variable_shardings(abs_params, mesh))
@@ -211,7 +209,7 @@ def _gib(value: str, unit: str) -> float:
     return float(value) * 1024 ** "KMGT".index(unit) / 1024 ** 2
 
 
-def plan(c, topology: str, variant: str | None = None, model_overrides: dict | None = None) -> dict:
+def plan(c, topology: str, variant: str | None = None) -> dict:
     """Compiles config c's train step for a TPU slice; the report dict (see module docstring)."""
     s = parse_slice(topology)
     c = with_variant(c, variant)
@@ -229,7 +227,7 @@ def plan(c, topology: str, variant: str | None = None, model_overrides: dict | N
               "grad_accum": c.train.grad_accum, "param_dtype": c.model.param_dtype,
               "state_dtype": c.optim.state_dtype, "freeze_groups": c.optim.freeze_groups}
     t0 = time.perf_counter()
-    step_fn, args, model_cfg = build_step(c, mesh, model_overrides)
+    step_fn, args, model_cfg = build_step(c, mesh)
     with jax.set_mesh(mesh):
         lowered = step_fn.lower(*args)
         report["lower_s"] = round(time.perf_counter() - t0, 2)
