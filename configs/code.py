@@ -10,6 +10,12 @@ cores. The real run starts from converted R1 weights on a mesh:
     python -m r1jax.train --config=configs/code.py --config.model.checkpoint=CKPT \\
         --config.model.preset=r1-671b --config.model.dtype=bfloat16 --config.mesh.expert=8
 
+On several hosts every host runs the same command (BUILD.md "Multi-host"); batch_size is the global
+batch and must divide by the process count:
+
+    tools/launch_tpu_pod.sh --tpu NAME --zone ZONE -- --config=configs/code.py --config.output_dir=/shared/run
+    sbatch --nodes=2 tools/launch_slurm.sh -- --config=configs/code.py --config.output_dir=/shared/run
+
 tokens/step = batch_size * seq_len * grad_accum = 8 * 256 * 1 = 2,048.
 """
 from r1jax.run_config import defaults

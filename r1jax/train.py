@@ -52,15 +52,15 @@ def opt_state_shardings(opt_state, params, mesh) -> object:
 
     `jax.jit(tx.init)` alone replicates the moments: its zeros do not depend on the parameters.
     """
-    by_name = {path_str(p): (x.shape, x.sharding) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    by_name = {path_str(p): (x.shape, x.sharding)
+               for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
     def one(path, leaf):
         name = path_str(path)
-        for pname, (shape, sh) in by_name.items():
-            if (name == pname or name.endswith("." + pname)) and leaf.shape == shape:
-                return sh
-        return replicated
+        owners = [p for p, (shape, _) in by_name.items()
+                  if (name == p or name.endswith("." + p)) and leaf.shape == shape]
+        return by_name[max(owners, key=len)][1] if owners else replicated
     return jax.tree_util.tree_map_with_path(one, opt_state)
 
 
@@ -163,7 +163,11 @@ def _train(c, mesh, is_main: bool, log) -> dict:
                     mtp_loss_weight=c.train.mtp_loss_weight, router_bias_rate=c.train.router_bias_rate,
                     loss_chunk=c.train.loss_chunk)
     step_fn = jit_train_step(graphdef, tx, sc, (p_shard, r_shard, o_shard), mesh)
-    eval_fn = jax.jit(lambda p, r, b: loss_fn(p, r, graphdef, b, StepConfig(loss_chunk=c.train.loss_chunk))[1])
+    eval_sc = StepConfig(loss_chunk=c.train.loss_chunk)
+    eval_fn = jax.jit(  # the sums, replicated: every process reads them
+        lambda p, r, b: {k: v for k, v in loss_fn(p, r, graphdef, b, eval_sc)[1].items()
+                         if k in ("nll", "tokens", "correct")},
+        out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     flops_per_token = train_flops_per_token(model_cfg, c.train.seq_len)
 
     # ---- checkpoint: resume if this output_dir has one

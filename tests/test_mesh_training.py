@@ -18,7 +18,7 @@ from flax import nnx
 
 from r1jax import sharding
 from r1jax.model import Transformer, preset
-from r1jax.optim import OptimConfig, make_optimizer
+from r1jax.optim import OptimConfig, make_optimizer, path_str
 from r1jax.step import StepConfig, split_model
 from r1jax.train import jit_train_step, opt_state_shardings
 from r1jax.train_checkpoint import RunCheckpoints, abstract_of
@@ -145,6 +145,14 @@ def test_twenty_steps_equal_single_device(data, reference, name):
     if "expert" in name:  # the routed experts really are split over `expert`
         up = t.params["moe_layers"]["mlp"]["up"][...]  # [L, E, D, F]
         assert up.sharding.spec[1] == "expert" and not up.is_fully_replicated
+    # Adam's moments live where their parameters do (not replicated on every device)
+    flat = {path_str(k): v.sharding for k, v in jax.tree_util.tree_flatten_with_path(t.params)[0]}
+    moments = [(path_str(k), v) for k, v in jax.tree_util.tree_flatten_with_path(t.opt_state)[0]
+               if ".mu." in path_str(k) or ".nu." in path_str(k)]
+    assert len(moments) == 2 * len(flat)
+    for k, v in moments:
+        owner = k.split(".mu.")[-1].split(".nu.")[-1]
+        assert v.sharding.is_equivalent_to(flat[owner], v.ndim), k
 
 
 def test_checkpoint_resumes_on_another_mesh(data, reference, tmp_path):

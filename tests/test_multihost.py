@@ -1,5 +1,8 @@
 """python -m r1jax.train as 2 processes x 2 CPU devices over loopback (jax.distributed, gloo) equals
-1 process x 4 devices: the same losses at every step and the same final parameters."""
+1 process x 4 devices: the same losses at every step and the same final parameters.
+
+The two processes are started the way tools/launch_slurm.sh starts them under srun: the coordinator
+as a flag, the process count and ids from SLURM's variables (JAX's SLURM detection reads them)."""
 import json
 import os
 import socket
@@ -81,8 +84,11 @@ def _run_all(commands, meanwhile):
             if p.poll() is None:
                 p.kill()
                 p.communicate()
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    failed = [f"process {i} exited with {p.returncode}:\n" + "\n".join(
+        [line for line in err.splitlines() if "rror" in line or "ailed" in line or "Fatal" in line][:20]
+        + ["..."] + err[-2000:].splitlines())
+        for i, (p, (_, err)) in enumerate(zip(procs, outs)) if p.returncode]
+    assert not failed, "\n\n".join(failed)
     return here, [err for _, err in outs]
 
 
@@ -114,9 +120,10 @@ def runs(tmp_path_factory):
     one, two = tmp_path_factory.mktemp("one_process"), tmp_path_factory.mktemp("two_processes")
     prepare_data(_config(data, one), log=lambda s: None)  # once, here: the launches below reuse it
     port = _free_port()
-    multi = [(_command(_config(data, two)) + [f"--config.dist.coordinator=127.0.0.1:{port}",
-                                             "--config.dist.num_processes=2", f"--config.dist.process_id={i}"],
-              _env(2)) for i in range(2)]
+    srun = lambda i: {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_NTASKS": "2",
+                      "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i), "JAX_LOCAL_DEVICE_IDS": "0,1"}
+    multi = [(_command(_config(data, two)) + [f"--config.dist.coordinator=127.0.0.1:{port}"],
+              {**_env(2), **srun(i)}) for i in range(2)]
     # The reference runs in this process (8 CPU devices, conftest) on a mesh of its first 4.
     one_cfg = _config(data, one)
     one_cfg.mesh.data = 4
@@ -126,7 +133,8 @@ def runs(tmp_path_factory):
 
 def test_two_processes_equal_one(runs):
     one, two, summary, (err_p0, err_p1) = runs
-    assert "over 4 of 4 cpu device(s) in 2 process(es)" in err_p0 and "process 0 of 2" in err_p0, err_p0[-2000:]
+    assert "over 4 of 4 cpu device(s) in 2 process(es)" in err_p0, err_p0[-2000:]
+    assert "process 0 of 2" in err_p0, err_p0[-2000:]
     assert summary["step"] == STEPS
     assert "compiled in" not in err_p1 and "val/loss" not in err_p1  # only process 0 logs
     ref, got = _records(one), _records(two)
@@ -143,6 +151,36 @@ def test_two_processes_equal_one(runs):
     assert want.keys() == params.keys()
     for k, v in want.items():
         np.testing.assert_allclose(params[k], v, rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+VOTE = """
+import json, sys
+import jax
+from r1jax import distributed, run_config
+c = run_config.defaults()
+c.dist.coordinator, c.dist.num_processes, c.dist.process_id = sys.argv[1], 2, int(sys.argv[2])
+print(distributed.initialize(c.dist), file=sys.stderr)
+vote = distributed.AnyProcess()
+# process 1 alone raises its flag at the 4th poll (a SIGTERM that reached one host)
+print(json.dumps([vote.poll(jax.process_index() == 1 and i == 3) for i in range(6)]))
+"""
+
+
+def test_a_flag_on_one_process_is_seen_by_all_at_the_same_poll():
+    port = _free_port()
+    cmd = lambda i: [sys.executable, "-c", VOTE, f"127.0.0.1:{port}", str(i)]
+    procs = [subprocess.Popen(cmd(i), env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=ROOT) for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0 and "of 2" in err, err[-2000:]
+        assert json.loads(out.splitlines()[-1]) == [False] * 4 + [True, False]
 
 
 def test_launcher_detection_and_init_args():
