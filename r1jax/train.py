@@ -104,7 +104,18 @@ def run(c) -> dict:
     log(f"processes: {joined}")
 
     # ---- mesh: set for the whole run, so that code tracing under it (shard_map) sees its axes
-    mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.expert, c.mesh.tensor)
+    try:  # mesh.preset, when set, picks the sizes for this device count
+        mesh = sharding.make_mesh(**sharding.mesh_sizes(c.mesh, jax.device_count()))
+    except ValueError as e:
+        raise run_config.RunConfigError(f"config section mesh: {e}") from None
+    shards = mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"]  # the batch's row shards
+    micro = c.train.batch_size // c.train.grad_accum
+    if micro % shards or c.train.batch_size % jax.process_count():
+        raise run_config.RunConfigError(
+            f"config key train.batch_size={c.train.batch_size}: each micro-batch ({micro} rows with "
+            f"train.grad_accum={c.train.grad_accum}) must divide by the mesh's batch shards "
+            f"(data x fsdp x expert = {shards}, mesh {dict(mesh.shape)}), and the batch by the "
+            f"{jax.process_count()} process(es)")
     log(f"mesh {dict(mesh.shape)} over {mesh.devices.size} of {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s) in {jax.process_count()} process(es)")
     with jax.set_mesh(mesh):
