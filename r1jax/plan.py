@@ -279,9 +279,10 @@ def format_report(r: dict) -> str:
                   f"code {m['code']:.2f}",
                   f"  per chip total {r['per_device_memory_gib']:.2f} GiB of {r['hbm_gib']} GiB HBM "
                   f"(fits when <= {r['headroom']:.0%}): {'FITS' if r['fits'] else 'DOES NOT FIT'}",
-                  f"  FLOPs per step: compiler {r['flops']:.3e} per chip "
-                  f"(x {r['chips']} = {r['flops'] * r['chips']:.3e}); "
-                  f"model formula {r['model_flops']:.3e} for the slice"]
+                  f"  FLOPs: compiler {r['flops']:.3e} per chip and micro-batch (XLA counts the "
+                  f"accumulation loop once), x {r['chips']} chips x {r['grad_accum']} = "
+                  f"{r['flops'] * r['chips'] * r['grad_accum']:.3e}; model formula "
+                  f"{r['model_flops']:.3e} per step"]
     else:
         lines += [f"  the TPU compiler stopped: temporaries alone need {r['compiler_temporaries_gib']:.2f} "
                   f"GiB per chip, with the inputs at least {r['per_device_memory_gib']:.2f} GiB; "
