@@ -35,8 +35,4 @@ def get_config():
     c.optim.state_dtype = "bfloat16"
     c.optim.layer_decay = 0.95
     c.mesh.preset = "r1-671b-v5p"    # r1-671b-v6e on Trillium, r1-671b-gpu on 8-GPU hosts
-    c.mesh.data = 1                  # the sizes used where mesh.preset is not read
-    c.mesh.fsdp = -1
-    c.mesh.expert = 8
-    c.mesh.tensor = 1
     return c
