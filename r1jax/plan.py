@@ -2,9 +2,9 @@
 
     python -m r1jax.plan --config=configs/r1_671b.py --topology=v5p-1024 [--variant full] [--json]
 
-The step is built as r1jax/train.py builds it (make_optimizer, StepConfig, train_step, split_model,
-variable_shardings, batch_sharding, donated params / router bias / optimizer state, all under
-`jax.set_mesh`), from abstract parameters (nnx.eval_shape: no memory), on a mesh of the slice's
+The step is built as r1jax/train.py builds it (make_optimizer, StepConfig, split_model,
+variable_shardings, train.opt_state_shardings, train.jit_train_step with donated params / router bias
+/ optimizer state, batch_sharding, under `jax.set_mesh`), from abstract parameters (nnx.eval_shape: no memory), on a mesh of the slice's
 devices as libtpu describes them (jax.experimental.topologies), then lowered and compiled by the TPU
 compiler on this CPU. It reports per-chip memory (XLA's memory analysis), FLOPs, compile time and
 whether the step fits the chip's HBM with HEADROOM to spare. A step the compiler itself cannot fit
@@ -16,7 +16,6 @@ Slice names follow Cloud TPU accelerator types: v5p-N counts TensorCores (2 per 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -31,8 +30,10 @@ from flax import nnx
 from r1jax import checkpoint, run_config, sharding
 from r1jax.flops import train_flops_per_token
 from r1jax.model import Transformer
-from r1jax.optim import make_optimizer, path_str
-from r1jax.step import StepConfig, split_model, train_step
+from r1jax.optim import make_optimizer
+from r1jax.step import StepConfig, split_model
+# The trainer's own step builders (and its --config flag, which the CLI below shares).
+from r1jax.train import jit_train_step, opt_state_shardings
 
 GIB = 1024 ** 3
 # HBM per chip that the TPU compiler (libtpu 0.0.42) allocates against, read from its
@@ -131,29 +132,9 @@ def _abstract(tree, shardings):
                         tree, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def opt_state_shardings(opt_state, params, mesh):
-    """Each optimizer-state leaf sharded like the parameter it belongs to (Adam's moments), others
-    (step counters) replicated.
-
-    A leaf belongs to parameter NAME when its dotted path ends with NAME and the shapes agree.
-    (`jax.jit(tx.init)` alone would not do this: its zeros do not depend on the parameters' values,
-    so XLA replicates them, which for the 671B is 2.4 TiB of bf16 moments on every chip.)
-    """
-    by_name = {path_str(p): (x.shape, x.sharding)
-               for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-
-    def one(path, leaf):
-        name = path_str(path)
-        for pname, (shape, sh) in by_name.items():
-            if (name == pname or name.endswith("." + pname)) and leaf.shape == shape:
-                return sh
-        return replicated
-    return jax.tree_util.tree_map_with_path(one, opt_state)
-
-
 def build_step(c, mesh):
-    """(jitted train step, its abstract arguments, model config) as r1jax/train.py builds them.
+    """(jitted train step, its abstract arguments, model config) as r1jax/train.py builds them
+    (its opt_state_shardings and jit_train_step: state shardings kept, metrics replicated).
 
     The step must be lowered under jax.set_mesh(mesh), as train.py runs it. make_optimizer runs
     outside the mesh: its constants are host arrays, and a compile-only TPU device cannot hold them.
@@ -165,19 +146,21 @@ def build_step(c, mesh):
         model_cfg = run_config.model_config(c)
     abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(c.seed)))
     graphdef, abs_params, abs_rest = split_model(abstract)
-    params = _abstract(abs_params, sharding.variable_shardings(abs_params, mesh))
-    rest = _abstract(abs_rest, sharding.variable_shardings(abs_rest, mesh))
+    p_shard = sharding.variable_shardings(abs_params, mesh)
+    r_shard = sharding.variable_shardings(abs_rest, mesh)
+    params, rest = _abstract(abs_params, p_shard), _abstract(abs_rest, r_shard)
 
     total_steps = c.train.steps or 1
     tx, _, _ = make_optimizer(run_config.optim_config(c, total_steps), model_cfg, params)
     opt_state = jax.eval_shape(tx.init, params)
+    o_shard = opt_state_shardings(opt_state, params, mesh)
     opt_state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-                             opt_state, opt_state_shardings(opt_state, params, mesh))
+                             opt_state, o_shard)
 
     sc = StepConfig(grad_accum=c.train.grad_accum, aux_loss_weight=c.train.aux_loss_weight,
                     mtp_loss_weight=c.train.mtp_loss_weight, router_bias_rate=c.train.router_bias_rate,
                     loss_chunk=c.train.loss_chunk)
-    step_fn = jax.jit(functools.partial(train_step, graphdef, tx, sc), donate_argnums=(0, 1, 2))
+    step_fn = jit_train_step(graphdef, tx, sc, (p_shard, r_shard, o_shard), mesh)
     rows = c.train.batch_size
     shards = math.prod(mesh.shape[a] for a in ("data", "fsdp", "expert"))
     if rows % shards:
@@ -293,27 +276,24 @@ def format_report(r: dict) -> str:
 
 
 def main(argv) -> None:
-    from absl import app, logging as absl_logging
+    from absl import app, flags, logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)  # JAX narrates its backend search at INFO
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = _FLAGS
-    if f["config"].value is None:
+    if flags.FLAGS.config is None:
         raise app.UsageError("--config=configs/NAME.py is required")
     try:
-        r = plan(f["config"].value, f["topology"].value, f["variant"].value)
+        r = plan(flags.FLAGS.config, f["topology"].value, f["variant"].value)
     except (PlanError, run_config.RunConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(json.dumps(r) if f["json"].value else format_report(r))
 
 
-def _define_flags():
+def _define_flags():  # --config is r1jax.train's flag: read the same way as the trainer reads it
     from absl import flags
-    from ml_collections import config_flags
-    return {"config": config_flags.DEFINE_config_file("config", None, "a configs/*.py file",
-                                                      lock_config=True),
-            "topology": flags.DEFINE_string("topology", "v5p-1024", "v5p-N, v6e-N or v5p:AxBxC"),
+    return {"topology": flags.DEFINE_string("topology", "v5p-1024", "v5p-N, v6e-N or v5p:AxBxC"),
             "variant": flags.DEFINE_enum("variant", None, sorted(VARIANTS),
                                          "fine-tuning mode; unset: the config as written"),
             "json": flags.DEFINE_bool("json", False, "print one JSON object")}
