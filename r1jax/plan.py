@@ -6,8 +6,8 @@ The step is built as r1jax/train.py builds it (make_optimizer, StepConfig, split
 variable_shardings, train.opt_state_shardings, train.jit_train_step with donated params / router bias
 / optimizer state, batch_sharding, under `jax.set_mesh`), from abstract parameters (nnx.eval_shape:
 no memory), on a mesh of the slice's devices as libtpu describes them (jax.experimental.topologies),
-then lowered and compiled by the TPU compiler on this CPU. It reports per-chip memory (XLA's memory analysis), FLOPs, compile time and
-whether the step fits the chip's HBM with HEADROOM to spare. A step the compiler itself cannot fit
+then lowered and compiled by the TPU compiler on this CPU. It reports per-chip memory (XLA's memory
+analysis), FLOPs, compile time and whether the step fits the chip's HBM with HEADROOM to spare. A step the compiler itself cannot fit
 is reported with the compiler's own figure (fits = false).
 
 Slice names follow Cloud TPU accelerator types: v5p-N counts TensorCores (2 per chip, v5p-1024 =
