@@ -3,12 +3,13 @@
     python -m r1jax.plan --config=configs/r1_671b.py --topology=v5p-1024 [--variant full] [--json]
 
 The step is built as r1jax/train.py builds it (make_optimizer, StepConfig, split_model,
-variable_shardings, train.opt_state_shardings, train.jit_train_step with donated params / router bias
-/ optimizer state, batch_sharding, under `jax.set_mesh`), from abstract parameters (nnx.eval_shape:
-no memory), on a mesh of the slice's devices as libtpu describes them (jax.experimental.topologies),
-then lowered and compiled by the TPU compiler on this CPU. It reports per-chip memory (XLA's memory
-analysis), FLOPs, compile time and whether the step fits the chip's HBM with HEADROOM to spare. A step the compiler itself cannot fit
-is reported with the compiler's own figure (fits = false).
+variable_shardings, train.opt_state_shardings, train.jit_train_step with donated params / router
+bias / optimizer state, batch_sharding, under `jax.set_mesh`), from abstract parameters
+(nnx.eval_shape: no memory), on a mesh of the slice's devices as libtpu describes them
+(jax.experimental.topologies), then lowered and compiled by the TPU compiler on this CPU. It reports
+per-chip memory (XLA's memory analysis), FLOPs, compile time and whether the step fits the chip's
+HBM with HEADROOM to spare. A step the compiler itself cannot fit is reported with the compiler's
+own figure (fits = false).
 
 Slice names follow Cloud TPU accelerator types: v5p-N counts TensorCores (2 per chip, v5p-1024 =
 512 chips, 8x8x8); v6e-N counts chips (v6e-256 = 16x16). A raw libtpu topology (`v5p:4x4x8`) works too.
