@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from r1jax import sharding
 from r1jax.losses import chunked_loss_sums, next_token_loss_sums, shifted_targets
 
 
@@ -74,8 +75,16 @@ def loss_fn(params, rest, graphdef, batch, sc: StepConfig = StepConfig(), norm=N
 
 
 def micro_batches(batch, n: int):
-    """[B, T] arrays -> [n, B/n, T] (micro-batch i takes rows i*B/n ... (i+1)*B/n - 1)."""
-    return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
+    """[B, T] arrays -> [n, B/n, T]; micro-batch i takes rows i, i+n, i+2n, ...
+
+    Strided, not contiguous: the batch's rows are laid out over the data-like mesh axes in
+    contiguous blocks, so rows i::n of every block put each micro-batch on every device (contiguous
+    micro-batches would run on 1/n of the devices at a time, with n times their activations).
+    """
+    def split(x):
+        x = x.reshape((x.shape[0] // n, n) + x.shape[1:]).swapaxes(0, 1)  # [n, B/n, T]
+        return sharding.constrain(x, (None, "batch", "seq"))
+    return jax.tree.map(split, batch)
 
 
 def _bias_update(rest, sums, rate):

@@ -85,7 +85,7 @@ def test_grad_accumulation_equals_one_larger_batch():
     """k micro-batches of uneven target counts give the update of one batch k times larger."""
     graphdef, params, rest = split_model(Transformer(CFG, rngs=nnx.Rngs(4)))
     batch = _batch(b=4, seed=5)
-    batch["segment_ids"] = batch["segment_ids"].at[2, 7:].set(0)  # micro-batch 2 has fewer targets
+    batch["segment_ids"] = batch["segment_ids"].at[2, 7:].set(0)  # row 2's micro-batch has fewer targets
     opt = optax.sgd(0.1)
     out = {}
     for k in (1, 2, 4):
@@ -97,6 +97,21 @@ def test_grad_accumulation_equals_one_larger_batch():
         assert out[k][2] == pytest.approx(out[1][2], rel=1e-5)
         for name, v in out[1][0].items():
             np.testing.assert_allclose(out[k][0][name], v, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_micro_batches_span_every_device():
+    """On a data mesh each micro-batch is spread over all devices (rows i, i+k, ...), not a block of
+    rows held by a subset of them."""
+    from r1jax import sharding
+    from r1jax.step import micro_batches
+    mesh = sharding.make_mesh(data=8)
+    x = jax.device_put(jnp.arange(32 * 3, dtype=jnp.int32).reshape(32, 3), sharding.batch_sharding(mesh))
+    with jax.set_mesh(mesh):
+        mbs = jax.jit(lambda b: micro_batches(b, 4))({"tokens": x})["tokens"]  # [4, 8, 3]
+    np.testing.assert_array_equal(np.asarray(mbs)[1], np.arange(32 * 3).reshape(32, 3)[1::4])
+    # every device holds one row of each of the 4 micro-batches
+    assert {sh.data.shape for sh in mbs.addressable_shards} == {(4, 1, 3)}, mbs.sharding
+    assert len({sh.device for sh in mbs.addressable_shards}) == 8
 
 
 def test_non_finite_step_is_skipped():
