@@ -142,7 +142,8 @@ def build_step(c, mesh):
     """
     if c.model.checkpoint:
         model_cfg = checkpoint.read_config(c.model.checkpoint, dtype=c.model.dtype,
-                                           param_dtype=c.model.param_dtype, remat=c.model.remat)
+                                           param_dtype=c.model.param_dtype, remat=c.model.remat,
+                                           moe_chunk_tokens=c.model.moe_chunk_tokens)
     else:
         model_cfg = run_config.model_config(c)
     abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(c.seed)))

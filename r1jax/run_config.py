@@ -28,6 +28,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.model.dtype = "bfloat16"         # compute dtype
     c.model.param_dtype = "float32"    # master parameter dtype
     c.model.remat = "none"             # none | full | dots | dots_no_batch
+    c.model.moe_chunk_tokens = 0       # routed experts over a device's tokens this many at a time; 0 = all
     c.model.with_mtp = False
 
     c.data = ml_collections.ConfigDict()
@@ -146,6 +147,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
                              f"train.batch_size={got['train.batch_size']}")
     if not 0 <= got["data.val_fraction"] < 1:
         raise RunConfigError(f"config key data.val_fraction={got['data.val_fraction']}: must be in [0, 1)")
+    if got["model.moe_chunk_tokens"] < 0:
+        raise RunConfigError(f"config key model.moe_chunk_tokens={got['model.moe_chunk_tokens']}: "
+                             "must be >= 0 (0 = all of a device's tokens at once)")
     if got["train.loss_chunk"] < 0:
         raise RunConfigError(f"config key train.loss_chunk={got['train.loss_chunk']}: must be >= 0")
     if got["train.mtp_loss_weight"] and not got["model.with_mtp"]:
@@ -215,4 +219,4 @@ def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
     """The preset's architecture with the run's numerics (a checkpoint's own config wins, in train)."""
     m = c.model
     return preset(m.preset, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
-                  with_mtp=m.with_mtp)
+                  with_mtp=m.with_mtp, moe_chunk_tokens=m.moe_chunk_tokens)

@@ -139,7 +139,8 @@ def _train(c, mesh, is_main: bool, log) -> dict:
     # ---- model
     if c.model.checkpoint:
         model_cfg = checkpoint.read_config(c.model.checkpoint, dtype=c.model.dtype,
-                                           param_dtype=c.model.param_dtype, remat=c.model.remat)
+                                           param_dtype=c.model.param_dtype, remat=c.model.remat,
+                                           moe_chunk_tokens=c.model.moe_chunk_tokens)
     else:
         model_cfg = run_config.model_config(c)
     if int(train_store.ids.max(initial=0)) >= model_cfg.vocab_size:

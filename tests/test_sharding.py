@@ -17,7 +17,9 @@ from r1jax.model import Transformer, preset
 from r1jax.step import loss_fn, split_model
 
 CFG = preset("tiny", dtype="float32", vocab_size=256, num_attention_heads=4, n_routed_experts=8)
-MESHES = [dict(data=8), dict(fsdp=8), dict(expert=4, tensor=2), dict(data=2, expert=2, tensor=2)]
+# moe_chunk_tokens 24: each device's 64 tokens in 3 chunks of 22 (the last padded by 2)
+MESHES = [dict(data=8), dict(fsdp=8), dict(expert=4, tensor=2), dict(data=2, expert=2, tensor=2),
+          dict(expert=4, tensor=2, moe_chunk_tokens=24)]
 SKEWED = (2, 3)  # one group; on expert 4 or 2 both live on one shard
 
 
@@ -48,6 +50,12 @@ def reference():
 @pytest.mark.parametrize("axes", MESHES, ids=lambda a: ",".join(f"{k}{v}" for k, v in a.items()))
 def test_sharded_loss_and_grads_equal_single_device(reference, axes):
     graphdef, params, rest, batch, f, loss0, sums0, grads0 = reference
+    axes = dict(axes)
+    chunk = axes.pop("moe_chunk_tokens", 0)
+    if chunk:  # the same parameters, routed experts in chunks (a runtime field of the config)
+        graphdef = split_model(nnx.eval_shape(
+            lambda: Transformer(CFG.replace(moe_chunk_tokens=chunk), rngs=nnx.Rngs(0))))[0]
+        f = jax.value_and_grad(lambda p, r, bt: loss_fn(p, r, graphdef, bt), has_aux=True)
     mesh = sharding.make_mesh(**{**dict(data=1, fsdp=1, expert=1, tensor=1), **axes})
     p_sh = sharding.variable_shardings(params, mesh)
     r_sh = sharding.variable_shardings(rest, mesh)
@@ -76,9 +84,10 @@ def test_sharded_loss_and_grads_equal_single_device(reference, axes):
 
 
 def test_expert_parallel_experts_equal_single_program_at_the_dropless_bound():
-    """routed_experts over {fsdp 2, expert 2, tensor 2} (so the fsdp gather and the tensor psum run)
-    equals the single-program dropless_experts, values and gradients, for random routing and for
-    every copy on one shard (its receive buffer exactly full: the last row counts here)."""
+    """routed_experts over {fsdp 2, expert 2, tensor 2} (so the fsdp gather and the tensor psum run),
+    in one exchange and in chunks (moe_chunk_tokens: a scan of rematerialized chunks, the last one
+    padded), equals the single-program dropless_experts, values and gradients, for random routing
+    and for every copy on one shard (its receive buffer exactly full: the last row counts here)."""
     from r1jax.model import expert_parallel
     from r1jax.model.moe import Routing, dropless_experts, grouped_swiglu
 
@@ -95,22 +104,24 @@ def test_expert_parallel_experts_equal_single_program_at_the_dropless_bound():
     def run(fn, experts):
         return jax.vjp(lambda *a: fn(*a, Routing(weights, experts, None)), x, gate, up, down)
 
-    def parallel(x, gate, up, down, r):
+    def parallel(x, gate, up, down, r, chunk_tokens=0):
         layout = expert_parallel.plan(n, d, e, f)
         assert layout is not None and layout["fsdp"] == "fsdp" and layout["tensor"] == "tensor"
         return expert_parallel.routed_experts(x, r.experts, r.weights, gate, up, down,
-                                              grouped_swiglu, layout)
+                                              grouped_swiglu, layout, chunk_tokens=chunk_tokens)
 
-    def both(experts):
+    def both(experts):  # single program, one exchange, and each device's 8 tokens as 3 + 3 + 2 (+1 pad)
         y0, vjp0 = run(lambda x, g, u, dn, r: dropless_experts(x, r, g, u, dn), experts)
         y, vjp = run(parallel, experts)
-        return (y0, *vjp0(ct)), (y, *vjp(ct))
+        yc, vjpc = run(lambda *a: parallel(*a, chunk_tokens=3), experts)
+        return (y0, *vjp0(ct)), (y, *vjp(ct)), (yc, *vjpc(ct))
 
     both = jax.jit(both)
     with jax.set_mesh(mesh):
         assert "stablehlo.all_to_all" in both.lower(jnp.asarray(spread, jnp.int32)).as_text()
         for experts in (spread, skewed):
-            want, got = both(jnp.asarray(experts, jnp.int32))
-            for name, a, b in zip(("y", "dx", "dgate", "dup", "ddown"), got, want):
-                err = np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b))
-                assert err < 1e-5, (name, err)
+            want, *gots = both(jnp.asarray(experts, jnp.int32))
+            for got in gots:
+                for name, a, b in zip(("y", "dx", "dgate", "dup", "ddown"), got, want):
+                    err = np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b))
+                    assert err < 1e-5, (name, err)

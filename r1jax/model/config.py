@@ -83,6 +83,8 @@ class ModelConfig:
     param_dtype: str = "float32"            # storage dtype of parameters
     with_mtp: bool = False                  # instantiate the multi-token-prediction module
     remat: str = "none"                     # rematerialization policy of a scanned layer, see transformer.py
+    moe_chunk_tokens: int = 0               # routed experts over a device's tokens this many at a time
+                                            # (expert_parallel.py: bounds the dropless buffers); 0 = all
 
     def __post_init__(self):
         validate(self)
@@ -169,6 +171,9 @@ def validate(c: ModelConfig) -> None:
         bad("param_dtype", f"must be one of {_DTYPES}")
     if c.remat not in _REMAT:
         bad("remat", f"must be one of {_REMAT}")
+    if not isinstance(c.moe_chunk_tokens, int) or isinstance(c.moe_chunk_tokens, bool) or \
+            c.moe_chunk_tokens < 0:
+        bad("moe_chunk_tokens", "must be a non-negative integer (0 = one chunk)")
     if c.with_mtp and c.num_nextn_predict_layers != 1:
         bad("with_mtp", f"needs num_nextn_predict_layers == 1 (the released depth), "
                         f"got {c.num_nextn_predict_layers}")
@@ -292,7 +297,8 @@ def to_hf_dict(c: ModelConfig) -> dict[str, Any]:
 
 
 def runtime_fields(c: ModelConfig) -> dict[str, Any]:
-    return {"dtype": c.dtype, "param_dtype": c.param_dtype, "with_mtp": c.with_mtp, "remat": c.remat}
+    return {"dtype": c.dtype, "param_dtype": c.param_dtype, "with_mtp": c.with_mtp, "remat": c.remat,
+            "moe_chunk_tokens": c.moe_chunk_tokens}
 
 
 # Presets -------------------------------------------------------------------------------------------

@@ -172,12 +172,19 @@ def exchange_layout(counts: jnp.ndarray, ep: int, me) -> dict:
                 segments=per[:, me, :])
 
 
-def _local_experts(x, experts, weights, gate, up, down, *, ffn, e, fsdp, tensor, rows):
-    """One device's share: x [n, D], experts/weights [n, K]; gate/up [El, D/fs, F/tp], down
-    [El, F/tp, D/fs] -> [n, D] float32 (summed over `tensor`)."""
-    if fsdp:  # per-layer gather of the fsdp-split embed dim (its transpose reduce-scatters grads)
-        gate, up = (jax.lax.all_gather(w, fsdp, axis=1, tiled=True) for w in (gate, up))
-        down = jax.lax.all_gather(down, fsdp, axis=2, tiled=True)
+def chunk_size(n: int, chunk_tokens: int) -> tuple[int, int]:
+    """(chunks, C): a device's n tokens in `chunks` chunks of C tokens (the last padded), with
+    C <= chunk_tokens and as little padding as that allows; chunk_tokens 0 (or >= n): one chunk."""
+    if chunk_tokens <= 0 or chunk_tokens >= n:
+        return 1, n
+    chunks = -(-n // chunk_tokens)
+    return chunks, -(-n // chunks)
+
+
+def _exchange_chunk(x, experts, weights, gate, up, down, *, ffn, e, rows):
+    """One chunk of a device's tokens through the experts of every shard and back: x [C, D],
+    experts/weights [C, K]; gate/up [El, D, F/tp], down [El, F/tp, D] (the fsdp split gathered)
+    -> [C, D] float32, this device's partial sum over `tensor`. rows: R, the dropless bound."""
     n, k = experts.shape
     d = x.shape[1]
     ep, me = jax.lax.axis_size(AXIS), jax.lax.axis_index(AXIS)
@@ -204,24 +211,63 @@ def _local_experts(x, experts, weights, gate, up, down, *, ffn, e, fsdp, tensor,
                                  lay["recv_sizes"], lay["land_back"], lay["send_sizes"],
                                  axis_name=AXIS)  # [M, D]
     y_copies = permute_rows(y_sorted, inv, order).reshape(n, k, d)
-    out = jnp.einsum("nkd,nk->nd", y_copies.astype(jnp.float32), weights)
+    return jnp.einsum("nkd,nk->nd", y_copies.astype(jnp.float32), weights)
+
+
+def _local_experts(x, experts, weights, gate, up, down, *, ffn, e, fsdp, tensor, chunks, rows):
+    """One device's share: x [n, D], experts/weights [n, K]; gate/up [El, D/fs, F/tp], down
+    [El, F/tp, D/fs] -> [n, D] float32 (summed over `tensor`), its tokens in `chunks` chunks."""
+    if fsdp:  # per-layer gather of the fsdp-split embed dim (its transpose reduce-scatters grads)
+        gate, up = (jax.lax.all_gather(w, fsdp, axis=1, tiled=True) for w in (gate, up))
+        down = jax.lax.all_gather(down, fsdp, axis=2, tiled=True)
+    one = functools.partial(_exchange_chunk, ffn=ffn, e=e, rows=rows)
+    if chunks == 1:
+        out = one(x, experts, weights, gate, up, down)
+    else:
+        out = _scan_chunks(one, x, experts, weights, gate, up, down, chunks, e)
     return jax.lax.psum(out, tensor) if tensor else out
 
 
-def routed_experts(x, experts, weights, gate, up, down, ffn: Callable, layout: dict):
+def _scan_chunks(one, x, experts, weights, gate, up, down, chunks: int, e: int):
+    """one() over `chunks` chunks of the n tokens in turn -> [n, D] float32.
+
+    Each chunk is rematerialized in the backward pass (jax.checkpoint): otherwise the scan would
+    keep every chunk's receive buffers and SwiGLU activations as residuals, ep times the balanced
+    size again in all. Tokens that pad the last chunk have zero inputs and weights and distinct
+    experts 0..K-1 (the buffer bound assumes a token's experts are distinct), so they add nothing.
+    """
+    n, k = experts.shape
+    c = -(-n // chunks)
+    pad = chunks * c - n
+    if pad:
+        x = jnp.concatenate([x, jnp.zeros((pad, x.shape[1]), x.dtype)])
+        fill = jnp.broadcast_to(jnp.arange(k, dtype=experts.dtype) % e, (pad, k))
+        experts = jnp.concatenate([experts, fill])
+        weights = jnp.concatenate([weights, jnp.zeros((pad, k), weights.dtype)])
+    xs = tuple(a.reshape((chunks, c) + a.shape[1:]) for a in (x, experts, weights))
+    step = jax.checkpoint(lambda xc, ec, wc, g, u, dn: one(xc, ec, wc, g, u, dn))
+    _, out = jax.lax.scan(lambda carry, t: (carry, step(*t, gate, up, down)), None, xs)
+    return out.reshape(chunks * c, -1)[:n]
+
+
+def routed_experts(x, experts, weights, gate, up, down, ffn: Callable, layout: dict,
+                   chunk_tokens: int = 0):
     """Dropless routed experts over the mesh in `layout` (from `plan`).
 
     x [N, D] (compute dtype), experts [N, K] int32, weights [N, K] float32, gate/up [E, D, F], down
     [E, F, D]; ffn(x_sorted [R, D], group_sizes [El], gate, up, down) -> [R, D] (the grouped
-    SwiGLU). Returns [N, D] in x.dtype, weights applied in float32.
+    SwiGLU). chunk_tokens: each device's tokens go through the exchange at most this many at a time
+    (0: all at once), which bounds R per chunk (module docstring). Returns [N, D] in x.dtype,
+    weights applied in float32.
     """
     n, k = experts.shape
     e = gate.shape[0]
     mesh, batch, fs, tp = layout["mesh"], layout["batch"], layout["fsdp"], layout["tensor"]
     ep = mesh.shape[AXIS]
-    local_n = n // _size(batch, mesh)
-    rows = ep * local_n * min(k, e // ep)  # the dropless bound (module docstring)
-    body = functools.partial(_local_experts, ffn=ffn, e=e, fsdp=fs, tensor=tp, rows=rows)
+    chunks, c = chunk_size(n // _size(batch, mesh), chunk_tokens)
+    rows = ep * c * min(k, e // ep)  # the dropless bound for one chunk (module docstring)
+    body = functools.partial(_local_experts, ffn=ffn, e=e, fsdp=fs, tensor=tp, chunks=chunks,
+                             rows=rows)
     tok = P(batch, None)
     out = jax.shard_map(body, mesh=mesh, in_specs=(tok, tok, tok, P(AXIS, fs, tp), P(AXIS, fs, tp),
                                                    P(AXIS, tp, fs)), out_specs=tok)(

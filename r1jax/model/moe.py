@@ -130,7 +130,8 @@ class MoE(nnx.Module):
             y = dropless_experts(xf.astype(dt), r, gate, up, down)
         else:  # routing and its stats stay global (XLA splits them by token); experts under shard_map
             y = expert_parallel.routed_experts(xf.astype(dt), r.experts, r.weights, gate, up, down,
-                                               grouped_swiglu, layout)
+                                               grouped_swiglu, layout,
+                                               chunk_tokens=cfg.moe_chunk_tokens)
         y = y.reshape(b, t, d)
         if cfg.n_shared_experts:
             y = y + self.shared(x)
