@@ -187,6 +187,8 @@ def argument_bytes_per_device(args) -> int:
                for x in jax.tree.leaves(args))
 
 
+# What libtpu's compiler names when asked for a float32 x float32 dot (model.dtype float32).
+_F32_DOT = "ALG_DOT_F32_F32_F32"
 _OOM = re.compile(r"\(([0-9.]+)([KMGT])\) exceeds available HBM \(([0-9.]+)([KMGT])\)")
 
 
@@ -223,6 +225,11 @@ def plan(c, topology: str, variant: str | None = None) -> dict:
         try:
             compiled = lowered.compile()
         except Exception as e:  # noqa: BLE001 - the TPU compiler's out-of-memory is a result
+            if _F32_DOT in str(e):
+                raise PlanError(f"config key model.dtype={c.model.dtype!r}: the TPU compiler has no "
+                                f"float32 x float32 matmul ({_F32_DOT}); plan (and train on TPU) with "
+                                "model.dtype=bfloat16 (float32 master weights stay possible: "
+                                "model.param_dtype)") from None
             m = _OOM.search(str(e))
             if "RESOURCE_EXHAUSTED" not in str(e) or not m:
                 raise

@@ -99,3 +99,9 @@ def test_variants_and_bad_meshes_are_named():
     # 8 expert shards cannot be formed from a 4x4x4 torus: the error names the slice and the mesh.
     with pytest.raises(plan.PlanError, match="v5p-128"):
         plan.plan(tiny_config(**{"mesh.expert": 8, "mesh.fsdp": 8}), "v5p-128")
+
+
+def test_float32_compute_is_a_config_error_naming_model_dtype():
+    # libtpu's compiler has no float32 x float32 dot: the plan says which config key to change
+    with pytest.raises(plan.PlanError, match=r"model\.dtype='float32'.*bfloat16"):
+        plan.plan(tiny_config(**{"model.dtype": "float32"}), "v5p-8", "full")
