@@ -36,11 +36,21 @@ class RunCheckpoints:
     def save(self, step: int, state, meta: dict) -> None:
         """Starts an async save of `state` and `meta` at `step` (a no-op if that step is saved)."""
         if step not in self.latest.all_steps():
+            self._one_at_a_time(self.best)
             self.latest.save(step, args=self._args(state, meta))
 
     def save_best(self, step: int, state, meta: dict, val_loss: float) -> None:
         if step not in self.best.all_steps():
+            self._one_at_a_time(self.latest)
             self.best.save(step, args=self._args(state, meta), metrics={"val/loss": val_loss})
+
+    @staticmethod
+    def _one_at_a_time(other) -> None:
+        """With several processes, waits for the other manager's save: two async saves in flight
+        finalize through the same named cross-process barrier, and the second fails ("Barrier
+        ThreadSaveMultiHostValueHolder:set_value_start is already ongoing", orbax-checkpoint 0.12.8)."""
+        if jax.process_count() > 1:
+            other.wait_until_finished()
 
     def restore_latest(self, abstract_state):
         """(step, state, meta) of the newest checkpoint that restores, or None when there is none.
