@@ -45,6 +45,7 @@ class TaskEval:
         self.task = t.name
         self.settings = settings(t)
         self.items = runner.load_items(t.name, t.data, t.limit)
+        self.last_records: list[dict] = []  # per-sample records of the latest call
         self.sampling = {"temperature": t.temperature, "top_p": t.top_p,
                          "max_new_tokens": t.max_new_tokens, "seed": c.seed}
 
@@ -55,7 +56,7 @@ class TaskEval:
         return self(lambda prompts: generate.generate_texts(model, tokenizer, prompts, settings, mesh=mesh))
 
     def __call__(self, generate_fn: runner.GenerateFn) -> dict[str, float]:
-        _, summary = runner.evaluate(self.task, self.items, generate_fn, self.settings)
+        self.last_records, summary = runner.evaluate(self.task, self.items, generate_fn, self.settings)
         metrics = {f"task/{self.task}_{k}": float(v) for k, v in summary.items()
                    if k.startswith("pass@") or k == "accuracy"}
         metrics[f"task/{self.task}_seconds"] = summary["generate_s"] + summary["score_s"]

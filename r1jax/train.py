@@ -28,12 +28,14 @@ from ml_collections import config_flags
 
 from r1jax import checkpoint, distributed, run_config, sharding
 from r1jax.data.loader import make_loader
+from r1jax.data.tokenizer import load_tokenizer
 from r1jax.data.token_store import TokenStore
 from r1jax.flops import train_flops_per_token
 from r1jax.model import Transformer
 from r1jax.monitor import Monitor, device_memory, peak_tflops
 from r1jax.optim import make_optimizer, path_str
 from r1jax.step import StepConfig, loss_fn, split_model, train_step
+from r1jax.task_eval import TaskEval
 from r1jax.train_checkpoint import RunCheckpoints, abstract_of
 from r1jax.train_data import prepare_data
 
@@ -207,6 +209,22 @@ def _train(c, mesh, is_main: bool, log) -> dict:
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
     stop_agreed = distributed.AnyProcess()  # a SIGTERM on one host stops every host at the same step
 
+    task_eval = TaskEval(c) if c.train.task_eval_every else None
+    tokenizer = load_tokenizer(_tokenizer_dir(c.model.checkpoint)) if task_eval else None
+
+    def do_task_eval(at_step: int) -> None:
+        """The task metric (generation + scoring) of the current params on the held-out items;
+        the per-sample records go to OUTPUT_DIR/task_eval/STEP.jsonl."""
+        t = time.perf_counter()
+        metrics = task_eval.run_model(nnx.merge(graphdef, params, rest), tokenizer, mesh)
+        monitor.write({"step": at_step, **metrics})
+        if is_main:
+            os.makedirs(os.path.join(c.output_dir, "task_eval"), exist_ok=True)
+            with open(os.path.join(c.output_dir, "task_eval", f"{at_step}.jsonl"), "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in task_eval.last_records)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not k.endswith("_seconds"))
+        log(f"step {at_step}: {shown} ({time.perf_counter() - t:.1f} s)")
+
     def do_eval(at_step: int, train_loss: float | None) -> bool:
         """Validation at `at_step`: logs, keeps the best checkpoint; True to stop early."""
         ev = evaluate_split(eval_fn, params, rest, val_prefix, c, batch_sharding, c.train.eval_batches)
@@ -242,6 +260,8 @@ def _train(c, mesh, is_main: bool, log) -> dict:
     log(f"train step compiled in {time.perf_counter() - t0:.1f} s")
     if step == 0:
         do_eval(0, None)  # the starting model: every curve has its baseline
+        if task_eval:
+            do_task_eval(0)
     t_last = time.perf_counter()
     try:
         while step < total_steps:
@@ -292,6 +312,8 @@ def _train(c, mesh, is_main: bool, log) -> dict:
                 monitor.write(rec)
                 monitor.progress(step, f"loss {rec['train/loss']:.4f} {tok_s:.0f} tok/s")
 
+            if task_eval and (step % c.train.task_eval_every == 0 or step == total_steps):
+                do_task_eval(step)
             if step % c.train.eval_every == 0 or step == total_steps:
                 if do_eval(step, float(jax.device_get(m["loss"]))):
                     break
@@ -311,6 +333,13 @@ def _train(c, mesh, is_main: bool, log) -> dict:
         with open(os.path.join(c.output_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
     return summary
+
+
+def _tokenizer_dir(checkpoint_dir: str) -> str | None:
+    """The checkpoint's own tokenizer when it has one, else None (the packaged R1 tokenizer)."""
+    if checkpoint_dir and os.path.exists(os.path.join(checkpoint_dir, "tokenizer.json")):
+        return checkpoint_dir
+    return None
 
 
 def _check_finite(pending: dict, meta: dict, c, log) -> None:

@@ -93,8 +93,14 @@ def reference(data, tmp_path_factory):
 
 
 def test_learns_synthetic_task(data, tmp_path):
+    """Also: the task metric (train.task_eval_every) at step 0 and every 20 steps, its per-sample
+    records equal to generating from the saved final checkpoint."""
+    with open(tmp_path / "qa.jsonl", "w") as f:
+        for i, ref in enumerate("etaoinsr"):
+            f.write(json.dumps({"prompt": f"Question {i}: say {ref}", "reference": ref}) + "\n")
     summary = run(config(data, tmp_path, train__steps=40, train__eval_every=20, train__checkpoint_every=40,
-                         optim__lr=1e-2))
+                         optim__lr=1e-2, train__task_eval_every=20, task__name="contains",
+                         task__data=str(tmp_path / "qa.jsonl"), task__limit=4, task__max_new_tokens=12))
     assert summary["last_val_loss"] < 2.0 < summary["first_val_loss"], summary
     assert (tmp_path / "loss.png").stat().st_size > 0 and (tmp_path / "expert_load.png").exists()
     rec = records(tmp_path)
@@ -105,6 +111,20 @@ def test_learns_synthetic_task(data, tmp_path):
     assert any("val/perplexity" in r and "train_val_gap" in r for r in rec)
     assert list((tmp_path / "tensorboard").iterdir())
     assert json.loads((tmp_path / "config.json").read_text())["train"]["steps"] == 40
+
+    task = {r["step"]: r for r in rec if "task/contains_accuracy" in r}
+    assert sorted(task) == [0, 20, 40]
+    logged = [json.loads(line) for line in open(tmp_path / "task_eval" / "40.jsonl")]
+    assert [r["reference"] for r in logged] == ["e", "a", "i", "s"]  # an even spread of 4 of 8
+    assert task[40]["task/contains_accuracy"] == sum(r["passed"] for r in logged) / 4
+    # the same items generated from the final checkpoint by the generate CLI's loader
+    from r1jax import generate
+    from r1jax.data import load_tokenizer
+    model, _ = generate.load(str(tmp_path), dtype="float32")
+    settings = generate.GenerationSettings(temperature=0.6, top_p=0.95, max_new_tokens=12, seed=0)
+    again = generate.generate_texts(model, load_tokenizer(), [f"Question {i}: say {r}" for i, r in
+                                                              zip((0, 2, 4, 6), "eais")], settings)
+    assert [(o["reasoning"], o["answer"]) for o in again] == [(r["reasoning"], r["answer"]) for r in logged]
 
 
 def _cli(data, out, *extra):
