@@ -50,22 +50,30 @@ def next_token_loss_sums(logits, tokens, segment_ids, k: int = 1, loss_mask=None
 
 def chunked_loss_sums(h, kernel, tokens, segment_ids, k: int = 1, loss_mask=None, chunk: int = 4096):
     """next_token_loss_sums without materializing the logits: h [B, T, D] (final-normed hidden
-    states) times kernel [D, V] in chunks of `chunk` positions, each rematerialized in the backward
-    pass, so at most [chunk, V] float32 logits exist at a time instead of [B, T, V]."""
+    states) times kernel [D, V] in chunks of about `chunk` positions (B rows x `span` steps of
+    time, at least one step), each rematerialized in the backward pass, so at most [B, span, V]
+    float32 logits exist at a time instead of [B, T, V].
+
+    Chunks run along time over all B rows, so the batch axis keeps its split over the mesh; chunks
+    of the flattened B*T positions would each hold one device's rows, and XLA would gather every
+    row's hidden states on every device (28 GiB per chip for R1-671B on v5p-1024).
+    """
     targets, mask = shifted_targets(tokens, segment_ids, k, loss_mask)
     b, t, d = h.shape
-    n = b * t
-    chunk = min(chunk, n)
-    pad = (-n) % chunk
-    hs = jnp.pad(h.reshape(n, d), ((0, pad), (0, 0))).reshape(-1, chunk, d)  # [C, chunk, D]
-    ts = jnp.pad(targets.reshape(n), (0, pad)).reshape(-1, chunk)
-    ms = jnp.pad(mask.reshape(n).astype(jnp.float32), (0, pad)).reshape(-1, chunk)
+    span = max(1, min(t, chunk // b))
+    pad = (-t) % span
+
+    def split(a):  # [B, T, ...] -> [T / span, B, span, ...]
+        a = jnp.pad(a, ((0, 0), (0, pad)) + ((0, 0),) * (a.ndim - 2))
+        return jnp.swapaxes(a.reshape((b, -1, span) + a.shape[2:]), 0, 1)
+
+    hs, ts, ms = split(h), split(targets), split(mask.astype(jnp.float32))
 
     @jax.checkpoint
     def one(h_c, t_c, m_c):
-        logits = jnp.einsum("nd,dv->nv", h_c, kernel.astype(h_c.dtype),
-                            preferred_element_type=jnp.float32)  # [chunk, V]
-        nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, t_c[:, None], -1)[:, 0]
+        logits = jnp.einsum("bsd,dv->bsv", h_c, kernel.astype(h_c.dtype),
+                            preferred_element_type=jnp.float32)  # [B, span, V]
+        nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, t_c[..., None], -1)[..., 0]
         hit = (jnp.argmax(logits, -1) == t_c).astype(jnp.float32)
         return (nll * m_c).sum(), m_c.sum(), (hit * m_c).sum()
 

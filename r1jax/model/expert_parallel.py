@@ -2,9 +2,10 @@
 hold their experts with a ragged all-to-all and back, dropless (DESIGN.md section 3).
 
 Axis legend: N tokens, D model, E routed experts, El experts per `expert` shard (E / ep), K experts
-per token, F expert width (F / tp per device), M token copies of one device (n K), R receive-buffer
-rows, S slices of a ragged exchange (one per device of the axis), ep / tp / fs the sizes of the
-`expert` / `tensor` / `fsdp` mesh axes, n a device's tokens.
+per token, F expert width (F / tp per device), M token copies of one device (n K, or C K in a
+chunk of C tokens), R receive-buffer rows, S slices of a ragged exchange (one per device of the
+axis), ep / tp / fs the sizes of the `expert` / `tensor` / `fsdp` mesh axes, n a device's tokens,
+C tokens per chunk.
 
 Per device (one (data, fsdp, expert, tensor) coordinate), with its n tokens (the batch is split over
 data, fsdp and expert; `expert` doubles as a data axis outside the MoE):
@@ -28,6 +29,14 @@ ep times the balanced size (R = n K when routing is balanced and K <= El), in th
 is 8 n K rows of D = 7168 per device: with 4096 tokens per device, R = 262,144 rows and 3.5 GiB per
 [R, D] bf16 buffer (balanced routing would need 0.44 GiB). A capacity factor would shrink it but drops tokens, and the
 design makes dropping opt-in only, so the provable bound is the default (and only) choice.
+
+Chunks (`ModelConfig.moe_chunk_tokens` = C, 0 = all). Steps 1-4 run over a device's tokens C at a
+time (a `lax.scan`, every device the same number of chunks since they hold equally many tokens), so
+the bound is per chunk, R = ep C min(K, El): with C = n / ep it equals the balanced size of the
+whole micro-batch, and stays exact and dropless. Each chunk is rematerialized in the backward pass
+(`jax.checkpoint`), or the scan would keep every chunk's buffers as residuals and give the saving
+back. The cost: each chunk's exchange and SwiGLU run once more in the backward pass, and more,
+smaller collectives. The fsdp gather of the weights happens once per layer, outside the chunks.
 
 `jax.lax.ragged_all_to_all` has no XLA:CPU implementation (jax 0.10), so `ragged_all_to_all` below
 is chosen per platform at lowering: the collective on GPU/TPU, and on CPU an emulation with the same
