@@ -22,11 +22,18 @@ def get_config():
     c.model.dtype = "bfloat16"
     c.model.param_dtype = "bfloat16"
     c.model.remat = "full"
+    # Routed experts over each chip's tokens 512 at a time: the dropless receive buffer is then
+    # expert x 512 x 8 rows per chunk, the balanced size of a whole 4096-token sequence at expert 8
+    # (-10.4 GiB per chip on v5p-1024 against one chunk; BUILD.md, "Pod plans").
+    c.model.moe_chunk_tokens = 512
     c.train.steps = 1000
     c.train.batch_size = 512         # a multiple of the chips: every chip gets whole sequences
     c.train.seq_len = 4096
     c.train.grad_accum = 4
     c.train.eval_every = 100
+    # LM head + cross-entropy over ~262k positions at a time, i.e. 262144 / micro-batch rows steps of
+    # time per row: 512 steps (252 MiB of float32 logits per chip) at one sequence per chip.
+    c.train.loss_chunk = 262144
     c.train.eval_batches = 16
     c.train.checkpoint_every = 100
     c.train.router_bias_rate = 1e-3  # keep the aux-loss-free balancing of pre-training alive
