@@ -274,3 +274,19 @@ def test_ragged_exchange_matches_documented_semantics():
             want_out[dst, out_off[src, i]:out_off[src, i] + n] = 0  # overwritten rows
     np.testing.assert_array_equal(d_op, want_op)
     np.testing.assert_array_equal(d_out, want_out)
+
+
+def test_moe_chunk_tokens_split_and_bad_values_named():
+    """A device's n tokens in chunks of at most C (as even as possible, the last padded); C 0 or
+    >= n is one chunk; a negative C is an error naming the key, in the model and the run config."""
+    from r1jax import run_config
+    from r1jax.model.config import ConfigError
+    from r1jax.model.expert_parallel import chunk_size
+    assert chunk_size(64, 24) == (3, 22) and chunk_size(4096, 512) == (8, 512)
+    assert chunk_size(8, 0) == chunk_size(8, 8) == chunk_size(8, 100) == (1, 8)
+    with pytest.raises(ConfigError, match="moe_chunk_tokens=-1"):
+        preset("tiny", moe_chunk_tokens=-1)
+    c = run_config.defaults()
+    c.model.moe_chunk_tokens = -1
+    with pytest.raises(run_config.RunConfigError, match="model.moe_chunk_tokens=-1"):
+        run_config.validate(c)
