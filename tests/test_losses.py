@@ -85,7 +85,7 @@ def test_chunked_loss_equals_full_logits_and_saves_memory():
         return next_token_loss_sums(jnp.einsum("btd,dv->btv", h, w), tokens, seg, loss_mask=lm)
 
     def chunked(h, w):
-        return chunked_loss_sums(h, w, tokens, seg, loss_mask=lm, chunk=40)  # 192 = 4 chunks + pad
+        return chunked_loss_sums(h, w, tokens, seg, loss_mask=lm, chunk=40)  # span 20: 5 time-chunks, the last padded
 
     for a, b_ in zip(full(h, w), chunked(h, w)):
         np.testing.assert_allclose(float(b_), float(a), rtol=1e-6)
