@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from r1jax import checkpoint, run_config, sharding
+from r1jax import run_config, sharding
 from r1jax.flops import train_flops_per_token
 from r1jax.model import Transformer
 from r1jax.optim import make_optimizer
@@ -140,12 +140,7 @@ def build_step(c, mesh):
     The step must be lowered under jax.set_mesh(mesh), as train.py runs it. make_optimizer runs
     outside the mesh: its constants are host arrays, and a compile-only TPU device cannot hold them.
     """
-    if c.model.checkpoint:
-        model_cfg = checkpoint.read_config(c.model.checkpoint, dtype=c.model.dtype,
-                                           param_dtype=c.model.param_dtype, remat=c.model.remat,
-                                           moe_chunk_tokens=c.model.moe_chunk_tokens)
-    else:
-        model_cfg = run_config.model_config(c)
+    model_cfg = run_config.model_config(c)
     abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(c.seed)))
     graphdef, abs_params, abs_rest = split_model(abstract)
     p_shard = sharding.variable_shardings(abs_params, mesh)

@@ -216,7 +216,12 @@ def optim_config(c: ml_collections.ConfigDict, total_steps: int) -> OptimConfig:
 
 
 def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
-    """The preset's architecture with the run's numerics (a checkpoint's own config wins, in train)."""
+    """The run's model: the checkpoint's own architecture (model.checkpoint) or the preset's, with
+    the run's numerics (dtype, param_dtype, remat, moe_chunk_tokens)."""
     m = c.model
+    if m.checkpoint:
+        from r1jax import checkpoint  # reads files; imported only when a checkpoint is named
+        return checkpoint.read_config(m.checkpoint, dtype=m.dtype, param_dtype=m.param_dtype,
+                                      remat=m.remat, moe_chunk_tokens=m.moe_chunk_tokens)
     return preset(m.preset, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
                   with_mtp=m.with_mtp, moe_chunk_tokens=m.moe_chunk_tokens)

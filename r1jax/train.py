@@ -139,12 +139,7 @@ def _train(c, mesh, is_main: bool, log) -> dict:
         f"{total_steps} steps of {c.train.batch_size} x {c.train.seq_len} tokens")
 
     # ---- model
-    if c.model.checkpoint:
-        model_cfg = checkpoint.read_config(c.model.checkpoint, dtype=c.model.dtype,
-                                           param_dtype=c.model.param_dtype, remat=c.model.remat,
-                                           moe_chunk_tokens=c.model.moe_chunk_tokens)
-    else:
-        model_cfg = run_config.model_config(c)
+    model_cfg = run_config.model_config(c)
     if int(train_store.ids.max(initial=0)) >= model_cfg.vocab_size:
         raise TrainingError(f"{train_prefix}: token id {int(train_store.ids.max())} >= the model's "
                             f"vocab_size {model_cfg.vocab_size}")
