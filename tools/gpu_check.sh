@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# One accelerator call: which tokamax kernels run for r1jax's shapes, then the v3-small train-step
-# benchmark with the HF peer in the same run. Results land in $OUT (kernels.json, bench.json, log).
-#   usage (device machine, repo root): bash tools/gpu_check.sh PEER_SCRIPT
+# One accelerator call per stage (each fits the device tool's 10-minute command limit); results land in
+# $OUT as JSON + log. Stages:
+#   main      v3-small 2x4096 full train step (chunked LM head + CE) with the HF peer in the same run,
+#             then the decode benchmark (latent cache)                                   (~6 min)
+#   variants  the same step without loss chunking, with remat full and remat dots          (~6 min)
+#   kernels   which tokamax kernels run for r1jax's shapes (tools/kernel_probe.py)        (~2 min)
+#   scaling   tokens/s and memory vs sequence length and routed-expert count              (~9 min)
+#   usage (device machine, repo root): bash tools/gpu_check.sh PEER_SCRIPT [STAGE]
 # Missing packages travel as wheels in .whl/ (installed into /tmp/site when present).
 set -uo pipefail
 OUT=${OUT:-/tmp/r1jax-gpu}; mkdir -p "$OUT"
@@ -15,12 +20,26 @@ fi
 export PYTHONPATH="$PWD${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv
 python3 -c "import jax, flax, optax, tokamax, transformers, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__, jax.devices())"
-timeout 150 python3 tools/kernel_probe.py --out "$OUT/kernels.json" 2>&1 | grep -v Warning | tee "$OUT/kernels.log"
-timeout 420 python3 tools/bench.py --preset v3-small --batch 2 --seq 4096 --steps 10 --peer "$PEER" \
-  --out "$OUT/bench.json" 2>&1 | grep -v Warning | tee "$OUT/bench.log"
-# The same step with the LM head + cross-entropy chunked (no [B, T, V] float32 logits).
-timeout 300 python3 tools/bench.py --preset v3-small --batch 2 --seq 4096 --steps 10 --loss_chunk 4096 \
-  --out "$OUT/bench_chunk.json" 2>&1 | grep -v Warning | tee "$OUT/bench_chunk.log"
-# Generation: prefill and decode tokens/s on the latent cache, cache bytes per token vs per-head K/V.
-timeout 240 python3 tools/bench_decode.py --preset v3-small --batch 32 --prompt_len 1024 --new_tokens 128 \
-  --out "$OUT/bench_decode.json" 2>&1 | grep -v Warning | tee "$OUT/bench_decode.log"
+STAGE=${2:-main}
+bench() {  # NAME TIMEOUT ARGS...: one tools/bench.py run of v3-small 2 x 4096
+  local name=$1 limit=$2; shift 2
+  timeout "$limit" python3 tools/bench.py --preset v3-small --batch 2 --seq 4096 --steps 10 "$@" \
+    --out "$OUT/$name.json" 2>&1 | grep -v Warning | tee "$OUT/$name.log"
+}
+case "$STAGE" in
+  main)
+    bench bench 360 --loss_chunk 4096 --peer "$PEER"
+    # Generation: prefill and decode tokens/s on the latent cache, cache bytes per token vs per-head K/V.
+    timeout 180 python3 tools/bench_decode.py --preset v3-small --batch 32 --prompt_len 1024 --new_tokens 128 \
+      --out "$OUT/bench_decode.json" 2>&1 | grep -v Warning | tee "$OUT/bench_decode.log" ;;
+  variants)
+    bench bench_full_logits 150 --loss_chunk 0
+    bench bench_remat_full 150 --loss_chunk 4096 --remat full
+    bench bench_remat_dots 150 --loss_chunk 4096 --remat dots ;;
+  kernels)
+    timeout 150 python3 tools/kernel_probe.py --out "$OUT/kernels.json" 2>&1 | grep -v Warning | tee "$OUT/kernels.log" ;;
+  scaling)
+    timeout 560 python3 tools/bench_scaling.py --steps 3 --out "$OUT/scaling.json" 2>&1 | grep -v Warning \
+      | tee "$OUT/scaling.log" ;;
+  *) echo "unknown stage $STAGE (main, variants, kernels, scaling)" >&2; exit 2 ;;
+esac
