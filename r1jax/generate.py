@@ -63,7 +63,7 @@ from flax import nnx
 
 from r1jax import checkpoint, sampling, sharding
 from r1jax.data.chat import generation_prompt
-from r1jax.data.formats import DataError, parse_row, split_reasoning
+from r1jax.data.formats import DataError, json_objects, parse_row, split_reasoning
 from r1jax.data.tokenizer import encode, load_tokenizer
 from r1jax.export import training_step_dir
 from r1jax.model.config import ConfigError
@@ -386,30 +386,16 @@ def parse_mesh(spec: str | None):
 def read_prompts(path: str) -> list[tuple[dict, str | list]]:
     """(row, prompt) of each JSONL row: {"prompt": str} or {"messages": [...]}; errors name file:line."""
     out = []
-    try:
-        f = open(path, encoding="utf-8")
-    except OSError as e:
-        raise DataError(f"{path}: cannot open: {e.strerror}") from None
-    with f:
-        for lineno, line in enumerate(f, 1):
-            where = f"{path}:{lineno}"
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: invalid JSON: {e.msg}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
-            if "messages" in row:
-                prompt = row["messages"]
-            elif isinstance(row.get("prompt"), str):
-                prompt = row["prompt"]
-            else:
-                raise DataError(f"{where}: expected a string 'prompt' or a 'messages' list "
-                                f"(keys: {sorted(row)})")
-            render_prompt(prompt, where)  # validates now, before any model is loaded
-            out.append((row, prompt))
+    for where, _, row in json_objects(path):
+        if "messages" in row:
+            prompt = row["messages"]
+        elif isinstance(row.get("prompt"), str):
+            prompt = row["prompt"]
+        else:
+            raise DataError(f"{where}: expected a string 'prompt' or a 'messages' list "
+                            f"(keys: {sorted(row)})")
+        render_prompt(prompt, where)  # validates now, before any model is loaded
+        out.append((row, prompt))
     return out
 
 

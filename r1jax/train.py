@@ -27,6 +27,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from r1jax import checkpoint, distributed, run_config, sharding
+from r1jax.data.formats import DataError
 from r1jax.data.loader import make_loader
 from r1jax.data.tokenizer import load_tokenizer
 from r1jax.data.token_store import TokenStore
@@ -36,6 +37,7 @@ from r1jax.monitor import Monitor, device_memory, peak_tflops
 from r1jax.optim import make_optimizer, path_str
 from r1jax.step import StepConfig, loss_fn, split_model, train_step
 from r1jax.task_eval import TaskEval
+from r1jax.tasks.runner import TaskError
 from r1jax.train_checkpoint import RunCheckpoints, abstract_of
 from r1jax.train_data import prepare_data
 
@@ -361,7 +363,7 @@ def main(argv) -> None:
         raise app.UsageError("--config=configs/NAME.py is required")
     try:
         summary = run(_CONFIG.value)
-    except (TrainingError, run_config.RunConfigError, distributed.DistributedError) as e:
+    except (TrainingError, run_config.RunConfigError, distributed.DistributedError, DataError, TaskError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(json.dumps(summary))

@@ -240,3 +240,20 @@ def test_missing_file(tmp_path):
     missing = str(tmp_path / "nope.jsonl")
     with pytest.raises(DataError, match=re.escape(missing) + r": cannot open"):
         list(read_jsonl([missing]))
+
+
+def test_json_objects_name_file_and_line(tmp_path):
+    from r1jax.data.formats import json_objects
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(b'\xef\xbb\xbf{"a": 1}\n\n{"b": 2}\n')  # BOM and a blank line
+    assert [(w, n, r) for w, n, r in json_objects(str(good))] == [(f"{good}:1", 1, {"a": 1}),
+                                                                  (f"{good}:3", 3, {"b": 2})]
+    for name, content, message in [("json", b'{"a": 1}\n{"a": \n', ":2: invalid JSON"),
+                                   ("list", b'{"a": 1}\n[1, 2]\n', ":2: a row must be a JSON object, got list"),
+                                   ("utf8", b'{"a": 1}\n{"a": "\xff"}\n', ":2: not UTF-8")]:
+        path = tmp_path / f"{name}.jsonl"
+        path.write_bytes(content)
+        with pytest.raises(DataError, match=re.escape(f"{path}{message}")):
+            list(json_objects(str(path)))
+    with pytest.raises(DataError, match="cannot open"):
+        list(json_objects(str(tmp_path / "missing.jsonl")))

@@ -168,27 +168,52 @@ def parse_row(row, where: str, fmt: str = "auto") -> Example:
     return Example(where, input_ids=ids, loss_mask=mask, category=category)
 
 
+def _json_lines(path: str) -> Iterator[tuple[str, int, dict | list | str | int | float | None]]:
+    """(where "PATH:LINE", line number, decoded JSON value or the DataError of a bad line) for each
+    non-blank line; a file that cannot be opened raises DataError."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise DataError(f"{path}: cannot open: {e.strerror}") from None
+    with f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # BOM tolerated
+                if line.strip():
+                    yield where, lineno, json.loads(line)
+            except UnicodeDecodeError:
+                yield where, lineno, DataError(f"{where}: not UTF-8")
+            except json.JSONDecodeError as e:
+                yield where, lineno, DataError(f"{where}: invalid JSON: {e.msg}")
+
+
+def json_objects(path: str) -> Iterator[tuple[str, int, dict]]:
+    """(where "PATH:LINE", line number, row) for each non-blank line of a JSONL file, in order.
+
+    A file that cannot be opened, a line that is not UTF-8 JSON, or a row that is not an object
+    raises DataError naming PATH:LINE.
+    """
+    for where, lineno, row in _json_lines(path):
+        if isinstance(row, DataError):
+            raise row
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+        yield where, lineno, row
+
+
 def read_jsonl(paths: Sequence[str], fmt: str = "auto", strict: bool = False) -> Iterator[Example | DataError]:
     """Examples of the JSONL files in order. A malformed line yields its DataError (or raises it when
     `strict`); blank lines are skipped. Files are only read."""
     if fmt not in FORMATS:
         raise DataError(f"--format {fmt!r}: choose one of {FORMATS}")
     for path in paths:
-        try:
-            f = open(path, "rb")
-        except OSError as e:
-            raise DataError(f"{path}: cannot open: {e.strerror}") from None
-        with f:
-            for lineno, raw in enumerate(f, 1):
-                where = f"{path}:{lineno}"
-                try:
-                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # BOM tolerated
-                    if not line.strip():
-                        continue
-                    yield parse_row(json.loads(line), where, fmt)
-                except (UnicodeDecodeError, json.JSONDecodeError, DataError) as e:
-                    err = e if isinstance(e, DataError) else DataError(
-                        f"{where}: {'not UTF-8' if isinstance(e, UnicodeDecodeError) else 'invalid JSON: ' + e.msg}")
-                    if strict:
-                        raise err from None
-                    yield err
+        for where, _, row in _json_lines(path):
+            try:
+                if isinstance(row, DataError):
+                    raise row
+                yield parse_row(row, where, fmt)
+            except DataError as err:
+                if strict:
+                    raise err from None
+                yield err

@@ -21,10 +21,10 @@ Every task reports "accuracy" (mean over all samples) and pass@k for each reques
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from typing import Callable
 
+from r1jax.data.formats import json_objects
 from r1jax.tasks import answers, humaneval, sandbox
 
 TASKS = ("humaneval", "exact_match", "contains", "boxed")
@@ -57,24 +57,15 @@ class TaskSettings:
 def read_reference_rows(path: str) -> list[dict]:
     """[{"id", "prompt", "reference"}] from a JSONL file; bad rows fail naming file:line and key."""
     items = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskError(f"{path}:{line_no}: not JSON: {e}") from None
-            if not isinstance(row, dict):
-                raise TaskError(f"{path}:{line_no}: a row must be a JSON object")
-            got = {}
-            for role, keys in (("prompt", _PROMPT_KEYS), ("reference", _REFERENCE_KEYS)):
-                key = next((k for k in keys if k in row), None)
-                if key is None or not isinstance(row[key], str):
-                    raise TaskError(f"{path}:{line_no}: needs a string {role} under one of "
-                                    f"{', '.join(keys)}; has keys {sorted(row)}")
-                got[role] = row[key]
-            items.append({"id": str(row.get("id", line_no)), **got})
+    for where, line_no, row in json_objects(path):
+        got = {}
+        for role, keys in (("prompt", _PROMPT_KEYS), ("reference", _REFERENCE_KEYS)):
+            key = next((k for k in keys if k in row), None)
+            if key is None or not isinstance(row[key], str):
+                raise TaskError(f"{where}: needs a string {role} under one of "
+                                f"{', '.join(keys)}; has keys {sorted(row)}")
+            got[role] = row[key]
+        items.append({"id": str(row.get("id", line_no)), **got})
     if not items:
         raise TaskError(f"{path}: no rows")
     return items
