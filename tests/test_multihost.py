@@ -14,41 +14,19 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "configs"))
-import tiny  # noqa: E402  (configs/tiny.py)
-
 from r1jax import distributed, run_config  # noqa: E402
 from r1jax.train import run  # noqa: E402
 from r1jax.train_data import prepare_data  # noqa: E402
+from train_fixtures import config, synthetic  # noqa: E402
 
 STEPS = 4
 TIMEOUT = 420  # seconds for the whole launch: 2 cores are shared with other test runs
 
 
-def _rows(path, n=200, seed=0):
-    """Rows of input_ids counting up (mod 32) from a random start, as in test_train."""
-    rng = np.random.RandomState(seed)
-    with open(path, "w") as f:
-        for _ in range(n):
-            start, length = rng.randint(0, 32), rng.randint(20, 60)
-            f.write(json.dumps({"input_ids": [int(100 + (start + i) % 32) for i in range(length)]}) + "\n")
-
-
 def _config(data, out):
-    c = tiny.get_config()
-    c.output_dir = str(out)
-    c.data.train = str(data / "train.jsonl")
-    c.data.cache_dir = str(data / "cache")
-    c.data.max_examples = 0
-    c.train.steps = STEPS
-    c.train.batch_size = 4          # one row per device
-    c.train.seq_len = 32
-    c.train.log_every = 1
-    c.train.eval_every = 2
-    c.train.eval_batches = 2
-    c.train.checkpoint_every = 2
-    c.mesh.data = -1  # every device of every process
-    return c
+    return config(data, out, train__steps=STEPS, train__batch_size=4,  # one row per device
+                  train__seq_len=32, train__log_every=1, train__eval_every=2, train__eval_batches=2,
+                  train__checkpoint_every=2, mesh__data=-1)  # every device of every process
 
 
 def _command(c):
@@ -116,7 +94,7 @@ def _final_params(out):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
-    _rows(data / "train.jsonl")
+    synthetic(data / "train.jsonl", n=200)
     one, two = tmp_path_factory.mktemp("one_process"), tmp_path_factory.mktemp("two_processes")
     prepare_data(_config(data, one), log=lambda s: None)  # once, here: the launches below reuse it
     port = _free_port()

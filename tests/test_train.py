@@ -12,23 +12,12 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "configs"))
-import tiny  # noqa: E402  (configs/tiny.py)
 
 from r1jax import run_config  # noqa: E402
 from r1jax.train import run  # noqa: E402
+from train_fixtures import config as base_config, synthetic  # noqa: E402
 
 STEPS = 8
-
-
-def synthetic(path, n=300, seed=0):
-    """Rows of input_ids counting up by one (mod 32) from a random start: learnable far below
-    chance (ln 129280 = 11.77) and below the unigram entropy (ln 32 = 3.47)."""
-    rng = np.random.RandomState(seed)
-    with open(path, "w") as f:
-        for _ in range(n):
-            start, length = rng.randint(0, 32), rng.randint(20, 60)
-            f.write(json.dumps({"input_ids": [int(100 + (start + i) % 32) for i in range(length)]}) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -39,20 +28,9 @@ def data(tmp_path_factory):
 
 
 def config(data, out, **over):
-    c = tiny.get_config()
-    c.output_dir = str(out)
-    c.data.train = str(data / "train.jsonl")
-    c.data.cache_dir = str(data / "cache")
-    c.data.max_examples = 0
-    c.train.steps = STEPS
-    c.train.seq_len = 64
-    c.train.log_every = 1
-    c.train.eval_every = 4
-    c.train.checkpoint_every = 4
-    for k, v in over.items():
-        section, key = k.split("__")
-        c[section][key] = v
-    return c
+    defaults = dict(train__steps=STEPS, train__seq_len=64, train__log_every=1, train__eval_every=4,
+                    train__checkpoint_every=4)
+    return base_config(data, out, **{**defaults, **over})
 
 
 def records(out):
