@@ -216,9 +216,12 @@ class ParamStore:
                 self._arrays[path] = ts.open(spec, open=True, context=self._context).result()
             return self._arrays[path]
 
-    def write(self, path: str, index: tuple, data: np.ndarray) -> ts.WriteFutures:
-        """array[path][index] = data; `.commit` of the result completes once it is in the files."""
-        return self._array(path)[index].write(data)
+    def write(self, path: str, index: tuple, data: np.ndarray, reference: bool = False) -> ts.WriteFutures:
+        """array[path][index] = data; `.commit` of the result completes once it is in the files.
+
+        reference: tensorstore keeps a reference to `data` instead of copying it (`data` must not
+        change until the reference is dropped, which with no cache (`cache_bytes` 0) is at commit)."""
+        return self._array(path)[index].write(data, can_reference_source_data_indefinitely=reference)
 
     def read(self, path: str, index: tuple) -> np.ndarray:
         return self._array(path)[index].read().result()

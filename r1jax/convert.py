@@ -27,6 +27,7 @@ from r1jax.model.config import ConfigError, ModelConfig, load_hf_config, to_hf_d
 
 SCALE_SUFFIX = "_scale_inv"  # "<name>.weight" has its block scales in "<name>.weight_scale_inv"
 READ_AHEAD_BYTES = 256 << 20  # the kernel reads this far ahead of the tensors being converted
+OCDBT_DATA = "params/d"  # tensorstore renames each finished file into place here; none changes after
 _FLOATS = {np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64),
            safetensors_io.DTYPES["BF16"]}
 
@@ -126,9 +127,11 @@ def chunk_shapes(tasks: list[streaming.Task], shapes: dict) -> dict[str, tuple[i
     return chunks
 
 
-def _convert_task(task: streaming.Task, tensors, store: checkpoint.ParamStore, shapes, scales):
+def _convert_task(task: streaming.Task, tensors, store: checkpoint.ParamStore, shapes, scales,
+                  pool: streaming.BufferPool):
     """Reads, dequantizes and starts writing one task; returns (tensorstore write futures, bytes
-    they hold, bytes read)."""
+    they hold, bytes read). Results go into `pool`'s buffers, which tensorstore references (no copy)
+    until the writes commit."""
     t = task.tensor
     info = tensors[t.name]
     lo, hi = task.bounds()
@@ -138,18 +141,21 @@ def _convert_task(task: streaming.Task, tensors, store: checkpoint.ParamStore, s
     # Materialized in the slots' [in, out] order at once: tensorstore copies a transposed view
     # element by element, several times slower than a contiguous array.
     swap = all(slot.swap for slot in t.slots)
+    out_shape = data.shape[:-2] + (data.shape[-1], data.shape[-2]) if swap else data.shape
     if info.dtype == fp8.E4M3:
         s_info = tensors[t.name + SCALE_SUFFIX]
         rows = fp8.scale_rows(lo, hi, data.ndim)
         scale = np.asarray(safetensors_io.load(s_info)[rows])
-        data = fp8.dequantize(data, scale, dtype, transpose=swap)
+        data = fp8.dequantize(data, scale, dtype, transpose=swap, out=pool.array(out_shape, dtype))
         scales.write(s_info.name, scale, rows.start)
         read += scale.nbytes
-    else:
-        data = np.asarray(data, dtype)
-        if swap:
-            data = layout.transpose_last2(data)
-    futures = [store.write(slot.path, task.target_index(slot), slot.fn(data, swapped=swap))
+    elif swap:
+        data = layout.transpose_last2(data, out=pool.array(out_shape, dtype))
+    elif data.dtype != dtype:
+        out = pool.array(out_shape, dtype)
+        out[...] = data
+        data = out
+    futures = [store.write(slot.path, task.target_index(slot), slot.fn(data, swapped=swap), reference=True)
                for slot in t.slots]
     return futures, data.nbytes, read
 
@@ -162,6 +168,14 @@ def _prefetch(task: streaming.Task, tensors, scaled: bool) -> None:
     safetensors_io.prefetch(info, lo * row, hi * row)
     if scaled:
         safetensors_io.prefetch(tensors[t.name + SCALE_SUFFIX])
+
+
+def _evict(task: streaming.Task, tensors) -> None:
+    """Drops the rows `_convert_task` read for `task` from the page cache (each is read once)."""
+    t, (lo, hi) = task.tensor, task.bounds()
+    info = tensors[t.name]
+    row = info.nbytes // t.shape[0]
+    safetensors_io.evict(info, lo * row, hi * row)
 
 
 def _source_bytes(task: streaming.Task, tensors, scaled: bool) -> int:
@@ -236,7 +250,7 @@ def convert(hf_dir: str, out: str, *, dtype: str = "bfloat16", drop_mtp: bool = 
     """
     times = [time.time()]
     j = plan_job(hf_dir, dtype, drop_mtp, block_bytes)
-    out_dir = resumable.OutputDir(out, j.spec, resume=resume, log=log)
+    out_dir = resumable.OutputDir(out, j.spec, resume=resume, log=log, write_once=(OCDBT_DATA,))
     params_dir = os.path.join(out_dir.path, "params")
     scales_path = os.path.join(out_dir.path, checkpoint.SCALES_NAME)
     with out_dir.keeping_work("convert", log):
@@ -260,11 +274,14 @@ def convert(hf_dir: str, out: str, *, dtype: str = "bfloat16", drop_mtp: bool = 
             todo, [_source_bytes(k, j.tensors, j.scaled(k)) for k in todo],
             lambda k: _prefetch(k, j.tensors, j.scaled(k)), READ_AHEAD_BYTES)
 
+        pool = streaming.BufferPool(keep=4 * workers)
+
         def step(k: streaming.Task):
             read_ahead.advance()
-            return _convert_task(k, j.tensors, store, j.shapes, scales)
+            return _convert_task(k, j.tensors, store, j.shapes, scales, pool)
         times.append(time.time())
-        streaming.execute(out_dir, todo, step, j.digests, workers, progress)
+        streaming.execute(out_dir, todo, step, j.digests, workers, progress,
+                          release=lambda k: _evict(k, j.tensors))
         times.append(time.time())
         if scales is not None:
             scales.close()

@@ -17,15 +17,21 @@ from r1jax.model.config import ModelConfig
 FP8_SUFFIX = "_proj.weight"  # the release stores every such tensor block-scaled FP8 (DESIGN.md sec. 4)
 
 
-TRANSPOSE_BAND = 128
+TRANSPOSE_BAND = 16
 
 
-def transpose_last2(x: np.ndarray) -> np.ndarray:
-    """[..., M, N] -> C-contiguous [..., N, M]. Copied in bands of 128 rows, which stay in cache: about
-    twice as fast as numpy's one-pass transposed copy of a large matrix."""
-    out = np.empty(x.shape[:-2] + (x.shape[-1], x.shape[-2]), x.dtype)
+def transpose_last2(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """[..., M, N] -> C-contiguous [..., N, M] (into `out` when given, converting to its dtype).
+    Copied 16 source rows at a time, so that each tile stays in cache: 2-3x faster than numpy's
+    one-pass transposed copy of a large matrix."""
+    if out is None:
+        out = np.empty(x.shape[:-2] + (x.shape[-1], x.shape[-2]), x.dtype)
+    src, dst = x, out
+    if x.dtype == out.dtype:  # moved as unsigned integers: numpy copies bfloat16 through slow dtype hooks
+        bits = np.dtype(f"u{x.dtype.itemsize}")
+        src, dst = x.view(bits), out.view(bits)
     for r in range(0, x.shape[-2], TRANSPOSE_BAND):
-        out[..., r:r + TRANSPOSE_BAND] = np.swapaxes(x[..., r:r + TRANSPOSE_BAND, :], -1, -2)
+        dst[..., r:r + TRANSPOSE_BAND] = np.swapaxes(src[..., r:r + TRANSPOSE_BAND, :], -1, -2)
     return out
 
 

@@ -6,6 +6,11 @@ files). `--resume` continues only a job with the same manifest, and trusts a fin
 the digest of its sources is unchanged. A journal line is written only after the task's data is on
 disk (the job's files fsynced in a background thread), so a resume after a crash of the machine, not
 only of the process, is sound.
+
+The same thread keeps the job's footprint in the page cache bounded: every SYNC_BYTES of finished work
+it syncs the files written since and drops their pages. A conversion writes twice the release's size;
+left to the kernel, that would evict everything else cached on the machine, and dirty pages would be
+written back in bursts that stall the job.
 """
 from __future__ import annotations
 
@@ -21,7 +26,9 @@ from collections.abc import Callable
 PARTIAL_SUFFIX = ".partial"
 MANIFEST_NAME = "r1jax-job.json"
 JOURNAL_NAME = "r1jax-job.log"
-SYNC_EVERY_S = 30.0
+SYNC_EVERY_S = 30.0  # the journal catches up at least this often
+SYNC_BYTES = 64 << 20  # ... and whenever this many bytes of tasks have finished since the last sync
+RECENT_NS = 10**9  # a file modified this recently may change again within its mtime's resolution
 
 
 class JobError(ValueError):
@@ -38,35 +45,63 @@ def _differences(a: dict, b: dict) -> str:
     return ", ".join(f"{k}: {a.get(k)!r} then, {b.get(k)!r} now" for k in keys)
 
 
-def sync_tree(root: str, since_ns: int = 0) -> None:
-    """fsyncs every file and directory under `root` modified at or after `since_ns` (ns since the
-    epoch): our own writes only, where os.sync would wait for every dirty page of the machine."""
-    for d, _, files in os.walk(root):
-        for path in [os.path.join(d, f) for f in files] + [d]:
-            try:
-                if os.stat(path).st_mtime_ns >= since_ns:
-                    fsync_path(path)
-            except FileNotFoundError:  # a temporary file renamed meanwhile: its new name is seen
-                pass
-
-
-def fsync_path(path: str) -> None:
+def fsync_path(path: str, drop: bool = False) -> None:
+    """fsync; with `drop`, then also evicts the (now clean) pages of the file from the page cache."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+        if drop and hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
+
+
+class SyncedTree:
+    """Syncs the files of a directory tree that changed since the previous call, and drops their pages.
+
+    write_once: directories (relative to root) whose files never change once they appear under their
+    name (an OCDBT database's d/, which tensorstore fills by renaming finished files into place):
+    those are synced once and never looked at again, so a sync costs what changed, not what exists.
+    """
+
+    def __init__(self, root: str, write_once: tuple[str, ...] = ()):
+        self.root = root
+        self.write_once = {os.path.normpath(w) for w in write_once}
+        self._seen: dict[str, tuple[int, int] | None] = {}  # path -> (size, mtime) when last synced
+        self._settled: set[str] = set()
+
+    def sync(self) -> None:
+        for d, _, files in os.walk(self.root):
+            once = os.path.relpath(d, self.root) in self.write_once
+            for path in [os.path.join(d, f) for f in files] + [d]:
+                if path in self._settled:
+                    continue
+                try:
+                    st = os.stat(path)
+                    key = (st.st_size, st.st_mtime_ns)
+                    if self._seen.get(path) != key:
+                        fsync_path(path, drop=path != d)
+                except FileNotFoundError:  # a temporary file renamed meanwhile: its new name is seen
+                    continue
+                if once and path != d:
+                    self._settled.add(path)
+                # A write in the same tick of the clock as this stat would leave the key unchanged:
+                # a file modified this recently is synced again next time.
+                recent = st.st_mtime_ns >= time.time_ns() - RECENT_NS
+                self._seen[path] = None if recent else key
 
 
 class OutputDir:
     """The partial output directory of one job, its manifest and its journal.
 
     spec: JSON-able description of the job (kind, options, layout digest); a resumed job must match it.
+    write_once: directories of the output whose files are never modified once in place (SyncedTree).
     After construction `path` exists; `resumed` says whether it holds earlier work. Call `mark_ready`
     once the directory's skeleton is complete, `record` after each finished task, `commit` at the end.
     """
 
-    def __init__(self, out: str, spec: dict, *, resume: bool, log: Callable[[str], None]):
+    def __init__(self, out: str, spec: dict, *, resume: bool, log: Callable[[str], None],
+                 write_once: tuple[str, ...] = ()):
         self.out = os.path.abspath(out)
         self.path = self.out + PARTIAL_SUFFIX
         self._spec = spec
@@ -92,10 +127,12 @@ class OutputDir:
             os.makedirs(self.path)
             self._write_manifest(ready=False)
         self._pending: list[str] = []
-        self._synced_ns = 0  # when the last sync of the job's files began
+        self._pending_bytes = 0
+        self._tree = SyncedTree(self.path, write_once)
         self._lock = threading.Lock()
         self._journal_lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._syncer = threading.Thread(target=self._sync_loop, daemon=True)
         self._syncer.start()
 
@@ -116,8 +153,7 @@ class OutputDir:
 
     def mark_ready(self) -> None:
         """The skeleton (metadata, empty arrays, file headers) is complete: a resume keeps it."""
-        self._synced_ns = time.time_ns()
-        sync_tree(self.path)
+        self._tree.sync()
         self._write_manifest(ready=True)
 
     def finished(self, digests: dict[str, str]) -> set[str]:
@@ -133,33 +169,40 @@ class OutputDir:
                 done.add(entry["task"])
         return done
 
-    def record(self, task: str, digest: str) -> None:
-        """Notes a finished task; its journal line follows the next sync of the data to disk."""
+    def record(self, task: str, digest: str, nbytes: int = 0) -> None:
+        """Notes a finished task that wrote `nbytes`; its journal line follows the next sync of the
+        data to disk, which starts once SYNC_BYTES have finished (or SYNC_EVERY_S have passed)."""
         with self._lock:
             self._pending.append(json.dumps({"task": task, "source": digest}))
+            self._pending_bytes += nbytes
+            if self._pending_bytes >= SYNC_BYTES:
+                self._wake.set()
 
     def flush(self) -> None:
         """Syncs written data to disk, then journals the tasks that had finished before the sync."""
         with self._journal_lock:
             with self._lock:
-                lines, self._pending = self._pending, []
+                lines, self._pending, self._pending_bytes = self._pending, [], 0
             if not lines:
                 return
-            # Files modified since the last sync began (coarse mtimes: a second of slack).
-            since, self._synced_ns = self._synced_ns - 10**9, time.time_ns()
-            sync_tree(self.path, since)
+            self._tree.sync()
             with open(os.path.join(self.path, JOURNAL_NAME), "a") as f:
                 f.write("".join(line + "\n" for line in lines))
                 f.flush()
                 os.fsync(f.fileno())
 
     def _sync_loop(self) -> None:
-        while not self._stop.wait(SYNC_EVERY_S):
+        while True:
+            self._wake.wait(SYNC_EVERY_S)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             self.flush()
 
     def close(self) -> None:
         """Stops the background sync, journaling what finished (on success and on failure alike)."""
         self._stop.set()
+        self._wake.set()
         self._syncer.join()
         self.flush()
 
@@ -180,6 +223,6 @@ class OutputDir:
         for name in (MANIFEST_NAME, JOURNAL_NAME):
             if os.path.exists(os.path.join(self.path, name)):
                 os.remove(os.path.join(self.path, name))
-        sync_tree(self.path, self._synced_ns - 10**9)
+        self._tree.sync()
         os.rename(self.path, self.out)
         fsync_path(os.path.dirname(self.out))  # the rename itself

@@ -133,6 +133,17 @@ def prefetch(info: TensorInfo, start: int = 0, stop: int | None = None) -> None:
         os.close(fd)
 
 
+def evict(info: TensorInfo, start: int = 0, stop: int | None = None) -> None:
+    """Drops bytes start:stop of the tensor's data from the page cache once they have been used (and
+    are no longer mapped): a job that reads each byte once need not keep the whole release cached."""
+    stop = info.nbytes if stop is None else stop
+    fd = os.open(info.file, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, info.offset + start, stop - start, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def identity(path: str) -> str:
     """A digest naming this version of a file: its name, size, mtime and safetensors header.
 

@@ -9,6 +9,7 @@ import ctypes
 import dataclasses
 import gc
 import resource
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -46,6 +47,48 @@ def peak_rss_bytes() -> int:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class BufferPool:
+    """Buffers for tensor-sized results, handed out again once nothing references them (thread-safe).
+
+    Fresh memory costs a page fault and a zeroed page per 4 KiB, which for a job that streams
+    terabytes through tensor-sized arrays costs more than the copies into them. An array from `array`
+    is a view of a pooled buffer; the buffer is reused once no array made from it is alive (its
+    reference count, which every numpy view of it holds, is back to the pool's own), so a writer may
+    keep referencing one (tensorstore until commit) without a copy. Sizes are rounded up to powers of
+    two of at least MIN_BYTES; at most `keep` buffers are retained (more are allocated when all are
+    busy, and freed as usual).
+    """
+    MIN_BYTES = 1 << 20
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self._buffers: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def _idle(self, i: int) -> bool:
+        return sys.getrefcount(self._buffers[i]) == 2  # the list's reference and the argument's
+
+    def array(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """An uninitialized C-contiguous array of `shape` and `dtype`, backed by a reused buffer."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        size = max(self.MIN_BYTES, 1 << max(nbytes - 1, 0).bit_length())
+        with self._lock:
+            found = next((i for i in range(len(self._buffers))
+                          if self._buffers[i].nbytes == size and self._idle(i)), None)
+            if found is None:
+                if len(self._buffers) >= self.keep:  # make room: forget an idle buffer of another size
+                    idle = next((i for i in range(len(self._buffers)) if self._idle(i)), None)
+                    if idle is not None:
+                        self._buffers.pop(idle)
+                buf = np.empty(size, np.uint8)
+                if len(self._buffers) < self.keep:
+                    self._buffers.append(buf)
+            else:
+                buf = self._buffers[found]
+        return buf[:nbytes].view(dtype).reshape(shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,9 +203,10 @@ def run_tasks(tasks: Iterable, fn: Callable, workers: int) -> None:
 
 
 def execute(job: resumable.OutputDir, tasks: list[Task], step: Callable, digests: dict[str, str], workers: int,
-            progress: "Progress") -> None:
+            progress: "Progress", release: Callable[[Task], None] | None = None) -> None:
     """Runs step(task) -> (tensorstore write futures, bytes they hold, bytes to count as progress)
-    for every task on `workers` threads, and journals each task once all its writes are committed."""
+    for every task on `workers` threads, and journals each task once all its writes are committed;
+    then `release(task)`, if given, lets go of what the task read (e.g. its input's cached pages)."""
     in_flight = InFlight(workers * IN_FLIGHT_PER_WORKER)
     trimmed = [time.time()]
 
@@ -173,8 +217,10 @@ def execute(job: resumable.OutputDir, tasks: list[Task], step: Callable, digests
             release_freed_memory()
 
         def committed() -> None:
-            job.record(task.key, digests[task.key])
+            job.record(task.key, digests[task.key], held)
             progress.advance(done_bytes)
+            if release is not None:
+                release(task)
         in_flight.submit(futures, held, committed)
 
     # Each task makes a few short-lived objects; the collections they trigger would rescan the large

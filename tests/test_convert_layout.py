@@ -179,7 +179,8 @@ def test_bench_tool_runs_tiny():
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert [row["layers"] for row in result["rows"]] == [1, 2]
-    assert result["rss_ratio"] > 0 and result["throughput_ratio"] > 0
+    assert result["rss_ratio"] > 0 and result["throughput_ratio"] > 0 and result["write_bound_ratio"] > 0
+    assert all(row["output_gb"] > row["input_gb"] for row in result["rows"])  # bf16 out of FP8
 
 
 class _Future:
@@ -211,3 +212,61 @@ def test_in_flight_writes_report_failures_instead_of_hanging():
         broken.submit([object()], 10, lambda: None)  # not a future: the budget is still released
     with pytest.raises(AttributeError):
         broken.wait()
+
+
+def test_buffer_pool_reuses_a_buffer_only_once_nothing_references_it():
+    pool = streaming.BufferPool(keep=2)
+    a = pool.array((300, 7), np.float32)
+    view = np.swapaxes(a, 0, 1)[2:]  # a view of a view still pins the buffer
+    del a
+    b = pool.array((300, 7), np.float32)
+    assert not np.shares_memory(b, view)
+    del view
+    c = pool.array((100, 3), ml_dtypes.bfloat16)  # same size class (1 MiB), now idle: reused
+    assert c.shape == (100, 3) and c.dtype == ml_dtypes.bfloat16 and c.flags.c_contiguous
+    d = pool.array((300, 7), np.float32)  # b and c busy, the pool full: a fresh, unpooled buffer
+    assert not np.shares_memory(d, b) and not np.shares_memory(d, c)
+    big = pool.array((1 << 19, 3), np.float32)  # 6 MiB -> an 8 MiB buffer
+    assert big.nbytes == 6 << 20
+
+
+def test_synced_tree_syncs_changes_once_and_write_once_files_once(tmp_path, monkeypatch):
+    synced = []
+    monkeypatch.setattr(resumable, "fsync_path", lambda p, drop=False: synced.append(
+        (os.path.relpath(p, tmp_path), drop)))
+    monkeypatch.setattr(resumable, "RECENT_NS", 0)  # mtimes count as settled at once
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x").write_bytes(b"1")
+    (tmp_path / "m").write_bytes(b"1")
+    tree = resumable.SyncedTree(str(tmp_path), write_once=("d",))
+    tree.sync()
+    assert sorted(synced) == [(".", False), ("d", False), ("d/x", True), ("m", True)]
+    synced.clear()
+    tree.sync()
+    assert synced == []  # nothing changed
+    (tmp_path / "m").write_bytes(b"22")
+    (tmp_path / "d" / "x").write_bytes(b"22")  # write-once files are never looked at again
+    tree.sync()
+    assert synced == [("m", True)]
+    monkeypatch.setattr(resumable, "RECENT_NS", 10**12)  # a just-modified file is synced again
+    (tmp_path / "m").write_bytes(b"333")
+    synced.clear()
+    tree.sync()
+    tree.sync()
+    assert [f for f in synced if f[1]] == [("m", True), ("m", True)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
+def test_transposes_into_given_buffers_with_dtype_conversion(dtype):
+    rng = np.random.RandomState(3)
+    x = rng.randn(2, 37, 53).astype(ml_dtypes.bfloat16)
+    out = np.empty((2, 53, 37), dtype)
+    assert layout.transpose_last2(x, out=out) is out
+    assert out.tobytes() == np.ascontiguousarray(np.swapaxes(x, -1, -2)).astype(dtype).tobytes()
+    q = rng.randint(0, 256, (3, 260, 130)).astype(np.uint8).view(fp8.E4M3)
+    s = np.exp(rng.uniform(-12, 2, fp8.scale_shape(q.shape))).astype(np.float32)
+    want = fp8.dequantize(q, s, dtype, transpose=True)
+    got = fp8.dequantize(q, s, dtype, transpose=True, out=np.empty((3, 130, 260), dtype))
+    assert got.tobytes() == want.tobytes()
+    with pytest.raises(ValueError, match="expected C-contiguous"):
+        fp8.dequantize(q, s, dtype, out=np.empty((3, 130, 260), dtype))

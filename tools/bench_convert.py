@@ -1,17 +1,22 @@
 """Convert benchmark: peak host memory must not grow with depth, and throughput must keep up with a read.
 
-    python tools/bench_convert.py [--layers 4 16] [--hidden 1024] [--experts 32] [--moe_inter 512]
-                                  [--workers 2] [--dir /tmp] [--json]
+    python tools/bench_convert.py [--layers 4 16] [--hidden 7168] [--experts 8] [--moe_inter 2048]
+                                  [--workers N] [--dir /tmp] [--json]
 
 Builds synthetic checkpoints in the release layout (FP8 e4m3 weights with float32 128x128 scales,
 per-expert tensors, bf16 embeddings and norms, several shards with an index) of one width and several
-depths, then per depth: reads every tensor with the `safetensors` library (plain read), and converts
-with `python -m r1jax.convert` in a subprocess. The page cache of the inputs is dropped before each
-read and each conversion, as a 690 GB release is never cached. Prints input GB, peak RSS of the
-converting process (its VmHWM, imports included), conversion GB/s (input bytes over convert's own wall
-time, which excludes the interpreter's imports), plain-read GB/s, and the two ratios against targets
-(RSS deepest / shallowest <= 1.3; conversion / read >= 0.5). Disk: the inputs plus one output at a
-time; everything is removed at the end.
+depths. The default width is R1's own (hidden 7168, experts of 2048, so every matrix has a released
+shape) with 8 routed experts per layer instead of 256: ~580 MB of input per layer. Per depth it reads
+every tensor with the `safetensors` library (plain read), writes as many bytes as the conversion will
+output to plain files (plain write: fsynced and dropped from the page cache, as convert does), and
+converts with `python -m r1jax.convert` in a subprocess. The page cache of the inputs is dropped
+before the read and the conversion, as a 690 GB release is never cached. Prints input and output
+GB, peak RSS of the converting process (its VmHWM, imports included), conversion GB/s (input bytes
+over convert's own wall time, which excludes the interpreter's imports), plain-read GB/s, plain-write
+GB/s, and the ratios against the targets (RSS deepest / shallowest <= 1.3; conversion / read >= 0.5).
+A bf16 conversion writes two bytes per FP8 byte it reads, so it cannot run faster than half the
+plain write rate: that bound is printed too. Disk: the inputs plus one output at a time; everything
+is removed at the end.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ import time
 
 import numpy as np
 
-from r1jax import fp8, layout, safetensors_io
+from r1jax import checkpoint, fp8, layout, safetensors_io
 from r1jax.model.config import ModelConfig, to_hf_dict
 
 SHARD_BYTES = 200 << 20
@@ -120,6 +125,35 @@ def plain_read(directory: str) -> tuple[float, str]:
     return time.time() - t0, "safetensors safe_open(framework='pt').get_tensor"
 
 
+def plain_write(directory: str, nbytes: int, file_bytes: int = 64 << 20) -> float:
+    """Seconds to write `nbytes` to new files in `directory` as fast as plainly possible: one buffer
+    written over and over, each file fsynced and dropped from the page cache as convert does. The
+    floor under any conversion writing that much; the files are removed afterwards."""
+    os.makedirs(directory)
+    buf = memoryview(np.random.default_rng(0).integers(0, 256, file_bytes, dtype=np.uint8))
+    t0 = time.time()
+    for i in range(-(-nbytes // file_bytes)):
+        n = min(file_bytes, nbytes - i * file_bytes)
+        fd = os.open(os.path.join(directory, f"{i:05d}"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            view = buf[:n]
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    seconds = time.time() - t0
+    shutil.rmtree(directory)
+    return seconds
+
+
+def output_bytes(cfg: ModelConfig) -> int:
+    """Bytes of the bf16 parameters convert writes for `cfg` (the router bias stays float32)."""
+    return sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize
+               for s in checkpoint.param_shapes(cfg.replace(param_dtype="bfloat16")).values())
+
+
 def run_convert(hf_dir: str, out: str, workers: int) -> tuple[int, float, str]:
     """(peak RSS bytes, seconds, stderr) of `python -m r1jax.convert` on hf_dir, as convert reports
     them: its own wall time (imports excluded) and its VmHWM (the child's own peak; the parent's
@@ -135,9 +169,9 @@ def run_convert(hf_dir: str, out: str, workers: int) -> tuple[int, float, str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--layers", type=int, nargs="+", default=[4, 16])
-    p.add_argument("--hidden", type=int, default=1024)
-    p.add_argument("--experts", type=int, default=32)
-    p.add_argument("--moe_inter", type=int, default=512)
+    p.add_argument("--hidden", type=int, default=7168)
+    p.add_argument("--experts", type=int, default=8)
+    p.add_argument("--moe_inter", type=int, default=2048)
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--dir", default=tempfile.gettempdir(), help="where the synthetic checkpoints go")
     p.add_argument("--json", action="store_true", help="last line of stdout: the results as JSON")
@@ -148,30 +182,41 @@ def main(argv=None) -> int:
         for n in a.layers:
             cfg = bench_config(n, a.hidden, a.experts, a.moe_inter)
             src, out = os.path.join(root, f"hf-{n}"), os.path.join(root, f"ckpt-{n}")
-            nbytes = write_synthetic(cfg, src)
+            nbytes, out_bytes = write_synthetic(cfg, src), output_bytes(cfg)
             drop_cache(src)
             read_s, how = plain_read(src)
+            write_s = plain_write(os.path.join(root, "plain-write"), out_bytes)
             drop_cache(src)
             rss, convert_s, log = run_convert(src, out, a.workers)
             shutil.rmtree(out)
-            rows.append({"layers": n, "input_gb": nbytes / 1e9, "per_layer_mb": nbytes / n / 1e6,
-                         "peak_rss_gb": rss / 1e9, "convert_gb_s": nbytes / 1e9 / convert_s,
-                         "read_gb_s": nbytes / 1e9 / read_s, "convert_s": convert_s, "read_s": read_s})
+            rows.append({"layers": n, "input_gb": nbytes / 1e9, "output_gb": out_bytes / 1e9,
+                         "per_layer_mb": nbytes / n / 1e6, "peak_rss_gb": rss / 1e9,
+                         "convert_gb_s": nbytes / 1e9 / convert_s, "read_gb_s": nbytes / 1e9 / read_s,
+                         "write_gb_s": out_bytes / 1e9 / write_s,
+                         "write_bound_gb_s": nbytes / 1e9 / write_s,
+                         "convert_s": convert_s, "read_s": read_s, "write_s": write_s})
             r = rows[-1]
-            print(f"{n:3d} layers  {r['input_gb']:.3f} GB ({r['per_layer_mb']:.0f} MB/layer)  "
-                  f"peak RSS {r['peak_rss_gb']:.3f} GB  convert {r['convert_gb_s']:.3f} GB/s "
-                  f"({convert_s:.1f} s)  plain read {r['read_gb_s']:.3f} GB/s ({read_s:.1f} s)", flush=True)
+            print(f"{n:3d} layers  {r['input_gb']:.3f} GB in, {r['output_gb']:.3f} GB out "
+                  f"({r['per_layer_mb']:.0f} MB/layer)  peak RSS {r['peak_rss_gb']:.3f} GB  "
+                  f"convert {r['convert_gb_s']:.3f} GB/s ({convert_s:.1f} s)  plain read "
+                  f"{r['read_gb_s']:.3f} GB/s ({read_s:.1f} s)  plain write {r['write_gb_s']:.3f} GB/s "
+                  f"({write_s:.1f} s)", flush=True)
             print("     " + [line for line in log.splitlines() if line.startswith("convert: read")][-1])
             shutil.rmtree(src)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rss_ratio = rows[-1]["peak_rss_gb"] / rows[0]["peak_rss_gb"]
     speed = min(r["convert_gb_s"] / r["read_gb_s"] for r in rows)
+    bound = min(r["write_bound_gb_s"] / r["read_gb_s"] for r in rows)
+    of_bound = min(r["convert_gb_s"] / r["write_bound_gb_s"] for r in rows)
     print(f"plain read: {how}; workers {a.workers}")
     print(f"peak RSS {a.layers[-1]} / {a.layers[0]} layers: {rss_ratio:.3f} (target <= 1.3)")
     print(f"convert / plain read throughput, worst depth: {speed:.3f} (target >= 0.5)")
+    print(f"  the plain write of the output bounds that ratio at {bound:.3f} on this machine; "
+          f"convert reaches {of_bound:.3f} of its own bound")
     if a.json:
         print(json.dumps({"rows": rows, "rss_ratio": rss_ratio, "throughput_ratio": speed,
+                          "write_bound_ratio": bound, "of_write_bound": of_bound,
                           "workers": a.workers, "read": how}))
     return 0
 

@@ -6,6 +6,7 @@
 #   variants  the same step without loss chunking, with remat full and remat dots          (~6 min)
 #   kernels   which tokamax kernels run for r1jax's shapes (tools/kernel_probe.py)        (~2 min)
 #   scaling   tokens/s and memory vs sequence length and routed-expert count              (~9 min)
+#   convert   weight conversion on the machine's 16 cores, no GPU (tools/bench_convert.py) (~4 min)
 #   usage (device machine, repo root): bash tools/gpu_check.sh PEER_SCRIPT [STAGE]
 # Missing packages travel as wheels in .whl/ (installed into /tmp/site when present).
 set -uo pipefail
@@ -41,5 +42,8 @@ case "$STAGE" in
   scaling)
     timeout 560 python3 tools/bench_scaling.py --steps 3 --out "$OUT/scaling.json" 2>&1 | grep -v Warning \
       | tee "$OUT/scaling.log" ;;
-  *) echo "unknown stage $STAGE (main, variants, kernels, scaling)" >&2; exit 2 ;;
+  convert)
+    timeout 560 python3 tools/bench_convert.py --workers 8 --json 2>&1 | grep -v Warning \
+      | tee "$OUT/convert.log" ;;
+  *) echo "unknown stage $STAGE (main, variants, kernels, scaling, convert)" >&2; exit 2 ;;
 esac
