@@ -122,26 +122,26 @@ def load(info: TensorInfo) -> np.ndarray:
     return np.memmap(info.file, dtype=info.dtype, mode="r", offset=info.offset, shape=info.shape)
 
 
-def prefetch(info: TensorInfo, start: int = 0, stop: int | None = None) -> None:
-    """Asks the kernel to start reading bytes start:stop of the tensor's data in the background, so
-    that a later `load` finds them in the page cache instead of waiting on page faults."""
+def _advise(info: TensorInfo, start: int, stop: int | None, advice: int) -> None:
+    """posix_fadvise on bytes start:stop (default: to the end) of the tensor's data."""
     stop = info.nbytes if stop is None else stop
     fd = os.open(info.file, os.O_RDONLY)
     try:
-        os.posix_fadvise(fd, info.offset + start, stop - start, os.POSIX_FADV_WILLNEED)
+        os.posix_fadvise(fd, info.offset + start, stop - start, advice)
     finally:
         os.close(fd)
+
+
+def prefetch(info: TensorInfo, start: int = 0, stop: int | None = None) -> None:
+    """Asks the kernel to start reading bytes start:stop of the tensor's data in the background, so
+    that a later `load` finds them in the page cache instead of waiting on page faults."""
+    _advise(info, start, stop, os.POSIX_FADV_WILLNEED)
 
 
 def evict(info: TensorInfo, start: int = 0, stop: int | None = None) -> None:
     """Drops bytes start:stop of the tensor's data from the page cache once they have been used (and
     are no longer mapped): a job that reads each byte once need not keep the whole release cached."""
-    stop = info.nbytes if stop is None else stop
-    fd = os.open(info.file, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, info.offset + start, stop - start, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    _advise(info, start, stop, os.POSIX_FADV_DONTNEED)
 
 
 def identity(path: str) -> str:
