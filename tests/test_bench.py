@@ -31,3 +31,27 @@ def test_bench_cpu_side_by_side(tmp_path):
     assert ours["tokens_per_s"] > 0 and ours["model_tflops"] > 0 and ours["compile_s"] > 0
     assert {p["impl"] for p in peers} >= {"hf-grouped_mm"}, r.stderr[-3000:]
     assert "r1jax full train step / HF grouped_mm fwd+bwd tokens/s" in r.stdout
+
+
+def test_parts_cover_every_model_flop_of_a_step(tmp_path):
+    """tools/bench_parts.py on CPU: each part timed, counted as often as a step runs it, and the
+    parts' FLOPs together are the whole step's (r1jax.flops' formula for the model)."""
+    from r1jax.flops import train_flops_per_token
+    from r1jax.model import preset
+    sys.path.insert(0, str(ROOT / "tools"))
+    from bench import PEER_SMALL
+
+    out = tmp_path / "parts.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    r = subprocess.run([sys.executable, "tools/bench_parts.py", "--small", "--batch", "2", "--seq", "32",
+                        "--steps", "1", "--warmup", "1", "--no_full", "--out", str(out)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    data = json.loads(out.read_text())
+    cfg = preset("v3-small", **PEER_SMALL)
+    counts = {p["part"]: p["count"] for p in data["parts"]}
+    assert counts == {"attention": cfg.num_hidden_layers, "moe": cfg.num_moe_layers,
+                      "dense_mlp": cfg.first_k_dense_replace, "head": 1, "adamw": 1}
+    assert all(p["ms"] > 0 for p in data["parts"]) and data["step_ms"] is None
+    step_flops = sum(p["flops_per_call"] * p["count"] for p in data["parts"] if p["flops_per_call"])
+    assert step_flops == pytest.approx(train_flops_per_token(cfg, 32) * 2 * 32, rel=1e-12)

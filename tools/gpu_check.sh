@@ -5,6 +5,7 @@
 #             then the decode benchmark (latent cache)                                   (~6 min)
 #   variants  the same step without loss chunking, with remat full and remat dots          (~6 min)
 #   kernels   which tokamax kernels run for r1jax's shapes (tools/kernel_probe.py)        (~2 min)
+#   parts     the step's time per part: attention, MoE, dense MLP, head + CE, AdamW      (~4 min)
 #   scaling   tokens/s and memory vs sequence length and routed-expert count              (~9 min)
 #   convert   weight conversion on the machine's 16 cores, no GPU (tools/bench_convert.py) (~4 min)
 #   usage (device machine, repo root): bash tools/gpu_check.sh PEER_SCRIPT [STAGE]
@@ -37,6 +38,9 @@ case "$STAGE" in
     bench bench_full_logits 150 --loss_chunk 0
     bench bench_remat_full 150 --loss_chunk 4096 --remat full
     bench bench_remat_dots 150 --loss_chunk 4096 --remat dots ;;
+  parts)
+    timeout 400 python3 tools/bench_parts.py --preset v3-small --batch 2 --seq 4096 --loss_chunk 4096 \
+      --out "$OUT/parts.json" 2>&1 | grep -v Warning | tee "$OUT/parts.log" ;;
   kernels)
     timeout 150 python3 tools/kernel_probe.py --out "$OUT/kernels.json" 2>&1 | grep -v Warning | tee "$OUT/kernels.log" ;;
   scaling)
@@ -45,5 +49,5 @@ case "$STAGE" in
   convert)
     timeout 560 python3 tools/bench_convert.py --workers 8 --json 2>&1 | grep -v Warning \
       | tee "$OUT/convert.log" ;;
-  *) echo "unknown stage $STAGE (main, variants, kernels, scaling, convert)" >&2; exit 2 ;;
+  *) echo "unknown stage $STAGE (main, variants, kernels, parts, scaling, convert)" >&2; exit 2 ;;
 esac
