@@ -29,6 +29,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.model.param_dtype = "float32"    # master parameter dtype
     c.model.remat = "none"             # none | full | dots | dots_no_batch
     c.model.moe_chunk_tokens = 0       # routed experts over a device's tokens this many at a time; 0 = all
+    c.model.attention_mask = "dense"   # dense | ranges: how packed attention is masked (r1jax/model/mla.py)
     c.model.with_mtp = False
 
     c.data = ml_collections.ConfigDict()
@@ -217,11 +218,11 @@ def optim_config(c: ml_collections.ConfigDict, total_steps: int) -> OptimConfig:
 
 def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
     """The run's model: the checkpoint's own architecture (model.checkpoint) or the preset's, with
-    the run's numerics (dtype, param_dtype, remat, moe_chunk_tokens)."""
+    the run's numerics (dtype, param_dtype, remat, moe_chunk_tokens, attention_mask)."""
     m = c.model
+    numerics = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
+                    moe_chunk_tokens=m.moe_chunk_tokens, attention_mask=m.attention_mask)
     if m.checkpoint:
         from r1jax import checkpoint  # reads files; imported only when a checkpoint is named
-        return checkpoint.read_config(m.checkpoint, dtype=m.dtype, param_dtype=m.param_dtype,
-                                      remat=m.remat, moe_chunk_tokens=m.moe_chunk_tokens)
-    return preset(m.preset, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
-                  with_mtp=m.with_mtp, moe_chunk_tokens=m.moe_chunk_tokens)
+        return checkpoint.read_config(m.checkpoint, **numerics)
+    return preset(m.preset, with_mtp=m.with_mtp, **numerics)

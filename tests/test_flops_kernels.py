@@ -60,3 +60,72 @@ def test_failing_kernel_falls_back_with_one_warning(monkeypatch):
     calls.clear()
     kernels.ragged_dot(x.astype(jnp.float32), jnp.ones((2, 3, 5)), jnp.array([1, 3]))
     assert calls == ["xla"]  # float32 goes straight to XLA
+
+
+# Packed rows as the loader makes them (documents, then padding id 0), a left-padded prompt row as
+# generation makes it, and one document filling its row.
+SEGMENTS = np.array([[1, 1, 1, 2, 2, 3, 3, 3, 3, 0, 0, 0],
+                     [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1],
+                     [5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5]], np.int32)
+
+
+def test_segment_starts_are_where_each_run_begins():
+    from r1jax.model.mla import segment_starts
+    want = np.zeros_like(SEGMENTS)
+    for b, row in enumerate(SEGMENTS):
+        for t in range(len(row)):
+            s = t
+            while s > 0 and row[s - 1] == row[t]:
+                s -= 1
+            want[b, t] = s
+    np.testing.assert_array_equal(np.asarray(segment_starts(jnp.asarray(SEGMENTS))), want)
+
+
+def _attention_inputs(dtype, b=3, t=12, h=2, qk=24, v=16):
+    rng = np.random.RandomState(0)
+    q, k = (jnp.asarray(rng.randn(b, t, h, qk), dtype) for _ in range(2))
+    return q, k, jnp.asarray(rng.randn(b, t, h, v), dtype)
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-6), (jnp.bfloat16, 2e-2)])
+def test_attention_over_key_ranges_equals_the_same_segment_mask(dtype, tol, monkeypatch):
+    from r1jax.model.mla import attention_mask, segment_starts
+    q, k, v = _attention_inputs(dtype)
+    seg = jnp.asarray(SEGMENTS)
+    want = kernels.attention(q, k, v, attention_mask(seg), 0.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the tokamax path itself, not the fallback
+        got = kernels.attention_ranges(q, k, v, segment_starts(seg), 0.2)
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=tol, rtol=tol)
+
+    def moved(*a, **kw):
+        raise AttributeError("tokamax internals moved")
+    monkeypatch.setattr(kernels, "_tokamax_ranges", moved)
+    monkeypatch.setattr(kernels, "_warned", set())
+    with pytest.warns(UserWarning, match="using a dense mask"):
+        again = kernels.attention_ranges(q, k, v, segment_starts(seg), 0.2)
+    np.testing.assert_allclose(np.asarray(again, np.float32), np.asarray(want, np.float32), atol=tol, rtol=tol)
+
+
+def test_model_with_key_ranges_equals_dense_mask_forward_and_gradients():
+    import jax
+    from flax import nnx
+    from r1jax.model import Transformer
+    from r1jax.model.config import ConfigError
+    tokens = jnp.asarray(np.random.RandomState(1).randint(0, 256, SEGMENTS.shape))
+    outs = {}
+    for mode in ("dense", "ranges"):
+        cfg = preset("tiny", dtype="float32", param_dtype="float32", attention_mask=mode)
+        graphdef, state = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
+
+        def loss(state):
+            logits, _ = nnx.merge(graphdef, state)(tokens, segment_ids=jnp.asarray(SEGMENTS))
+            return (logits * (jnp.asarray(SEGMENTS) > 0)[..., None]).sum() / 1e3, logits
+        outs[mode] = jax.value_and_grad(loss, has_aux=True)(state)
+    (_, dense_logits), dense_grads = outs["dense"]
+    (_, range_logits), range_grads = outs["ranges"]
+    np.testing.assert_allclose(range_logits, dense_logits, atol=1e-5, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(range_grads), jax.tree.leaves(dense_grads)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ConfigError, match="attention_mask"):
+        preset("tiny", attention_mask="sparse")

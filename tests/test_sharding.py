@@ -18,8 +18,9 @@ from r1jax.step import loss_fn, split_model
 
 CFG = preset("tiny", dtype="float32", vocab_size=256, num_attention_heads=4, n_routed_experts=8)
 # moe_chunk_tokens 24: each device's 64 tokens in 3 chunks of 22 (the last padded by 2)
+# attention_mask "ranges": the same parameters, attention over key ranges with heads split over tensor
 MESHES = [dict(data=8), dict(fsdp=8), dict(expert=4, tensor=2), dict(data=2, expert=2, tensor=2),
-          dict(expert=4, tensor=2, moe_chunk_tokens=24)]
+          dict(expert=4, tensor=2, moe_chunk_tokens=24), dict(data=4, tensor=2, attention_mask="ranges")]
 SKEWED = (2, 3)  # one group; on expert 4 or 2 both live on one shard
 
 
@@ -51,10 +52,10 @@ def reference():
 def test_sharded_loss_and_grads_equal_single_device(reference, axes):
     graphdef, params, rest, batch, f, loss0, sums0, grads0 = reference
     axes = dict(axes)
-    chunk = axes.pop("moe_chunk_tokens", 0)
-    if chunk:  # the same parameters, routed experts in chunks (a runtime field of the config)
+    runtime = {k: axes.pop(k) for k in ("moe_chunk_tokens", "attention_mask") if k in axes}
+    if runtime:  # the same parameters, other run-time fields of the config
         graphdef = split_model(nnx.eval_shape(
-            lambda: Transformer(CFG.replace(moe_chunk_tokens=chunk), rngs=nnx.Rngs(0))))[0]
+            lambda: Transformer(CFG.replace(**runtime), rngs=nnx.Rngs(0))))[0]
         f = jax.value_and_grad(lambda p, r, bt: loss_fn(p, r, graphdef, bt), has_aux=True)
     mesh = sharding.make_mesh(**{**dict(data=1, fsdp=1, expert=1, tensor=1), **axes})
     p_sh = sharding.variable_shardings(params, mesh)

@@ -83,7 +83,7 @@ def run_peer(path: str, small: bool) -> list[dict]:
 
 def bench(args) -> dict:
     cfg = preset(args.preset, dtype=args.dtype, param_dtype="float32", remat=args.remat,
-                 **(PEER_SMALL if args.small else {}))
+                 attention_mask=args.attention_mask, **(PEER_SMALL if args.small else {}))
     if args.experts:  # same active parameters per token, more (or fewer) routed experts
         cfg = cfg.replace(n_routed_experts=args.experts)
     fpt = train_flops_per_token(cfg, args.seq)
@@ -122,6 +122,7 @@ def bench(args) -> dict:
         "impl": "r1jax", "preset": args.preset + ("/small" if args.small else ""),
         "batch": args.batch, "seq": args.seq,
         "n_routed_experts": cfg.n_routed_experts, "loss_chunk": args.loss_chunk, "remat": args.remat, "dtype": args.dtype,
+        "attention_mask": args.attention_mask,
         "device": device.device_kind, "jax": jax.__version__, "params_B": n_params / 1e9,
         "step_ms": sec * 1e3, "tokens_per_s": tok_s, "model_tflops": tflops,
         "mfu": None if peak is None else tflops / peak, "peak_mem_gib": peak_memory_gib(),
@@ -143,6 +144,8 @@ def main(argv=None) -> int:
     p.add_argument("--loss_chunk", type=int, default=0,
                    help="LM head + cross-entropy in chunks of this many positions (0: full logits)")
     p.add_argument("--remat", default="none", choices=["none", "full", "dots", "dots_no_batch"])
+    p.add_argument("--attention_mask", default="dense", choices=["dense", "ranges"],
+                   help="packed attention as a [B, 1, T, S] mask or as key ranges (ModelConfig.attention_mask)")
     p.add_argument("--experts", type=int, default=0, help="override the number of routed experts")
     p.add_argument("--small", action="store_true",
                    help="shrink the preset as the peer's SMALL=1 does (CPU runs of the comparison)")

@@ -149,7 +149,8 @@ def main(argv=None) -> dict:
     full = None
     if not a.no_full:  # first, while the device is empty: it holds the whole model and its optimizer
         full = step_bench.bench(argparse.Namespace(
-            preset=a.preset, small=a.small, experts=0, dtype="bfloat16", remat="none", batch=a.batch,
+            preset=a.preset, small=a.small, experts=0, dtype="bfloat16", remat="none", attention_mask="dense",
+            batch=a.batch,
             seq=a.seq, loss_chunk=a.loss_chunk, warmup=a.warmup, steps=a.steps))
     rows, total = [], 0.0
     for name, count, part_flops, make in parts(cfg, a.batch, a.seq, a.loss_chunk):

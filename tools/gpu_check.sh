@@ -4,7 +4,8 @@
 #   main      v3-small 2x4096 full train step (chunked LM head + CE) with the HF peer in the same run,
 #             then the decode benchmark (latent cache)                                   (~6 min)
 #   variants  the same step without loss chunking, with remat full and remat dots          (~6 min)
-#   kernels   which tokamax kernels run for r1jax's shapes (tools/kernel_probe.py)        (~2 min)
+#   kernels   which tokamax kernels run for r1jax's shapes (tools/kernel_probe.py), then the
+#             step with attention over key ranges instead of a mask (--attention_mask ranges) (~5 min)
 #   parts     the step's time per part: attention, MoE, dense MLP, head + CE, AdamW      (~4 min)
 #   scaling   tokens/s and memory vs sequence length and routed-expert count              (~9 min)
 #   convert   weight conversion on the machine's 16 cores, no GPU (tools/bench_convert.py) (~4 min)
@@ -42,7 +43,8 @@ case "$STAGE" in
     timeout 400 python3 tools/bench_parts.py --preset v3-small --batch 2 --seq 4096 --loss_chunk 4096 \
       --out "$OUT/parts.json" 2>&1 | grep -v Warning | tee "$OUT/parts.log" ;;
   kernels)
-    timeout 150 python3 tools/kernel_probe.py --out "$OUT/kernels.json" 2>&1 | grep -v Warning | tee "$OUT/kernels.log" ;;
+    timeout 150 python3 tools/kernel_probe.py --out "$OUT/kernels.json" 2>&1 | grep -v Warning | tee "$OUT/kernels.log"
+    bench bench_ranges 200 --loss_chunk 4096 --attention_mask ranges ;;
   scaling)
     timeout 560 python3 tools/bench_scaling.py --steps 3 --out "$OUT/scaling.json" 2>&1 | grep -v Warning \
       | tee "$OUT/scaling.log" ;;

@@ -3,7 +3,9 @@
     python tools/kernel_probe.py [--out FILE.json]
 
 Attention at B4 S4096 H16 qk192 v128, causal: tokamax with a segment mask (what the model passes),
-causal only, and each implementation forced; grouped matmul at 131072 rows, 64 experts, 2048x1408.
+causal only, and each implementation forced; rows packed with 4 documents, masked (the model's
+default) and as key ranges (ModelConfig.attention_mask "ranges"); grouped matmul at 131072 rows, 64
+experts, 2048x1408.
 Each variant also checks its output against a float32 XLA reference (relative L2 error).
 """
 from __future__ import annotations
@@ -71,6 +73,46 @@ def attention_rows(b=4, s=4096, h=16, qk=192, v=128):
     return rows
 
 
+def packed_rows(b=4, s=4096, h=16, qk=192, v=128, docs=4):
+    """Packed rows of `docs` documents of uneven lengths: the model's dense same-segment mask
+    against key ranges (ModelConfig.attention_mask "ranges"), both checked against float32 XLA with
+    the mask. TFLOP/s count the full causal square, as the model FLOPs do."""
+    import warnings
+
+    from r1jax.model import kernels
+    from r1jax.model.mla import attention_mask, segment_starts
+    ks = jax.random.split(jax.random.key(2), 4)
+    q = jax.random.normal(ks[0], (b, s, h, qk), jnp.bfloat16)
+    k = jax.random.normal(ks[1], (b, s, h, qk), jnp.bfloat16)
+    vv = jax.random.normal(ks[2], (b, s, h, v), jnp.bfloat16)
+    dout = jax.random.normal(ks[3], (b, s, h, v), jnp.bfloat16)
+    cuts = jnp.sort(jax.random.randint(jax.random.key(3), (b, docs - 1), 1, s), axis=1)  # [B, docs-1]
+    seg = 1 + (jnp.arange(s)[None, :, None] >= cuts[:, None, :]).sum(-1).astype(jnp.int32)  # [B, S]
+    scale, flops = qk ** -0.5, 3 * b * h * s * s * (qk + v)
+    ref = kernels.attention(q.astype(jnp.float32), k.astype(jnp.float32), vv.astype(jnp.float32),
+                            attention_mask(seg), scale)
+    rows = []
+    variants = [("packed, dense mask (model default)", lambda q, k, vv: kernels.attention(
+                    q, k, vv, attention_mask(seg), scale)),
+                ("packed, key ranges (attention_mask=ranges)", lambda q, k, vv: kernels.attention_ranges(
+                    q, k, vv, segment_starts(seg), scale))]
+    for name, f in variants:
+        def fwd_bwd(q, k, vv, f=f):
+            out, vjp = jax.vjp(f, q, k, vv)
+            return out, vjp(dout)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                sec, (out, _) = timeit(jax.jit(fwd_bwd), q, k, vv)
+            rows.append({"kernel": "attention", "variant": name, "ms": sec * 1e3,
+                         "tflops": flops / sec / 1e12, "rel_err": rel(out, ref),
+                         "warnings": [str(w.message)[:200] for w in caught]})
+        except Exception as e:  # noqa: BLE001 - reported, not raised
+            rows.append({"kernel": "attention", "variant": name, "error": repr(e)[:300]})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def ragged_rows(m=131072, e=64, d=2048, f=1408):
     ks = jax.random.split(jax.random.key(1), 3)
     x = jax.random.normal(ks[0], (m, d), jnp.bfloat16)
@@ -101,9 +143,10 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     print("jax", jax.__version__, jax.devices()[0].device_kind, flush=True)
     if a.small:
-        rows = attention_rows(b=1, s=256, h=2) + ragged_rows(m=1024, e=8, d=64, f=32)
+        rows = attention_rows(b=1, s=256, h=2) + packed_rows(b=2, s=256, h=2) + \
+            ragged_rows(m=1024, e=8, d=64, f=32)
     else:
-        rows = attention_rows() + ragged_rows()
+        rows = attention_rows() + packed_rows() + ragged_rows()
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"command": "python " + " ".join(sys.argv), "device": jax.devices()[0].device_kind,

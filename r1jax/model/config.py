@@ -85,6 +85,9 @@ class ModelConfig:
     remat: str = "none"                     # rematerialization policy of a scanned layer, see transformer.py
     moe_chunk_tokens: int = 0               # routed experts over a device's tokens this many at a time
                                             # (expert_parallel.py: bounds the dropless buffers); 0 = all
+    attention_mask: str = "dense"           # how packed attention is masked (mla.py): "dense", a
+                                            # [B, 1, T, S] same-segment mask; "ranges", each query's
+                                            # key range (its segment's start .. itself), no mask array
 
     def __post_init__(self):
         validate(self)
@@ -124,6 +127,7 @@ def yarn_mscale(factor: float, mscale: float) -> float:
 
 _DTYPES = ("float32", "bfloat16", "float16")
 _REMAT = ("none", "full", "dots", "dots_no_batch")
+_ATTENTION_MASKS = ("dense", "ranges")
 
 
 def validate(c: ModelConfig) -> None:
@@ -174,6 +178,8 @@ def validate(c: ModelConfig) -> None:
     if not isinstance(c.moe_chunk_tokens, int) or isinstance(c.moe_chunk_tokens, bool) or \
             c.moe_chunk_tokens < 0:
         bad("moe_chunk_tokens", "must be a non-negative integer (0 = one chunk)")
+    if c.attention_mask not in _ATTENTION_MASKS:
+        bad("attention_mask", f"must be one of {_ATTENTION_MASKS}")
     if c.with_mtp and c.num_nextn_predict_layers != 1:
         bad("with_mtp", f"needs num_nextn_predict_layers == 1 (the released depth), "
                         f"got {c.num_nextn_predict_layers}")
@@ -298,7 +304,7 @@ def to_hf_dict(c: ModelConfig) -> dict[str, Any]:
 
 def runtime_fields(c: ModelConfig) -> dict[str, Any]:
     return {"dtype": c.dtype, "param_dtype": c.param_dtype, "with_mtp": c.with_mtp, "remat": c.remat,
-            "moe_chunk_tokens": c.moe_chunk_tokens}
+            "moe_chunk_tokens": c.moe_chunk_tokens, "attention_mask": c.attention_mask}
 
 
 # Presets -------------------------------------------------------------------------------------------

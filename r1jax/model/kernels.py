@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 
+import jax
 import jax.numpy as jnp
 import tokamax
 from absl import flags
@@ -51,6 +52,43 @@ def attention(q, k, v, mask, scale):
     """
     return _first_that_traces("attention", lambda impl: tokamax.dot_product_attention(
         q, k, v, mask=mask, is_causal=True, scale=scale, implementation=impl), q.dtype)
+
+
+def _tokamax_ranges(q, k, v, k_start, scale, implementation):
+    """tokamax attention with query t seeing keys k_start[b, t]..t, as tokamax's own mask object
+    (kernels skip key blocks outside the range, and no mask array is read). The public
+    `dot_product_attention` takes only a dense mask, so this goes through tokamax's implementation
+    table; AttributeError/TypeError from a tokamax whose internals moved reach the caller."""
+    from tokamax._src.ops.attention import api, base  # noqa: PLC0415 - internal: see docstring
+    mask = base.Mask(k_start=k_start[:, None, :], is_causal=True)  # [B, 1 (heads), T]
+    names = api._DEFAULT_IMPLEMENTATION if implementation is None else (implementation,)
+    errors = []
+    for name in names:
+        if name == "mosaic":
+            name = "mosaic_gpu" if "NVIDIA" in jax.devices()[0].device_kind else "mosaic_tpu"
+        if name not in api.IMPLEMENTATIONS:
+            continue
+        try:
+            return api.IMPLEMENTATIONS[name](q, k, v, bias=None, mask=mask, logits_scale=scale,
+                                             precision=None, logits_soft_cap=None, q_sharding=None)
+        except NotImplementedError as e:
+            errors.append(e)
+    raise NotImplementedError(f"no tokamax attention takes key ranges: {errors}")
+
+
+def attention_ranges(q, k, v, k_start, scale):
+    """Causal attention where query t of row b sees keys k_start[b, t]..t: q, k [B, T, H, K],
+    v [B, T, H, V], k_start [B, T] int -> [B, T, H, V] (mla.segment_starts gives the ranges of packed
+    segments). When no tokamax kernel takes ranges, the same mask as a [B, 1, T, S] array."""
+    try:
+        return _first_that_traces("attention", lambda impl: _tokamax_ranges(q, k, v, k_start, scale, impl),
+                                  q.dtype)
+    except Exception as e:  # noqa: BLE001 - any failure: the dense mask computes the same thing
+        if "attention_ranges" not in _warned:
+            _warned.add("attention_ranges")
+            warnings.warn(f"tokamax attention with key ranges failed ({e!r:.300}); using a dense mask")
+    keys = jnp.arange(k.shape[1], dtype=jnp.int32)
+    return attention(q, k, v, keys[None, None, None, :] >= k_start[:, None, :, None], scale)
 
 
 def ragged_dot(lhs, rhs, group_sizes):

@@ -32,6 +32,19 @@ def attention_mask(segment_ids: jnp.ndarray) -> jnp.ndarray:
     return segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
 
 
+def segment_starts(segment_ids: jnp.ndarray) -> jnp.ndarray:
+    """segment_ids [B, T] -> [B, T] int32: where the run of equal ids holding each position begins.
+
+    With causality, query t attending to keys segment_starts[t]..t is the same-segment mask
+    (attention_mask) whenever each segment is one contiguous run, as packed rows and left or right
+    padding are; ModelConfig.attention_mask "ranges" passes these ranges instead of the mask array.
+    """
+    t = jnp.arange(segment_ids.shape[1], dtype=jnp.int32)
+    new = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                           segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    return jax.lax.cummax(jnp.where(new, t, 0), axis=1)
+
+
 class MLA(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, h, pd = cfg.hidden_size, cfg.num_attention_heads, cfg.param_dtype
@@ -86,7 +99,10 @@ class MLA(nnx.Module):
         k_shared = jnp.broadcast_to(k_rope[:, :, None], k_nope.shape[:-1] + k_rope.shape[-1:])
         k = jnp.concatenate([k_nope, k_shared], axis=-1)  # [B, T, H, N+R]
 
-        out = kernels.attention(q, k, v, attention_mask(segment_ids), cfg.softmax_scale)  # [B, T, H, V]
+        if cfg.attention_mask == "ranges":
+            out = kernels.attention_ranges(q, k, v, segment_starts(segment_ids), cfg.softmax_scale)
+        else:
+            out = kernels.attention(q, k, v, attention_mask(segment_ids), cfg.softmax_scale)  # [B, T, H, V]
         out = sharding.constrain(out, ("batch", "seq", "heads", "head_dim"))
         return jnp.einsum("bthv,hvd->btd", out, c(self.o)), latent, k_rope
 
