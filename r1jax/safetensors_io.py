@@ -122,12 +122,15 @@ def load(info: TensorInfo) -> np.ndarray:
     return np.memmap(info.file, dtype=info.dtype, mode="r", offset=info.offset, shape=info.shape)
 
 
-def _advise(info: TensorInfo, start: int, stop: int | None, advice: int) -> None:
-    """posix_fadvise on bytes start:stop (default: to the end) of the tensor's data."""
+def _advise(info: TensorInfo, start: int, stop: int | None, advice: str) -> None:
+    """posix_fadvise(os.<advice>) on bytes start:stop (default: to the end) of the tensor's data; a
+    hint, so a no-op where the OS has no posix_fadvise (macOS)."""
+    if not hasattr(os, "posix_fadvise"):
+        return
     stop = info.nbytes if stop is None else stop
     fd = os.open(info.file, os.O_RDONLY)
     try:
-        os.posix_fadvise(fd, info.offset + start, stop - start, advice)
+        os.posix_fadvise(fd, info.offset + start, stop - start, getattr(os, advice))
     finally:
         os.close(fd)
 
@@ -135,13 +138,13 @@ def _advise(info: TensorInfo, start: int, stop: int | None, advice: int) -> None
 def prefetch(info: TensorInfo, start: int = 0, stop: int | None = None) -> None:
     """Asks the kernel to start reading bytes start:stop of the tensor's data in the background, so
     that a later `load` finds them in the page cache instead of waiting on page faults."""
-    _advise(info, start, stop, os.POSIX_FADV_WILLNEED)
+    _advise(info, start, stop, "POSIX_FADV_WILLNEED")
 
 
 def evict(info: TensorInfo, start: int = 0, stop: int | None = None) -> None:
     """Drops bytes start:stop of the tensor's data from the page cache once they have been used (and
     are no longer mapped): a job that reads each byte once need not keep the whole release cached."""
-    _advise(info, start, stop, os.POSIX_FADV_DONTNEED)
+    _advise(info, start, stop, "POSIX_FADV_DONTNEED")
 
 
 def identity(path: str) -> str:
