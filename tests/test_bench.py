@@ -55,3 +55,15 @@ def test_parts_cover_every_model_flop_of_a_step(tmp_path):
     assert all(p["ms"] > 0 for p in data["parts"]) and data["step_ms"] is None
     step_flops = sum(p["flops_per_call"] * p["count"] for p in data["parts"] if p["flops_per_call"])
     assert step_flops == pytest.approx(train_flops_per_token(cfg, 32) * 2 * 32, rel=1e-12)
+
+
+def test_residuals_tool_totals_what_the_step_keeps():
+    """tools/residuals.py on the shrunken v3-small: the step's residuals by dtype, the attention
+    reference's [.., T, T] internals apart, and no large float32 activation among the rest."""
+    r = subprocess.run([sys.executable, "tools/residuals.py", "--small", "--batch", "2", "--seq", "64"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads(r.stdout.strip().splitlines()[-1])
+    assert data["model_gib"] > 0 and data["attention_reference_gib"] > 0
+    assert data["model_gib"] == pytest.approx(sum(data["model_gib_by_dtype"].values()))
+    assert all(row["dtype"] == "bf16" for row in data["largest"][:3]), data["largest"][:3]

@@ -85,6 +85,14 @@ def _permute_bwd(res, g):
 permute_rows.defvjp(_permute_fwd, _permute_bwd)
 
 
+@jax.checkpoint
+def combine_copies(y_copies: jnp.ndarray, weights: jnp.ndarray) -> jnp.ndarray:
+    """sum_k weights[n, k] * y_copies[n, k] in float32: y_copies [N, K, D] (compute dtype), weights
+    [N, K] float32 -> [N, D] float32. Recomputed in the backward pass from y_copies: autodiff would
+    otherwise keep y_copies' float32 copy, the largest activation of an MoE layer (4 N K D bytes)."""
+    return jnp.einsum("nkd,nk->nd", y_copies.astype(jnp.float32), weights)
+
+
 def inverse_permutation(perm: jnp.ndarray) -> jnp.ndarray:
     """inv with inv[perm[i]] = i, perm [M] int32 -> [M] int32 (an integer scatter, cheap)."""
     return jnp.zeros_like(perm).at[perm].set(jnp.arange(perm.shape[0], dtype=perm.dtype))
@@ -219,8 +227,7 @@ def _exchange_chunk(x, experts, weights, gate, up, down, *, ffn, e, rows):
     y_sorted = ragged_all_to_all(y, jnp.zeros((n * k, d), y.dtype), lay["recv_offsets"],
                                  lay["recv_sizes"], lay["land_back"], lay["send_sizes"],
                                  axis_name=AXIS)  # [M, D]
-    y_copies = permute_rows(y_sorted, inv, order).reshape(n, k, d)
-    return jnp.einsum("nkd,nk->nd", y_copies.astype(jnp.float32), weights)
+    return combine_copies(permute_rows(y_sorted, inv, order).reshape(n, k, d), weights)
 
 
 def _local_experts(x, experts, weights, gate, up, down, *, ffn, e, fsdp, tensor, chunks, rows):

@@ -23,6 +23,13 @@ class Routing(NamedTuple):
     scores: jnp.ndarray    # [N, E] float32 sigmoid scores (for the sequence-wise aux loss)
 
 
+@jax.checkpoint
+def router_logits(x: jnp.ndarray, router: jnp.ndarray) -> jnp.ndarray:
+    """x [N, D] (compute dtype) @ router [D, E] in float32 -> [N, E] float32. Recomputed in the
+    backward pass from x: autodiff would otherwise keep x's float32 copy, twice its bf16 bytes."""
+    return x.astype(jnp.float32) @ router.astype(jnp.float32)
+
+
 def route(logits: jnp.ndarray, bias: jnp.ndarray, cfg: ModelConfig) -> Routing:
     """Group-limited top-k on biased sigmoid scores; weights from unbiased scores.
 
@@ -96,7 +103,7 @@ def dropless_experts(x, routing: Routing, gate, up, down):
     x_sorted = expert_parallel.permute_rows(jnp.repeat(x, k, axis=0), order, inv)  # [M, D]
     y_sorted = grouped_swiglu(x_sorted, group_sizes, gate, up, down)  # [M, D]
     y = expert_parallel.permute_rows(y_sorted, inv, order).reshape(n, k, d)  # [N, K, D]
-    return jnp.einsum("nkd,nk->nd", y.astype(jnp.float32), routing.weights).astype(x.dtype)
+    return expert_parallel.combine_copies(y, routing.weights).astype(x.dtype)
 
 
 class MoE(nnx.Module):
@@ -121,7 +128,7 @@ class MoE(nnx.Module):
         cfg, dt = self.cfg, self.cfg.dtype
         b, t, d = x.shape
         xf = x.reshape(b * t, d)  # [N, D]
-        logits = xf.astype(jnp.float32) @ self.router[...].astype(jnp.float32)  # [N, E]
+        logits = router_logits(xf, self.router[...])  # [N, E]
         r = route(logits, self.router_bias[...], cfg)
         c = lambda p: p[...].astype(dt)
         gate, up, down = c(self.gate), c(self.up), c(self.down)
