@@ -45,6 +45,16 @@ PEER_SMALL = dict(vocab_size=1024, hidden_size=256, intermediate_size=512, moe_i
                   topk_group=2, num_experts_per_tok=4)
 
 
+def shape_arguments(p, loss_chunk: int = 4096) -> None:
+    """The config and batch flags the step tools share (bench_parts.py, residuals.py)."""
+    p.add_argument("--preset", default="v3-small")
+    p.add_argument("--small", action="store_true", help="v3-small shrunk as the peer's SMALL=1 (CPU runs)")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--seq", type=int, default=4096)
+    p.add_argument("--loss_chunk", type=int, default=loss_chunk,
+                   help="LM head + cross-entropy in chunks of this many positions (0: full logits)")
+
+
 def init_state(cfg):
     """(graphdef, params, rest) of a randomly initialized model, created on the default device."""
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
@@ -135,20 +145,14 @@ def bench(args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="v3-small")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--seq", type=int, default=4096)
+    shape_arguments(p, loss_chunk=0)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="compute dtype")
-    p.add_argument("--loss_chunk", type=int, default=0,
-                   help="LM head + cross-entropy in chunks of this many positions (0: full logits)")
     p.add_argument("--remat", default="none", choices=["none", "full", "dots", "dots_no_batch"])
     p.add_argument("--attention_mask", default="dense", choices=["dense", "ranges"],
                    help="packed attention as a [B, 1, T, S] mask or as key ranges (ModelConfig.attention_mask)")
     p.add_argument("--experts", type=int, default=0, help="override the number of routed experts")
-    p.add_argument("--small", action="store_true",
-                   help="shrink the preset as the peer's SMALL=1 does (CPU runs of the comparison)")
     p.add_argument("--peer", help="path of the HF peer script (hf_peer.py) to run in the same call")
     p.add_argument("--out", help="write the results (JSON) here")
     a = p.parse_args(argv)

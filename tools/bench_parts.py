@@ -134,13 +134,9 @@ def parts(cfg, batch: int, seq: int, loss_chunk: int):
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="v3-small")
-    p.add_argument("--small", action="store_true", help="tools/bench.py's shrunken v3-small (CPU runs)")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--seq", type=int, default=4096)
+    step_bench.shape_arguments(p)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--loss_chunk", type=int, default=4096)
     p.add_argument("--no_full", action="store_true", help="skip timing the full step (tools/bench.py)")
     p.add_argument("--out", help="also write the JSON here")
     a = p.parse_args(argv)

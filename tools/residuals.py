@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import PEER_SMALL  # noqa: E402  (tools/bench.py's shrunken v3-small)
+from bench import PEER_SMALL, shape_arguments  # noqa: E402  (tools/bench.py)
 
 from r1jax import residuals  # noqa: E402
 from r1jax.model import Transformer, preset  # noqa: E402
@@ -32,11 +32,7 @@ GIB = 2 ** 30
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="v3-small")
-    p.add_argument("--small", action="store_true", help="tools/bench.py's shrunken v3-small")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--seq", type=int, default=4096)
-    p.add_argument("--loss_chunk", type=int, default=4096)
+    shape_arguments(p)
     p.add_argument("--remat", default="none", choices=["none", "full", "dots", "dots_no_batch"])
     p.add_argument("--top", type=int, default=12)
     a = p.parse_args(argv)
