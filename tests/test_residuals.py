@@ -5,7 +5,8 @@ function (JAX's own accounting, before any compiler). For a bf16 dense block and
 may be a float32 array of a token-sized activation ([tokens, D] or larger):
 RMSNorm's statistics input, the router's input and the MoE combine's [N, K, D] are recomputed from
 their bf16 inputs instead (the attention kernel's own internals excepted: on CPU it is XLA's
-reference implementation, whose float32 scores a GPU or TPU kernel does not keep)."""
+reference implementation, whose float32 scores a GPU or TPU kernel does not keep). Nor does the
+SwiGLU keep silu's sigmoid and output: it is recomputed from its two inputs."""
 import jax
 import jax.numpy as jnp
 import pytest
@@ -37,3 +38,4 @@ def test_no_float32_copy_of_a_token_sized_activation_is_kept(moe):
     big_f32 = [r for r in rows if r.dtype == "f32" and r.elements >= tokens_by_d
                and "kernels.py" not in r.where]
     assert not big_f32, big_f32
+    assert not [r for r in rows if "silu" in r.where]

@@ -12,6 +12,13 @@ from r1jax import sharding
 from r1jax.model import params
 
 
+@jax.checkpoint
+def swiglu(gate_out: jnp.ndarray, up_out: jnp.ndarray) -> jnp.ndarray:
+    """silu(gate_out) * up_out, [..., F]. Recomputed in the backward pass from its two inputs:
+    autodiff would otherwise also keep silu's sigmoid and output, two more [..., F] activations."""
+    return jax.nn.silu(gate_out) * up_out
+
+
 class MLP(nnx.Module):
     def __init__(self, d: int, f: int, *, dtype, param_dtype, rngs: nnx.Rngs, width_axis: str = "mlp"):
         self.gate = params.normal(rngs, (d, f), ("embed", width_axis), param_dtype)
@@ -23,6 +30,6 @@ class MLP(nnx.Module):
         """x [B, T, D] -> [B, T, D] in the compute dtype."""
         c = lambda p: p[...].astype(self.dtype)
         x = x.astype(self.dtype)
-        h = jax.nn.silu(x @ c(self.gate)) * (x @ c(self.up))  # [B, T, F]
+        h = swiglu(x @ c(self.gate), x @ c(self.up))  # [B, T, F]
         h = sharding.constrain(h, ("batch", "seq", "mlp"))
         return h @ c(self.down)

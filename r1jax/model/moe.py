@@ -14,7 +14,7 @@ from flax import nnx
 from r1jax import sharding
 from r1jax.model import expert_parallel, kernels, params
 from r1jax.model.config import ModelConfig
-from r1jax.model.mlp import MLP
+from r1jax.model.mlp import MLP, swiglu
 
 
 class Routing(NamedTuple):
@@ -81,8 +81,8 @@ def sequence_aux_loss(r: Routing, token_mask: jnp.ndarray, batch: int, cfg: Mode
 def grouped_swiglu(x_sorted, group_sizes, gate, up, down):
     """SwiGLU per expert on expert-sorted rows: x_sorted [M, D], group_sizes [E], gate/up [E, D, F],
     down [E, F, D] -> [M, D]."""
-    h = jax.nn.silu(kernels.ragged_dot(x_sorted, gate, group_sizes)) * \
-        kernels.ragged_dot(x_sorted, up, group_sizes)  # [M, F]
+    h = swiglu(kernels.ragged_dot(x_sorted, gate, group_sizes),
+               kernels.ragged_dot(x_sorted, up, group_sizes))  # [M, F]
     return kernels.ragged_dot(h, down, group_sizes)
 
 
