@@ -302,11 +302,6 @@ def to_hf_dict(c: ModelConfig) -> dict[str, Any]:
     return d
 
 
-def runtime_fields(c: ModelConfig) -> dict[str, Any]:
-    return {"dtype": c.dtype, "param_dtype": c.param_dtype, "with_mtp": c.with_mtp, "remat": c.remat,
-            "moe_chunk_tokens": c.moe_chunk_tokens, "attention_mask": c.attention_mask}
-
-
 # Presets -------------------------------------------------------------------------------------------
 
 def _r1_671b() -> ModelConfig:
