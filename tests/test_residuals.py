@@ -6,7 +6,8 @@ may be a float32 array of a token-sized activation ([tokens, D] or larger):
 RMSNorm's statistics input, the router's input and the MoE combine's [N, K, D] are recomputed from
 their bf16 inputs instead (the attention kernel's own internals excepted: on CPU it is XLA's
 reference implementation, whose float32 scores a GPU or TPU kernel does not keep). Nor does the
-SwiGLU keep silu's sigmoid and output: it is recomputed from its two inputs."""
+SwiGLU keep silu's sigmoid and output: it is recomputed from its two inputs. And the MoE keeps its
+sorted token copies [N K, D] once, not once per grouped matmul that reads them."""
 import jax
 import jax.numpy as jnp
 import pytest
@@ -21,21 +22,34 @@ CFG = preset("tiny", dtype="bfloat16", param_dtype="float32")
 B, T = 2, 32
 
 
-@pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
-def test_no_float32_copy_of_a_token_sized_activation_is_kept(moe):
-    graphdef, params, rest = nnx.split(Block(CFG, moe, rngs=nnx.Rngs(0)), nnx.Param, ...)
+def block_residuals(cfg, moe: bool) -> list[residuals.Residual]:
+    """What a bf16 Block of `cfg` with float32 parameters keeps for its backward pass, [B, T] tokens."""
+    graphdef, params, rest = nnx.split(Block(cfg, moe, rngs=nnx.Rngs(0)), nnx.Param, ...)
     positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-    cos, sin = rope_tables(CFG, positions)
+    cos, sin = rope_tables(cfg, positions)
     segment_ids = jnp.ones((B, T), jnp.int32)
-    x = jax.random.normal(jax.random.key(0), (B, T, CFG.hidden_size), jnp.bfloat16)
+    x = jax.random.normal(jax.random.key(0), (B, T, cfg.hidden_size), jnp.bfloat16)
 
     def layer(p, h):
         return nnx.merge(graphdef, p, rest)(h, cos, sin, segment_ids)[0]
 
-    rows = residuals.saved(layer, params, x)
+    return residuals.saved(layer, params, x)
+
+
+@pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
+def test_no_float32_copy_of_a_token_sized_activation_is_kept(moe):
+    rows = block_residuals(CFG, moe)
     tokens_by_d = B * T * CFG.hidden_size
     assert any(r.dtype == "bf16" and r.elements >= tokens_by_d for r in rows)  # the listing is read
     big_f32 = [r for r in rows if r.dtype == "f32" and r.elements >= tokens_by_d
                and "kernels.py" not in r.where]
     assert not big_f32, big_f32
     assert not [r for r in rows if "silu" in r.where]
+
+
+def test_moe_keeps_its_sorted_token_copies_once():
+    """Gate and up read the same sorted copies; as two grouped matmuls each kept its own."""
+    cfg = CFG.replace(moe_intermediate_size=48)  # 2F != D: no other [N K, D] activation
+    copies = (B * T * cfg.num_experts_per_tok, cfg.hidden_size)
+    rows = block_residuals(cfg, moe=True)
+    assert [r.dtype for r in rows if r.shape == copies] == ["bf16"], [r for r in rows if r.shape == copies]

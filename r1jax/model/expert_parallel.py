@@ -19,7 +19,9 @@ data, fsdp and expert; `expert` doubles as a data axis outside the MoE):
      weighted sum in float32, psum over `tensor` (the down-projection's partial sums).
 
 Weights arrive split as the logical-axis table places them ([E, D, F] over (expert, fsdp, tensor));
-the fsdp split of D is all-gathered here, inside the layer (and so inside the layer scan).
+gate and up are paired into one [E, D, 2F] with interleaved columns (mlp.pair_columns), which keeps
+every device's block where it is; the fsdp split of D is all-gathered here, inside the layer (and so
+inside the layer scan).
 
 Dropless buffer. A shard receives at most min(K, El) copies of each token of its expert group
 (a token's K experts are distinct), so R = ep n min(K, El) rows can never overflow, whatever the
@@ -56,6 +58,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from r1jax import sharding
+from r1jax.model.mlp import pair_columns
 
 AXIS = "expert"          # the mesh axis the experts are split over (r1jax.sharding.RULES["expert"])
 TENSOR, FSDP = "tensor", "fsdp"
@@ -198,9 +201,9 @@ def chunk_size(n: int, chunk_tokens: int) -> tuple[int, int]:
     return chunks, -(-n // chunks)
 
 
-def _exchange_chunk(x, experts, weights, gate, up, down, *, ffn, e, rows):
+def _exchange_chunk(x, experts, weights, gate_up, down, *, ffn, e, rows):
     """One chunk of a device's tokens through the experts of every shard and back: x [C, D],
-    experts/weights [C, K]; gate/up [El, D, F/tp], down [El, F/tp, D] (the fsdp split gathered)
+    experts/weights [C, K]; gate_up [El, D, 2F/tp], down [El, F/tp, D] (the fsdp split gathered)
     -> [C, D] float32, this device's partial sum over `tensor`. rows: R, the dropless bound."""
     n, k = experts.shape
     d = x.shape[1]
@@ -221,7 +224,7 @@ def _exchange_chunk(x, experts, weights, gate, up, down, *, ffn, e, rows):
     local = jnp.where(seg < ep * el, seg % el, el)  # unused tail rows sort last
     order2 = jnp.argsort(local, stable=True).astype(jnp.int32)
     inv2 = inverse_permutation(order2)
-    y = ffn(permute_rows(buf, order2, inv2), lay["segments"].sum(0), gate, up, down)  # [R, D]
+    y = ffn(permute_rows(buf, order2, inv2), lay["segments"].sum(0), gate_up, down)  # [R, D]
     y = permute_rows(y, inv2, order2)  # back to buffer order
 
     y_sorted = ragged_all_to_all(y, jnp.zeros((n * k, d), y.dtype), lay["recv_offsets"],
@@ -230,21 +233,21 @@ def _exchange_chunk(x, experts, weights, gate, up, down, *, ffn, e, rows):
     return combine_copies(permute_rows(y_sorted, inv, order).reshape(n, k, d), weights)
 
 
-def _local_experts(x, experts, weights, gate, up, down, *, ffn, e, fsdp, tensor, chunks, rows):
-    """One device's share: x [n, D], experts/weights [n, K]; gate/up [El, D/fs, F/tp], down
+def _local_experts(x, experts, weights, gate_up, down, *, ffn, e, fsdp, tensor, chunks, rows):
+    """One device's share: x [n, D], experts/weights [n, K]; gate_up [El, D/fs, 2F/tp], down
     [El, F/tp, D/fs] -> [n, D] float32 (summed over `tensor`), its tokens in `chunks` chunks."""
     if fsdp:  # per-layer gather of the fsdp-split embed dim (its transpose reduce-scatters grads)
-        gate, up = (jax.lax.all_gather(w, fsdp, axis=1, tiled=True) for w in (gate, up))
+        gate_up = jax.lax.all_gather(gate_up, fsdp, axis=1, tiled=True)
         down = jax.lax.all_gather(down, fsdp, axis=2, tiled=True)
     one = functools.partial(_exchange_chunk, ffn=ffn, e=e, rows=rows)
     if chunks == 1:
-        out = one(x, experts, weights, gate, up, down)
+        out = one(x, experts, weights, gate_up, down)
     else:
-        out = _scan_chunks(one, x, experts, weights, gate, up, down, chunks, e)
+        out = _scan_chunks(one, x, experts, weights, gate_up, down, chunks, e)
     return jax.lax.psum(out, tensor) if tensor else out
 
 
-def _scan_chunks(one, x, experts, weights, gate, up, down, chunks: int, e: int):
+def _scan_chunks(one, x, experts, weights, gate_up, down, chunks: int, e: int):
     """one() over `chunks` chunks of the n tokens in turn -> [n, D] float32.
 
     Each chunk is rematerialized in the backward pass (jax.checkpoint): otherwise the scan would
@@ -261,8 +264,8 @@ def _scan_chunks(one, x, experts, weights, gate, up, down, chunks: int, e: int):
         experts = jnp.concatenate([experts, fill])
         weights = jnp.concatenate([weights, jnp.zeros((pad, k), weights.dtype)])
     xs = tuple(a.reshape((chunks, c) + a.shape[1:]) for a in (x, experts, weights))
-    step = jax.checkpoint(lambda xc, ec, wc, g, u, dn: one(xc, ec, wc, g, u, dn))
-    _, out = jax.lax.scan(lambda carry, t: (carry, step(*t, gate, up, down)), None, xs)
+    step = jax.checkpoint(lambda xc, ec, wc, gu, dn: one(xc, ec, wc, gu, dn))
+    _, out = jax.lax.scan(lambda carry, t: (carry, step(*t, gate_up, down)), None, xs)
     return out.reshape(chunks * c, -1)[:n]
 
 
@@ -271,8 +274,9 @@ def routed_experts(x, experts, weights, gate, up, down, ffn: Callable, layout: d
     """Dropless routed experts over the mesh in `layout` (from `plan`).
 
     x [N, D] (compute dtype), experts [N, K] int32, weights [N, K] float32, gate/up [E, D, F], down
-    [E, F, D]; ffn(x_sorted [R, D], group_sizes [El], gate, up, down) -> [R, D] (the grouped
-    SwiGLU). chunk_tokens: each device's tokens go through the exchange at most this many at a time
+    [E, F, D]; ffn(x_sorted [R, D], group_sizes [El], gate_up, down) -> [R, D] (the grouped
+    SwiGLU; gate_up = mlp.pair_columns(gate, up), paired here, before the split into devices).
+    chunk_tokens: each device's tokens go through the exchange at most this many at a time
     (0: all at once), which bounds R per chunk (module docstring). Returns [N, D] in x.dtype,
     weights applied in float32.
     """
@@ -285,7 +289,6 @@ def routed_experts(x, experts, weights, gate, up, down, ffn: Callable, layout: d
     body = functools.partial(_local_experts, ffn=ffn, e=e, fsdp=fs, tensor=tp, chunks=chunks,
                              rows=rows)
     tok = P(batch, None)
-    out = jax.shard_map(body, mesh=mesh, in_specs=(tok, tok, tok, P(AXIS, fs, tp), P(AXIS, fs, tp),
-                                                   P(AXIS, tp, fs)), out_specs=tok)(
-        x, experts, weights, gate, up, down)
+    out = jax.shard_map(body, mesh=mesh, in_specs=(tok, tok, tok, P(AXIS, fs, tp), P(AXIS, tp, fs)),
+                        out_specs=tok)(x, experts, weights, pair_columns(gate, up), down)
     return out.astype(x.dtype)

@@ -19,6 +19,23 @@ def swiglu(gate_out: jnp.ndarray, up_out: jnp.ndarray) -> jnp.ndarray:
     return jax.nn.silu(gate_out) * up_out
 
 
+def pair_columns(gate: jnp.ndarray, up: jnp.ndarray) -> jnp.ndarray:
+    """gate, up [..., F] -> [..., 2F] with gate's column f at 2f and up's at 2f + 1.
+
+    One matmul against the pair computes both projections. Interleaved rather than concatenated, a
+    split of F over devices stays a split of 2F into the same contiguous blocks, so weights split over
+    `tensor` are paired where they lie."""
+    return jnp.stack([gate, up], axis=-1).reshape(*gate.shape[:-1], 2 * gate.shape[-1])
+
+
+@jax.checkpoint
+def swiglu_pairs(paired_out: jnp.ndarray) -> jnp.ndarray:
+    """swiglu of the output of a matmul against `pair_columns(gate, up)`: [..., 2F] -> [..., F].
+    Recomputed in the backward pass from that output alone."""
+    pairs = paired_out.reshape(*paired_out.shape[:-1], -1, 2)
+    return jax.nn.silu(pairs[..., 0]) * pairs[..., 1]
+
+
 class MLP(nnx.Module):
     def __init__(self, d: int, f: int, *, dtype, param_dtype, rngs: nnx.Rngs, width_axis: str = "mlp"):
         self.gate = params.normal(rngs, (d, f), ("embed", width_axis), param_dtype)

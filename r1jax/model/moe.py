@@ -14,7 +14,7 @@ from flax import nnx
 from r1jax import sharding
 from r1jax.model import expert_parallel, kernels, params
 from r1jax.model.config import ModelConfig
-from r1jax.model.mlp import MLP, swiglu
+from r1jax.model.mlp import MLP, pair_columns, swiglu_pairs
 
 
 class Routing(NamedTuple):
@@ -78,11 +78,13 @@ def sequence_aux_loss(r: Routing, token_mask: jnp.ndarray, batch: int, cfg: Mode
     return (f * p).sum(-1).sum() / jnp.maximum(has_tokens.sum(), 1.0)
 
 
-def grouped_swiglu(x_sorted, group_sizes, gate, up, down):
-    """SwiGLU per expert on expert-sorted rows: x_sorted [M, D], group_sizes [E], gate/up [E, D, F],
-    down [E, F, D] -> [M, D]."""
-    h = swiglu(kernels.ragged_dot(x_sorted, gate, group_sizes),
-               kernels.ragged_dot(x_sorted, up, group_sizes))  # [M, F]
+def grouped_swiglu(x_sorted, group_sizes, gate_up, down):
+    """SwiGLU per expert on expert-sorted rows: x_sorted [M, D], group_sizes [E], gate_up [E, D, 2F]
+    (`pair_columns(gate, up)`), down [E, F, D] -> [M, D].
+
+    Gate and up are one grouped matmul: the kernel keeps its input for the backward pass, so two
+    matmuls would keep two copies of x_sorted, the largest activation of the layer."""
+    h = swiglu_pairs(kernels.ragged_dot(x_sorted, gate_up, group_sizes))  # [M, F]
     return kernels.ragged_dot(h, down, group_sizes)
 
 
@@ -101,7 +103,7 @@ def dropless_experts(x, routing: Routing, gate, up, down):
     inv = expert_parallel.inverse_permutation(order)
     group_sizes = jnp.bincount(flat, length=e).astype(jnp.int32)  # [E]
     x_sorted = expert_parallel.permute_rows(jnp.repeat(x, k, axis=0), order, inv)  # [M, D]
-    y_sorted = grouped_swiglu(x_sorted, group_sizes, gate, up, down)  # [M, D]
+    y_sorted = grouped_swiglu(x_sorted, group_sizes, pair_columns(gate, up), down)  # [M, D]
     y = expert_parallel.permute_rows(y_sorted, inv, order).reshape(n, k, d)  # [N, K, D]
     return expert_parallel.combine_copies(y, routing.weights).astype(x.dtype)
 
