@@ -5,7 +5,9 @@
 Attention at B4 S4096 H16 qk192 v128, causal: tokamax with a segment mask (what the model passes),
 causal only, and each implementation forced; rows packed with 4 documents, masked (the model's
 default) and as key ranges (ModelConfig.attention_mask "ranges"); grouped matmul at 131072 rows, 64
-experts, 2048x1408.
+experts, 2048x1408; the routed experts' gate and up projections at v3-small's shapes (65536 token
+copies, 64 experts, 2048 -> 1024) as two grouped matmuls and as one against the paired weights
+(mlp.pair_columns, what the model runs), each followed by the SwiGLU.
 Each variant also checks its output against a float32 XLA reference (relative L2 error).
 """
 from __future__ import annotations
@@ -136,6 +138,37 @@ def ragged_rows(m=131072, e=64, d=2048, f=1408):
     return rows
 
 
+def gate_up_rows(m=65536, e=64, d=2048, f=1024):
+    """SwiGLU(x W_gate, x W_up) per expert, fwd + bwd: two grouped matmuls vs one against the pairs.
+    The weights come in float32 and are cast to bf16 inside, as the model's parameters are."""
+    from r1jax.model import kernels
+    from r1jax.model.mlp import pair_columns, swiglu, swiglu_pairs
+    ks = jax.random.split(jax.random.key(2), 4)
+    x = jax.random.normal(ks[0], (m, d), jnp.bfloat16)
+    gate, up = (jax.random.normal(k, (e, d, f), jnp.float32) * d ** -0.5 for k in ks[1:3])
+    sizes = jax.random.multinomial(ks[3], m, jnp.full((e,), 1.0 / e), shape=(e,)).astype(jnp.int32)
+    sizes = sizes.at[-1].add(m - sizes.sum())
+    xf, bf = x.astype(jnp.float32), lambda w: w.astype(jnp.bfloat16)
+    ref = swiglu(jax.lax.ragged_dot(xf, gate, sizes), jax.lax.ragged_dot(xf, up, sizes))
+    variants = [("two matmuls", lambda x, g, u: swiglu(kernels.ragged_dot(x, bf(g), sizes),
+                                                        kernels.ragged_dot(x, bf(u), sizes))),
+                ("paired (model)", lambda x, g, u: swiglu_pairs(kernels.ragged_dot(x, pair_columns(bf(g), bf(u)),
+                                                                                   sizes)))]
+    rows = []
+    for name, fn in variants:
+        def fwd_bwd(x, g, u, fn=fn):
+            out, vjp = jax.vjp(fn, x, g, u)
+            return out, vjp(out)
+        try:
+            sec, (out, _) = timeit(jax.jit(fwd_bwd), x, gate, up)
+            rows.append({"kernel": "gate_up", "variant": name, "ms": sec * 1e3,
+                         "tflops": 3 * 2 * m * d * 2 * f / sec / 1e12, "rel_err": rel(out, ref)})
+        except Exception as e:  # noqa: BLE001 - reported, not raised
+            rows.append({"kernel": "gate_up", "variant": name, "error": repr(e)[:300]})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out")
@@ -144,9 +177,9 @@ def main(argv=None) -> int:
     print("jax", jax.__version__, jax.devices()[0].device_kind, flush=True)
     if a.small:
         rows = attention_rows(b=1, s=256, h=2) + packed_rows(b=2, s=256, h=2) + \
-            ragged_rows(m=1024, e=8, d=64, f=32)
+            ragged_rows(m=1024, e=8, d=64, f=32) + gate_up_rows(m=1024, e=8, d=64, f=32)
     else:
-        rows = attention_rows() + packed_rows() + ragged_rows()
+        rows = attention_rows() + packed_rows() + ragged_rows() + gate_up_rows()
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"command": "python " + " ".join(sys.argv), "device": jax.devices()[0].device_kind,
