@@ -67,3 +67,21 @@ def test_residuals_tool_totals_what_the_step_keeps():
     assert data["model_gib"] > 0 and data["attention_reference_gib"] > 0
     assert data["model_gib"] == pytest.approx(sum(data["model_gib_by_dtype"].values()))
     assert all(row["dtype"] == "bf16" for row in data["largest"][:3]), data["largest"][:3]
+
+
+def test_kernel_probe_runs_every_variant_a_cpu_has(tmp_path):
+    """tools/kernel_probe.py --small on CPU: the variants that exist on a CPU (XLA, tokamax's XLA
+    path, the model's paired gate/up) run and agree with the float32 XLA reference; the GPU-only
+    ones report that they are not supported, not a Python error."""
+    out = tmp_path / "probe.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    r = subprocess.run([sys.executable, "tools/kernel_probe.py", "--small", "--out", str(out)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    ran = [row for row in rows if "error" not in row]
+    assert {(row["kernel"], row["variant"]) for row in ran} >= {
+        ("attention", "tokamax mask+causal (model)"), ("ragged_dot", "tokamax"),
+        ("gate_up", "two matmuls"), ("gate_up", "paired (model)")}
+    assert all(row["rel_err"] < 2e-2 and row["ms"] > 0 for row in ran), ran
+    assert all("Not supported on cpu" in row["error"] for row in rows if "error" in row), rows
