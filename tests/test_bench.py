@@ -58,15 +58,38 @@ def test_parts_cover_every_model_flop_of_a_step(tmp_path):
 
 
 def test_residuals_tool_totals_what_the_step_keeps():
-    """tools/residuals.py on the shrunken v3-small: the step's residuals by dtype, the attention
-    reference's [.., T, T] internals apart, and no large float32 activation among the rest."""
+    """tools/residuals.py on the shrunken v3-small: the step's residuals by dtype with a fused
+    attention kernel's and with this machine's attention, and no large float32 activation."""
     r = subprocess.run([sys.executable, "tools/residuals.py", "--small", "--batch", "2", "--seq", "64"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     data = json.loads(r.stdout.strip().splitlines()[-1])
-    assert data["model_gib"] > 0 and data["attention_reference_gib"] > 0
+    assert data["model_gib"] > 0 and data["with_this_machines_attention_gib"] > 0
     assert data["model_gib"] == pytest.approx(sum(data["model_gib_by_dtype"].values()))
     assert all(row["dtype"] == "bf16" for row in data["largest"][:3]), data["largest"][:3]
+
+
+def test_residuals_tools_fused_attention_stand_in_is_attention():
+    """The stand-in that gives tools/residuals.py a fused kernel's residuals computes the model's
+    attention (tokamax's XLA implementation, float32): same output and gradients, packed rows."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from residuals import fused_attention
+
+    from r1jax.model import kernels
+    from r1jax.model.mla import attention_mask
+    ks = jax.random.split(jax.random.key(0), 4)
+    q, k = (jax.random.normal(kk, (2, 12, 3, 8), jnp.float32) for kk in ks[:2])
+    v = jax.random.normal(ks[2], (2, 12, 3, 5), jnp.float32)
+    ct = jax.random.normal(ks[3], (2, 12, 3, 5), jnp.float32)
+    mask = attention_mask(jnp.array([[1] * 5 + [2] * 7, [1] * 12], jnp.int32))
+    want, pull_want = jax.vjp(lambda *a: kernels.attention(*a, mask, 0.3), q, k, v)
+    got, pull_got = jax.vjp(lambda *a: fused_attention(*a, mask, 0.3), q, k, v)
+    for a, b in zip((got, *pull_got(ct)), (want, *pull_want(ct))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
 def test_kernel_probe_runs_every_variant_a_cpu_has(tmp_path):

@@ -1,6 +1,7 @@
 """Model-FLOP accounting against a count of the model's own parameter shapes, and the kernel fallback."""
 import warnings
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -105,6 +106,26 @@ def test_attention_over_key_ranges_equals_the_same_segment_mask(dtype, tol, monk
     with pytest.warns(UserWarning, match="using a dense mask"):
         again = kernels.attention_ranges(q, k, v, segment_starts(seg), 0.2)
     np.testing.assert_allclose(np.asarray(again, np.float32), np.asarray(want, np.float32), atol=tol, rtol=tol)
+
+
+def test_bf16_attention_on_long_packed_rows_keeps_no_score_matrix():
+    """Where no fused kernel runs (here a CPU), bf16 attention is tokamax's chunked XLA one: over
+    several blocks of queries and keys (the last one partial) of packed rows it equals the float32
+    attention, values and gradients, and keeps no [.., T, S] scores for the backward pass."""
+    from r1jax import residuals
+    from r1jax.model.mla import attention_mask
+    t = 1536  # tokamax's XLA chunks: 512 queries x 1024 keys
+    q, k, v = _attention_inputs(jnp.float32, b=1, t=t, h=2, qk=16, v=8)
+    seg = jnp.asarray(np.repeat([[1, 2, 3]], [700, 600, 236], axis=1).astype(np.int32))
+    mask, ct = attention_mask(seg), jnp.asarray(np.random.RandomState(1).randn(1, t, 2, 8), jnp.float32)
+    want, pull_want = jax.vjp(lambda *a: kernels.attention(*a, mask, 0.25), q, k, v)
+    bf = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+    got, pull_got = jax.vjp(lambda *a: kernels.attention(*a, mask, 0.25), *bf)
+    for a, b in zip((got, *pull_got(ct.astype(jnp.bfloat16))), (want, *pull_want(ct))):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        assert np.linalg.norm(a - b) / np.linalg.norm(b) < 2e-2
+    kept = residuals.saved(lambda *a: kernels.attention(*a, mask, 0.25).astype(jnp.float32).sum(), *bf)
+    assert kept and not [r for r in kept if r.shape[-2:] == (t, t)], kept
 
 
 def test_model_with_key_ranges_equals_dense_mask_forward_and_gradients():

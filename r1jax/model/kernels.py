@@ -9,6 +9,11 @@ fails while lowering its Mosaic kernels). A kernel that fails to trace is retrie
 implementation of FALLBACKS, with one warning, rather than stopping a run. float32 inputs (parity
 and reference runs) always take the XLA implementation: the GPU kernels are built for bf16 and run
 out of shared memory in float32.
+
+Attention where no fused kernel takes the call (a TPU, whose Mosaic kernel declines MLA's batched
+segment mask; a CPU) uses tokamax's chunked XLA implementation rather than its plain one: the plain
+one materializes float32 scores [B, H, T, S] (8 GiB per layer for one 4096-token sequence of R1's
+128 heads), the chunked one a block of them at a time (online softmax, as the fused kernels do).
 """
 from __future__ import annotations
 
@@ -22,16 +27,23 @@ from absl import flags
 if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 
-FALLBACKS = {"attention": ("triton", "cudnn", "xla"), "ragged_dot": ("triton", "xla")}
+FALLBACKS = {"attention": ("triton", "cudnn", "xla_chunked", "xla"), "ragged_dot": ("triton", "xla")}
 _warned: set[str] = set()
 
 
-def _first_that_traces(name: str, call, dtype):
-    """call(None) (tokamax's own choice), else call(impl) for impl in FALLBACKS[name]."""
+def attention_order() -> tuple[str, ...]:
+    """tokamax's own order of attention implementations (its fused kernels installed here, then XLA),
+    with the chunked XLA implementation in place of the plain one (module docstring)."""
+    from tokamax._src.ops.attention import api  # noqa: PLC0415 - internal: tokamax's default order
+    return tuple("xla_chunked" if name == "xla" else name for name in api._DEFAULT_IMPLEMENTATION)
+
+
+def _first_that_traces(name: str, call, dtype, order=None):
+    """call(order) (None: tokamax's own choice), else call(impl) for impl in FALLBACKS[name]."""
     if dtype == jnp.float32:
         return call("xla")
     try:
-        return call(None)
+        return call(order)
     except Exception as first:  # noqa: BLE001 - any lowering failure means "try another kernel"
         for impl in FALLBACKS[name]:
             try:
@@ -51,7 +63,7 @@ def attention(q, k, v, mask, scale):
     Softmax statistics are float32 in every tokamax implementation.
     """
     return _first_that_traces("attention", lambda impl: tokamax.dot_product_attention(
-        q, k, v, mask=mask, is_causal=True, scale=scale, implementation=impl), q.dtype)
+        q, k, v, mask=mask, is_causal=True, scale=scale, implementation=impl), q.dtype, attention_order())
 
 
 def _tokamax_ranges(q, k, v, k_start, scale, implementation):
@@ -61,7 +73,7 @@ def _tokamax_ranges(q, k, v, k_start, scale, implementation):
     table; AttributeError/TypeError from a tokamax whose internals moved reach the caller."""
     from tokamax._src.ops.attention import api, base  # noqa: PLC0415 - internal: see docstring
     mask = base.Mask(k_start=k_start[:, None, :], is_causal=True)  # [B, 1 (heads), T]
-    names = api._DEFAULT_IMPLEMENTATION if implementation is None else (implementation,)
+    names = attention_order() if implementation is None else (implementation,)
     errors = []
     for name in names:
         if name == "mosaic":
