@@ -2,7 +2,7 @@
 
     python -m r1jax.plan --config=configs/r1_671b.py --topology=v5p-1024 [--variant full] [--json]
 
-The step is built as r1jax/train.py builds it (make_optimizer, StepConfig, split_model,
+The step is built as r1jax/train.py builds it (make_optimizer, run_config.step_config, split_model,
 variable_shardings, train.opt_state_shardings, train.jit_train_step with donated params / router
 bias / optimizer state, batch_sharding, under `jax.set_mesh`), from abstract parameters
 (nnx.eval_shape: no memory), on a mesh of the slice's devices as libtpu describes them
@@ -32,7 +32,7 @@ from r1jax import run_config, sharding
 from r1jax.flops import train_flops_per_token
 from r1jax.model import Transformer
 from r1jax.optim import make_optimizer
-from r1jax.step import StepConfig, split_model
+from r1jax.step import split_model
 # The trainer's own step builders (and its --config flag, which the CLI below shares).
 from r1jax.train import jit_train_step, opt_state_shardings
 
@@ -154,9 +154,7 @@ def build_step(c, mesh):
     opt_state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
                              opt_state, o_shard)
 
-    sc = StepConfig(grad_accum=c.train.grad_accum, aux_loss_weight=c.train.aux_loss_weight,
-                    mtp_loss_weight=c.train.mtp_loss_weight, router_bias_rate=c.train.router_bias_rate,
-                    loss_chunk=c.train.loss_chunk)
+    sc = run_config.step_config(c)
     step_fn = jit_train_step(graphdef, tx, sc, (p_shard, r_shard, o_shard), mesh)
     rows = c.train.batch_size
     shards = math.prod(mesh.shape[a] for a in ("data", "fsdp", "expert"))

@@ -11,6 +11,7 @@ import ml_collections
 from r1jax.model.config import ModelConfig, preset
 from r1jax.optim import OptimConfig
 from r1jax.sharding import MESH_PRESETS
+from r1jax.step import StepConfig
 
 
 class RunConfigError(ValueError):
@@ -214,6 +215,13 @@ def optim_config(c: ml_collections.ConfigDict, total_steps: int) -> OptimConfig:
         freeze_groups=tuple(filter(None, (g.strip() for g in o.freeze_groups.split(",")))),
         freeze_layers=o.freeze_layers,
         stages=tuple(filter(None, (s.strip() for s in o.stages.split(";")))))
+
+
+def step_config(c: ml_collections.ConfigDict) -> StepConfig:
+    """The train step's options (loss terms, accumulation, chunking, groups without gradients)."""
+    return StepConfig(grad_accum=c.train.grad_accum, aux_loss_weight=c.train.aux_loss_weight,
+                      mtp_loss_weight=c.train.mtp_loss_weight, router_bias_rate=c.train.router_bias_rate,
+                      loss_chunk=c.train.loss_chunk, frozen_groups=optim_config(c, 1).freeze_groups)
 
 
 def model_config(c: ml_collections.ConfigDict) -> ModelConfig:

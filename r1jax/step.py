@@ -21,6 +21,7 @@ import optax
 from flax import nnx
 
 from r1jax import sharding
+from r1jax.optim import group_of, path_str
 from r1jax.losses import chunked_loss_sums, next_token_loss_sums, shifted_targets
 
 
@@ -31,6 +32,7 @@ class StepConfig:
     mtp_loss_weight: float = 0.0      # lambda of the MTP loss (DeepSeek-V3 eq. 25)
     router_bias_rate: float = 0.0     # aux-loss-free balancing (DeepSeek-V3 sec. 2.1.2)
     loss_chunk: int = 0               # > 0: LM head + cross-entropy in chunks of this many positions
+    frozen_groups: tuple = ()         # optimizer groups frozen for the whole run: no gradient computed
 
 
 def split_model(model):
@@ -98,30 +100,53 @@ def _bias_update(rest, sums, rate):
     return jax.tree_util.tree_map_with_path(upd, rest)
 
 
+def split_frozen(params, frozen_groups):
+    """(trainable leaves, frozen leaves, whole): the params' leaves in groups (r1jax.optim.group_of)
+    outside / inside `frozen_groups`, each a list in tree order, and whole(trainable, frozen) -> the
+    params tree again. Differentiating with respect to the trainable leaves only, autodiff never
+    computes the frozen ones' gradients: for frozen routed experts, 95% of R1's parameters, that is
+    their weight-gradient matmuls and a float32 accumulator of their size skipped."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    is_frozen = [group_of(path_str(p)) in frozen_groups for p, _ in flat]
+    trainable = [x for (_, x), f in zip(flat, is_frozen) if not f]
+    frozen = [x for (_, x), f in zip(flat, is_frozen) if f]
+
+    def whole(t, fr):
+        t, fr = iter(t), iter(fr)
+        return jax.tree_util.tree_unflatten(treedef, [next(fr) if f else next(t) for f in is_frozen])
+    return trainable, frozen, whole
+
+
 def train_step(graphdef, optimizer: optax.GradientTransformation, sc: StepConfig, params, rest,
                opt_state, batch):
     """One optimizer update over sc.grad_accum micro-batches: (params, rest, opt_state, metrics).
 
     Non-finite loss or gradients skip the update (params, optimizer state and router bias unchanged;
-    metrics["skipped"] = 1). Pure; jit with donation.
+    metrics["skipped"] = 1). Parameters in `sc.frozen_groups` get no gradient (zeros to the optimizer,
+    whose transform for them must be optax.set_to_zero: make_optimizer's freeze_groups), so the
+    gradient norm, and its clipping, are those of the trained parameters. Pure; jit with donation.
     """
     norm = jnp.maximum(target_count(batch), 1.0)
     mtp_norm = jnp.maximum(target_count(batch, 2), 1.0)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    trainable, frozen, whole = split_frozen(params, sc.frozen_groups)
+    grad_fn = jax.value_and_grad(lambda t, *a: loss_fn(whole(t, frozen), *a), has_aux=True)
 
     def accumulate(carry, mb):
         grads, sums = carry
-        (_, s), g = grad_fn(params, rest, graphdef, mb, sc, norm, mtp_norm)
+        (_, s), g = grad_fn(trainable, rest, graphdef, mb, sc, norm, mtp_norm)
         s["aux"] = s.get("aux", jnp.zeros(())) / sc.grad_accum
         return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, sums, s)), None
 
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
     mbs = micro_batches(batch, sc.grad_accum)
     _, sums0 = jax.eval_shape(lambda: loss_fn(params, rest, graphdef,
                                               jax.tree.map(lambda x: x[0], mbs), sc))
     sums0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums0)
     sums0.setdefault("aux", jnp.zeros(()))
     (grads, sums), _ = jax.lax.scan(accumulate, (zeros, sums0), mbs)
+    # The frozen groups' gradients are zeros that never exist in memory (a broadcast the optimizer's
+    # elementwise update reads); their optimizer transform ignores them anyway.
+    grads = whole(grads, jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), frozen))
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
 
     grad_norm = optax.tree.norm(grads)

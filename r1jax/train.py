@@ -170,9 +170,7 @@ def _train(c, mesh, is_main: bool, log) -> dict:
     tx, lr_by_group, stage_at = make_optimizer(run_config.optim_config(c, total_steps), model_cfg, params)
     o_shard = opt_state_shardings(jax.eval_shape(tx.init, params), params, mesh)
     opt_state = jax.jit(tx.init, out_shardings=o_shard)(params)
-    sc = StepConfig(grad_accum=c.train.grad_accum, aux_loss_weight=c.train.aux_loss_weight,
-                    mtp_loss_weight=c.train.mtp_loss_weight, router_bias_rate=c.train.router_bias_rate,
-                    loss_chunk=c.train.loss_chunk)
+    sc = run_config.step_config(c)
     step_fn = jit_train_step(graphdef, tx, sc, (p_shard, r_shard, o_shard), mesh)
     eval_sc = StepConfig(loss_chunk=c.train.loss_chunk)
     eval_fn = jax.jit(  # the sums, replicated: every process reads them

@@ -161,3 +161,42 @@ def test_aux_and_mtp_terms_enter_the_objective():
     want = float(base) + 0.3 * float(np.mean(np.asarray(stats["aux_loss"]))) + 0.5 * nll[keep].mean()
     assert float(full) == pytest.approx(want, rel=1e-5)
     assert int(sums2["mtp_tokens"]) == keep.sum()
+
+
+def test_frozen_groups_get_no_gradient_and_the_same_update():
+    """Frozen routed experts (StepConfig.frozen_groups, as optim.freeze_groups sets it): the trained
+    parameters step exactly as when every gradient is computed and the frozen ones' discarded by the
+    optimizer (clipping off: the one place the two differ), the frozen ones stay, grad_norm is the
+    norm of the trained parameters' gradients by jax.grad of the loss, and the compiled step skips
+    the frozen weights' gradient matmuls."""
+    from r1jax.optim import OptimConfig, group_of, make_optimizer, path_str
+    graphdef, params, rest = split_model(Transformer(CFG, rngs=nnx.Rngs(4)))
+    frozen = ("routed_experts",)
+    tx, _, _ = make_optimizer(OptimConfig(lr=1e-2, schedule="constant", clip_norm=0.0, freeze_groups=frozen),
+                              CFG, params)
+    state = tx.init(params)
+    batch = _batch(seed=5)
+
+    def run(sc):
+        fn = jax.jit(functools.partial(train_step, graphdef, tx, sc))
+        return fn(params, rest, state, batch), fn.lower(params, rest, state, batch).compile().cost_analysis()
+    (new, _, _, m), cost = run(StepConfig(frozen_groups=frozen))
+    (ref, _, _, m_ref), cost_ref = run(StepConfig())
+    is_frozen = {}
+    for (path, a), (_, b), (_, p) in zip(*(jax.tree_util.tree_flatten_with_path(t)[0] for t in (new, ref, params))):
+        name = path_str(path)
+        is_frozen[name] = group_of(name) in frozen
+        if is_frozen[name]:
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(p), err_msg=name)
+        else:
+            assert not np.array_equal(np.asarray(a), np.asarray(p)), name
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7, err_msg=name)
+    assert any(is_frozen.values()) and not all(is_frozen.values())
+
+    grads = jax.grad(lambda p: loss_fn(p, rest, graphdef, batch)[0])(params)
+    sq = {path_str(path): float(jnp.sum(g.astype(jnp.float32) ** 2))
+          for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]}
+    np.testing.assert_allclose(float(m["grad_norm"]), np.sqrt(sum(v for k, v in sq.items() if not is_frozen[k])),
+                               rtol=1e-5)
+    np.testing.assert_allclose(float(m_ref["grad_norm"]), np.sqrt(sum(sq.values())), rtol=1e-5)
+    assert cost["flops"] < cost_ref["flops"], (cost["flops"], cost_ref["flops"])
