@@ -9,7 +9,9 @@ that axis, not a separate parameter. The update of parameter p at step t is
 where layer_mult[l] = layer_decay^(L-1-l) over the model's L decoder layers (embeddings count as
 layer -1, head, final norm and MTP as layer L-1), and trainable(t) is 0 for frozen layers: their
 gradient is zeroed before Adam (no moment build-up) and their update, weight decay included, is zero.
-A frozen group is optax.set_to_zero and holds no optimizer state.
+A frozen group is optax.set_to_zero and holds no optimizer state; the train step computes no
+gradient for it (r1jax.step.split_frozen), so neither the reported gradient norm nor the clipping
+counts it (clipping leaves out frozen layers too: their gradients are zeroed before it).
 """
 from __future__ import annotations
 
