@@ -6,6 +6,7 @@ Mesh axes: data, fsdp, expert, tensor.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -18,12 +19,14 @@ MESH_AXES = ("data", "fsdp", "expert", "tensor")
 RULES: dict[str, str | tuple[str, ...] | None] = {
     "batch": ("data", "fsdp", "expert"),
     "seq": None,
-    "embed": "fsdp",
+    # FSDP splits parameters over fsdp and, outside the routed experts (whose expert axis takes it),
+    # over expert too: every parameter over all chips of the (fsdp, expert) plane.
+    "embed": ("fsdp", "expert"),
     "vocab": "tensor",
     "heads": "tensor",
     "head_dim": None,
-    "q_lora": "fsdp",    # q_b / kv_b have no embed dim: FSDP splits them along their LoRA rank
-    "kv_lora": "fsdp",
+    "q_lora": ("fsdp", "expert"),    # q_b / kv_b have no embed dim: split along their LoRA rank
+    "kv_lora": ("fsdp", "expert"),
     "mlp": "tensor",
     "moe_mlp": "tensor",
     "expert": "expert",
@@ -103,7 +106,8 @@ def make_mesh(data: int = -1, fsdp: int = 1, expert: int = 1, tensor: int = 1,
 def variable_shardings(state, mesh: jax.sharding.Mesh):
     """NamedSharding for every nnx.Variable of an (abstract) nnx.State, from its `axes` metadata.
 
-    A dimension whose size does not divide by its mesh axes is left replicated.
+    A dimension whose size does not divide by its mesh axes is split over the longest leading part of
+    them that it divides (("fsdp", "expert") -> "fsdp"), else left replicated.
     """
     from flax import nnx
 
@@ -114,10 +118,9 @@ def variable_shardings(state, mesh: jax.sharding.Mesh):
         fixed = []
         for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
             names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
-            size = 1
-            for n in names:
-                size *= mesh.shape[n]
-            fixed.append(entry if size and dim % size == 0 else None)
+            while names and dim % math.prod(mesh.shape[n] for n in names):
+                names = names[:-1]
+            fixed.append(None if not names else names[0] if len(names) == 1 else names)
         return jax.sharding.NamedSharding(mesh, P(*fixed))
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 

@@ -19,7 +19,7 @@ from r1jax.step import loss_fn, split_model
 CFG = preset("tiny", dtype="float32", vocab_size=256, num_attention_heads=4, n_routed_experts=8)
 # moe_chunk_tokens 24: each device's 64 tokens in 3 chunks of 22 (the last padded by 2)
 # attention_mask "ranges": the same parameters, attention over key ranges with heads split over tensor
-MESHES = [dict(data=8), dict(fsdp=8), dict(expert=4, tensor=2), dict(data=2, expert=2, tensor=2),
+MESHES = [dict(data=8), dict(fsdp=8), dict(fsdp=2, expert=4), dict(expert=4, tensor=2), dict(data=2, expert=2, tensor=2),
           dict(expert=4, tensor=2, moe_chunk_tokens=24), dict(data=4, tensor=2, attention_mask="ranges")]
 SKEWED = (2, 3)  # one group; on expert 4 or 2 both live on one shard
 
@@ -81,7 +81,25 @@ def test_sharded_loss_and_grads_equal_single_device(reference, axes):
     if axes.get("expert", 1) > 1:
         assert up.sharding.spec[1] == "expert"
         blocks = {tuple((sl.start, sl.stop) for sl in s.index) for s in up.addressable_shards}
-        assert len(blocks) == axes["expert"] * axes.get("tensor", 1)
+        assert len(blocks) == axes["expert"] * axes.get("fsdp", 1) * axes.get("tensor", 1)
+
+
+def test_parameters_split_over_fsdp_and_expert_as_far_as_their_size_divides():
+    """Outside the routed experts a parameter's embed dimension is split over fsdp x expert (every
+    chip holds a share); a size that does not divide by both takes fsdp alone, else stays whole;
+    the routed experts' own expert axis leaves their embed dimension to fsdp."""
+    mesh = jax.sharding.AbstractMesh((1, 2, 4, 1), sharding.MESH_AXES)
+    state = nnx.State({
+        "w16": nnx.Param(jnp.zeros((16, 3)), axes=("embed", None)),
+        "w6": nnx.Param(jnp.zeros((6, 3)), axes=("embed", None)),
+        "w3": nnx.Param(jnp.zeros((3, 3)), axes=("embed", None)),
+        "experts": nnx.Param(jnp.zeros((4, 16, 3)), axes=("expert", "embed", "moe_mlp")),
+    })
+    specs = {k: v.spec for k, v in sharding.variable_shardings(state, mesh).items()}
+    assert specs["w16"] == jax.sharding.PartitionSpec(("fsdp", "expert"), None)
+    assert specs["w6"] == jax.sharding.PartitionSpec("fsdp", None)
+    assert specs["w3"] == jax.sharding.PartitionSpec(None, None)
+    assert specs["experts"] == jax.sharding.PartitionSpec("expert", "fsdp", "tensor")
 
 
 def test_expert_parallel_experts_equal_single_program_at_the_dropless_bound():
