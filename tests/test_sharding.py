@@ -19,7 +19,7 @@ from r1jax.step import loss_fn, split_model
 CFG = preset("tiny", dtype="float32", vocab_size=256, num_attention_heads=4, n_routed_experts=8)
 # moe_chunk_tokens 24: each device's 64 tokens in 3 chunks of 22 (the last padded by 2)
 # attention_mask "ranges": the same parameters, attention over key ranges with heads split over tensor
-MESHES = [dict(data=8), dict(fsdp=8), dict(fsdp=2, expert=4), dict(expert=4, tensor=2), dict(data=2, expert=2, tensor=2),
+MESHES = [dict(data=8), dict(fsdp=2, expert=4), dict(expert=4, tensor=2), dict(data=2, expert=2, tensor=2),
           dict(expert=4, tensor=2, moe_chunk_tokens=24), dict(data=4, tensor=2, attention_mask="ranges")]
 SKEWED = (2, 3)  # one group; on expert 4 or 2 both live on one shard
 
