@@ -21,8 +21,8 @@ import optax
 from flax import nnx
 
 from r1jax import sharding
-from r1jax.optim import group_of, path_str
 from r1jax.losses import chunked_loss_sums, next_token_loss_sums, shifted_targets
+from r1jax.optim import group_of, path_str
 
 
 @dataclasses.dataclass(frozen=True)
