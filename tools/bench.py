@@ -1,18 +1,17 @@
 """Train-step benchmark on the local accelerator, with the HF peer measured in the same run.
 
-    python tools/bench.py --preset v3-small --batch 2 --seq 4096 --peer ../shared/bench/hf_peer.py \
-        --out tools/results/bench_h200.json
-    python tools/bench.py --small --batch 2 --seq 128 --steps 3 --peer ../shared/bench/hf_peer.py  # CPU
+    python tools/bench.py --preset v3-small --batch 2 --seq 4096 --peer --out tools/results/bench_h200.json
+    python tools/bench.py --small --batch 2 --seq 128 --steps 3 --peer     # CPU
 
---small shrinks v3-small exactly as the peer's SMALL=1 does (and sets SMALL=1 for the peer), so the
-two implementations are compared on the same config on a CPU too (tests/test_bench.py runs it).
+--small shrinks v3-small (SMALL below) for CPU runs; the peer gets the same flags, so the two
+implementations are compared on the same config on a CPU too (tests/test_bench.py runs it).
 
 Times the full r1jax train step (forward, backward, AdamW update; bf16 compute, float32 master
 params) after warm-up, median of --steps; checks the bf16 loss against a float32-compute forward on
 the same batch; prints tokens/s, model TFLOP/s (r1jax.flops), MFU against the device's bf16 peak,
 peak device memory next to the analytic need of params + grads + Adam state, and compile time.
-With --peer, runs that script (HF transformers DeepseekV3ForCausalLM, forward+backward only) in a
-subprocess and prints our tokens/s over its.
+With --peer, runs tools/hf_peer.py (HF transformers' DeepseekV3ForCausalLM on the same config,
+forward + backward only) in a subprocess first and prints our tokens/s over its.
 """
 from __future__ import annotations
 
@@ -38,8 +37,8 @@ from r1jax.step import StepConfig, loss_fn, train_step
 
 
 
-# The peer's SMALL=1 shrink of v3-small (hf_peer.py), for CPU runs of the side-by-side comparison.
-PEER_SMALL = dict(vocab_size=1024, hidden_size=256, intermediate_size=512, moe_intermediate_size=128,
+# v3-small shrunk for CPU runs (--small) of the step tools and of the side-by-side with the peer.
+SMALL = dict(vocab_size=1024, hidden_size=256, intermediate_size=512, moe_intermediate_size=128,
                   num_hidden_layers=3, num_attention_heads=4, n_routed_experts=16, kv_lora_rank=64,
                   q_lora_rank=96, qk_rope_head_dim=16, v_head_dim=32, qk_nope_head_dim=32, n_group=4,
                   topk_group=2, num_experts_per_tok=4)
@@ -48,7 +47,7 @@ PEER_SMALL = dict(vocab_size=1024, hidden_size=256, intermediate_size=512, moe_i
 def shape_arguments(p, loss_chunk: int = 4096) -> None:
     """The config and batch flags the step tools share (bench_parts.py, residuals.py)."""
     p.add_argument("--preset", default="v3-small")
-    p.add_argument("--small", action="store_true", help="v3-small shrunk as the peer's SMALL=1 (CPU runs)")
+    p.add_argument("--small", action="store_true", help="v3-small shrunk (SMALL) for CPU runs")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--seq", type=int, default=4096)
     p.add_argument("--loss_chunk", type=int, default=loss_chunk,
@@ -80,20 +79,24 @@ def peak_memory_gib() -> float | None:
     return None if peak is None else peak / 2**30
 
 
-def run_peer(path: str, small: bool) -> list[dict]:
-    """Runs the HF peer script (SMALL=1 when `small`); returns its result rows (hf_peer.json)."""
+PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_peer.py")
+
+
+def run_peer(args) -> list[dict]:
+    """Runs tools/hf_peer.py on this run's config and batch shape; returns its result rows."""
     with tempfile.TemporaryDirectory() as out:
-        env = dict(os.environ, OUT=out, **({"SMALL": "1"} if small else {}))
-        r = subprocess.run([sys.executable, path], env=env, capture_output=True,
-                           text=True, timeout=1200)
-        print(r.stdout + r.stderr[-2000:], file=sys.stderr)
         result = os.path.join(out, "hf_peer.json")
+        cmd = [sys.executable, PEER, "--preset", args.preset, "--batch", str(args.batch),
+               "--seq", str(args.seq), "--experts", str(args.experts), "--out", result]
+        r = subprocess.run(cmd + (["--small"] if args.small else []), capture_output=True, text=True,
+                           timeout=1200)
+        print(r.stdout + r.stderr[-2000:], file=sys.stderr)
         return json.load(open(result)) if os.path.exists(result) else []
 
 
 def bench(args) -> dict:
     cfg = preset(args.preset, dtype=args.dtype, param_dtype="float32", remat=args.remat,
-                 attention_mask=args.attention_mask, **(PEER_SMALL if args.small else {}))
+                 attention_mask=args.attention_mask, **(SMALL if args.small else {}))
     if args.experts:  # same active parameters per token, more (or fewer) routed experts
         cfg = cfg.replace(n_routed_experts=args.experts)
     fpt = train_flops_per_token(cfg, args.seq)
@@ -153,15 +156,14 @@ def main(argv=None) -> int:
     p.add_argument("--attention_mask", default="dense", choices=["dense", "ranges"],
                    help="packed attention as a [B, 1, T, S] mask or as key ranges (ModelConfig.attention_mask)")
     p.add_argument("--experts", type=int, default=0, help="override the number of routed experts")
-    p.add_argument("--peer", help="path of the HF peer script (hf_peer.py) to run in the same call")
+    p.add_argument("--peer", action="store_true",
+                   help="also measure tools/hf_peer.py (transformers) on the same config, first")
     p.add_argument("--out", help="write the results (JSON) here")
     a = p.parse_args(argv)
     if a.small and a.preset != "v3-small":
-        p.error("--small shrinks v3-small (the peer's config); use --preset v3-small")
-    if a.small and a.peer and (a.batch, a.seq) != (2, 128):
-        p.error("--small --peer compares with the peer's SMALL=1 run, which is 2 x 128: --batch 2 --seq 128")
+        p.error("--small shrinks v3-small; use --preset v3-small")
     # The peer runs first, in its own process: once JAX holds the device memory, torch cannot get it.
-    peer_rows = run_peer(a.peer, a.small) if a.peer else []
+    peer_rows = run_peer(a) if a.peer else []
     ours = bench(a)
     print(json.dumps(ours), flush=True)
     rows = [ours] + peer_rows

@@ -140,7 +140,7 @@ def main(argv=None) -> dict:
     p.add_argument("--no_full", action="store_true", help="skip timing the full step (tools/bench.py)")
     p.add_argument("--out", help="also write the JSON here")
     a = p.parse_args(argv)
-    cfg = preset(a.preset, dtype="bfloat16", param_dtype="float32", **(step_bench.PEER_SMALL if a.small else {}))
+    cfg = preset(a.preset, dtype="bfloat16", param_dtype="float32", **(step_bench.SMALL if a.small else {}))
     device = jax.devices()[0]
     full = None
     if not a.no_full:  # first, while the device is empty: it holds the whole model and its optimizer

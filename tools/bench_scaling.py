@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="write all points (JSON) here")
     a = p.parse_args(argv)
     common = ["--preset", a.preset, "--steps", str(a.steps), "--warmup", "1", "--loss_chunk", str(a.loss_chunk)]
-    if a.small:  # the peer's shrunken v3-small, float32 (bf16 is slow on CPUs)
+    if a.small:  # bench.py's shrunken v3-small, float32 (bf16 is slow on CPUs)
         common = ["--preset", "v3-small", "--small", "--steps", str(a.steps), "--warmup", "1",
                   "--dtype", "float32"]
     points = {"seq": [], "experts": []}

@@ -9,11 +9,10 @@
 #   parts     the step's time per part: attention, MoE, dense MLP, head + CE, AdamW      (~4 min)
 #   scaling   tokens/s and memory vs sequence length and routed-expert count              (~9 min)
 #   convert   weight conversion on the machine's 16 cores, no GPU (tools/bench_convert.py) (~4 min)
-#   usage (device machine, repo root): bash tools/gpu_check.sh PEER_SCRIPT [STAGE]
+#   usage (device machine, repo root): bash tools/gpu_check.sh [STAGE]
 # Missing packages travel as wheels in .whl/ (installed into /tmp/site when present).
 set -uo pipefail
 OUT=${OUT:-/tmp/r1jax-gpu}; mkdir -p "$OUT"
-PEER=${1:-../shared/bench/hf_peer.py}
 if ls .whl/*.whl >/dev/null 2>&1; then
   rm -rf /tmp/site
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -23,7 +22,7 @@ fi
 export PYTHONPATH="$PWD${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv
 python3 -c "import jax, flax, optax, tokamax, transformers, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__, jax.devices())"
-STAGE=${2:-main}
+STAGE=${1:-main}
 bench() {  # NAME TIMEOUT ARGS...: one tools/bench.py run of v3-small 2 x 4096
   local name=$1 limit=$2; shift 2
   timeout "$limit" python3 tools/bench.py --preset v3-small --batch 2 --seq 4096 --steps 10 "$@" \
@@ -31,7 +30,7 @@ bench() {  # NAME TIMEOUT ARGS...: one tools/bench.py run of v3-small 2 x 4096
 }
 case "$STAGE" in
   main)
-    bench bench 360 --loss_chunk 4096 --peer "$PEER"
+    bench bench 360 --loss_chunk 4096 --peer
     # Generation: prefill and decode tokens/s on the latent cache, cache bytes per token vs per-head K/V.
     timeout 180 python3 tools/bench_decode.py --preset v3-small --batch 32 --prompt_len 1024 --new_tokens 128 \
       --out "$OUT/bench_decode.json" 2>&1 | grep -v Warning | tee "$OUT/bench_decode.log" ;;

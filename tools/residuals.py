@@ -8,7 +8,7 @@ keeps it (the GPU: tokamax's flash kernels keep q, k, v, the output and the soft
 log-sum-exp), modelled by a stand-in with exactly those residuals; and with the attention this
 machine's tokamax runs (on a CPU, and on a TPU where its Mosaic kernel declines MLA's batched mask,
 the chunked XLA implementation, which keeps float32 running sums per block of keys). The first is
-the figure for a GPU; the difference is what the XLA attention adds. This is the activation part of
+the figure for a GPU (r1jax.residuals.fused_attention); the difference is what the XLA attention adds. This is the activation part of
 a step's memory before the compiler's own choices; peak device memory is that plus parameters,
 gradients, optimizer state and temporaries. The last line of stdout is one JSON object.
 """
@@ -18,54 +18,19 @@ import argparse
 import json
 import os
 import sys
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import PEER_SMALL, shape_arguments  # noqa: E402  (tools/bench.py)
+from bench import SMALL, shape_arguments  # noqa: E402  (tools/bench.py)
 
 from r1jax import residuals  # noqa: E402
-from r1jax.model import kernels  # noqa: E402
 from r1jax.model import Transformer, preset  # noqa: E402
 from r1jax.step import StepConfig, loss_fn  # noqa: E402
 
 GIB = 2 ** 30
-
-
-@jax.custom_vjp
-def fused_attention(q, k, v, mask, scale):
-    """Stand-in for a fused attention kernel, for the accounting: the same output as
-    kernels.attention, and the residuals of a flash kernel (q, k, v, the output, float32 log-sum-exp
-    [B, H, T]). Its backward pass recomputes with plain XLA: correct, though not what a kernel runs."""
-    return _plain_attention(q, k, v, mask, scale)[0]
-
-
-def _plain_attention(q, k, v, mask, scale):
-    """-> (out [B, T, H, V], log-sum-exp [B, H, T] float32); causal, mask [B, 1, T, S]."""
-    t, s = q.shape[1], k.shape[1]
-    logits = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) * scale
-    allowed = mask & jnp.tril(jnp.ones((t, s), bool))
-    logits = jnp.where(allowed, logits, -jnp.inf)
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    out = jnp.einsum("bhts,bshd->bthd", jnp.exp(logits - lse[..., None]).astype(v.dtype), v)
-    return out, lse
-
-
-def _fused_fwd(q, k, v, mask, scale):
-    out, lse = _plain_attention(q, k, v, mask, scale)
-    return out, (q, k, v, mask, scale, out, lse)
-
-
-def _fused_bwd(res, g):
-    q, k, v, mask, scale, _, _ = res
-    _, pullback = jax.vjp(lambda a, b, c: _plain_attention(a, b, c, mask, scale)[0], q, k, v)
-    return (*pullback(g), None, None)
-
-
-fused_attention.defvjp(_fused_fwd, _fused_bwd)
 
 
 def account(rows) -> tuple[float, dict[str, float]]:
@@ -83,7 +48,7 @@ def main(argv=None) -> dict:
     p.add_argument("--top", type=int, default=12)
     a = p.parse_args(argv)
     cfg = preset(a.preset, dtype="bfloat16", param_dtype="float32", remat=a.remat,
-                 **(PEER_SMALL if a.small else {}))
+                 **(SMALL if a.small else {}))
     graphdef, params, rest = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))),
                                        nnx.Param, ...)
     shape = jax.ShapeDtypeStruct((a.batch, a.seq), jnp.int32)
@@ -91,7 +56,7 @@ def main(argv=None) -> dict:
     sc = StepConfig(loss_chunk=a.loss_chunk)
     step = lambda p_, b: loss_fn(p_, rest, graphdef, b, sc)[0]
     here = residuals.saved(step, params, batch)
-    with mock.patch.object(kernels, "attention", fused_attention):
+    with residuals.attention_as_fused_kernel():
         rows = residuals.saved(step, params, batch)
     gib, by_dtype = account(rows)
     here_gib, here_by_dtype = account(here)
