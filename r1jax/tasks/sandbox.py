@@ -257,7 +257,9 @@ LAYERS = ("rlimits", "landlock", "seccomp", "guard")
 
 
 def _broken(what: str, r: SandboxResult) -> SandboxError:
-    tail = r.stderr_tail.strip()[-500:] or "(empty)"
+    """One line: the status, exit code and the last stderr lines joined by " | "."""
+    tail = " | ".join(ln.strip() for ln in r.stderr_tail.splitlines()[-6:] if ln.strip())[-600:]
+    tail = tail or "(empty)"
     return SandboxError(f"sandbox cannot run {what}: status {r.status}, exit code {r.returncode}; "
                         f"stderr tail: {tail}")
 
