@@ -191,6 +191,27 @@ def test_available_layers_are_observed_not_assumed(monkeypatch):
         sandbox.check_runs()
 
 
+def test_seccomp_assembler_matches_hand_computed_offsets():
+    """Oracle: the previous no-fork filter, whose jump offsets were counted by hand, written again as
+    a labelled listing; plus the errors for an unknown label and a backward jump."""
+    c = confine
+    hand = [(0x20, 0, 0, 4), (0x15, 1, 0, 0xC000003E), (0x06, 0, 0, 0x00050001), (0x20, 0, 0, 0),
+            (0x35, 7, 0, 0x40000000), (0x15, 6, 0, 57), (0x15, 5, 0, 58), (0x15, 5, 0, 435),
+            (0x15, 0, 2, 56), (0x20, 0, 0, 16), (0x45, 0, 1, 0x10000), (0x06, 0, 0, 0x7FFF0000),
+            (0x06, 0, 0, 0x00050001), (0x06, 0, 0, 0x00050026)]
+    listing = [(c._LD_W_ABS, 0, 0, 4), (c._JEQ_K, "x86", "next", 0xC000003E), (c._RET_K, 0, 0, 0x00050001),
+               "x86", (c._LD_W_ABS, 0, 0, 0), (c._JGE_K, "deny", 0, 0x40000000),
+               (c._JEQ_K, "deny", 0, 57), (c._JEQ_K, "deny", 0, 58), (c._JEQ_K, "nosys", 0, 435),
+               (c._JEQ_K, 0, "allow", 56), (c._LD_W_ABS, 0, 0, 16), (c._JSET_K, 0, "deny", 0x10000),
+               "allow", (c._RET_K, 0, 0, 0x7FFF0000), "deny", (c._RET_K, 0, 0, 0x00050001),
+               "nosys", (c._RET_K, 0, 0, 0x00050026)]
+    assert c.assemble(listing) == hand
+    with pytest.raises(ValueError, match="unknown label 'nowhere'"):
+        c.assemble([(c._JEQ_K, "nowhere", 0, 1), (c._RET_K, 0, 0, 0)])
+    with pytest.raises(ValueError, match="'top' out of range"):
+        c.assemble(["top", (c._JEQ_K, "top", 0, 1), (c._RET_K, 0, 0, 0)])
+
+
 def test_sockets_are_refused(confined):
     """A UDP receiver on 127.0.0.1 in this process: a sandboxed sendto to it (guard off, so only the
     kernel stands in the way; and guard on) must not arrive, and the program fails with
