@@ -23,6 +23,8 @@ top_p, max_new_tokens, seed: GenerationSettings fields); `generate_fn(prompts) -
 | task.workers | 0 | sandbox processes at once; 0 = CPU count |
 
 The same items are used at every eval (chosen once), so the metric is comparable across steps.
+For humaneval, TaskEval(c) and every eval first run a trivial passing program in the sandbox and
+raise runner.SandboxUnusable (a TaskError: training stops with its message) when it does not pass.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ class TaskEval:
         self.task = t.name
         self.settings = settings(t)
         self.items = runner.load_items(t.name, t.data, t.limit)
+        runner.check_sandbox(self.task, self.settings.limits)   # fail at start-up, not at the first eval
         self.last_records: list[dict] = []  # per-sample records of the latest call
         self.sampling = {"temperature": t.temperature, "top_p": t.top_p,
                          "max_new_tokens": t.max_new_tokens, "seed": c.seed}

@@ -5,15 +5,17 @@ contains them is the kernel: rlimits, Landlock and seccomp; one batch runs with 
 guard alone refuses the common spellings. Each attack must end as a failure/timeout and leave no
 trace: the planted file outside is intact, no sandbox process survives, the evaluator got no signal.
 """
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from r1jax.tasks import sandbox
+from r1jax.tasks import confine, sandbox
 
 OPEN = sandbox.Limits(timeout_s=1.5, guard=False)
 
@@ -133,6 +135,119 @@ def test_attacks_are_contained(confined, planted):
     assert "PermissionError" in by_name["read the evaluator's environment"].stderr_tail
     assert planted.read_text() == "keep me"
     assert hits == []
+    assert _sandbox_processes() == []
+
+
+# Programs a plain CPython runs to exit 0; the standard-library imports call os.register_at_fork
+# (threading, random, logging, concurrent.futures) and asyncio needs an AF_UNIX socketpair.
+ORDINARY = [
+    sandbox.TRIVIAL_PROGRAM,
+    "import logging, random, tempfile, concurrent.futures\nrandom.seed(1)\nlogging.getLogger('x')\n",
+    "import threading\nout = []\nt = threading.Thread(target=out.append, args=(1,))\nt.start()\n"
+    "t.join()\nassert out == [1]\n",
+    "import asyncio\nasync def f():\n    return 2\nassert asyncio.run(f()) == 2\n",
+]
+
+
+def test_ordinary_programs_pass_with_every_layer_on(tmp_path):
+    """Oracle: the same programs run by this interpreter outside the sandbox exit 0. In the sandbox,
+    with the guard on, each must pass too (the tests run in a virtualenv, where `python -I` does not
+    load threading at startup: the case where a guard that patches before importing broke every
+    program, HumanEval scoring 0)."""
+    for src in ORDINARY:
+        plain = subprocess.run([sys.executable, "-I", "-c", src], cwd=tmp_path, capture_output=True,
+                               text=True, timeout=60)
+        assert plain.returncode == 0, (src, plain.stderr)
+    results = sandbox.run_many(ORDINARY, sandbox.Limits(timeout_s=10), workers=2)
+    assert [r.status for r in results] == ["passed"] * len(ORDINARY), [r.stderr_tail for r in results]
+
+
+def test_guard_does_not_depend_on_what_startup_loaded(tmp_path):
+    """The child side run by an interpreter that loads nothing at startup (-S: no site, so no .pth
+    file imports threading, whatever the installation): a trivial program still exits 0. Oracle:
+    the exit status CPython gives `assert 1 + 1 == 2` (0), and -S leaving threading unloaded."""
+    bare = subprocess.run([sys.executable, "-I", "-S", "-c", "import sys; print('threading' in sys.modules)"],
+                          capture_output=True, text=True, timeout=60)
+    assert bare.stdout.strip() == "False"
+    (tmp_path / "program.py").write_text(sandbox.TRIVIAL_PROGRAM + "print('ran')\n")
+    lim = {"cpu_s": 10, "memory_bytes": 2 << 30, "file_bytes": 1 << 20, "open_files": 64,
+           "extra_processes": 8, "guard": True}
+    r = subprocess.run([sys.executable, "-I", "-S", "-B", confine.__file__, json.dumps(lim), "program.py"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert (r.returncode, r.stdout) == (0, "ran\n"), r.stderr
+
+
+def test_available_layers_are_observed_not_assumed(monkeypatch):
+    """The layers come from a real run: with the guard off the guard is not reported; a child that
+    cannot run a program (an interpreter failing before the program, as a broken prelude does)
+    reports nothing and raises, naming the status and the stderr tail."""
+    assert sandbox.available_layers(sandbox.Limits(timeout_s=10, guard=False)) == [
+        "rlimits", "landlock", "seccomp"]
+    monkeypatch.setattr(sandbox, "child_command", lambda limits_json, program: [
+        sys.executable, "-I", "-c", "import sys; sys.exit('PermissionError: prelude broke')"])
+    with pytest.raises(sandbox.SandboxError, match=r"status failed, exit code 1; .*prelude broke"):
+        sandbox.available_layers()
+    with pytest.raises(sandbox.SandboxError, match=r"trivial program .*status failed.*prelude broke"):
+        sandbox.check_runs()
+
+
+def test_seccomp_assembler_matches_hand_computed_offsets():
+    """Oracle: the previous no-fork filter, whose jump offsets were counted by hand, written again as
+    a labelled listing; plus the errors for an unknown label and a backward jump."""
+    c = confine
+    hand = [(0x20, 0, 0, 4), (0x15, 1, 0, 0xC000003E), (0x06, 0, 0, 0x00050001), (0x20, 0, 0, 0),
+            (0x35, 7, 0, 0x40000000), (0x15, 6, 0, 57), (0x15, 5, 0, 58), (0x15, 5, 0, 435),
+            (0x15, 0, 2, 56), (0x20, 0, 0, 16), (0x45, 0, 1, 0x10000), (0x06, 0, 0, 0x7FFF0000),
+            (0x06, 0, 0, 0x00050001), (0x06, 0, 0, 0x00050026)]
+    listing = [(c._LD_W_ABS, 0, 0, 4), (c._JEQ_K, "x86", "next", 0xC000003E), (c._RET_K, 0, 0, 0x00050001),
+               "x86", (c._LD_W_ABS, 0, 0, 0), (c._JGE_K, "deny", 0, 0x40000000),
+               (c._JEQ_K, "deny", 0, 57), (c._JEQ_K, "deny", 0, 58), (c._JEQ_K, "nosys", 0, 435),
+               (c._JEQ_K, 0, "allow", 56), (c._LD_W_ABS, 0, 0, 16), (c._JSET_K, 0, "deny", 0x10000),
+               "allow", (c._RET_K, 0, 0, 0x7FFF0000), "deny", (c._RET_K, 0, 0, 0x00050001),
+               "nosys", (c._RET_K, 0, 0, 0x00050026)]
+    assert c.assemble(listing) == hand
+    with pytest.raises(ValueError, match="unknown label 'nowhere'"):
+        c.assemble([(c._JEQ_K, "nowhere", 0, 1), (c._RET_K, 0, 0, 0)])
+    with pytest.raises(ValueError, match="'top' out of range"):
+        c.assemble(["top", (c._JEQ_K, "top", 0, 1), (c._RET_K, 0, 0, 0)])
+
+
+def test_sockets_are_refused(confined):
+    """A UDP receiver on 127.0.0.1 in this process: a sandboxed sendto to it (guard off, so only the
+    kernel stands in the way; and guard on) must not arrive, and the program fails with
+    PermissionError. Likewise for IPv6, TCP, raw, packet, netlink and Unix sockets and for io_uring
+    (which opens sockets without socket()). Oracle: the receiver's own socket, drained after the
+    programs ended."""
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.setblocking(False)
+    port = rx.getsockname()[1]
+    send = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"s.sendto(b'escaped', ('127.0.0.1', {port}))\n")
+    families = {f"{fam}/{typ}": f"import _socket as s\ns.socket(s.{fam}, s.{typ}, {proto})\n"
+                for fam, typ, proto in [("AF_INET6", "SOCK_DGRAM", 0), ("AF_INET", "SOCK_STREAM", 0),
+                                        ("AF_INET", "SOCK_RAW", 1), ("AF_PACKET", "SOCK_RAW", 0),
+                                        ("AF_NETLINK", "SOCK_RAW", 0), ("AF_UNIX", "SOCK_STREAM", 0)]}
+    families["io_uring"] = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                            "params = ctypes.create_string_buffer(120)\n"
+                            "if libc.syscall(425, 4, params) < 0:\n"
+                            "    raise OSError(ctypes.get_errno(), 'io_uring_setup')\n")
+    try:
+        results = sandbox.run_many([send, *families.values()], OPEN, workers=4)
+        guarded = sandbox.run_program(send, sandbox.Limits(timeout_s=5))
+        time.sleep(0.2)                       # a datagram sent would be queued by now
+        arrived = []
+        while True:
+            try:
+                arrived.append(rx.recv(64))
+            except BlockingIOError:
+                break
+    finally:
+        rx.close()
+    assert arrived == []
+    for name, r in zip(["udp sendto", *families], results):
+        assert r.status == "failed" and "PermissionError" in r.stderr_tail, (name, r)
+    assert guarded.status == "failed" and "socket.socket is disabled in the r1jax sandbox" in guarded.stderr_tail
     assert _sandbox_processes() == []
 
 

@@ -2,6 +2,7 @@
 import itertools
 import json
 import math
+import sys
 import time
 from fractions import Fraction
 
@@ -234,6 +235,38 @@ def test_task_eval_from_run_config(problems):
             run_config.validate(bad)
     with pytest.raises(runner.TaskError, match="k values"):
         runner.TaskSettings(n_samples=2, ks=(3,))
+
+
+def test_no_score_when_the_sandbox_is_broken(problems, tmp_path, capsys, monkeypatch):
+    """A sandbox whose child fails before any program runs (as a broken prelude did: every program
+    'failed', HumanEval read pass@1 0.0): evaluate --task humaneval and TaskEval refuse to score,
+    with one error line naming the status and stderr tail, before generating anything and writing
+    no records. Oracle: the injected failure (its exit status 1 and message) and the CLI's error exit
+    code 2; tasks that run no code are unaffected."""
+    monkeypatch.setattr(sandbox, "child_command", lambda limits_json, program: [
+        sys.executable, "-I", "-c", "import sys; sys.exit('PermissionError: prelude broke')"])
+    chosen = humaneval.spread(problems, 2)
+    model = ScriptedModel({humaneval.chat_prompt(p): [_fenced(p["prompt"] + p["canonical_solution"])]
+                           for p in chosen})
+    out = tmp_path / "samples.jsonl"
+    rc = evaluate.main(["--task", "humaneval", "--checkpoint", "unused", "--limit", "2",
+                        "--output", str(out), "--json"], generate_fn=model)
+    captured = capsys.readouterr()
+    assert rc == 2 and captured.out == "" and not out.exists() and model.calls == []
+    err = captured.err.strip().splitlines()[-1]
+    assert err.startswith("error: task humaneval: sandbox cannot run a trivial program"), err
+    assert "status failed, exit code 1" in err and "prelude broke" in err and "no score reported" in err
+    c = run_config.defaults()
+    c.train.task_eval_every = 10
+    c.task.limit = 2
+    run_config.validate(c)
+    with pytest.raises(runner.SandboxUnusable, match="status failed.*prelude broke"):
+        task_eval.TaskEval(c)
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"question": "2+2?", "answer": "4"}) + "\n")
+    rc = evaluate.main(["--task", "exact_match", "--checkpoint", "unused", "--data", str(data), "--json"],
+                       generate_fn=ScriptedModel({"2+2?": ["4"]}))
+    assert rc == 0 and json.loads(capsys.readouterr().out.strip().splitlines()[-1])["accuracy"] == 1.0
 
 
 def test_evaluate_task_end_to_end_on_a_tiny_checkpoint(problems, tmp_path, capsys):

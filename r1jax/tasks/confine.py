@@ -15,9 +15,13 @@ the program runs:
    bind/connect are denied (ABI >= 4); signals to processes outside the sandbox (e.g. the
    evaluator) are denied (ABI >= 6).
 3. seccomp-bpf (x86_64): no new processes (fork, vfork, clone without CLONE_THREAD; clone3 answers
-   ENOSYS so threads fall back to clone) and no x32/i386 syscall entry points.
+   ENOSYS so threads fall back to clone), no sockets of any address family (UDP, IPv6, raw, packet,
+   netlink, Unix: socket() answers EPERM; socketpair() only for an AF_UNIX pair, which stays inside
+   the process), no io_uring, and no x32/i386 syscall entry points.
 4. A Python-level guard (defence in depth, bypassable by design): functions that delete, rename,
-   chmod/chown files, send signals, change directory or start processes raise PermissionError.
+   chmod/chown files, send signals, change directory, start processes or create sockets raise
+   PermissionError. The modules it patches are imported first, so their own imports see the real
+   functions.
 
 Layers 2 and 3 need `no_new_privs`; each one the kernel lacks is reported on stderr (one line starting
 "sandbox: layer unavailable") and the rest still apply.
@@ -138,11 +142,15 @@ def landlock(writable_dir: str, libc) -> str:
 # -- seccomp-bpf (include/uapi/linux/seccomp.h, filter.h) -------------------------------------------
 
 _AUDIT_ARCH_X86_64 = 0xC000003E
-_X86_64 = {"clone": 56, "fork": 57, "vfork": 58, "clone3": 435}
+_X86_64 = {"clone": 56, "fork": 57, "vfork": 58, "clone3": 435, "socket": 41, "socketpair": 53,
+           "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427}
 _CLONE_THREAD = 0x00010000
+_AF_UNIX = 1
 _RET_ALLOW, _RET_ERRNO = 0x7FFF0000, 0x00050000
 _EPERM, _ENOSYS = 1, 38
 _LD_W_ABS, _JEQ_K, _JGE_K, _JSET_K, _RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
+# struct seccomp_data {int nr; u32 arch; u64 instruction_pointer; u64 args[6]}: byte offsets
+_NR, _ARCH, _ARG0_LOW = 0, 4, 16
 
 
 class _SockFilter(ctypes.Structure):
@@ -154,52 +162,103 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
 
 
-def no_new_processes_filter() -> list[tuple[int, int, int, int]]:
-    """The BPF program (code, jt, jf, k) over struct seccomp_data {int nr; u32 arch; u64 ip; u64 args[6]}."""
+def assemble(program: list) -> list[tuple[int, int, int, int]]:
+    """BPF instructions (code, jt, jf, k) from a listing whose entries are either a label (a str: the
+    next instruction's name) or (code, jt, jf, k) where jt/jf may name a label ("next" or 0: the
+    following instruction). Raises ValueError naming an unknown label or a jump out of range."""
+    labels, n = {}, 0
+    for entry in program:
+        if isinstance(entry, str):
+            labels[entry] = n
+        else:
+            n += 1
+    out = []
+    for entry in program:
+        if isinstance(entry, str):
+            continue
+        code, jt, jf, k = entry
+        here = len(out) + 1                            # jumps count from the next instruction
+
+        def offset(target):
+            if target in (0, "next"):
+                return 0
+            if target not in labels:
+                raise ValueError(f"seccomp listing: unknown label {target!r}")
+            off = labels[target] - here
+            if not 0 <= off <= 255:
+                raise ValueError(f"seccomp listing: jump to {target!r} out of range ({off})")
+            return off
+        out.append((code, offset(jt), offset(jf), k))
+    return out
+
+
+def syscall_filter() -> list[tuple[int, int, int, int]]:
+    """The BPF program (code, jt, jf, k) of the seccomp layer (x86_64):
+    - i386 and x32 entry points: EPERM (they would bypass the checks below);
+    - fork, vfork, clone without CLONE_THREAD: EPERM (no new processes; threads are allowed);
+      clone3: ENOSYS (its flags sit behind a pointer; glibc then falls back to clone);
+    - socket(): EPERM for every address family (the runner needs none: the child talks to the
+      evaluator only through its exit status and its stdout/stderr files); socketpair(): AF_UNIX
+      only (both ends stay inside the process; asyncio's event loop needs one);
+    - io_uring_setup/enter/register: EPERM (io_uring can open sockets without the socket() call)."""
     deny, nosys, allow = _RET_ERRNO | _EPERM, _RET_ERRNO | _ENOSYS, _RET_ALLOW
-    return [
-        (_LD_W_ABS, 0, 0, 4),                          # 0  A = arch
-        (_JEQ_K, 1, 0, _AUDIT_ARCH_X86_64),            # 1  x86_64 -> 3
-        (_RET_K, 0, 0, deny),                          # 2  i386 entry points: denied
-        (_LD_W_ABS, 0, 0, 0),                          # 3  A = nr
-        (_JGE_K, 7, 0, 0x40000000),                    # 4  x32 ABI -> 12 deny
-        (_JEQ_K, 6, 0, _X86_64["fork"]),               # 5  -> 12 deny
-        (_JEQ_K, 5, 0, _X86_64["vfork"]),              # 6  -> 12 deny
-        (_JEQ_K, 5, 0, _X86_64["clone3"]),             # 7  -> 13 ENOSYS (glibc falls back to clone)
-        (_JEQ_K, 0, 2, _X86_64["clone"]),              # 8  clone -> 9, else -> 11 allow
-        (_LD_W_ABS, 0, 0, 16),                         # 9  A = low word of args[0] (clone flags)
-        (_JSET_K, 0, 1, _CLONE_THREAD),                # 10 a thread -> 11 allow, else -> 12 deny
-        (_RET_K, 0, 0, allow),                         # 11
-        (_RET_K, 0, 0, deny),                          # 12
-        (_RET_K, 0, 0, nosys),                         # 13
-    ]
+    x = _X86_64
+    return assemble([
+        (_LD_W_ABS, 0, 0, _ARCH),
+        (_JEQ_K, "next", "deny", _AUDIT_ARCH_X86_64),
+        (_LD_W_ABS, 0, 0, _NR),
+        (_JGE_K, "deny", "next", 0x40000000),          # x32 ABI
+        (_JEQ_K, "deny", "next", x["fork"]),
+        (_JEQ_K, "deny", "next", x["vfork"]),
+        (_JEQ_K, "nosys", "next", x["clone3"]),
+        (_JEQ_K, "deny", "next", x["socket"]),
+        (_JEQ_K, "deny", "next", x["io_uring_setup"]),
+        (_JEQ_K, "deny", "next", x["io_uring_enter"]),
+        (_JEQ_K, "deny", "next", x["io_uring_register"]),
+        (_JEQ_K, "socketpair", "next", x["socketpair"]),
+        (_JEQ_K, "next", "allow", x["clone"]),
+        (_LD_W_ABS, 0, 0, _ARG0_LOW),                  # clone flags
+        (_JSET_K, "allow", "deny", _CLONE_THREAD),
+        "socketpair",
+        (_LD_W_ABS, 0, 0, _ARG0_LOW),                  # address family
+        (_JEQ_K, "allow", "deny", _AF_UNIX),
+        "allow",
+        (_RET_K, 0, 0, allow),
+        "deny",
+        (_RET_K, 0, 0, deny),
+        "nosys",
+        (_RET_K, 0, 0, nosys),
+    ])
 
 
 def seccomp(libc) -> str:
     if platform.machine() != "x86_64":
         raise OSError(0, f"no seccomp filter for {platform.machine()}")
-    prog = no_new_processes_filter()
+    prog = syscall_filter()
     arr = (_SockFilter * len(prog))(*[_SockFilter(*ins) for ins in prog])
     fprog = _SockFprog(len(prog), arr)
     # prctl(PR_SET_SECCOMP=22, SECCOMP_MODE_FILTER=2, &fprog)
     if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
-    return "seccomp no-fork"
+    return "seccomp no-fork no-socket"
 
 
 # -- Python-level guard -----------------------------------------------------------------------------
 
+# os.register_at_fork is not here: it only adds callbacks run around a fork, which cannot happen, and
+# the standard library calls it when it is imported (threading, random, logging, concurrent.futures).
 _GUARDED = {
     "os": ("kill", "killpg", "system", "popen", "fork", "forkpty", "remove",
            "unlink", "rmdir", "removedirs", "rename", "renames", "replace", "truncate", "ftruncate",
            "chmod", "fchmod", "lchmod", "chown", "fchown", "lchown", "chroot", "chdir", "fchdir",
            "setuid", "setgid", "setsid", "setpgid", "execv", "execve", "execl", "execle", "execlp",
            "execlpe", "execvp", "execvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv",
-           "spawnve", "spawnvp", "spawnvpe", "posix_spawn", "posix_spawnp", "register_at_fork"),
+           "spawnve", "spawnvp", "spawnvpe", "posix_spawn", "posix_spawnp"),
     "shutil": ("rmtree", "move", "chown", "copytree"),
     "subprocess": ("Popen", "run", "call", "check_call", "check_output", "getoutput",
                    "getstatusoutput"),
     "signal": ("pthread_kill",),
+    "socket": ("create_connection", "create_server"),
 }
 
 
@@ -209,17 +268,36 @@ def _disabled(name: str):
     return refuse
 
 
+def _socket_class_without_new_sockets(base: type) -> type:
+    """A subclass of socket.socket that refuses to create a socket (any family) but still wraps an
+    existing descriptor (fileno=...), as socket.socketpair() does with its AF_UNIX pair."""
+    class socket(base):
+        __slots__ = ()
+
+        def __init__(self, family=-1, type=-1, proto=-1, fileno=None):
+            if fileno is None:
+                raise PermissionError("socket.socket is disabled in the r1jax sandbox")
+            super().__init__(family, type, proto, fileno)
+    socket.__module__ = base.__module__
+    return socket
+
+
 def guard() -> None:
-    """Replace dangerous functions with ones that raise (posix is os's C half: guard it too)."""
+    """Replace dangerous functions with ones that raise (posix is os's C half: guard it too).
+    Every guarded module is imported before anything is replaced, so their own imports (subprocess
+    pulls in threading, socket pulls in selectors) run against the real functions whatever the
+    interpreter happened to load at startup (a virtualenv loads less than a system Python)."""
     import importlib
     import posix
+    modules = {name: importlib.import_module(name) for name in _GUARDED}
     for mod_name, names in _GUARDED.items():
-        mod = importlib.import_module(mod_name)
+        mod = modules[mod_name]
         for n in names:
             if hasattr(mod, n):
                 setattr(mod, n, _disabled(f"{mod_name}.{n}"))
             if mod_name == "os" and hasattr(posix, n):
                 setattr(posix, n, _disabled(f"os.{n}"))
+    modules["socket"].socket = _socket_class_without_new_sockets(modules["socket"].socket)
     for mod_name in ("ctypes", "_ctypes", "multiprocessing", "resource", "pty"):
         sys.modules[mod_name] = None          # import now raises ImportError
 

@@ -12,7 +12,9 @@ whose reasoning never ends (no `</think>` within max_new_tokens) has an empty an
 
 Tasks:
 - humaneval: the bundled 164 problems (or a HumanEval-format FILE), code extracted from the answer
-  and run in the sandbox; pass@k (unbiased estimator) over n samples per problem.
+  and run in the sandbox; pass@k (unbiased estimator) over n samples per problem. A trivial passing
+  program runs in the sandbox first; when it does not pass, evaluate raises SandboxUnusable (a
+  TaskError) instead of reporting a score.
 - exact_match / contains / boxed: a JSONL FILE of rows with a prompt ("prompt", "input" or
   "question") and a reference ("answer", "output" or "reference"); the answer is scored by
   r1jax.tasks.answers. With n samples per item, pass@k counts an item solved by any of k.
@@ -36,6 +38,22 @@ GenerateFn = Callable[[list[str]], list[dict]]
 
 class TaskError(ValueError):
     """Bad task name, settings or data; the message names the file, line and key."""
+
+
+class SandboxUnusable(TaskError):
+    """The sandbox does not pass a trivial program here, so a task scored in it would read 0 for
+    reasons that have nothing to do with the model: no score is reported."""
+
+
+def check_sandbox(task: str, limits: sandbox.Limits) -> None:
+    """For tasks that run code (humaneval): raises SandboxUnusable, naming the sandbox's status and
+    stderr tail, unless a trivial passing program passes under `limits`. Other tasks: nothing."""
+    if task != "humaneval":
+        return
+    try:
+        sandbox.check_runs(limits)
+    except sandbox.SandboxError as e:
+        raise SandboxUnusable(f"task {task}: {e}; no score reported") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +128,10 @@ def _score_answers(task: str, items: list[dict], outs: list[dict], n: int, st: T
 
 def evaluate(task: str, items: list[dict], generate_fn: GenerateFn,
              settings: TaskSettings = TaskSettings()) -> tuple[list[dict], dict]:
-    """(per-sample records, summary) for `task` over `items` with `generate_fn`."""
+    """(per-sample records, summary) for `task` over `items` with `generate_fn`; SandboxUnusable
+    (before anything is generated) when the task runs code and the sandbox cannot run a trivial
+    passing program."""
+    check_sandbox(task, settings.limits)
     n = settings.n_samples
     prompts = [it["prompt"] for it in items for _ in range(n)]
     t0 = time.perf_counter()

@@ -15,17 +15,22 @@ Never executes the program in the evaluator's process. Each sample gets:
 - the confinement of r1jax/tasks/confine.py, applied in the child before the program runs: rlimits
   (CPU, memory, file size, no core, open files, processes), Landlock (writes and deletes only inside
   its directory, reads only there and in the interpreter's own paths, no TCP, no signals outside),
-  seccomp (no new processes) and a Python-level guard.
+  seccomp (no new processes, no sockets of any family, no io_uring) and a Python-level guard.
+
+`available_layers()` reports the layers a real sandboxed run observed binding it; `check_runs()`
+raises SandboxError when a trivial passing program does not pass (task evaluation calls it first
+and reports no score then).
 
 What is contained (tests/test_sandbox.py shows each): infinite loops, fork bombs, huge allocations,
 deleting, overwriting or reading files outside its directory (the evaluator's environment in /proc
-included), signalling the evaluator, huge output.
+included), signalling the evaluator, huge output, network traffic (UDP, TCP, IPv6, raw and packet
+sockets: socket creation is refused).
 What is not: reading what the interpreter needs (its prefix and import path, /usr, /lib: public
 code), disk use inside its directory (RLIMIT_FSIZE per file, for as long as it runs), CPU
 contention with other work; and where the kernel lacks Landlock or seccomp (non-Linux, non-x86_64,
 kernels before 5.13; reported on stderr and by `available_layers()`): file access as the same uid,
-and process creation when running as root (RLIMIT_NPROC does not bind uid 0), against which only
-the Python guard remains, which a program can bypass (posix.*, re-imported modules). No root
+process creation when running as root (RLIMIT_NPROC does not bind uid 0), and sockets other than
+TCP (Landlock refuses TCP only), against which only the Python guard remains, which a program can bypass (posix.*, re-imported modules). No root
 tricks (uid switch, chroot, namespaces) are used. Linux only (pidfd, /proc).
 """
 from __future__ import annotations
@@ -160,6 +165,11 @@ def _wait_exit(proc: subprocess.Popen, timeout_s: float) -> bool:
         os.close(fd)
 
 
+def child_command(limits_json: str, program: str) -> list[str]:
+    """argv of the child: this interpreter, isolated, running confine.py on the program file."""
+    return [sys.executable, "-I", "-B", confine.__file__, limits_json, program]
+
+
 def run_program(source: str, limits: Limits = Limits()) -> SandboxResult:
     """Runs `source` as a script in a fresh confined process and classifies how it ended."""
     workdir = tempfile.mkdtemp(prefix="r1jax-sandbox-")
@@ -178,8 +188,7 @@ def run_program(source: str, limits: Limits = Limits()) -> SandboxResult:
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             try:
                 proc = subprocess.Popen(
-                    [sys.executable, "-I", "-B", confine.__file__, json.dumps(child_limits), program],
-                    cwd=workdir, env=_environment(workdir, marker), stdin=subprocess.DEVNULL,
+                    child_command(json.dumps(child_limits), program), cwd=workdir, env=_environment(workdir, marker), stdin=subprocess.DEVNULL,
                     stdout=out, stderr=err, start_new_session=True, close_fds=True)
             except OSError as e:
                 return SandboxResult("error", None, time.perf_counter() - t0, "",
@@ -214,13 +223,64 @@ def run_many(programs: list[str], limits: Limits = Limits(), workers: int = 0) -
         return list(pool.map(lambda s: run_program(s, limits), programs))
 
 
-def available_layers() -> list[str]:
-    """The confinement layers this machine's kernel applies (probed by running an empty program)."""
-    r = run_program("pass", Limits(timeout_s=10))
-    missing = [ln for ln in r.stderr_tail.splitlines() if ln.startswith("sandbox: layer unavailable")]
-    layers = ["rlimits", "landlock", "seccomp", "guard"]
-    for ln in missing:
-        for name in ("landlock", "seccomp"):
-            if name in ln:
-                layers.remove(name)
-    return layers
+class SandboxError(RuntimeError):
+    """The sandbox cannot run a trivial passing program here, so no program's outcome means anything;
+    the message names the status, exit code and stderr tail of that program."""
+
+
+TRIVIAL_PROGRAM = "assert 1 + 1 == 2\n"
+
+# Run confined like any program; it observes which layers bind it and prints them as one JSON line.
+# Each observation is harmless where its layer is absent (listing /, a UDP socket it closes, chdir .).
+_PROBE = """\
+import json, os
+assert 1 + 1 == 2
+def refused(attempt):
+    try:
+        attempt()
+    except PermissionError:
+        return True
+    return False
+def udp_socket():
+    import _socket
+    _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM).close()
+limits = {ln[:26].strip(): ln[26:].split()[0] for ln in open('/proc/self/limits').read().splitlines()[1:]}
+status = dict(ln.split(':', 1) for ln in open('/proc/self/status').read().splitlines() if ':' in ln)
+print(json.dumps({
+    'rlimits': all(limits[k] != 'unlimited' for k in ('Max cpu time', 'Max file size', 'Max address space')),
+    'landlock': refused(lambda: os.listdir('/')),
+    'seccomp': status.get('Seccomp', '').strip() == '2' and refused(udp_socket),
+    'guard': refused(lambda: os.chdir('.')),
+}))
+"""
+LAYERS = ("rlimits", "landlock", "seccomp", "guard")
+
+
+def _broken(what: str, r: SandboxResult) -> SandboxError:
+    """One line: the status, exit code and the last stderr lines joined by " | "."""
+    tail = " | ".join(ln.strip() for ln in r.stderr_tail.splitlines()[-6:] if ln.strip())[-600:]
+    tail = tail or "(empty)"
+    return SandboxError(f"sandbox cannot run {what}: status {r.status}, exit code {r.returncode}; "
+                        f"stderr tail: {tail}")
+
+
+def check_runs(limits: Limits = Limits()) -> SandboxResult:
+    """Runs TRIVIAL_PROGRAM under `limits`; raises SandboxError unless it passes."""
+    r = run_program(TRIVIAL_PROGRAM, limits)
+    if not r.passed:
+        raise _broken(f"a trivial program ({TRIVIAL_PROGRAM.strip()})", r)
+    return r
+
+
+def available_layers(limits: Limits = Limits(timeout_s=10)) -> list[str]:
+    """The confinement layers (names from LAYERS, in that order) a program run under `limits` is
+    actually bound by, as observed from inside one real sandboxed run; SandboxError when that run
+    does not pass (then nothing is known to be in force)."""
+    r = run_program(_PROBE, limits)
+    if not r.passed:
+        raise _broken("the layer probe", r)
+    try:
+        seen = json.loads(r.stdout_tail.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise _broken("the layer probe (no JSON line on stdout)", r) from None
+    return [name for name in LAYERS if seen.get(name) is True]
