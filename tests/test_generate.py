@@ -16,6 +16,9 @@
 """
 import dataclasses
 import json
+import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -309,8 +312,6 @@ LONG_WORDS = 1100  # "word " x 1100 renders to over 1100 tokens: past TINY's 102
 
 def _run_cli(*args: str):
     """`python -m r1jax.generate ARGS` in a subprocess -> CompletedProcess (text)."""
-    import subprocess
-    import sys
     return subprocess.run([sys.executable, "-m", "r1jax.generate", *args], capture_output=True, text=True,
                           timeout=600)
 
@@ -353,7 +354,6 @@ def test_cli_skips_an_overlong_prompt_and_generates_the_rest(cli_mixed, cli_out)
     gen = outs[1]["generation"]
     assert {k: gen[k] for k in ("text", "reasoning", "answer", "n_tokens", "finish_reason")} == {
         "text": "", "reasoning": "", "answer": "", "n_tokens": 0, "finish_reason": "skipped"}
-    import re
     m = re.fullmatch(r"prompt of (\d+) tokens \+ max_new_tokens 12 = (\d+) > the model's "
                      r"max_position_embeddings 1024", gen["error"])
     assert m and int(m[1]) >= LONG_WORDS and int(m[2]) == int(m[1]) + 12
