@@ -4,11 +4,21 @@
     python -m r1jax.generate --checkpoint CKPT --input FILE.jsonl --output FILE.jsonl
         [--temperature 0.6] [--top_p 0.95] [--top_k 0] [--seed 0] [--max_new_tokens 1024]
         [--stop STR ...] [--batch_size 8] [--dtype bfloat16] [--mesh fsdp=2,tensor=4]
+        [--generation_key generation]
 
 CKPT is a model checkpoint (python -m r1jax.convert) or a training run (RUN for its latest step,
 RUN/checkpoints/STEP, RUN/best/STEP), resolved as export does. Input rows are {"prompt": str} (one
 user turn) or {"messages": [...]} (a final assistant turn, if any, is dropped: generation replaces
-it); output rows keep the input's fields and add text, reasoning, answer, n_tokens, finish_reason.
+it). Each output row is its input row, unchanged, plus one object under "generation" (the
+--generation_key): {"text", "reasoning", "answer", "n_tokens", "finish_reason"}. Nothing generation
+adds is written beside the input's own fields, so an input's `answer` (an eval set's reference) or
+`text` is never replaced, and every row has the same layout; an input row that already has a
+"generation" field is refused before the model loads (file:line named; pick another key).
+
+A prompt whose ids + max_new_tokens exceed the model's max_position_embeddings is skipped, not
+generated: its row gets {"text": "", "reasoning": "", "answer": "", "n_tokens": 0, "finish_reason":
+"skipped", "error": "prompt of N tokens + max_new_tokens M = N+M > ..."}, stderr names its file:line
+and the count of skipped rows, and the other rows generate. With --prompt it is a one-line error.
 
 Prompts are rendered in the R1 chat format and end with `<｜Assistant｜><think>\\n`, so the model
 writes its reasoning first: `reasoning` is the text before `</think>`, `answer` what follows it (all
@@ -18,20 +28,24 @@ Python API (what other code calls; HumanEval evaluation builds on it):
 
     generate_texts(model: Transformer, tokenizer, prompts: list[str | list[dict]],
                    settings: GenerationSettings = GenerationSettings(), *, mesh=None,
-                   on_text=None) -> list[dict]
+                   on_text=None, skip_too_long=False) -> list[dict]
 
 `prompts[i]` is a user message (str) or a conversation ([{"role", "content"}, ...]). Returns, per
 prompt in order, {"text": str, "reasoning": str, "answer": str, "tokens": list[int] (generated ids,
 the end-of-sentence token included when produced), "n_tokens": int, "finish_reason": "stop" (end of
-sentence or a stop string) | "length" (max_new_tokens)}. `text` is cut before the first stop
-string. `on_text(i, piece)` receives prompt i's text as it grows (console streaming). `mesh`: the
-mesh the model's params are placed on (load(..., mesh=mesh)); None for one device.
+sentence or a stop string) | "length" (max_new_tokens) | "skipped"}. `text` is cut before the
+first stop string. A prompt too long for the model (ids + max_new_tokens > max_position_embeddings)
+raises PromptTooLong (a ValueError naming prompts[i] and the lengths); with skip_too_long=True it
+gets an empty result with finish_reason "skipped" and "error" (the reason) instead, and the other
+prompts keep their samples (keys stay by index). `on_text(i, piece)` receives prompt i's text as it
+grows (console streaming). `mesh`: the mesh the model's params are placed on (load(..., mesh=mesh));
+None for one device.
 GenerationSettings(max_new_tokens=1024, temperature=0.6, top_p=0.95, top_k=0, seed=0, stop=(),
 eos_token_ids=() [the tokenizer's], batch_size=8, steps_per_call=8). Also:
 
     load(path: str, dtype="bfloat16", mesh=None) -> (Transformer, meta_dir: str)
     generate_ids(model, prompts: list[list[int]], settings, *, eos_token_ids=None, mesh=None,
-                 detokenize=None, on_text=None) -> list[dict]      # the same on token ids
+                 detokenize=None, on_text=None, skip_too_long=False) -> list[dict]  # on token ids
 
 Sampling (r1jax/sampling.py): each prompt draws with keys from (seed, its index in `prompts`, step),
 so a fixed seed reproduces, and a prompt's sample does not depend on the other prompts of its batch
@@ -93,6 +107,27 @@ class GenerationSettings:
     @property
     def sampling(self) -> sampling.SamplingSettings:
         return sampling.SamplingSettings(self.temperature, self.top_p, self.top_k)
+
+
+class PromptTooLong(ValueError):
+    """A prompt with no room for max_new_tokens within the model's positions; names prompts[index]."""
+
+    def __init__(self, index: int, reason: str):
+        super().__init__(f"prompts[{index}]: {reason}")
+        self.index, self.reason = index, reason
+
+
+def length_problem(n_prompt: int, max_new_tokens: int, max_positions: int) -> str | None:
+    """Why a prompt of n_prompt ids (BOS included) cannot be followed by max_new_tokens tokens within
+    the model's max_positions (max_position_embeddings) rope positions; None when it can.
+
+    A row's positions count from its own first token (left padding takes none), so the prompt's
+    length and the tokens asked for are what count, not the padded batch width.
+    """
+    if n_prompt + max_new_tokens <= max_positions:
+        return None
+    return (f"prompt of {n_prompt} tokens + max_new_tokens {max_new_tokens} = "
+            f"{n_prompt + max_new_tokens} > the model's max_position_embeddings {max_positions}")
 
 
 class Decoding(NamedTuple):
@@ -192,11 +227,15 @@ def generate_ids(model: Transformer, prompts: Sequence[Sequence[int]],
                  settings: GenerationSettings = GenerationSettings(), *,
                  eos_token_ids: Sequence[int] | None = None, mesh=None,
                  detokenize: Callable[[list[int]], str] | None = None,
-                 on_text: Callable[[int, str], None] | None = None) -> list[dict]:
+                 on_text: Callable[[int, str], None] | None = None,
+                 skip_too_long: bool = False) -> list[dict]:
     """Generates after each prompt (token ids, BOS included): [{"tokens", "finish_reason", "text"?}].
 
-    eos_token_ids default to settings.eos_token_ids. Stop strings and on_text need `detokenize`
-    (generated ids -> text, EOS excluded); "text" is then returned too. Batches of
+    A prompt that length_problem rejects raises PromptTooLong before anything runs; with
+    skip_too_long its result is {"tokens": [], "finish_reason": "skipped", "error": reason,
+    "text"?: ""} and the rest generate. eos_token_ids default to settings.eos_token_ids. Stop
+    strings and on_text need `detokenize` (generated ids -> text, EOS excluded); "text" is then
+    returned too. Batches of
     settings.batch_size rows (rounded up to the mesh's data axes); a short last batch is filled with
     finished dummy rows, so every batch has one shape.
     """
@@ -210,6 +249,11 @@ def generate_ids(model: Transformer, prompts: Sequence[Sequence[int]],
             raise ValueError(f"prompt {i}: no tokens")
         if max(p) >= cfg.vocab_size or min(p) < 0:
             raise ValueError(f"prompt {i}: token ids must be in [0, vocab_size {cfg.vocab_size})")
+    too_long = {i: r for i, p in enumerate(prompts)
+                if (r := length_problem(len(p), settings.max_new_tokens, cfg.max_position_embeddings))}
+    if too_long and not skip_too_long:
+        first_bad = min(too_long)
+        raise PromptTooLong(first_bad, too_long[first_bad])
     eos = jnp.asarray(sorted(set(eos_ids)), jnp.int32)
     bsz = _round_up(settings.batch_size, _batch_multiple(mesh))
     chunk = min(settings.steps_per_call, settings.max_new_tokens)
@@ -220,19 +264,24 @@ def generate_ids(model: Transformer, prompts: Sequence[Sequence[int]],
     decode = _decode_fn(jax.default_backend())
     put = functools.partial(_place, mesh=mesh)
     results: list[dict] = [None] * len(prompts)  # type: ignore[list-item]
+    for i, reason in too_long.items():
+        results[i] = {"tokens": [], "finish_reason": "skipped", "error": reason}
+        if detokenize is not None:
+            results[i]["text"] = ""
+    todo = [i for i in range(len(prompts)) if i not in too_long]
     with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-        for first in range(0, len(prompts), bsz):
-            idx = list(range(first, min(first + bsz, len(prompts))))
+        for first in range(0, len(todo), bsz):
+            idx = todo[first:first + bsz]
+            # The cache may hold more slots than max_position_embeddings (the bucket's padding):
+            # positions are per row, and each row's fit length_problem checked above.
             t = _round_up(max(len(prompts[i]) for i in idx), PROMPT_BUCKET)
-            if t + n_steps > cfg.max_position_embeddings:
-                raise ValueError(f"prompt of {t} tokens + {n_steps} new > max_position_embeddings "
-                                 f"{cfg.max_position_embeddings}")
             tokens = np.zeros((bsz, t), np.int32)  # left-padded; dummy rows hold one token
             start = np.full((bsz,), t - 1, np.int32)
             for r, i in enumerate(idx):
                 tokens[r, t - len(prompts[i]):] = prompts[i]
                 start[r] = t - len(prompts[i])
-            rows = np.arange(first, first + bsz, dtype=np.int32)  # prompt index: the sampling key
+            rows = np.zeros((bsz,), np.int32)  # prompt index: the sampling key (dummy rows: 0)
+            rows[:len(idx)] = idx
             dummy = np.arange(bsz) >= len(idx)
             d = _prefill(graphdef, state, put(tokens), put(start), put(rows), put(dummy),
                          jnp.asarray(settings.seed, jnp.int32), max_len=t + n_steps)
@@ -313,13 +362,15 @@ def eos_ids_of(tokenizer, meta_dir: str | None = None) -> tuple[int, ...]:
 
 def generate_texts(model: Transformer, tokenizer, prompts: Sequence[str | Sequence[dict]],
                    settings: GenerationSettings = GenerationSettings(), *, mesh=None,
-                   on_text: Callable[[int, str], None] | None = None) -> list[dict]:
+                   on_text: Callable[[int, str], None] | None = None,
+                   skip_too_long: bool = False) -> list[dict]:
     """See the module docstring: per prompt {"text", "reasoning", "answer", "tokens", "n_tokens",
-    "finish_reason"}."""
+    "finish_reason"} (+ "error" when skipped)."""
     ids = [encode(tokenizer, render_prompt(p, f"prompts[{i}]"), add_bos=True) for i, p in enumerate(prompts)]
     eos = settings.eos_token_ids or eos_ids_of(tokenizer)
     detok = lambda t: tokenizer.decode(t, skip_special_tokens=False)
-    out = generate_ids(model, ids, settings, eos_token_ids=eos, mesh=mesh, detokenize=detok, on_text=on_text)
+    out = generate_ids(model, ids, settings, eos_token_ids=eos, mesh=mesh, detokenize=detok, on_text=on_text,
+                       skip_too_long=skip_too_long)
     for o in out:
         o["reasoning"], o["answer"] = split_output(o["text"])
         o["n_tokens"] = len(o["tokens"])
@@ -383,10 +434,18 @@ def parse_mesh(spec: str | None):
 
 # ---- command line --------------------------------------------------------------------------------
 
-def read_prompts(path: str) -> list[tuple[dict, str | list]]:
-    """(row, prompt) of each JSONL row: {"prompt": str} or {"messages": [...]}; errors name file:line."""
+GENERATION_KEY = "generation"  # the output row's field for what generation adds
+OUTPUT_FIELDS = ("text", "reasoning", "answer", "n_tokens", "finish_reason")  # its keys (+ "error")
+
+
+def read_prompts(path: str, generation_key: str = GENERATION_KEY) -> list[tuple[str, dict, str | list]]:
+    """(where "PATH:LINE", row, prompt) of each JSONL row: {"prompt": str} or {"messages": [...]};
+    errors name file:line, also for a row that already has the `generation_key` field."""
     out = []
     for where, _, row in json_objects(path):
+        if generation_key in row:
+            raise DataError(f"{where}: the row already has a {generation_key!r} field, where generate "
+                            f"writes its output; pass --generation_key with another name")
         if "messages" in row:
             prompt = row["messages"]
         elif isinstance(row.get("prompt"), str):
@@ -395,8 +454,31 @@ def read_prompts(path: str) -> list[tuple[dict, str | list]]:
             raise DataError(f"{where}: expected a string 'prompt' or a 'messages' list "
                             f"(keys: {sorted(row)})")
         render_prompt(prompt, where)  # validates now, before any model is loaded
-        out.append((row, prompt))
+        out.append((where, row, prompt))
     return out
+
+
+def output_row(row: dict, result: dict, generation_key: str = GENERATION_KEY) -> dict:
+    """An input row plus generate_texts' result for it under `generation_key`:
+    {**row, key: {"text", "reasoning", "answer", "n_tokens", "finish_reason", "error"?}}."""
+    added = {k: result[k] for k in OUTPUT_FIELDS}
+    if "error" in result:
+        added["error"] = result["error"]
+    return {**row, generation_key: added}
+
+
+def check_output_path(path: str) -> None:
+    """Makes --output's folder; a folder as the path, or one that cannot be made, raises DataError
+    now, before hours of generation would be lost at the write."""
+    if os.path.isdir(path):
+        raise DataError(f"--output {path}: is a directory")
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    except OSError as e:
+        raise DataError(f"--output {path}: cannot make its folder: {e.strerror}") from None
+
+
+SKIPS_LISTED = 20  # skipped rows named on stderr; the output rows name every one
 
 
 def main(argv=None) -> int:
@@ -405,7 +487,9 @@ def main(argv=None) -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="one user message; the output streams to stdout")
     src.add_argument("--input", help="JSONL rows with 'prompt' or 'messages'")
-    p.add_argument("--output", help="JSONL output (with --input)")
+    p.add_argument("--output", help="JSONL output (with --input): each input row + a 'generation' object")
+    p.add_argument("--generation_key", default=GENERATION_KEY,
+                   help="the output row's field for the generated values (an input row must not have it)")
     d = GenerationSettings()
     p.add_argument("--temperature", type=float, default=d.temperature, help="0 is greedy")
     p.add_argument("--top_p", type=float, default=d.top_p)
@@ -421,15 +505,20 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.input and not a.output:
         p.error("--input needs --output")
+    if not a.generation_key:
+        p.error("--generation_key must not be empty")
     log = lambda s: print(s, file=sys.stderr, flush=True)
     try:
         settings = GenerationSettings(
             max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
             seed=a.seed, stop=tuple(a.stop), batch_size=1 if a.prompt is not None else a.batch_size,
             steps_per_call=1 if a.prompt is not None else a.steps_per_call)
-        rows = [({"prompt": a.prompt}, a.prompt)] if a.prompt is not None else read_prompts(a.input)
         if a.prompt is not None:
-            render_prompt(a.prompt)
+            render_prompt(a.prompt, "--prompt")
+            rows = [("--prompt", {"prompt": a.prompt}, a.prompt)]
+        else:
+            rows = read_prompts(a.input, a.generation_key)
+            check_output_path(a.output)
         mesh = parse_mesh(a.mesh)
         t0 = time.time()
         model, meta_dir = load(a.checkpoint, a.dtype, mesh)
@@ -442,19 +531,29 @@ def main(argv=None) -> int:
         return 2
     t0 = time.time()
     stream = (lambda i, piece: print(piece, end="", flush=True)) if a.prompt is not None else None
-    out = generate_texts(model, tokenizer, [pr for _, pr in rows], settings, mesh=mesh, on_text=stream)
+    try:
+        out = generate_texts(model, tokenizer, [pr for _, _, pr in rows], settings, mesh=mesh,
+                             on_text=stream, skip_too_long=a.prompt is None)
+    except PromptTooLong as e:  # --prompt only: --input rows are skipped instead
+        print(f"error: --prompt: {e.reason}", file=sys.stderr)
+        return 2
     n = sum(o["n_tokens"] for o in out)
     if a.prompt is not None:
         print()
     else:
         tmp = a.output + ".partial"
         with open(tmp, "w", encoding="utf-8") as f:
-            for (row, _), o in zip(rows, out):
-                f.write(json.dumps({**row, "text": o["text"], "reasoning": o["reasoning"],
-                                    "answer": o["answer"], "n_tokens": o["n_tokens"],
-                                    "finish_reason": o["finish_reason"]}, ensure_ascii=False) + "\n")
+            for (_, row, _), o in zip(rows, out):
+                f.write(json.dumps(output_row(row, o, a.generation_key), ensure_ascii=False) + "\n")
         os.replace(tmp, a.output)
-    log(f"generate: {len(out)} outputs, {n} tokens in {time.time() - t0:.1f}s")
+    skipped = [(where, o["error"]) for (where, _, _), o in zip(rows, out)
+               if o["finish_reason"] == "skipped"]
+    for where, reason in skipped[:SKIPS_LISTED]:
+        log(f"generate: skipped {where}: {reason}")
+    if len(skipped) > SKIPS_LISTED:
+        log(f"generate: ... and {len(skipped) - SKIPS_LISTED} more (their rows' {a.generation_key}.error)")
+    log(f"generate: {len(out)} outputs, {n} tokens in {time.time() - t0:.1f}s"
+        + (f"; {len(skipped)} skipped (prompt too long)" if a.prompt is None else ""))
     return 0
 
 

@@ -6,12 +6,19 @@
   training forward (Transformer.__call__ on the right-padded sequences so far);
 - sharded over an fsdp x expert x tensor mesh (routed experts under shard_map), the same tokens
   as on one device;
-- the CLI end to end on a tiny checkpoint with the real tokenizer: --input/--output rows, greedy
-  tokens equal the argmax of a full forward, stop strings, --prompt streaming, a training run,
-  malformed rows named by file:line.
+- a prompt fits by its own length + max_new_tokens (not its padded batch width); one past the
+  model's positions raises PromptTooLong or, skipped, leaves the others' tokens as they were;
+- the CLI end to end on a tiny checkpoint with the real tokenizer: --input/--output rows (the input
+  row unchanged + one "generation" object, also when the row has fields named like the outputs),
+  greedy tokens equal the argmax of a full forward, stop strings, --prompt streaming, a training
+  run, malformed rows named by file:line, an over-long prompt skipped and counted (--input) or one
+  line (--prompt), --input a directory or missing: one line.
 """
 import dataclasses
 import json
+import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -138,6 +145,31 @@ def test_sampling_reproduces_and_rows_do_not_depend_on_their_batch(case):
     assert all(x["tokens"] != y["tokens"] for x, y in zip(a, seeded))
 
 
+def test_prompt_fits_by_its_own_length_and_overlong_ones_are_skipped(case, greedy):
+    """CFG has 512 positions. A 500-token prompt + 8 new fits (its bucket, 512 slots, does not count):
+    oracle, each token is the argmax of the training forward over what preceded it. A 600-token one
+    does not: PromptTooLong naming prompts[1] and the lengths, or with skip_too_long a "skipped"
+    result while prompt 2 (a 7-token prompt of `greedy`, there batched with others) keeps its tokens."""
+    _, model, prompts = case
+    rng = np.random.RandomState(5)
+    fits, over = (rng.randint(2, CFG.vocab_size, n).tolist() for n in (500, 600))
+    s = GenerationSettings(max_new_tokens=8, temperature=0.0, batch_size=4, steps_per_call=8)
+    with pytest.raises(generate.PromptTooLong,
+                       match=r"^prompts\[1\]: prompt of 600 tokens \+ max_new_tokens 8 = 608 > the model's "
+                             r"max_position_embeddings 512$"):
+        generate_ids(model, [fits, over, prompts[0]], s, eos_token_ids=(1,))
+    out = generate_ids(model, [fits, over, prompts[0]], s, eos_token_ids=(1,), skip_too_long=True)
+    assert out[1] == {"tokens": [], "finish_reason": "skipped",
+                      "error": "prompt of 600 tokens + max_new_tokens 8 = 608 > the model's "
+                               "max_position_embeddings 512"}
+    assert out[2]["tokens"] == greedy[0]["tokens"][:8]
+    assert out[0]["finish_reason"] == "length" and len(out[0]["tokens"]) == 8
+    graphdef, state = nnx.split(model)
+    seq = jnp.asarray([fits + out[0]["tokens"]], jnp.int32)
+    logits = nnx.merge(graphdef, state)(seq, segment_ids=jnp.ones_like(seq))[0]
+    np.testing.assert_array_equal(np.argmax(np.asarray(logits[0, 499:507]), -1), out[0]["tokens"])
+
+
 def test_cache_is_576_values_per_layer_token_for_r1():
     b = bytes_per_token(preset("r1-671b"), 2)
     assert b["latent"] == 61 * (512 + 64) * 2
@@ -151,6 +183,13 @@ ROWS = [{"prompt": "Write a haiku about JAX.", "id": 7},
         {"messages": [{"role": "system", "content": "Be brief."},
                       {"role": "user", "content": "What is 2+2?"}], "category": "math"},
         {"prompt": "def add(a, b):"}]
+
+
+# The shapes --prompt streams with (batch 1, one step per call): one compilation for every CLI test;
+# a subprocess with these finds them in the session's compilation cache (tests/conftest.py).
+GREEDY_ARGS = ["--temperature", "0", "--max_new_tokens", "12", "--dtype", "float32", "--batch_size", "1",
+               "--steps_per_call", "1"]
+GREEDY = GenerationSettings(max_new_tokens=12, temperature=0.0, batch_size=1, steps_per_call=1)
 
 
 @pytest.fixture(scope="module")
@@ -172,8 +211,7 @@ def cli_out(tiny_ckpt, tmp_path_factory):
     with open(d / "in.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in ROWS)
     args = ["--checkpoint", tiny_ckpt, "--input", str(d / "in.jsonl"), "--output", str(d / "out.jsonl"),
-            "--temperature", "0", "--max_new_tokens", "12", "--dtype", "float32", "--batch_size", "1",
-            "--steps_per_call", "1"]  # the shapes --prompt streams with: one compilation for both
+            *GREEDY_ARGS]
     assert generate.main(args) == 0
     return [json.loads(line) for line in open(d / "out.jsonl")]
 
@@ -196,11 +234,13 @@ def test_cli_rows_keep_fields_and_are_greedy(tiny_ckpt, cli_out):
         full[b, :len(q)], seg[b, :len(q)] = q, 1
     logits, _ = nnx.merge(graphdef, state)(jnp.asarray(full), segment_ids=jnp.asarray(seg))
     for row, out, o, prompt, lg in zip(ROWS, cli_out, ours, prompts, np.asarray(logits)):
-        assert {k: out[k] for k in row} == row
-        assert out["finish_reason"] in ("stop", "length")
-        assert out["text"] == o["text"] and out["n_tokens"] == len(o["tokens"])
-        assert out["text"] == tok.decode([t for t in o["tokens"] if t != tok.eos_token_id])
-        assert (out["reasoning"], out["answer"]) == generate.split_output(out["text"])
+        assert out == {**row, "generation": out["generation"]}  # the input's fields, one object added
+        gen = out["generation"]
+        assert list(gen) == ["text", "reasoning", "answer", "n_tokens", "finish_reason"]
+        assert gen["finish_reason"] in ("stop", "length")
+        assert gen["text"] == o["text"] and gen["n_tokens"] == len(o["tokens"])
+        assert gen["text"] == tok.decode([t for t in o["tokens"] if t != tok.eos_token_id])
+        assert (gen["reasoning"], gen["answer"]) == generate.split_output(gen["text"])
         assert tok.decode(prompt).endswith("<｜Assistant｜><think>\n")
         n = len(o["tokens"])
         np.testing.assert_array_equal(np.argmax(lg[len(prompt) - 1:len(prompt) - 1 + n], -1), o["tokens"])
@@ -209,7 +249,7 @@ def test_cli_rows_keep_fields_and_are_greedy(tiny_ckpt, cli_out):
 def test_stop_string_cuts_text_and_ends_generation(tiny_ckpt, cli_out):
     tok = load_tokenizer()
     model, _ = generate.load(tiny_ckpt, "float32")
-    full = cli_out[0]["text"]
+    full = cli_out[0]["generation"]["text"]
     stop = full[4:7]
     assert stop and full.find(stop) >= 1
     out = generate_texts(model, tok, [ROWS[0]["prompt"]], GenerationSettings(
@@ -222,7 +262,7 @@ def test_prompt_streams_the_same_text(tiny_ckpt, cli_out, capsys):
     args = ["--checkpoint", tiny_ckpt, "--prompt", ROWS[0]["prompt"], "--temperature", "0",
             "--max_new_tokens", "12", "--dtype", "float32"]
     assert generate.main(args) == 0
-    assert capsys.readouterr().out == cli_out[0]["text"] + "\n"
+    assert capsys.readouterr().out == cli_out[0]["generation"]["text"] + "\n"
 
 
 def test_training_run_generates_like_its_params(tiny_ckpt, cli_out, tmp_path):
@@ -261,6 +301,105 @@ def test_malformed_input_names_file_and_line(tiny_ckpt, tmp_path, capsys):
     assert generate.main(args) == 2
     assert f"{path}:2" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+# ---- what generation adds never replaces an input field; prompts too long for the model ----------
+
+ADDED_NAMES = {"text": "t", "reasoning": "r", "answer": "moon dog hill", "n_tokens": -1,
+               "finish_reason": "f", "error": "e", "tokens": [1, 2]}  # every name generation writes
+LONG_WORDS = 1100  # "word " x 1100 renders to over 1100 tokens: past TINY's 1024 positions
+
+
+def _run_cli(*args: str):
+    """`python -m r1jax.generate ARGS` in a subprocess -> CompletedProcess (text)."""
+    return subprocess.run([sys.executable, "-m", "r1jax.generate", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def cli_mixed(tiny_ckpt, tmp_path_factory):
+    """The CLI in a subprocess on: a row holding every name generation adds, a prompt longer than the
+    model's positions, and ROWS[0] -> (input rows, output rows, CompletedProcess)."""
+    d = tmp_path_factory.mktemp("mixed")
+    rows = [{"prompt": "reverse: hill dog moon", **ADDED_NAMES}, {"prompt": "word " * LONG_WORDS, "id": "long"},
+            ROWS[0]]
+    with open(d / "in.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    proc = _run_cli("--checkpoint", tiny_ckpt, "--input", str(d / "in.jsonl"), "--output",
+                    str(d / "out.jsonl"), *GREEDY_ARGS)
+    assert proc.returncode == 0, proc.stderr
+    return rows, [json.loads(line) for line in open(d / "out.jsonl")], proc
+
+
+def test_cli_keeps_input_fields_named_like_the_outputs(tiny_ckpt, cli_mixed):
+    """Oracle: the output row equals the input row, every field unchanged (hand-written), plus a
+    "generation" object equal to generate_texts' result for that prompt (the Python path)."""
+    rows, outs, _ = cli_mixed
+    assert outs[0] == {**rows[0], "generation": outs[0]["generation"]}
+    assert outs[0]["answer"] == "moon dog hill" and outs[0]["tokens"] == [1, 2]
+    model, _ = generate.load(tiny_ckpt, "float32")
+    want = generate_texts(model, load_tokenizer(), [rows[0]["prompt"]], GREEDY)[0]
+    assert outs[0]["generation"] == {k: want[k] for k in ("text", "reasoning", "answer", "n_tokens",
+                                                          "finish_reason")}
+    assert want["n_tokens"] > 0
+
+
+def test_cli_skips_an_overlong_prompt_and_generates_the_rest(cli_mixed, cli_out):
+    """Oracles: the skipped row's lengths (the prompt has at least LONG_WORDS tokens, + 12 new, against
+    TINY's 1024 positions); the row after it generates exactly what it did in a file without the long
+    row (cli_out, itself checked against a full forward); stderr names file:line and the count."""
+    rows, outs, proc = cli_mixed
+    assert "Traceback" not in proc.stderr
+    assert len(outs) == 3 and outs[1] == {**rows[1], "generation": outs[1]["generation"]}
+    gen = outs[1]["generation"]
+    assert {k: gen[k] for k in ("text", "reasoning", "answer", "n_tokens", "finish_reason")} == {
+        "text": "", "reasoning": "", "answer": "", "n_tokens": 0, "finish_reason": "skipped"}
+    m = re.fullmatch(r"prompt of (\d+) tokens \+ max_new_tokens 12 = (\d+) > the model's "
+                     r"max_position_embeddings 1024", gen["error"])
+    assert m and int(m[1]) >= LONG_WORDS and int(m[2]) == int(m[1]) + 12
+    assert outs[2] == cli_out[0]
+    where = proc.stderr.split("generate: skipped ")[1].split(": ")[0]
+    assert where.endswith("in.jsonl:2")
+    assert "1 skipped (prompt too long)" in proc.stderr.splitlines()[-1]
+
+
+def test_cli_input_directory_or_missing_is_one_line(tiny_ckpt, tmp_path):
+    """Oracle: the OS's own words for each case, on one stderr line, exit 2."""
+    for path, words in ((tmp_path, "is a directory"), (tmp_path / "absent.jsonl", "no such file")):
+        proc = _run_cli("--checkpoint", tiny_ckpt, "--input", str(path), "--output", str(tmp_path / "o.jsonl"))
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().count("\n") == 0 and str(path) in proc.stderr
+        assert words in proc.stderr.lower()
+
+
+def test_prompt_too_long_is_one_line(tiny_ckpt, capsys):
+    """Oracle: the prompt's length is at least LONG_WORDS tokens, the limit TINY's 1024 positions."""
+    args = ["--checkpoint", tiny_ckpt, "--prompt", "word " * LONG_WORDS, *GREEDY_ARGS]
+    assert generate.main(args) == 2
+    cap = capsys.readouterr()
+    line = cap.err.strip().splitlines()[-1]
+    assert line.startswith("error: --prompt: prompt of ") and line.endswith("max_position_embeddings 1024")
+    assert int(line.split("prompt of ")[1].split()[0]) >= LONG_WORDS and cap.out == ""
+
+
+def test_input_row_with_the_generation_key_is_refused_then_renamed(tiny_ckpt, cli_out, tmp_path, capsys):
+    """A row already holding "generation": refused before the model loads (file:line named, nothing
+    written); with --generation_key gen it is kept unchanged and gen holds what cli_out generated
+    for the same prompt. An --output that is a directory is refused before generating."""
+    path = tmp_path / "in.jsonl"
+    mine = {**ROWS[0], "generation": {"text": "mine"}}
+    path.write_text(json.dumps(mine) + "\n")
+    out = tmp_path / "sub" / "o.jsonl"
+    args = ["--checkpoint", tiny_ckpt, "--input", str(path), "--output", str(out), *GREEDY_ARGS]
+    assert generate.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:1" in err and "'generation'" in err and "--generation_key" in err
+    assert not out.exists()
+    assert generate.main([*args, "--generation_key", "gen"]) == 0
+    assert [json.loads(line) for line in open(out)] == [{**mine, "gen": cli_out[0]["generation"]}]
+    path.write_text(json.dumps(ROWS[0]) + "\n")
+    assert generate.main([*args[:4], "--output", str(tmp_path), *GREEDY_ARGS]) == 2
+    assert "is a directory" in capsys.readouterr().err
 
 
 def test_bench_decode_runs_on_cpu(greedy):
