@@ -304,3 +304,12 @@ def test_evaluate_task_end_to_end_on_a_tiny_checkpoint(problems, tmp_path, capsy
             d["reasoning"], d["answer"], d["n_tokens"], d["finish_reason"])
         assert r["status"] in sandbox.STATUSES and not r["passed"]     # 6 random tokens solve nothing
     assert summary["pass@1"] == 0.0 and summary["samples"] == 2 and summary["checkpoint"] == ckpt
+    # A prompt with no room for max_new_tokens within the tiny model's 1,024 positions: one line
+    # naming the item (the first of the spread), no score, no records written.
+    rc = evaluate.main(["--task", "humaneval", "--checkpoint", ckpt, "--limit", "2", "--max_new_tokens", "1000",
+                        "--dtype", "float32", "--output", str(tmp_path / "none.jsonl"), "--json"])
+    captured = capsys.readouterr()
+    assert rc == 2 and captured.out == "" and not (tmp_path / "none.jsonl").exists()
+    err = captured.err.strip().splitlines()[-1]
+    assert err.startswith(f"error: task humaneval: item {chosen[0]['task_id']}: prompt of"), err
+    assert "1024" in err and "Traceback" not in captured.err

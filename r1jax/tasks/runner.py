@@ -19,6 +19,9 @@ Tasks:
   "question") and a reference ("answer", "output" or "reference"); the answer is scored by
   r1jax.tasks.answers. With n samples per item, pass@k counts an item solved by any of k.
 Every task reports "accuracy" (mean over all samples) and pass@k for each requested k <= n.
+An item whose prompt leaves no room for max_new_tokens within the model's positions
+(generate.PromptTooLong) is a TaskError naming the item: scoring it as failed would lower the score
+for a reason that is not the model's answer.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import time
 from typing import Callable
 
 from r1jax.data.formats import json_objects
+from r1jax.generate import PromptTooLong
 from r1jax.tasks import answers, humaneval, sandbox
 
 TASKS = ("humaneval", "exact_match", "contains", "boxed")
@@ -135,7 +139,11 @@ def evaluate(task: str, items: list[dict], generate_fn: GenerateFn,
     n = settings.n_samples
     prompts = [it["prompt"] for it in items for _ in range(n)]
     t0 = time.perf_counter()
-    outs = generate_fn(prompts)
+    try:
+        outs = generate_fn(prompts)
+    except PromptTooLong as e:
+        raise TaskError(f"task {task}: item {items[e.index // n]['id']}: {e.reason}; lower max_new_tokens "
+                        "or leave the item out of the data") from None
     gen_s = time.perf_counter() - t0
     if len(outs) != len(prompts):
         raise TaskError(f"generate_fn returned {len(outs)} results for {len(prompts)} prompts")
