@@ -1,4 +1,4 @@
-"""The R1 chat format for training (DESIGN.md section 3): `tokenize_example` ids and loss mask per row
+"""The R1 chat format for training: `tokenize_example` ids and loss mask per row
 format, the generation prompt, and the prompt/target boundary.
 
 The reference is always a hand-written rendered string encoded by the tokenizer, never the renderer
@@ -347,3 +347,27 @@ def test_tokenize_errors_name_where(tok):
         tokenize_example({"input_ids": []}, tok, where="f.jsonl:4")
     with pytest.raises(formats.DataError, match=r"^f\.jsonl:5: the last message must be the assistant"):
         tokenize_example({"messages": [user("Q")]}, tok, where="f.jsonl:5")
+
+
+# ---- generation and training agree ----------------------------------------------------------
+
+@pytest.mark.parametrize("train_all_turns", [False, True])
+@pytest.mark.parametrize("name", [*BOUNDARY, *CASES])
+def test_generation_feeds_the_ids_training_rows_start_with(tok, monkeypatch, name, train_all_turns):
+    """Oracle: the ids `generate.generate_texts` hands the model (captured in place of the model),
+    for the row's conversation without its final turn, equal the whole-string encoding of the
+    rendered generation prompt, and the training row of the full conversation starts with them
+    followed by only trained tokens."""
+    from r1jax import generate
+    row = BOUNDARY[name][0] if name in BOUNDARY else CASES[name].row
+    messages = formats.parse_row(row, "x:1").messages
+    history = [{"role": m.role, "content": m.content} for m in messages[:-1]]
+    fed = []
+    monkeypatch.setattr(generate, "generate_ids", lambda model, prompts, *a, **k: fed.extend(
+        list(p) for p in prompts) or [{"tokens": [], "finish_reason": "length", "text": ""} for _ in prompts])
+    generate.generate_texts(None, tok, [history], generate.GenerationSettings(eos_token_ids=(EOS_ID,)))
+    assert fed == [enc(tok, generate.render_prompt(history))]
+    out = tokenize_example(row, tok, train_all_turns=train_all_turns)
+    n = len(fed[0])
+    assert out["input_ids"][:n] == fed[0]
+    assert out["loss_mask"][n:] == [1] * (len(out["input_ids"]) - n)
