@@ -76,9 +76,9 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from r1jax import checkpoint, sampling, sharding
-from r1jax.data.chat import generation_prompt
-from r1jax.data.formats import DataError, json_objects, parse_row, split_reasoning
-from r1jax.data.tokenizer import encode, load_tokenizer
+from r1jax.data.chat import generation_prompt, prompt_ids
+from r1jax.data.formats import DataError, Example, json_objects, parse_row, split_reasoning
+from r1jax.data.tokenizer import load_tokenizer
 from r1jax.export import training_step_dir
 from r1jax.model.config import ConfigError
 from r1jax.model.latent_cache import LatentCache, init_cache
@@ -322,9 +322,10 @@ def _without_eos(tokens: list[int], eos_ids) -> list[int]:
 
 # ---- prompts and outputs -------------------------------------------------------------------------
 
-def render_prompt(prompt: str | Sequence[dict], where: str = "prompt") -> str:
-    """A user message (str) or a conversation -> the R1 generation prompt (ends with
-    `<｜Assistant｜><think>\\n`). A final assistant turn is dropped; DataError names `where`."""
+def prompt_example(prompt: str | Sequence[dict], where: str = "prompt") -> Example:
+    """A user message (str) or a conversation -> an Example whose final assistant turn is the one to
+    generate (an existing final assistant turn is that turn: dropped from the prompt). DataError
+    names `where`."""
     if isinstance(prompt, str):
         msgs = [{"role": "user", "content": prompt}]
     elif isinstance(prompt, (list, tuple)):
@@ -333,7 +334,13 @@ def render_prompt(prompt: str | Sequence[dict], where: str = "prompt") -> str:
         raise DataError(f"{where}: a prompt is a string or a list of messages, got {type(prompt).__name__}")
     if not msgs or not isinstance(msgs[-1], dict) or msgs[-1].get("role") != "assistant":
         msgs = msgs + [{"role": "assistant", "content": ""}]  # the turn generation writes
-    return generation_prompt(parse_row({"messages": msgs}, where))
+    return parse_row({"messages": msgs}, where)
+
+
+def render_prompt(prompt: str | Sequence[dict], where: str = "prompt") -> str:
+    """A user message (str) or a conversation -> the R1 generation prompt (ends with
+    `<｜Assistant｜><think>\\n`). A final assistant turn is dropped; DataError names `where`."""
+    return generation_prompt(prompt_example(prompt, where))
 
 
 def split_output(text: str) -> tuple[str, str]:
@@ -366,7 +373,8 @@ def generate_texts(model: Transformer, tokenizer, prompts: Sequence[str | Sequen
                    skip_too_long: bool = False) -> list[dict]:
     """See the module docstring: per prompt {"text", "reasoning", "answer", "tokens", "n_tokens",
     "finish_reason"} (+ "error" when skipped)."""
-    ids = [encode(tokenizer, render_prompt(p, f"prompts[{i}]"), add_bos=True) for i, p in enumerate(prompts)]
+    # The same ids a training row of this conversation starts with (r1jax/data/chat.py).
+    ids = [prompt_ids(prompt_example(p, f"prompts[{i}]"), tokenizer) for i, p in enumerate(prompts)]
     eos = settings.eos_token_ids or eos_ids_of(tokenizer)
     detok = lambda t: tokenizer.decode(t, skip_special_tokens=False)
     out = generate_ids(model, ids, settings, eos_token_ids=eos, mesh=mesh, detokenize=detok, on_text=on_text,

@@ -2,9 +2,10 @@
 
 data.train names JSONL files (comma-separated) or, when empty, the bundled code dataset (built from
 the standard library on first use). They are prepared with `python -m r1jax.data prepare` into
-data.cache_dir (default OUTPUT_DIR/data); a stamp of the inputs and options decides whether an
-existing preparation can be reused. data.val names a held-out file, else data.val_fraction of
-data.train is split off.
+data.cache_dir (default OUTPUT_DIR/data); a stamp of the inputs, the options and the token format
+version (token_store.FORMAT_VERSION) decides whether an existing preparation can be reused, so one
+made under an older tokenization rule is prepared again, never reused. data.val names a held-out
+file, else data.val_fraction of data.train is split off.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import os
 
 import jax
 
-from r1jax.data import code_dataset, prepare
+from r1jax.data import code_dataset, prepare, token_store
 
 STAMP = "r1jax_prepared.json"
 
@@ -67,7 +68,8 @@ def prepare_data(c, log=print) -> tuple[str, str]:
     stamp = {"inputs": [_fingerprint(p) for p in inputs],
              "val": _fingerprint(c.data.val) if c.data.val else None,
              "options": {k: c.data[k] for k in ("format", "val_fraction", "train_all_turns", "max_examples")}
-             | {"seed": c.seed, "seq_len": c.train.seq_len}}
+             | {"seed": c.seed, "seq_len": c.train.seq_len},
+             "token_format": token_store.FORMAT_VERSION}  # a new tokenization rule prepares anew
     key = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
     train_dir = os.path.join(data_dir, key)
     train_prefix = os.path.join(train_dir, "train")

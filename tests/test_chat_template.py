@@ -1,12 +1,13 @@
-"""The R1 chat format for training (DESIGN.md section 3): `tokenize_example` ids and loss mask per row
-format, the generation prompt, and BPE merges across the trained boundary.
+"""The R1 chat format for training: `tokenize_example` ids and loss mask per row
+format, the generation prompt, and the prompt/target boundary.
 
 The reference is always a hand-written rendered string encoded by the tokenizer, never the renderer
 under test. A case is written twice: as the full string and as consecutive (text, trained) pieces
-whose concatenation is that string. The expected mask comes from the pieces: the encoding of every
-prefix ending at a piece boundary must be a prefix of the full ids (no BPE merge crosses the
-boundary), and each piece's tokens take that piece's trained flag. The masked tokens, decoded, must
-be exactly the trained pieces joined.
+whose concatenation is that string; the last piece of a chat row is its final target. The expected
+ids are each piece encoded on its own, concatenated; each piece's tokens take its trained flag. The
+tokens before the final target must be the whole-string encoding of the hand-written generation
+prompt (all pieces but the last), as generation encodes it. The masked tokens, decoded, must be
+exactly the trained pieces joined.
 """
 import dataclasses
 
@@ -16,7 +17,7 @@ from r1jax.data import chat, formats
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.data.chat import tokenize_example
 
-BOS_ID, EOS_ID, THINK_CLOSE_ID = 0, 1, 128799
+BOS_ID, EOS_ID, THINK_ID, THINK_CLOSE_ID, ASSISTANT_ID, NL_ID, NL2_ID = 0, 1, 128798, 128799, 128804, 201, 271
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,10 @@ def enc(tok, text):
     return tokenizer_lib.encode(tok, text, add_bos=True)
 
 
+def enc_alone(tok, text):
+    return tokenizer_lib.encode(tok, text, add_bos=False)
+
+
 def decode(tok, ids):
     return tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
@@ -36,26 +41,27 @@ def masked_text(tok, out):
     return decode(tok, [t for t, m in zip(out["input_ids"], out["loss_mask"], strict=True) if m])
 
 
-def expected_mask(tok, full, pieces):
-    """The mask the hand-written pieces imply, asserting the prefix property at each boundary."""
+def expected(tok, full, pieces):
+    """(ids, mask) the hand-written pieces imply: each piece encoded alone, concatenated."""
     assert "".join(text for text, _ in pieces) == full  # the two hand-written forms agree
-    full_ids = enc(tok, full)
-    mask, prefix, done = [], "", 0
+    ids, mask = [], []
     for text, trained in pieces:
-        prefix += text
-        ids = enc(tok, prefix)
-        assert full_ids[:len(ids)] == ids, f"a BPE merge crosses the boundary after {prefix!r}"
-        mask += [int(trained)] * (len(ids) - done)
-        done = len(ids)
-    assert done == len(full_ids)
-    return mask
+        piece = enc_alone(tok, text)
+        ids += piece
+        mask += [int(trained)] * len(piece)
+    return ids, mask
 
 
 def check(tok, out, full, pieces):
     assert set(out) == {"input_ids", "loss_mask"}
-    assert out["input_ids"] == enc(tok, full)
-    assert out["loss_mask"] == expected_mask(tok, full, pieces)
+    ids, mask = expected(tok, full, pieces)
+    assert out["input_ids"] == ids
+    assert out["loss_mask"] == mask
     assert masked_text(tok, out) == "".join(text for text, trained in pieces if trained)
+    # The tokens before the final target are the generation prompt's whole-string encoding.
+    prompt = enc(tok, "".join(text for text, _ in pieces[:-1]))
+    assert out["input_ids"][:len(prompt)] == prompt
+    assert len(out["input_ids"]) == len(prompt) + len(enc_alone(tok, pieces[-1][0]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,62 +232,74 @@ def test_generation_prompt(tok, row, prompt):
     assert enc(tok, text)[-3:] == [128804, 128798, 201]  # "<｜Assistant｜>", "<think>", "\n"
 
 
-# ---- BPE merges across the trained boundary -------------------------------------------------
-# The prompt ends with "<think>\n". When the trained part starts with "\n" (always so with no
-# reasoning: "<think>\n" + "\n</think>"), or with " \n", the tokenizer merges the prompt's last "\n"
-# with it ("\n\n" = 271, "\n \n" = 77968). Pinned here: ids stay the encoding of the full string;
-# the merged token holds target characters, so it is trained (no target character is lost); the
-# prompt's own ids ([..., "<think>", "\n"]) are then not a prefix of the training ids.
+# ---- the prompt/target boundary ------------------------------------------------------------
+# The prompt ends with "<think>\n". When the target starts with "\n" (always so with no reasoning:
+# "\n</think>"), or with " \n", one encoding of the whole string would merge the prompt's last "\n"
+# with it ("\n\n" = 271, "\n \n" = 77968), so the training ids would not start with the generation
+# prompt's. Prompt and target are encoded apart: the prompt keeps its "\n", the target its own.
 
-MERGES = {
+BOUNDARY = {
     "prompt_completion_no_think": (
         {"prompt": "Say hi.", "completion": "hi"},
-        "<｜begin▁of▁sentence｜><｜User｜>Say hi.<｜Assistant｜><think>\n\n</think>\n\nhi<｜end▁of▁sentence｜>",
-        "<｜begin▁of▁sentence｜><｜User｜>Say hi.<｜Assistant｜><think>\n", "\n\n",
-        "</think>\n\nhi<｜end▁of▁sentence｜>"),
+        "<｜begin▁of▁sentence｜><｜User｜>Say hi.<｜Assistant｜><think>\n", "\n</think>\n\nhi<｜end▁of▁sentence｜>"),
     "input_output": (
         {"input": "Ping", "output": "Pong"},
-        "<｜begin▁of▁sentence｜><｜User｜>Ping<｜Assistant｜><think>\n\n</think>\n\nPong<｜end▁of▁sentence｜>",
-        "<｜begin▁of▁sentence｜><｜User｜>Ping<｜Assistant｜><think>\n", "\n\n",
-        "</think>\n\nPong<｜end▁of▁sentence｜>"),
+        "<｜begin▁of▁sentence｜><｜User｜>Ping<｜Assistant｜><think>\n", "\n</think>\n\nPong<｜end▁of▁sentence｜>"),
     "messages_no_reasoning": (
         {"messages": [user("Q"), assistant("A")]},
-        "<｜begin▁of▁sentence｜><｜User｜>Q<｜Assistant｜><think>\n\n</think>\n\nA<｜end▁of▁sentence｜>",
-        "<｜begin▁of▁sentence｜><｜User｜>Q<｜Assistant｜><think>\n", "\n\n",
-        "</think>\n\nA<｜end▁of▁sentence｜>"),
+        "<｜begin▁of▁sentence｜><｜User｜>Q<｜Assistant｜><think>\n", "\n</think>\n\nA<｜end▁of▁sentence｜>"),
+    "messages_empty_reasoning_content": (
+        {"messages": [user("Q"), assistant("A", reasoning="")]},
+        "<｜begin▁of▁sentence｜><｜User｜>Q<｜Assistant｜><think>\n", "\n</think>\n\nA<｜end▁of▁sentence｜>"),
+    "messages_system_multi_turn_no_reasoning": (
+        {"messages": [{"role": "system", "content": "S"}, user("Q1"), assistant("A1"), user("Q2"),
+                      assistant("A2")]},
+        "<｜begin▁of▁sentence｜>S<｜User｜>Q1<｜Assistant｜>A1<｜end▁of▁sentence｜><｜User｜>Q2<｜Assistant｜><think>\n",
+        "\n</think>\n\nA2<｜end▁of▁sentence｜>"),
     "reasoning_leading_newline": (
         {"messages": [user("Q"), assistant("A", reasoning="\nfoo")]},
-        "<｜begin▁of▁sentence｜><｜User｜>Q<｜Assistant｜><think>\n\nfoo\n</think>\n\nA<｜end▁of▁sentence｜>",
-        "<｜begin▁of▁sentence｜><｜User｜>Q<｜Assistant｜><think>\n", "\n\n",
-        "foo\n</think>\n\nA<｜end▁of▁sentence｜>"),
+        "<｜begin▁of▁sentence｜><｜User｜>Q<｜Assistant｜><think>\n", "\nfoo\n</think>\n\nA<｜end▁of▁sentence｜>"),
     "reasoning_leading_space_newline": (
         {"messages": [user("Q"), assistant("A", reasoning=" \nfoo")]},
-        "<｜begin▁of▁sentence｜><｜User｜>Q<｜Assistant｜><think>\n \nfoo\n</think>\n\nA<｜end▁of▁sentence｜>",
-        "<｜begin▁of▁sentence｜><｜User｜>Q<｜Assistant｜><think>\n", "\n \n",
-        "foo\n</think>\n\nA<｜end▁of▁sentence｜>"),
+        "<｜begin▁of▁sentence｜><｜User｜>Q<｜Assistant｜><think>\n", " \nfoo\n</think>\n\nA<｜end▁of▁sentence｜>"),
 }
 
 
-@pytest.mark.parametrize("name", MERGES)
-def test_boundary_merge_trains_the_merged_token(tok, name):
-    row, full, prompt, merged, trained_after_merge = MERGES[name]
-    out = tokenize_example(row, tok)
+@pytest.mark.parametrize("train_all_turns", [False, True])
+@pytest.mark.parametrize("name", BOUNDARY)
+def test_boundary_prompt_ids_then_target_ids(tok, name, train_all_turns):
+    """Oracle: the hand-written generation prompt encoded whole (as generation does) followed by the
+    hand-written target encoded alone; and that one encoding of the whole row would differ."""
+    row, prompt, target = BOUNDARY[name]
+    out = tokenize_example(row, tok, train_all_turns=train_all_turns)
+    prompt_ids, target_ids = enc(tok, prompt), enc_alone(tok, target)
+    assert prompt_ids[-3:] == [ASSISTANT_ID, THINK_ID, NL_ID]
+    assert out["input_ids"][:len(prompt_ids)] == prompt_ids
+    assert out["input_ids"][len(prompt_ids):] == target_ids
+    assert out["loss_mask"][len(prompt_ids):] == [1] * len(target_ids)
+    history = enc_alone(tok, "A1<｜end▁of▁sentence｜>") if train_all_turns and "multi" in name else []
+    assert masked_text(tok, {"input_ids": out["input_ids"][:len(prompt_ids)],
+                             "loss_mask": out["loss_mask"][:len(prompt_ids)]}) == decode(tok, history)
+    assert sum(out["loss_mask"][:len(prompt_ids)]) == len(history)
+    assert decode(tok, target_ids) == target
+    assert out["input_ids"] != enc(tok, prompt + target)  # the single encoding merges at the boundary
+    assert chat.prompt_ids(formats.parse_row(row, "x:1"), tok) == prompt_ids
+
+
+def test_no_reasoning_target_starts_with_its_own_newline(tok):
+    """Oracle: hand-written ids. Generation's prompt ends "<think>", "\n"; the row continues with the
+    "\n" before "</think>" as a token of its own, then "</think>", "\n\n", the answer, EOS."""
+    out = tokenize_example({"prompt": "Say hi.", "completion": "hi"}, tok)
     ids, mask = out["input_ids"], out["loss_mask"]
-    assert ids == enc(tok, full)
-    prompt_ids = enc(tok, prompt)
-    assert ids[:len(prompt_ids)] != prompt_ids  # the prefix property fails here
-    head = prompt_ids[:-1]  # everything before the prompt's final "\n"
-    assert ids[:len(head)] == head
-    merged_id, = tokenizer_lib.encode(tok, merged, add_bos=False)
-    assert ids[len(head)] == merged_id
-    assert mask == [0] * len(head) + [1] * (len(ids) - len(head))  # the merged token: trained
-    assert masked_text(tok, out) == merged + trained_after_merge
-    assert full == prompt + merged[1:] + trained_after_merge
+    at = ids.index(THINK_ID)
+    assert ids[at - 1:at + 5] == [ASSISTANT_ID, THINK_ID, NL_ID, NL_ID, THINK_CLOSE_ID, NL2_ID]
+    assert mask[:at + 2] == [0] * (at + 2) and mask[at + 2:] == [1] * (len(ids) - at - 2)
+    assert ids[at + 5:] == enc_alone(tok, "hi") + [EOS_ID]
 
 
-def test_think_form_strips_leading_newlines_so_no_merge(tok):
-    # A <think> block's reasoning loses its leading/trailing "\n", so "\n\nfoo" cannot merge; the same
-    # reasoning given as reasoning_content is kept verbatim (and merges, see above).
+def test_think_form_strips_leading_newlines(tok):
+    # A <think> block's reasoning loses its leading/trailing "\n"; the same reasoning given as
+    # reasoning_content is kept verbatim (see above).
     out = tokenize_example({"messages": [user("Q"), assistant("<think>\n\nfoo\n\n</think>\n\n\nA")]}, tok)
     check(tok, out,
           "<｜begin▁of▁sentence｜><｜User｜>Q<｜Assistant｜><think>\nfoo\n</think>\n\nA<｜end▁of▁sentence｜>",
@@ -329,3 +347,27 @@ def test_tokenize_errors_name_where(tok):
         tokenize_example({"input_ids": []}, tok, where="f.jsonl:4")
     with pytest.raises(formats.DataError, match=r"^f\.jsonl:5: the last message must be the assistant"):
         tokenize_example({"messages": [user("Q")]}, tok, where="f.jsonl:5")
+
+
+# ---- generation and training agree ----------------------------------------------------------
+
+@pytest.mark.parametrize("train_all_turns", [False, True])
+@pytest.mark.parametrize("name", [*BOUNDARY, *CASES])
+def test_generation_feeds_the_ids_training_rows_start_with(tok, monkeypatch, name, train_all_turns):
+    """Oracle: the ids `generate.generate_texts` hands the model (captured in place of the model),
+    for the row's conversation without its final turn, equal the whole-string encoding of the
+    rendered generation prompt, and the training row of the full conversation starts with them
+    followed by only trained tokens."""
+    from r1jax import generate
+    row = BOUNDARY[name][0] if name in BOUNDARY else CASES[name].row
+    messages = formats.parse_row(row, "x:1").messages
+    history = [{"role": m.role, "content": m.content} for m in messages[:-1]]
+    fed = []
+    monkeypatch.setattr(generate, "generate_ids", lambda model, prompts, *a, **k: fed.extend(
+        list(p) for p in prompts) or [{"tokens": [], "finish_reason": "length", "text": ""} for _ in prompts])
+    generate.generate_texts(None, tok, [history], generate.GenerationSettings(eos_token_ids=(EOS_ID,)))
+    assert fed == [enc(tok, generate.render_prompt(history))]
+    out = tokenize_example(row, tok, train_all_turns=train_all_turns)
+    n = len(fed[0])
+    assert out["input_ids"][:n] == fed[0]
+    assert out["loss_mask"][n:] == [1] * (len(out["input_ids"]) - n)

@@ -375,3 +375,61 @@ def test_kfold_above_examples_and_nothing_kept(tmp_path, capsys):
     assert rep["records"] == {"read": 2, "kept": 0, "truncated": 0,
                               "removed": {"malformed": 1, "empty": 1, "duplicate": 0, "near_duplicate": 0,
                                           "too_long": 0}}
+
+
+# ---- the token format version ----------------------------------------------------------------
+
+def _rewrite_meta(prefix, text):
+    """Makes the split look prepared by another r1jax: `text` as its meta file, None for none."""
+    meta = prefix + ".meta.json"
+    os.remove(meta)
+    if text is not None:
+        with open(meta, "w") as f:
+            f.write(text)
+
+
+@pytest.mark.parametrize("meta", [None, '{"format_version": 1}', "not json"])
+def test_split_of_another_format_version_is_refused(tmp_path, meta):
+    """Oracle: the hand-written rule that a split without this version's meta file is refused with a
+    one-line DataError naming the split and the prepare command, by the store and the loader alike;
+    prepare --overwrite then makes it readable again."""
+    from r1jax.data import token_store
+    from r1jax.data.formats import DataError
+    from r1jax.data.loader import make_loader
+    rows = distinct_rows(8)
+    rc, out, _ = run_prepare(tmp_path, rows, "--val", "0.25")
+    prefix = os.path.join(out, "train")
+    assert rc == 0 and json.load(open(prefix + ".meta.json")) == {"format_version": token_store.FORMAT_VERSION}
+    _rewrite_meta(prefix, meta)
+    for load in (TokenStore, lambda p: make_loader(p, seq_len=64, batch_size=2)):
+        with pytest.raises(DataError) as err:
+            load(prefix)
+        msg = str(err.value)
+        assert msg.startswith(f"{prefix}: this split was prepared ") and "\n" not in msg
+        assert "python -m r1jax.data prepare" in msg and "--overwrite" in msg
+    rc, _, _ = run_prepare(tmp_path, rows, "--val", "0.25", "--overwrite")
+    assert rc == 0 and len(TokenStore(prefix)) == 6
+
+
+def test_train_prepares_again_under_a_new_format_version(tmp_path, monkeypatch):
+    """Oracle: directory identity. The trainer's cached preparation is reused while the token format
+    version stays (the same directory); under another version the old one is refused and a new one
+    is prepared into another directory, readable under that version."""
+    import sys
+    from pathlib import Path
+
+    from r1jax import train_data
+    from r1jax.data import token_store
+    from r1jax.data.formats import DataError
+    sys.path.insert(0, str(Path(__file__).parent))
+    from train_fixtures import config
+    write_input(tmp_path / "train.jsonl", distinct_rows(20))
+    c = config(tmp_path, tmp_path / "run")
+    first, _ = train_data.prepare_data(c, log=lambda s: None)
+    assert train_data.prepare_data(c, log=lambda s: None)[0] == first
+    monkeypatch.setattr(token_store, "FORMAT_VERSION", token_store.FORMAT_VERSION + 1)
+    with pytest.raises(DataError, match="prepare it again"):
+        TokenStore(first)
+    new, _ = train_data.prepare_data(c, log=lambda s: None)
+    assert os.path.dirname(new) != os.path.dirname(first)
+    assert len(TokenStore(new)) == 18

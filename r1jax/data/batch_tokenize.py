@@ -1,13 +1,14 @@
 """Batched tokenization for `prepare`: `chat.tokenize_example` of many examples at once.
 
-One batched encode of the rendered strings through the tokenizer's Rust backend; rendering, trained
-spans and the loss-mask rule are chat.py's own functions, so the result equals tokenize_example.
+One batched encode through the tokenizer's Rust backend of every text to encode (a chat row's runs of
+same-flag pieces, a text row's text); rendering, runs and their joining are chat.py's own functions,
+so the result equals tokenize_example.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from r1jax.data.chat import mask_from_offsets, render_messages, text_ids_and_mask, tokenize_example, trained_spans
+from r1jax.data.chat import join_runs, render_messages, runs, text_ids_and_mask, tokenize_example
 from r1jax.data.formats import Example
 
 Tokenized = tuple[np.ndarray, np.ndarray]  # (int32 ids [T], uint8 loss_mask [T])
@@ -16,25 +17,24 @@ Tokenized = tuple[np.ndarray, np.ndarray]  # (int32 ids [T], uint8 loss_mask [T]
 def tokenize_batch(examples: list[Example], tokenizer, train_all_turns: bool = False) -> list[Tokenized]:
     """`chat.tokenize_example` of many examples, as (int32 ids, uint8 loss_mask) pairs."""
     out: list = [None] * len(examples)
-    todo, texts, spans = [], [], []
+    todo = []     # (example index, its runs or None for a text row, first text, number of texts)
+    texts: list[str] = []
     for i, ex in enumerate(examples):
         if ex.kind == "input_ids":
             enc = tokenize_example(ex, tokenizer, train_all_turns=train_all_turns)
             out[i] = np.asarray(enc["input_ids"], np.int32), np.asarray(enc["loss_mask"], np.uint8)
-            continue
-        todo.append(i)
-        if ex.kind == "text":
+        elif ex.kind == "text":
+            todo.append((i, None, len(texts), 1))
             texts.append(ex.text)
-            spans.append(None)
         else:
-            text, span = trained_spans(render_messages(ex, train_all_turns))
-            texts.append(text)
-            spans.append(span)
+            joined = runs(render_messages(ex, train_all_turns))
+            todo.append((i, joined, len(texts), len(joined)))
+            texts += [text for text, _ in joined]
     encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False) if texts else []
-    for i, span, enc in zip(todo, spans, encodings):
-        if span is None:
-            ids, mask = text_ids_and_mask(enc.ids, tokenizer.bos_token_id)
-            out[i] = np.asarray(ids, np.int32), np.asarray(mask, np.uint8)
+    for i, joined, first, n in todo:
+        if joined is None:
+            ids, mask = text_ids_and_mask(encodings[first].ids, tokenizer.bos_token_id)
         else:
-            out[i] = np.asarray(enc.ids, np.int32), mask_from_offsets(enc.offsets, span)
+            ids, mask = join_runs(joined, [e.ids for e in encodings[first:first + n]])
+        out[i] = np.asarray(ids, np.int32), np.asarray(mask, np.uint8)
     return out

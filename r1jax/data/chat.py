@@ -1,18 +1,27 @@
-"""The R1 chat format for training, and tokenization with a loss mask.
+"""The R1 chat format as token ids: training rows and the generation prompt, built from one rule.
 
     <｜begin▁of▁sentence｜>{system}<｜User｜>{q}<｜Assistant｜><think>\\n{reasoning}\\n</think>\\n\\n{answer}<｜end▁of▁sentence｜>
 
-Inference prompts end at `<｜Assistant｜><think>\\n`, so by default the loss covers what follows it in
-the final assistant turn (reasoning kept). Earlier assistant turns appear as their answers only, as
-the released template renders history; with `train_all_turns` those answers are trained too.
-Token ids are the tokenizer's encoding of the full rendered string; the mask comes from character
-offsets, so it never changes the ids.
+A conversation renders as consecutive (text, trained) segments; its ids are `segment_ids`: each run
+of consecutive segments with the same flag is encoded on its own and the runs' ids are concatenated,
+so no BPE merge ever crosses a prompt/target boundary. The generation prompt for a conversation is
+its segments before the final assistant turn, ending `<｜Assistant｜><think>\\n` (`prompt_segments`;
+`prompt_ids` are its ids, what `r1jax.generate` feeds the model). A training row is those prompt
+ids followed by the target's ids: `{reasoning}\\n</think>\\n\\n{answer}<｜end▁of▁sentence｜>` encoded
+alone, so a row without reasoning trains `\\n`, `</think>`, ... right after the prompt's `<think>`,
+`\\n`, exactly as generation continues (one encoding of the whole string would merge the two
+newlines into one token the generation prompt never ends with).
+
+Earlier assistant turns appear as their answers only, as the released template renders history; with
+`train_all_turns` each such answer (`{answer}<｜end▁of▁sentence｜>`) is a trained run of its own,
+right after the history's `<｜Assistant｜>`. Every run boundary of the history sits at a special token,
+which the tokenizer splits off before BPE, so the prompt ids are the same with or without the option.
 """
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Sequence
 
-from r1jax.data.formats import DataError, Example, parse_row
+from r1jax.data.formats import DataError, Example, Message, parse_row
 from r1jax.data.tokenizer import BOS_TOKEN, EOS_TOKEN, encode
 
 USER, ASSISTANT = "<｜User｜>", "<｜Assistant｜>"
@@ -21,52 +30,71 @@ THINK_OPEN, THINK_CLOSE = "<think>\n", "\n</think>\n\n"
 Segments = list[tuple[str, bool]]  # (text, trained)
 
 
-def render_messages(example: Example, train_all_turns: bool = False) -> Segments:
-    """The rendered conversation as consecutive (text, trained) pieces."""
-    msgs = example.messages
-    system = "".join(m.content for m in msgs if m.role == "system")
+def prompt_segments(messages: Sequence[Message], train_all_turns: bool = False) -> Segments:
+    """The generation prompt for `messages` (a conversation without the turn to generate) as
+    (text, trained) pieces; the last is `<｜Assistant｜><think>\\n`. History answers are trained
+    pieces only with `train_all_turns`."""
+    system = "".join(m.content for m in messages if m.role == "system")
     segs: Segments = [(BOS_TOKEN + system, False)]
-    last = len(msgs) - 1
-    for i, m in enumerate(msgs):
+    for m in messages:
         if m.role == "user":
             segs.append((USER + m.content, False))
-        elif m.role == "assistant" and i < last:
-            segs += [(ASSISTANT, False), (m.content + EOS_TOKEN, train_all_turns)]
         elif m.role == "assistant":
-            segs += [(ASSISTANT + THINK_OPEN, False),
-                     ((m.reasoning or "") + THINK_CLOSE + m.content + EOS_TOKEN, True)]
-    return segs
+            segs += [(ASSISTANT, False), (m.content + EOS_TOKEN, train_all_turns)]
+    return segs + [(ASSISTANT + THINK_OPEN, False)]
+
+
+def target_text(message: Message) -> str:
+    """The trained text of a final assistant turn: what generation writes after `<think>\\n`."""
+    return (message.reasoning or "") + THINK_CLOSE + message.content + EOS_TOKEN
+
+
+def render_messages(example: Example, train_all_turns: bool = False) -> Segments:
+    """A chat example as (text, trained) pieces: its generation prompt, then its final turn's target."""
+    *history, final = example.messages
+    return prompt_segments(history, train_all_turns) + [(target_text(final), True)]
 
 
 def generation_prompt(example: Example) -> str:
     """The inference prompt for an example's conversation without its final assistant turn."""
-    segs = render_messages(example)
-    return "".join(text for text, _ in segs[:-1])  # ends with "<｜Assistant｜><think>\n"
+    return "".join(text for text, _ in prompt_segments(example.messages[:-1]))
 
 
-def trained_spans(segs: Segments) -> tuple[str, np.ndarray]:
-    """The rendered string and its trained character spans [S, 2] (start, end), sorted, disjoint."""
-    spans, pos = [], 0
+def runs(segs: Segments) -> Segments:
+    """Consecutive pieces with the same trained flag joined; empty pieces dropped."""
+    out: Segments = []
     for text, trained in segs:
-        if trained and text:
-            spans.append((pos, pos + len(text)))
-        pos += len(text)
-    return "".join(t for t, _ in segs), np.asarray(spans, np.int64).reshape(-1, 2)
+        if not text:
+            continue
+        if out and out[-1][1] == trained:
+            out[-1] = (out[-1][0] + text, trained)
+        else:
+            out.append((text, trained))
+    return out
 
 
-def mask_from_offsets(offsets, spans: np.ndarray) -> np.ndarray:
-    """uint8 [T]: 1 for tokens holding any character of a trained span; offsets [T, 2] (start, end).
+def join_runs(joined: Segments, encoded: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
+    """(ids [T], loss_mask [T]) from `runs(...)` and each run's own ids: concatenated, the mask 1
+    on the tokens of trained runs."""
+    ids: list[int] = []
+    mask: list[int] = []
+    for (_, trained), piece in zip(joined, encoded, strict=True):
+        ids += list(piece)
+        mask += [int(trained)] * len(piece)
+    return ids, mask
 
-    BPE can merge across the prompt/target boundary: with no reasoning, "<think>\n" + "\n</think>"
-    encodes the two newlines as one token. That token is trained, so every target character is
-    learned; the ids stay the full string's encoding (its prompt part then differs from the inference
-    prompt's last token, the price of the one-encoding rule).
-    """
-    ab = np.asarray(offsets, np.int64).reshape(-1, 2)
-    k = np.searchsorted(spans[:, 1], ab[:, 0], side="right")  # first span ending after the token start
-    hit = k < len(spans)
-    hit[hit] = spans[k[hit], 0] < ab[hit, 1]
-    return hit.astype(np.uint8)
+
+def segment_ids(segs: Segments, tokenizer) -> tuple[list[int], list[int]]:
+    """(ids [T], loss_mask [T]) of pieces: each run of same-flag pieces encoded alone (see the
+    module docstring), no special tokens added (BOS is in the first piece's text)."""
+    joined = runs(segs)
+    return join_runs(joined, [encode(tokenizer, text, add_bos=False) for text, _ in joined])
+
+
+def prompt_ids(example: Example, tokenizer) -> list[int]:
+    """Ids of the generation prompt for an example's conversation without its final assistant turn:
+    [T] ints, BOS first, ending `<｜Assistant｜>`, `<think>`, `\\n`. Training rows start with them."""
+    return segment_ids(prompt_segments(example.messages[:-1]), tokenizer)[0]
 
 
 def text_ids_and_mask(ids, bos: int) -> tuple[list[int], list[int]]:
@@ -77,23 +105,19 @@ def text_ids_and_mask(ids, bos: int) -> tuple[list[int], list[int]]:
     return ids, [0] + [1] * (len(ids) - 1)
 
 
-def tokenize_segments(segs: Segments, tokenizer) -> dict[str, list[int]]:
-    text, spans = trained_spans(segs)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return {"input_ids": list(enc["input_ids"]),
-            "loss_mask": mask_from_offsets(enc["offset_mapping"], spans).tolist()}
-
-
 def tokenize_example(example: dict | Example, tokenizer, *, train_all_turns: bool = False,
                      where: str = "example") -> dict[str, list[int]]:
     """{"input_ids": [...], "loss_mask": [...]} of one example (a parsed JSON row or an Example).
 
-    loss_mask is 1 where the token is a training target. `text` rows train on every token after
-    BOS; `input_ids` rows keep their own loss_mask (default: every token after the first).
+    loss_mask is 1 where the token is a training target. Chat rows: `segment_ids` of
+    `render_messages` (the prompt's ids, then the target's). `text` rows train on every token after
+    BOS; `input_ids` rows are taken as given, with their own loss_mask (default: every token after
+    the first).
     """
     ex = example if isinstance(example, Example) else parse_row(example, where)
     if ex.kind == "messages":
-        return tokenize_segments(render_messages(ex, train_all_turns), tokenizer)
+        ids, mask = segment_ids(render_messages(ex, train_all_turns), tokenizer)
+        return {"input_ids": ids, "loss_mask": mask}
     if ex.kind == "text":
         ids, mask = text_ids_and_mask(encode(tokenizer, ex.text, add_bos=False), tokenizer.bos_token_id)
         return {"input_ids": ids, "loss_mask": mask}

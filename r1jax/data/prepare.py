@@ -11,7 +11,8 @@ duplicates -> tokenize -> length limit -> near-duplicates; each removal is count
     DIR/S.jsonl                 the cleaned rows in canonical form (with `category`); a truncated
                                 example is written as its `input_ids` and `loss_mask`
     DIR/S.{ids,mask,offsets}.npy  `token_store.write(DIR/S, ...)`, equal to `tokenize_example` of
-                                each row of DIR/S.jsonl with the same --train_all_turns
+    DIR/S.meta.json             each row of DIR/S.jsonl with the same --train_all_turns; the meta
+                                file holds the token format version the loader checks
 
 for S in train, val, test (non-empty ones only), or DIR/fold{k}/train and DIR/fold{k}/val with
 --kfold K (and DIR/test with --test). DIR/report.json, DIR/summary.txt and DIR/token_lengths.png
@@ -86,7 +87,7 @@ def _check_args(args) -> str | None:
 def _split_names(out: str) -> list[str]:
     """Prefixes of splits already in `out` (relative), e.g. "train", "fold0/val"."""
     names = [s for s in SPLITS if any(os.path.exists(os.path.join(out, s + x))
-                                      for x in (".jsonl", ".ids.npy", ".mask.npy", ".offsets.npy"))]
+                                      for x in (".jsonl", *token_store.FILE_SUFFIXES))]
     for d in sorted(glob.glob(os.path.join(out, "fold*"))):
         if os.path.isdir(d) and _FOLD_DIR.match(os.path.basename(d)):
             names += [f"{os.path.basename(d)}/{n}" for n in _split_names(d)]
@@ -110,7 +111,7 @@ def _is_output_path(path: str, out: str) -> bool:
     d, base = os.path.split(path)
     if d != out and not (os.path.dirname(d) == out and _FOLD_DIR.match(os.path.basename(d))):
         return False
-    stems = [f"{s}{x}" for s in SPLITS for x in (".jsonl", ".ids.npy", ".mask.npy", ".offsets.npy")]
+    stems = [f"{s}{x}" for s in SPLITS for x in (".jsonl", *token_store.FILE_SUFFIXES)]
     return base in stems or (d == out and base in REPORT_FILES)
 
 
