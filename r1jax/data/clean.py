@@ -24,10 +24,11 @@ dataset depends only on the input files and the options.
   at least one target token, else it is dropped either way.
 * Length by characters, before tokenizing (`fit_chars`): no token covers more than `token_chars`
   characters (`max_token_chars`), so an example whose rendered characters exceed max_tokens x
-  token_chars can never fit. It is dropped, or (truncate) its trained tail is cut to (max_tokens + 1)
-  x token_chars characters, still over max_tokens tokens, which `fit_length` then truncates.
-* Length by line bytes, before parsing (`line_byte_bound`): a JSONL line longer than a row that could
-  fit is written in is skipped unread (`formats.read_jsonl(max_line_bytes=...)`).
+  token_chars can never fit. As in `fit_length`, it is dropped by default (a cut completion trains
+  on an unfinished answer), or in truncate mode its trained tail is cut to (max_tokens + 1) x
+  token_chars characters, still over max_tokens tokens, which `fit_length` then truncates.
+* Length by line bytes, before parsing (`line_byte_bound`): a JSONL line longer than any row that
+  could fit is written in is skipped unread (`formats.read_jsonl(max_line_bytes=...)`).
 """
 from __future__ import annotations
 
@@ -216,8 +217,8 @@ def _rendered(ex: Example) -> tuple[int, int]:
     if ex.text is not None:
         return len(ex.text), 0
     last = ex.messages[-1]
-    tail = len(last.content) + len(last.reasoning or "")
-    return sum(len(m.content) for m in ex.messages[:-1]) + tail, sum(len(m.content) for m in ex.messages[:-1])
+    prompt = sum(len(m.content) for m in ex.messages[:-1])
+    return prompt + len(last.content) + len(last.reasoning or ""), prompt
 
 
 def fit_chars(ex: Example, max_tokens: int | None, token_chars: int | None, mode: str):
@@ -279,8 +280,10 @@ def line_byte_bound(max_tokens: int, token_chars: int) -> int:
     ids) is at most this long when written without padding: no keys other than its format's, a
     `category` under 32 x max_tokens bytes (each message or id leaves 65 of its 128 bytes), no
     whitespace between JSON tokens beyond one space, no reasoning in earlier assistant turns (not
-    rendered), no leading or trailing whitespace or control characters in its strings, nor
-    decomposed characters spelled as escapes (normalization shortens those). Only such padding can make a line past the bound hold a row that fits.
+    rendered), no control characters nor leading or trailing whitespace in its strings, no
+    decomposed characters spelled as escapes (normalization removes or shortens those). Only such
+    padding can make a line past the bound hold a row that fits. The line is skipped in truncate
+    mode too: cutting needs the row parsed, and parsing needs the line in memory.
     """
     return max_tokens * (JSON_BYTES_PER_CHAR * token_chars + JSON_BYTES_PER_TOKEN)
 

@@ -6,9 +6,10 @@
 
 Input lines stream through, in order: read (with --max_tokens, a line longer than any row that
 could fit is skipped unread) -> parse (formats) -> normalize -> required fields -> length by
-characters (a row that can never fit is dropped, or cut with --too_long truncate, untokenized) ->
+characters (a row that can never fit is dropped, or with --too_long truncate cut, untokenized) ->
 exact duplicates -> tokenize -> length limit -> near-duplicates; each removal is counted under one
-reason (see `clean`). No over-long row is held past its own turn, so memory stays bounded. The kept examples are then split (see `split`) and written, per split S:
+reason (see `clean`). No over-long row is held past its own turn, so memory stays bounded. The
+kept examples are then split (see `split`) and written, per split S:
 
     DIR/S.jsonl                 the cleaned rows in canonical form (with `category`); a truncated
                                 example is written as its `input_ids` and `loss_mask`
