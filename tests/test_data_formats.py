@@ -257,3 +257,32 @@ def test_json_objects_name_file_and_line(tmp_path):
             list(json_objects(str(path)))
     with pytest.raises(DataError, match="cannot open"):
         list(json_objects(str(tmp_path / "missing.jsonl")))
+
+
+def test_max_line_bytes_skips_long_lines_unread_and_resynchronizes(tmp_path, monkeypatch):
+    """A line over `max_line_bytes` (newline excluded) is given as a LineTooLong with its length,
+    not parsed, and reading goes on at the next line with the right numbers; a line at the bound is
+    read, a long all-whitespace line is blank, a long last line without a newline is skipped, and
+    --strict does not stop at it. Oracle: the lines and their byte lengths, written by hand below.
+    The skip reads in chunks smaller than the line, so resynchronizing takes several reads."""
+    monkeypatch.setattr(formats, "_SKIP_CHUNK", 7)
+    at_bound = '{"text": "' + "a" * 30 + '"}'                    # 42 bytes
+    over = '{"text": "' + "b" * 31 + '"}'                        # 43 bytes
+    bad_json_over = "{" * 100                                      # never parsed: not "invalid JSON"
+    path = write(tmp_path, [at_bound, over, {"text": "c"}, " " * 100, bad_json_over, "", {"text": "d"}])
+    with open(path, "ab") as f:
+        f.write(b'{"text": "' + b"e" * 200 + b'"}')                # last line, no newline
+    for strict in (False, True):
+        out = list(read_jsonl([path], max_line_bytes=42, strict=strict))
+        assert out[0] == Example(f"{path}:1", text="a" * 30)
+        assert isinstance(out[1], formats.LineTooLong)
+        assert (out[1].where, out[1].nbytes, out[1].limit) == (f"{path}:2", 43, 42)
+        assert str(out[1]) == f"{path}:2: line of 43 bytes > 42, skipped unread"
+        assert out[2] == Example(f"{path}:3", text="c")
+        assert isinstance(out[3], formats.LineTooLong) and (out[3].where, out[3].nbytes) == (f"{path}:5", 100)
+        assert out[4] == Example(f"{path}:7", text="d")
+        assert isinstance(out[5], formats.LineTooLong) and (out[5].where, out[5].nbytes) == (f"{path}:8", 212)
+        assert len(out) == 6
+    # Without a bound every line is read whole, as before.
+    assert [type(x).__name__ for x in read_jsonl([path])] == ["Example", "Example", "Example", "DataError",
+                                                              "Example", "Example"]

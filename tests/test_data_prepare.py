@@ -5,6 +5,8 @@ import hashlib
 import json
 import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -374,7 +376,7 @@ def test_kfold_above_examples_and_nothing_kept(tmp_path, capsys):
     assert rc == 1 and "no example left" in capsys.readouterr().err
     assert rep["records"] == {"read": 2, "kept": 0, "truncated": 0,
                               "removed": {"malformed": 1, "empty": 1, "duplicate": 0, "near_duplicate": 0,
-                                          "too_long": 0}}
+                                          "too_long": 0, "too_long_chars": 0, "too_long_line": 0}}
 
 
 # ---- the token format version ----------------------------------------------------------------
@@ -433,3 +435,149 @@ def test_train_prepares_again_under_a_new_format_version(tmp_path, monkeypatch):
     new, _ = train_data.prepare_data(c, log=lambda s: None)
     assert os.path.dirname(new) != os.path.dirname(first)
     assert len(TokenStore(new)) == 18
+
+
+def _tiny_tokenizer(**parts):
+    """A PreTrainedTokenizerFast over a 3-token BPE ("a", "b", "ab"), with the given backend parts."""
+    import tokenizers
+    import transformers
+    backend = tokenizers.Tokenizer(tokenizers.models.BPE(
+        vocab={"a": 0, "b": 1, "ab": 2, "<unk>": 3}, merges=[("a", "b")], **parts.pop("model", {})))
+    for name, value in parts.items():
+        setattr(backend, name, value)
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend)
+
+
+def test_max_token_chars(tok):
+    """Oracle: by hand. R1's longest vocabulary pieces are 128 spaces and 128 dots, each one token,
+    so 3 x 128 of either encode to exactly 3 tokens: a characters-per-token bound below 128 would
+    call fitting rows too long. A tokenizer that can fold or drop characters (a normalizer, a fused
+    unknown token, a pre-tokenizer that removes whitespace) gets no bound."""
+    import tokenizers
+    assert clean.max_token_chars(tok) == 128
+    for piece in (" " * 128, "." * 128):
+        assert len(tok.encode(piece * 3, add_special_tokens=False)) == 3
+    assert clean.max_token_chars(_tiny_tokenizer()) == len("<unk>")
+    assert clean.max_token_chars(_tiny_tokenizer(normalizer=tokenizers.normalizers.NFC())) is None
+    assert clean.max_token_chars(_tiny_tokenizer(pre_tokenizer=tokenizers.pre_tokenizers.Whitespace())) is None
+    assert clean.max_token_chars(_tiny_tokenizer(model={"unk_token": "<unk>", "fuse_unk": True})) is None
+    assert clean.max_token_chars(_tiny_tokenizer(
+        pre_tokenizer=tokenizers.pre_tokenizers.Sequence([tokenizers.pre_tokenizers.Digits(),
+                                                          tokenizers.pre_tokenizers.ByteLevel()]))) == 5
+
+
+def test_too_long_chars_dropped_before_tokenizing(tmp_path, tok, monkeypatch):
+    """--max_tokens 16: rows over 16 x 128 = 2048 characters are dropped untokenized (too_long_chars),
+    lines over 16 x (12 x 128 + 128) = 26624 bytes unread (too_long_line); the rest go on as before.
+    Oracle: the counts by hand, and tokenize_example (the tokenizing path) says every removed row
+    has more than 16 tokens while the row of 15 x 128 dots, just under the bound, fits exactly."""
+    rng = random.Random(11)
+    long_chat = chat("q", words(rng, 500))
+    rows = [chat("short question", "short answer"),                          # 1 kept
+            {"text": "." * (128 * 15)},                                       # 2 kept: BOS + 15 tokens
+            {"text": "." * 2049},                                             # 3 too_long_chars
+            long_chat,                                                        # 4 too_long_chars
+            long_chat,                                                        # 5 too_long_chars, not duplicate
+            {"text": "." * 2048},                                             # 6 at the bound: too_long
+            {"messages": [{"role": "user", "content": "q"},                   # 7 kept: history reasoning
+                          {"role": "assistant", "content": "a", "reasoning_content": "r " * 1500},
+                          {"role": "user", "content": "q2"}, {"role": "assistant", "content": "b"}]},
+            {"text": "x " * 14000}]                                           # 8 too_long_line
+    lengths = [len(tokenize_example(r, tok)["input_ids"]) for r in rows]
+    assert lengths[1] == 16 and lengths[6] == 16 and all(lengths[i] > 16 for i in (2, 3, 4, 5, 7))
+    tokenized = []
+    real = batch_tokenize.tokenize_batch
+    monkeypatch.setattr(batch_tokenize, "tokenize_batch",
+                        lambda exs, *a: tokenized.extend(e.source for e in exs) or real(exs, *a))
+    rc, out, rep = run_prepare(tmp_path, rows, "--val", "0", "--max_tokens", "16")
+    assert rc == 0
+    assert rep["records"]["read"] == 8 and rep["records"]["kept"] == 3
+    assert {r: n for r, n in rep["records"]["removed"].items() if n} == {
+        "too_long_chars": 3, "too_long": 1, "too_long_line": 1}
+    src = str(tmp_path / "in.jsonl")
+    assert [e["where"] for e in rep["examples"]["too_long_chars"]] == [f"{src}:3", f"{src}:4", f"{src}:5"]
+    assert rep["examples"]["too_long_chars"][0]["detail"].startswith("2049 characters > --max_tokens 16 x 128")
+    assert rep["examples"]["too_long_line"] == [{"where": f"{src}:8", "detail": "line of 28012 bytes > 26624 for "
+                                                 "--max_tokens 16: skipped unread"}]
+    assert sorted(int(s.rsplit(":", 1)[1]) for s in tokenized) == [1, 2, 6, 7]  # the others untokenized
+    store = TokenStore(os.path.join(out, "train"))
+    for i, row in zip(range(3), (rows[0], rows[1], rows[6])):
+        assert store[i][0].tolist() == tokenize_example(row, tok)["input_ids"]
+    summary = open(os.path.join(out, "summary.txt"), encoding="utf-8").read()
+    assert "too_long_chars 3, too_long_line 1" in summary
+
+
+def test_too_long_chars_truncate_cuts_before_tokenizing(tmp_path, tok):
+    """--max_tokens 16 --too_long truncate: a row over 2048 characters is cut to 17 x 128 characters of
+    its trained tail, then tokenized and truncated. Oracle: the old path, tokenize_example of the
+    uncut row cut to 16 tokens (`clean.fit_length`), gives the same ids and mask; a prompt over
+    17 x 128 characters is dropped (too_long_chars), as the old path drops it (prompt >= 16)."""
+    rng = random.Random(12)
+    rows = [chat("a question", words(rng, 300), reasoning=words(rng, 300)),   # kept, cut in the reasoning
+            chat("another question", words(rng, 600)),                         # kept, cut in the answer
+            {"text": words(rng, 900)},                                         # kept, cut
+            chat("q " * 1089, "answer"),                                       # too_long_chars: prompt
+            chat("p " * 1088, words(rng, 100))]                                # too_long (tokens): prompt
+    # Prompts of 2177 and 2175 characters once trimmed, either side of 17 x 128.
+    assert [len(clean.normalize_text(r["messages"][0]["content"])) for r in rows[3:]] == [2177, 2175]
+    rc, out, rep = run_prepare(tmp_path, rows, "--val", "0", "--max_tokens", "16", "--too_long", "truncate")
+    assert rc == 0 and rep["records"]["kept"] == 3 and rep["records"]["truncated"] == 3
+    assert {r: n for r, n in rep["records"]["removed"].items() if n} == {"too_long_chars": 1, "too_long": 1}
+    assert "prompt alone" in rep["examples"]["too_long_chars"][0]["detail"]
+    assert "prompt alone" in rep["examples"]["too_long"][0]["detail"]
+    store = TokenStore(os.path.join(out, "train"))
+    for i, row in enumerate(rows[:3]):
+        full = tokenize_example(row, tok)
+        want = clean.fit_length(np.asarray(full["input_ids"]), np.asarray(full["loss_mask"]), 16, "truncate")
+        assert store[i][0].tolist() == want[0].tolist() and store[i][1].tolist() == want[1].tolist()
+    for row in rows[3:]:
+        full = tokenize_example(row, tok)
+        assert isinstance(clean.fit_length(np.asarray(full["input_ids"]), np.asarray(full["loss_mask"]), 16,
+                                           "truncate"), str)
+
+
+_PEAK_RSS_CHILD = """
+import json, resource, sys
+from r1jax.data import prepare
+from r1jax.data.tokenizer import load_tokenizer
+small, big, out = sys.argv[1:4]
+tok = load_tokenizer()
+prepare.load_tokenizer = lambda path=None: tok  # one tokenizer: a second one would grow the heap too
+peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+# Two warm-up runs: the second still grows the heap by some 20 MB, later ones do not.
+runs = [("warm0", small, "16384"), ("warm", small, "64"), ("line", big, "64"), ("chars", big, "16384")]
+peaks = {}
+for name, path, max_tokens in runs:
+    assert prepare.main(["--input", path, "--out", f"{out}/{name}", "--val", "0", "--max_tokens", max_tokens]) == 0
+    peaks[name] = peak()
+print(json.dumps(peaks))
+"""
+
+
+def test_huge_line_bounded_memory(tmp_path):
+    """A 20 MB line (a 20M-character completion) is removed without tokenizing, in bounded memory:
+    with --max_tokens 64 its line is over the 106496-byte bound and skipped unread; with 16384 it
+    is parsed (the line bound is 27 MB) and dropped for its characters (over 2097152). Oracle: the
+    counts by hand; the peak RSS of the process (getrusage, in a subprocess, after warm-up runs of
+    the same options on the two short rows) grows by under 1/4 of the line when skipping and under
+    4 lines when parsing (measured: 0 and 2.4). Before, the line was tokenized whole: 25M tokens,
+    12 GB and minutes for 50 MB."""
+    line_bytes = 20 * 2**20
+    short = [json.dumps({"prompt": "hello", "completion": "short answer"}),
+             json.dumps({"prompt": "again", "completion": "another answer"})]
+    small = write_input(tmp_path / "small.jsonl", short)
+    filler = "w1 w22 w333 w4444 "
+    huge = json.dumps({"prompt": "a lot", "completion": filler * (line_bytes // len(filler))})
+    big = write_input(tmp_path / "big.jsonl", [short[0], huge, short[1]])
+    proc = subprocess.run([sys.executable, "-c", _PEAK_RSS_CHILD, small, big, str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    peaks = json.loads(proc.stdout.strip().splitlines()[-1])
+    reps = {n: json.load(open(tmp_path / n / "report.json")) for n in ("line", "chars")}
+    for name, reason in (("line", "too_long_line"), ("chars", "too_long_chars")):
+        rec = reps[name]["records"]
+        assert (rec["read"], rec["kept"]) == (3, 2)
+        assert {r: n for r, n in rec["removed"].items() if n} == {reason: 1}
+        assert reps[name]["examples"][reason][0]["where"] == f"{big}:2"
+    assert peaks["line"] - peaks["warm"] < line_bytes / 4, peaks
+    assert peaks["chars"] - peaks["warm"] < 4 * line_bytes, peaks

@@ -22,6 +22,13 @@ dataset depends only on the input files and the options.
 * Length (`fit_length`): over `max_tokens`, an example is dropped, or truncated by cutting the
   trained tail; its prompt (everything before the last trained run of tokens) must leave room for
   at least one target token, else it is dropped either way.
+* Length by characters, before tokenizing (`fit_chars`): no token covers more than `token_chars`
+  characters (`max_token_chars`), so an example whose rendered characters exceed max_tokens x
+  token_chars can never fit. As in `fit_length`, it is dropped by default (a cut completion trains
+  on an unfinished answer), or in truncate mode its trained tail is cut to (max_tokens + 1) x
+  token_chars characters, still over max_tokens tokens, which `fit_length` then truncates.
+* Length by line bytes, before parsing (`line_byte_bound`): a JSONL line longer than any row that
+  could fit is written in is skipped unread (`formats.read_jsonl(max_line_bytes=...)`).
 """
 from __future__ import annotations
 
@@ -34,11 +41,12 @@ import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
+import tokenizers
 from datasketch import MinHash, MinHashLSH
 
 from r1jax.data.formats import Example, Message, split_reasoning
 
-REASONS = ("malformed", "empty", "duplicate", "near_duplicate", "too_long")
+REASONS = ("malformed", "empty", "duplicate", "near_duplicate", "too_long", "too_long_chars", "too_long_line")
 
 _NEWLINES = re.compile("\r\n|[\r\x85\u2028\u2029]")
 # C0/C1 controls except \t (09) and \n (0a); \r and NEL are turned into \n first. U+FEFF is a BOM.
@@ -159,6 +167,125 @@ def fit_length(ids: np.ndarray, mask: np.ndarray, max_tokens: int | None, mode: 
     if prompt >= max_tokens:
         return f"prompt alone is {prompt} tokens, >= --max_tokens {max_tokens}: no room for a target"
     return ids[:max_tokens], mask[:max_tokens], True
+
+
+_TEXT_KEEPING_PRE_TOKENIZERS = ("ByteLevel", "Digits", "Metaspace", "Split")
+
+
+def _keeps_text(state: dict | None) -> bool:
+    """Whether a pre-tokenizer (its serialized state) passes every character on to the model."""
+    if state is None:
+        return True
+    if state["type"] == "Sequence":
+        return all(map(_keeps_text, state["pretokenizers"]))
+    return state["type"] in _TEXT_KEEPING_PRE_TOKENIZERS and state.get("behavior") != "Removed"
+
+
+def max_token_chars(tokenizer) -> int | None:
+    """The most characters of input text one token can cover; None when that cannot be bounded.
+
+    It is the length of the longest vocabulary string. A byte-level BPE token (the R1 tokenizer's:
+    128, for runs of spaces or dots) is written as one character per byte, and each input character
+    it covers gives it at least one byte; an added token (`<｜User｜>`, ...) covers its own string;
+    byte-fallback and continuation tokens ("<0x41>", "##s") are longer than what they cover. So a
+    text of C characters takes at least C / max_token_chars tokens: no shorter bound is safe for
+    R1, where 128 dots are one token. That holds only when no step drops or folds characters, as
+    R1's tokenizer does not: no normalizer (NFC composes, strip removes), a BPE model without a
+    fused unknown token, pre-tokenizers that keep every character, added tokens that strip no
+    whitespace. For any other tokenizer the answer is None.
+    """
+    backend = tokenizer.backend_tokenizer
+    normalizer = backend.normalizer
+    pre = backend.pre_tokenizer
+    model = backend.model
+    if (normalizer is not None
+            and json.loads(normalizer.__getstate__()) != {"type": "Sequence", "normalizers": []}):
+        return None
+    if not isinstance(model, tokenizers.models.BPE) or (model.unk_token is not None and model.fuse_unk):
+        return None
+    if not _keeps_text(json.loads(pre.__getstate__()) if pre is not None else None):
+        return None
+    if any(t.lstrip or t.rstrip for t in tokenizer.added_tokens_decoder.values()):
+        return None
+    return max(map(len, backend.get_vocab(with_added_tokens=True)))
+
+
+def _rendered(ex: Example) -> tuple[int, int]:
+    """(characters of the example's text that its rendering certainly holds, those of them before
+    the trained tail): every message content and the final assistant turn's reasoning (chat.py
+    renders earlier turns without theirs), or the text."""
+    if ex.text is not None:
+        return len(ex.text), 0
+    last = ex.messages[-1]
+    prompt = sum(len(m.content) for m in ex.messages[:-1])
+    return prompt + len(last.content) + len(last.reasoning or ""), prompt
+
+
+def fit_chars(ex: Example, max_tokens: int | None, token_chars: int | None, mode: str):
+    """Applies the length limit by characters to a normalized example, before it is tokenized.
+
+    Args:
+        ex: a normalized example (`normalize_example`); `input_ids` examples pass unchanged.
+        max_tokens: the limit in tokens, or None for none.
+        token_chars: `max_token_chars` of the tokenizer, or None (no bound: the example passes).
+        mode: "drop" or "truncate", as for `fit_length`.
+
+    Returns:
+        The example (cut, in truncate mode, to (max_tokens + 1) x token_chars characters of text: its
+        final assistant turn's reasoning, then answer, or a text's end), or a string saying why it is
+        dropped. Only an example of more than max_tokens x token_chars characters is touched; it
+        renders to more than max_tokens tokens (`max_token_chars`), so `fit_length` would drop or
+        truncate it too. Its prompt counts as longer than max_tokens (dropped either way) past
+        (max_tokens + 1) x token_chars characters: even if one token straddled the trained boundary,
+        more than max_tokens whole tokens stand before it. A cut example tokenizes to the uncut one's
+        first max_tokens tokens unless one pre-tokenized word (a run of letters, spaces, ...) reaches
+        from within them to the cut, far beyond them, where BPE may split its start differently.
+    """
+    if max_tokens is None or token_chars is None or ex.input_ids is not None:
+        return ex
+    limit = max_tokens * token_chars
+    chars, prompt = _rendered(ex)
+    if chars <= limit:
+        return ex
+    why = f"{chars} characters > --max_tokens {max_tokens} x {token_chars} characters per token at most"
+    if mode == "drop":
+        return why
+    keep = (max_tokens + 1) * token_chars
+    if ex.text is not None:
+        return dataclasses.replace(ex, text=ex.text[:keep])
+    if prompt > keep:
+        return (f"prompt alone is {prompt} characters > (--max_tokens {max_tokens} + 1) x {token_chars} "
+                "characters per token at most: no room for a target")
+    last = ex.messages[-1]
+    room = keep - prompt
+    reasoning = last.reasoning[:room] if last.reasoning is not None else None
+    answer = last.content[:room - len(reasoning or "")]
+    return dataclasses.replace(ex, messages=ex.messages[:-1] + (Message("assistant", answer, reasoning),))
+
+
+# JSONL bytes a row can spend per character of its text: an astral character written as an escaped
+# surrogate pair ("\ud83d\ude00"), the longest JSON spelling of one character.
+JSON_BYTES_PER_CHAR = 12
+# JSONL bytes a row can spend per token besides its text, generously: the keys, quotes and commas of
+# one message ({"role": "assistant", "content": "", "reasoning_content": ""}, 63 bytes), each
+# message rendering to at least one token; an `input_ids` entry and its `loss_mask` ("129279, ", "1, ")
+# take 11.
+JSON_BYTES_PER_TOKEN = 128
+
+
+def line_byte_bound(max_tokens: int, token_chars: int) -> int:
+    """Bytes of a JSONL line beyond which the row is skipped unread.
+
+    A row that could fit (max_tokens x token_chars characters of text, at most max_tokens messages or
+    ids) is at most this long when written without padding: no keys other than its format's, a
+    `category` under 32 x max_tokens bytes (each message or id leaves 65 of its 128 bytes), no
+    whitespace between JSON tokens beyond one space, no reasoning in earlier assistant turns (not
+    rendered), no control characters nor leading or trailing whitespace in its strings, no
+    decomposed characters spelled as escapes (normalization removes or shortens those). Only such
+    padding can make a line past the bound hold a row that fits. The line is skipped in truncate
+    mode too: cutting needs the row parsed, and parsing needs the line in memory.
+    """
+    return max_tokens * (JSON_BYTES_PER_CHAR * token_chars + JSON_BYTES_PER_TOKEN)
 
 
 # ------------------------------------------------------------------------------- near-duplicates

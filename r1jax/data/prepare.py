@@ -4,9 +4,12 @@
         [--val 0.05] [--test 0.0] [--seed 0] [--kfold K] [--max_tokens N --too_long drop|truncate] \\
         [--near_dup_threshold 0.85] [--train_all_turns] [--format F] [--tokenizer DIR] [--strict] [--overwrite]
 
-Input lines stream through, in order: parse (formats) -> normalize -> required fields -> exact
-duplicates -> tokenize -> length limit -> near-duplicates; each removal is counted under one reason
-(see `clean`). The kept examples are then split (see `split`) and written, per split S:
+Input lines stream through, in order: read (with --max_tokens, a line longer than any row that
+could fit is skipped unread) -> parse (formats) -> normalize -> required fields -> length by
+characters (a row that can never fit is dropped, or with --too_long truncate cut, untokenized) ->
+exact duplicates -> tokenize -> length limit -> near-duplicates; each removal is counted under one
+reason (see `clean`). No over-long row is held past its own turn, so memory stays bounded. The
+kept examples are then split (see `split`) and written, per split S:
 
     DIR/S.jsonl                 the cleaned rows in canonical form (with `category`); a truncated
                                 example is written as its `input_ids` and `loss_mask`
@@ -36,7 +39,7 @@ import numpy as np
 
 from r1jax.data import batch_tokenize, clean, split, token_store
 from r1jax.data import report as report_lib
-from r1jax.data.formats import FORMATS, DataError, Example, read_jsonl
+from r1jax.data.formats import FORMATS, DataError, Example, LineTooLong, read_jsonl
 from r1jax.data.tokenizer import load_tokenizer
 
 SPLITS = ("train", "val", "test")
@@ -139,35 +142,59 @@ class Kept(NamedTuple):
     truncated: bool
 
 
+def _screen(item: Example | DataError, args, token_chars: int | None, seen: dict[bytes, str]):
+    """The rules applied to one record before tokenizing: format, required fields, length by line
+    bytes and characters, exact duplicates (`seen`: content key -> source of the kept examples).
+
+    Returns ((reason, where, detail), None) for a removed record, else (None, (normalized example
+    (cut in truncate mode, see `clean.fit_chars`), content key)), adding the key to `seen`."""
+    if isinstance(item, LineTooLong):
+        return ("too_long_line", item.where, f"line of {item.nbytes} bytes > {item.limit} for --max_tokens "
+                f"{args.max_tokens}: skipped unread"), None
+    if isinstance(item, DataError):
+        m = _WHERE.match(str(item))
+        return ("malformed", *(m.groups() if m else ("?", str(item)))), None
+    ex = clean.normalize_example(item)
+    bad = clean.check_fields(ex)
+    if bad:
+        return (bad[0], ex.source, bad[1]), None
+    fitted = clean.fit_chars(ex, args.max_tokens, token_chars, args.too_long or "drop")
+    if isinstance(fitted, str):
+        return ("too_long_chars", ex.source, fitted), None
+    key = clean.content_key(fitted)
+    if key in seen:
+        return ("duplicate", ex.source, f"same content as {seen[key]}"), None
+    seen[key] = ex.source
+    return None, (fitted, key)
+
+
+def unique_examples(args, tokenizer, tally: report_lib.Tally):
+    """(normalized example, content key) of each input record that passes `_screen`, one at a time:
+    no removed record waits in a batch, nor is held while the next line is read (bounded memory
+    with over-long lines). Counts every record and removal in `tally`."""
+    token_chars = clean.max_token_chars(tokenizer) if args.max_tokens else None
+    line_bytes = clean.line_byte_bound(args.max_tokens, token_chars) if token_chars else None
+    seen: dict[bytes, str] = {}
+    for item in read_jsonl(args.input, args.format, strict=args.strict, max_line_bytes=line_bytes):
+        tally.read += 1
+        removed, passed = _screen(item, args, token_chars, seen)
+        del item
+        if removed:
+            tally.remove(*removed)
+        else:
+            yield passed
+            del passed
+
+
 def clean_stream(args, tokenizer, tally: report_lib.Tally, seconds: dict) -> list[Kept]:
     """Streams the input records through the cleaning rules in batches; returns the kept ones in
     input order and counts every removal in `tally`. Raises DataError (--strict, unreadable file)."""
-    seen: dict[bytes, str] = {}
     near = clean.NearDuplicateIndex(args.near_dup_threshold)
     tokenize = lambda exs: batch_tokenize.tokenize_batch(exs, tokenizer, args.train_all_turns)
     kept: list[Kept] = []
     progress = _Progress()
-    records = read_jsonl(args.input, args.format, strict=args.strict)
-    while batch := list(itertools.islice(records, BATCH)):
-        unique = []
-        for item in batch:
-            tally.read += 1
-            if isinstance(item, DataError):
-                m = _WHERE.match(str(item))
-                tally.remove("malformed", *(m.groups() if m else ("?", str(item))))
-                continue
-            ex = clean.normalize_example(item)
-            bad = clean.check_fields(ex)
-            if bad:
-                tally.remove(bad[0], ex.source, bad[1])
-                continue
-            key = clean.content_key(ex)
-            if key in seen:
-                tally.remove("duplicate", ex.source, f"same content as {seen[key]}")
-                continue
-            seen[key] = ex.source
-            unique.append((ex, key))
-
+    records = unique_examples(args, tokenizer, tally)
+    while unique := list(itertools.islice(records, BATCH)):
         t = time.perf_counter()
         tokenized = tokenize([ex for ex, _ in unique])
         seconds["tokenize"] += time.perf_counter() - t
