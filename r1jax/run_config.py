@@ -40,7 +40,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.data.val_fraction = 0.05
     c.data.train_all_turns = False
     c.data.packing = True
-    c.data.max_examples = 0            # 0 = all; else the first N training examples (quick runs)
+    c.data.max_examples = 0            # 0 = all; else the first N input rows (quick runs)
     c.data.cache_dir = ""              # prepared data goes here; "" = OUTPUT_DIR/data
 
     c.train = ml_collections.ConfigDict()

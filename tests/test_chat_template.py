@@ -69,7 +69,6 @@ class Case:
     row: dict
     full: str
     pieces: tuple[tuple[str, bool], ...]
-    train_all_turns: bool = False
 
 
 def user(content):
@@ -100,11 +99,10 @@ MULTI_FULL = ("<｜begin▁of▁sentence｜>You are terse.<｜User｜>Hi there<�
               "<｜end▁of▁sentence｜>")
 
 
-def multi_pieces(train_all_turns):
-    return (("<｜begin▁of▁sentence｜>You are terse.<｜User｜>Hi there<｜Assistant｜>", False),
-            ("Hello!<｜end▁of▁sentence｜>", train_all_turns),
-            ("<｜User｜>Name a prime.<｜Assistant｜><think>\n", False),
-            ("The smallest prime is 2.\n</think>\n\n2<｜end▁of▁sentence｜>", True))
+MULTI_PIECES = (("<｜begin▁of▁sentence｜>You are terse.<｜User｜>Hi there<｜Assistant｜>", False),
+                ("Hello!<｜end▁of▁sentence｜>", False),
+                ("<｜User｜>Name a prime.<｜Assistant｜><think>\n", False),
+                ("The smallest prime is 2.\n</think>\n\n2<｜end▁of▁sentence｜>", True))
 
 
 CASES = {
@@ -126,39 +124,37 @@ CASES = {
         "</think>\n\nOui.<｜end▁of▁sentence｜>",
         (("<｜begin▁of▁sentence｜>Answer in French.<｜User｜>Say yes.<｜Assistant｜><think>\n", False),
          ("French for yes.\n</think>\n\nOui.<｜end▁of▁sentence｜>", True))),
-    # Earlier turns: answer only (reasoning stripped, as the released template renders history).
-    "messages_multi_turn": Case({"messages": MULTI_MESSAGES}, MULTI_FULL, multi_pieces(False)),
-    "messages_multi_turn_train_all_turns": Case(
-        {"messages": MULTI_MESSAGES}, MULTI_FULL, multi_pieces(True), train_all_turns=True),
+    # Earlier turns: answer only (reasoning stripped, as the released template renders history),
+    # never trained in the row (--train_all_turns makes one row per turn: `chat.turn_examples`).
+    "messages_multi_turn": Case({"messages": MULTI_MESSAGES}, MULTI_FULL, MULTI_PIECES),
     "messages_multi_turn_history_think_in_content": Case(
         {"messages": [MULTI_MESSAGES[0], user("Hi there"),
                       assistant("<think>\nA greeting; greet back.\n</think>\n\nHello!"),
                       user("Name a prime."), assistant("2", reasoning="The smallest prime is 2.")]},
-        MULTI_FULL, multi_pieces(True), train_all_turns=True),
+        MULTI_FULL, MULTI_PIECES),
     "prompt_completion_think": Case(
         {"prompt": "Say hi in Español.", "completion": "<think>\nSpanish: hola.\n</think>\n\n¡Hola!"},
         "<｜begin▁of▁sentence｜><｜User｜>Say hi in Español.<｜Assistant｜><think>\nSpanish: hola.\n</think>\n\n"
         "¡Hola!<｜end▁of▁sentence｜>",
         (("<｜begin▁of▁sentence｜><｜User｜>Say hi in Español.<｜Assistant｜><think>\n", False),
          ("Spanish: hola.\n</think>\n\n¡Hola!<｜end▁of▁sentence｜>", True))),
-    "single_turn_train_all_turns_is_default": Case(
+    "prompt_completion_think_unspaced": Case(
         {"prompt": "Q?", "completion": "<think>r</think>A"},
         "<｜begin▁of▁sentence｜><｜User｜>Q?<｜Assistant｜><think>\nr\n</think>\n\nA<｜end▁of▁sentence｜>",
         (("<｜begin▁of▁sentence｜><｜User｜>Q?<｜Assistant｜><think>\n", False),
-         ("r\n</think>\n\nA<｜end▁of▁sentence｜>", True)), train_all_turns=True),
+         ("r\n</think>\n\nA<｜end▁of▁sentence｜>", True))),
     # Extra keys and a category change nothing in the rendering.
     "extra_keys_ignored": Case(
         {"messages": [user("What is 2+2?"), assistant("2 + 2 = 4.", reasoning="Add two and two: four.")],
          "category": "math", "id": 17},
         SINGLE_FULL, SINGLE_PIECES),
     # A history answer starting with a space: the special token before it blocks any merge.
-    "history_answer_leading_space_trained": Case(
+    "history_answer_leading_space": Case(
         {"messages": [user("A"), assistant(" b"), user("C"), assistant("d", reasoning="e")]},
         "<｜begin▁of▁sentence｜><｜User｜>A<｜Assistant｜> b<｜end▁of▁sentence｜><｜User｜>C<｜Assistant｜><think>\n"
         "e\n</think>\n\nd<｜end▁of▁sentence｜>",
-        (("<｜begin▁of▁sentence｜><｜User｜>A<｜Assistant｜>", False), (" b<｜end▁of▁sentence｜>", True),
-         ("<｜User｜>C<｜Assistant｜><think>\n", False), ("e\n</think>\n\nd<｜end▁of▁sentence｜>", True)),
-        train_all_turns=True),
+        (("<｜begin▁of▁sentence｜><｜User｜>A<｜Assistant｜>", False), (" b<｜end▁of▁sentence｜>", False),
+         ("<｜User｜>C<｜Assistant｜><think>\n", False), ("e\n</think>\n\nd<｜end▁of▁sentence｜>", True))),
     # Reasoning starting with a space: "\n" and " Let" stay separate tokens, so the first trained
     # character's token (" Let") is masked in and the prompt's ids are a prefix.
     "boundary_reasoning_leading_space": Case(
@@ -184,7 +180,7 @@ CASES = {
 @pytest.mark.parametrize("name", CASES)
 def test_rendered_ids_and_mask(tok, name):
     case = CASES[name]
-    out = tokenize_example(case.row, tok, train_all_turns=case.train_all_turns)
+    out = tokenize_example(case.row, tok)
     check(tok, out, case.full, case.pieces)
 
 
@@ -194,17 +190,11 @@ def test_accepts_a_parsed_example(tok):
     check(tok, tokenize_example(ex, tok), case.full, case.pieces)
 
 
-def test_history_turns_untrained_by_default_trained_with_option(tok):
-    default = tokenize_example({"messages": MULTI_MESSAGES}, tok)
-    all_turns = tokenize_example({"messages": MULTI_MESSAGES}, tok, train_all_turns=True)
-    assert default["input_ids"] == all_turns["input_ids"]
-    assert masked_text(tok, default) == "The smallest prime is 2.\n</think>\n\n2<｜end▁of▁sentence｜>"
-    assert masked_text(tok, all_turns) == (
-        "Hello!<｜end▁of▁sentence｜>The smallest prime is 2.\n</think>\n\n2<｜end▁of▁sentence｜>")
-    # Two trained EOS with the option, one without; the history's reasoning is nowhere in the ids.
-    assert [t for t, m in zip(default["input_ids"], default["loss_mask"]) if m].count(EOS_ID) == 1
-    assert [t for t, m in zip(all_turns["input_ids"], all_turns["loss_mask"]) if m].count(EOS_ID) == 2
-    assert "greet back" not in decode(tok, default["input_ids"])
+def test_history_turns_untrained(tok):
+    out = tokenize_example({"messages": MULTI_MESSAGES}, tok)
+    assert masked_text(tok, out) == "The smallest prime is 2.\n</think>\n\n2<｜end▁of▁sentence｜>"
+    assert [t for t, m in zip(out["input_ids"], out["loss_mask"]) if m].count(EOS_ID) == 1
+    assert "greet back" not in decode(tok, out["input_ids"])  # the history's reasoning is nowhere
 
 
 def test_final_reasoning_is_a_target(tok):
@@ -265,22 +255,17 @@ BOUNDARY = {
 }
 
 
-@pytest.mark.parametrize("train_all_turns", [False, True])
 @pytest.mark.parametrize("name", BOUNDARY)
-def test_boundary_prompt_ids_then_target_ids(tok, name, train_all_turns):
+def test_boundary_prompt_ids_then_target_ids(tok, name):
     """Oracle: the hand-written generation prompt encoded whole (as generation does) followed by the
     hand-written target encoded alone; and that one encoding of the whole row would differ."""
     row, prompt, target = BOUNDARY[name]
-    out = tokenize_example(row, tok, train_all_turns=train_all_turns)
+    out = tokenize_example(row, tok)
     prompt_ids, target_ids = enc(tok, prompt), enc_alone(tok, target)
     assert prompt_ids[-3:] == [ASSISTANT_ID, THINK_ID, NL_ID]
     assert out["input_ids"][:len(prompt_ids)] == prompt_ids
     assert out["input_ids"][len(prompt_ids):] == target_ids
-    assert out["loss_mask"][len(prompt_ids):] == [1] * len(target_ids)
-    history = enc_alone(tok, "A1<｜end▁of▁sentence｜>") if train_all_turns and "multi" in name else []
-    assert masked_text(tok, {"input_ids": out["input_ids"][:len(prompt_ids)],
-                             "loss_mask": out["loss_mask"][:len(prompt_ids)]}) == decode(tok, history)
-    assert sum(out["loss_mask"][:len(prompt_ids)]) == len(history)
+    assert out["loss_mask"] == [0] * len(prompt_ids) + [1] * len(target_ids)
     assert decode(tok, target_ids) == target
     assert out["input_ids"] != enc(tok, prompt + target)  # the single encoding merges at the boundary
     assert chat.prompt_ids(formats.parse_row(row, "x:1"), tok) == prompt_ids
@@ -351,23 +336,77 @@ def test_tokenize_errors_name_where(tok):
 
 # ---- generation and training agree ----------------------------------------------------------
 
-@pytest.mark.parametrize("train_all_turns", [False, True])
+@pytest.mark.parametrize("all_turns", [False, True])
 @pytest.mark.parametrize("name", [*BOUNDARY, *CASES])
-def test_generation_feeds_the_ids_training_rows_start_with(tok, monkeypatch, name, train_all_turns):
+def test_generation_feeds_the_ids_training_rows_start_with(tok, monkeypatch, name, all_turns):
     """Oracle: the ids `generate.generate_texts` hands the model (captured in place of the model),
     for the row's conversation without its final turn, equal the whole-string encoding of the
     rendered generation prompt, and the training row of the full conversation starts with them
-    followed by only trained tokens."""
+    followed by only trained tokens. With all_turns, the same holds for every turn example
+    (`chat.turn_examples`, --train_all_turns' rows): its history is what generation is given."""
     from r1jax import generate
     row = BOUNDARY[name][0] if name in BOUNDARY else CASES[name].row
-    messages = formats.parse_row(row, "x:1").messages
-    history = [{"role": m.role, "content": m.content} for m in messages[:-1]]
-    fed = []
-    monkeypatch.setattr(generate, "generate_ids", lambda model, prompts, *a, **k: fed.extend(
-        list(p) for p in prompts) or [{"tokens": [], "finish_reason": "length", "text": ""} for _ in prompts])
-    generate.generate_texts(None, tok, [history], generate.GenerationSettings(eos_token_ids=(EOS_ID,)))
-    assert fed == [enc(tok, generate.render_prompt(history))]
-    out = tokenize_example(row, tok, train_all_turns=train_all_turns)
-    n = len(fed[0])
-    assert out["input_ids"][:n] == fed[0]
-    assert out["loss_mask"][n:] == [1] * (len(out["input_ids"]) - n)
+    example = formats.parse_row(row, "x:1")
+    for ex in chat.turn_examples(example) if all_turns else [example]:
+        history = [{"role": m.role, "content": m.content} for m in ex.messages[:-1]]
+        fed = []
+        monkeypatch.setattr(generate, "generate_ids", lambda model, prompts, *a, **k: fed.extend(
+            list(p) for p in prompts) or [{"tokens": [], "finish_reason": "length", "text": ""} for _ in prompts])
+        generate.generate_texts(None, tok, [history], generate.GenerationSettings(eos_token_ids=(EOS_ID,)))
+        assert fed == [enc(tok, generate.render_prompt(history))]
+        out = tokenize_example(ex, tok)
+        n = len(fed[0])
+        assert out["input_ids"][:n] == fed[0]
+        assert out["loss_mask"] == [0] * n + [1] * (len(out["input_ids"]) - n)
+
+
+# ---- --train_all_turns: one example per assistant turn ------------------------------------------
+
+THREE_TURNS = [
+    {"role": "system", "content": "Be exact."},
+    user("What is 2+2?"), assistant("4", reasoning="Two plus two."),
+    user("And 3+3?"), assistant("6"),
+    user("Name a prime."), assistant(" 7", reasoning="\nSeven is prime."),
+]
+# Per turn: the hand-written generation prompt for its history, then its hand-written target.
+THREE_TURN_ROWS = [
+    ("<｜begin▁of▁sentence｜>Be exact.<｜User｜>What is 2+2?<｜Assistant｜><think>\n",
+     "Two plus two.\n</think>\n\n4<｜end▁of▁sentence｜>"),
+    ("<｜begin▁of▁sentence｜>Be exact.<｜User｜>What is 2+2?<｜Assistant｜>4<｜end▁of▁sentence｜>"
+     "<｜User｜>And 3+3?<｜Assistant｜><think>\n",
+     "\n</think>\n\n6<｜end▁of▁sentence｜>"),
+    ("<｜begin▁of▁sentence｜>Be exact.<｜User｜>What is 2+2?<｜Assistant｜>4<｜end▁of▁sentence｜>"
+     "<｜User｜>And 3+3?<｜Assistant｜>6<｜end▁of▁sentence｜><｜User｜>Name a prime.<｜Assistant｜><think>\n",
+     "\nSeven is prime.\n</think>\n\n 7<｜end▁of▁sentence｜>"),
+]
+
+
+def test_turn_examples_each_a_row_with_its_own_generation_prompt(tok):
+    """Oracle: per turn, the hand-written generation prompt for its history encoded whole (as
+    generation encodes it: BOS added, special tokens split off) then the hand-written target encoded
+    alone, the mask 0 then 1; the examples are the conversation's prefixes, in order."""
+    ex = formats.parse_row({"messages": THREE_TURNS, "category": "math"}, "f.jsonl:7")
+    turns = chat.turn_examples(ex)
+    assert [t.source for t in turns] == ["f.jsonl:7 turn 1", "f.jsonl:7 turn 2", "f.jsonl:7 turn 3"]
+    assert [t.messages for t in turns] == [ex.messages[:3], ex.messages[:5], ex.messages]
+    assert {t.category for t in turns} == {"math"}
+    for turn, (prompt, target) in zip(turns, THREE_TURN_ROWS, strict=True):
+        out = tokenize_example(turn, tok)
+        prompt_ids, target_ids = enc(tok, prompt), enc_alone(tok, target)
+        assert out["input_ids"] == prompt_ids + target_ids, turn.source
+        assert out["loss_mask"] == [0] * len(prompt_ids) + [1] * len(target_ids)
+        assert masked_text(tok, out) == target
+
+
+def test_turn_examples_of_other_rows_unchanged():
+    """Oracle: by hand. One assistant turn, text and input_ids rows: the example itself; an assistant
+    turn before the first user message is context, not an example (its row would have no user)."""
+    for row in ({"messages": [user("Q"), assistant("A")]}, {"prompt": "P", "completion": "C"},
+                {"text": "t"}, {"input_ids": [1, 2]},
+                {"messages": [assistant("Hi, ask me."), user("Q"), assistant("A")]}):
+        ex = formats.parse_row(row, "f:1")
+        assert chat.turn_examples(ex) == [ex]
+    ex = formats.parse_row({"messages": [assistant("Hi"), user("Q"), assistant("A"), user("R"),
+                                         assistant("B")]}, "f:2")
+    assert [t.messages[-1].content for t in chat.turn_examples(ex)] == ["A", "B"]
+    assert [len(t.messages) for t in chat.turn_examples(ex)] == [3, 5]

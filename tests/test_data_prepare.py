@@ -13,8 +13,9 @@ import pytest
 from datasketch import MinHash
 
 from r1jax.data import batch_tokenize, clean, prepare, split
+from r1jax.data import chat as chat_lib
 from r1jax.data import tokenizer as tokenizer_lib
-from r1jax.data.chat import tokenize_example
+from r1jax.data.chat import tokenize_example, turn_examples
 from r1jax.data.formats import parse_row
 from r1jax.data.token_store import TokenStore
 
@@ -281,12 +282,14 @@ def test_token_store_matches_tokenize_example(tmp_path, tok, all_turns):
     flags = ["--val", "0.25"] + (["--train_all_turns"] if all_turns else [])
     rc, out, rep = run_prepare(tmp_path, rows, *flags)
     assert rc == 0 and rep["records"]["kept"] == len(rows)
+    # With --train_all_turns the two-turn conversation is two rows, its prefix first.
+    assert rep["records"]["training_examples"]["kept"] == len(rows) + all_turns
     for s in ("train", "val"):
         store = TokenStore(os.path.join(out, s))
         got = read_rows(os.path.join(out, f"{s}.jsonl"))
         assert len(store) == len(got) == rep["splits"][s]["examples"]
         for i, row in enumerate(got):
-            want = tokenize_example(row, tok, train_all_turns=all_turns)
+            want = tokenize_example(row, tok)
             ids, mask = store[i]
             assert ids.tolist() == want["input_ids"] and mask.tolist() == want["loss_mask"]
         assert rep["splits"][s]["tokens"] == len(store.ids)
@@ -305,13 +308,12 @@ TRICKY = [
 ]
 
 
-@pytest.mark.parametrize("all_turns", [False, True])
-def test_tokenize_batch_equals_tokenize_example(tok, all_turns):
+def test_tokenize_batch_equals_tokenize_example(tok):
     rng = random.Random(7)
     rows = TRICKY + distinct_rows(20, seed=9) + [chat(words(rng, 30), words(rng, 30), words(rng, 30))]
-    exs = [parse_row(r, f"t:{i}") for i, r in enumerate(rows)]
-    for ex, (ids, mask) in zip(exs, batch_tokenize.tokenize_batch(exs, tok, all_turns)):
-        want = tokenize_example(ex, tok, train_all_turns=all_turns)
+    exs = [t for i, r in enumerate(rows) for t in turn_examples(parse_row(r, f"t:{i}"))]  # with prefixes
+    for ex, (ids, mask) in zip(exs, batch_tokenize.tokenize_batch(exs, tok), strict=True):
+        want = tokenize_example(ex, tok)
         assert (ids.tolist(), mask.tolist()) == (want["input_ids"], want["loss_mask"]), ex.source
 
 
@@ -376,7 +378,9 @@ def test_kfold_above_examples_and_nothing_kept(tmp_path, capsys):
     assert rc == 1 and "no example left" in capsys.readouterr().err
     assert rep["records"] == {"read": 2, "kept": 0, "truncated": 0,
                               "removed": {"malformed": 1, "empty": 1, "duplicate": 0, "near_duplicate": 0,
-                                          "too_long": 0, "too_long_chars": 0, "too_long_line": 0}}
+                                          "too_long": 0, "too_long_chars": 0, "too_long_line": 0},
+                              "training_examples": {"kept": 0, "removed": {"duplicate": 0, "too_long": 0,
+                                                                           "too_long_chars": 0}}}
 
 
 # ---- the token format version ----------------------------------------------------------------
@@ -481,7 +485,7 @@ def test_too_long_chars_dropped_before_tokenizing(tmp_path, tok, monkeypatch):
             {"text": "." * 2048},                                             # 6 at the bound: too_long
             {"messages": [{"role": "user", "content": "q"},                   # 7 kept: history reasoning
                           {"role": "assistant", "content": "a", "reasoning_content": "r " * 1500},
-                          {"role": "user", "content": "q2"}, {"role": "assistant", "content": "b"}]},
+                          {"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]},
             {"text": "x " * 14000}]                                           # 8 too_long_line
     lengths = [len(tokenize_example(r, tok)["input_ids"]) for r in rows]
     assert lengths[1] == 16 and lengths[6] == 16 and all(lengths[i] > 16 for i in (2, 3, 4, 5, 7))
@@ -581,3 +585,117 @@ def test_huge_line_bounded_memory(tmp_path):
         assert reps[name]["examples"][reason][0]["where"] == f"{big}:2"
     assert peaks["line"] - peaks["warm"] < line_bytes / 4, peaks
     assert peaks["chars"] - peaks["warm"] < 4 * line_bytes, peaks
+
+
+# ---- --train_all_turns: one example per assistant turn, split by conversation ---------------------
+
+BOS, EOS, USER, ASSISTANT = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"
+
+
+def turns_row(system, *turns):
+    """A conversation row from (user, answer, reasoning or None) turns."""
+    msgs = [{"role": "system", "content": system}] if system else []
+    for q, a, r in turns:
+        msgs.append({"role": "user", "content": q})
+        msgs.append({"role": "assistant", "content": a} | ({"reasoning_content": r} if r is not None else {}))
+    return {"messages": msgs}
+
+
+def test_train_all_turns_one_example_per_turn(tmp_path, tok):
+    """Oracle: for each turn j, the R1 generation prompt for the history before it, written out by
+    hand (earlier answers only, ending `<｜Assistant｜><think>\\n`) and encoded whole as generation
+    does, then the hand-written target encoded alone; the rows written are the conversation's
+    prefixes. The first user message is long, so every prefix is a near-duplicate of its
+    conversation: screening whole conversations keeps them all."""
+    rng = random.Random(21)
+    long_q = words(rng, 120)
+    a = turns_row("Be exact.", (long_q, "four", "Two plus two."), ("and " + words(rng, 3), "six", None),
+                  ("then " + words(rng, 3), "seven", "Prime."))
+    b = turns_row(None, (words(rng, 10), "x1", None), (words(rng, 4), "x2", None), (words(rng, 4), "x3", None))
+    m = [x["content"] for x in a["messages"]]
+    n = [x["content"] for x in b["messages"]]
+    want = [  # (prompt, target) per training example, in order
+        (f"{BOS}Be exact.{USER}{m[1]}{ASSISTANT}<think>\n", f"Two plus two.\n</think>\n\nfour{EOS}"),
+        (f"{BOS}Be exact.{USER}{m[1]}{ASSISTANT}four{EOS}{USER}{m[3]}{ASSISTANT}<think>\n",
+         f"\n</think>\n\nsix{EOS}"),
+        (f"{BOS}Be exact.{USER}{m[1]}{ASSISTANT}four{EOS}{USER}{m[3]}{ASSISTANT}six{EOS}{USER}{m[5]}"
+         f"{ASSISTANT}<think>\n", f"Prime.\n</think>\n\nseven{EOS}"),
+        (f"{BOS}{USER}{n[0]}{ASSISTANT}<think>\n", f"\n</think>\n\nx1{EOS}"),
+        (f"{BOS}{USER}{n[0]}{ASSISTANT}x1{EOS}{USER}{n[2]}{ASSISTANT}<think>\n", f"\n</think>\n\nx2{EOS}"),
+        (f"{BOS}{USER}{n[0]}{ASSISTANT}x1{EOS}{USER}{n[2]}{ASSISTANT}x2{EOS}{USER}{n[4]}{ASSISTANT}<think>\n",
+         f"\n</think>\n\nx3{EOS}"),
+    ]
+    rc, out, rep = run_prepare(tmp_path, [a, b], "--val", "0", "--train_all_turns")
+    assert rc == 0 and rep["records"]["read"] == rep["records"]["kept"] == 2
+    assert rep["records"]["training_examples"] == {"kept": 6, "removed": {"duplicate": 0, "too_long": 0,
+                                                                         "too_long_chars": 0}}
+    assert rep["splits"]["train"]["examples"] == 6
+    assert "training examples: 6" in open(os.path.join(out, "summary.txt"), encoding="utf-8").read()
+    store = TokenStore(os.path.join(out, "train"))
+    assert len(store) == 6
+    for i, (prompt, target) in enumerate(want):
+        ids, mask = store[i]
+        p, t = tokenizer_lib.encode(tok, prompt, add_bos=True), tokenizer_lib.encode(tok, target, add_bos=False)
+        assert ids.tolist() == p + t, i
+        assert mask.tolist() == [0] * len(p) + [1] * len(t), i
+    prefixes = [{"messages": r["messages"][:end]} for r in (a, b) for end in (len(r["messages"]) - 4,
+                                                                                len(r["messages"]) - 2, None)]
+    assert read_rows(os.path.join(out, "train.jsonl")) == prefixes
+
+
+def test_train_all_turns_keeps_each_conversation_in_one_split(tmp_path):
+    """Oracle: by hand. Ten three-turn conversations with --val 0.5 (and with --kfold 2): each split
+    holds five whole conversations, all three turn examples of each, consecutive and in turn order."""
+    rng = random.Random(22)
+    rows = [turns_row(None, *[(words(rng, 8), words(rng, 6), None) for _ in range(3)]) for _ in range(10)]
+    first_q = {r["messages"][0]["content"]: i for i, r in enumerate(rows)}
+    for flags, names in ((["--val", "0.5"], ("train", "val")),
+                         (["--kfold", "2"], ("fold0/train", "fold0/val", "fold1/train", "fold1/val"))):
+        rc, out, rep = run_prepare(tmp_path, rows, *flags, "--train_all_turns", "--overwrite")
+        assert rc == 0 and rep["records"]["kept"] == 10 and rep["records"]["training_examples"]["kept"] == 30
+        for fold in range(0, len(names), 2):
+            owners = {}
+            for name in names[fold:fold + 2]:
+                got = read_rows(os.path.join(out, f"{name}.jsonl"))
+                assert len(got) == 15 == len(TokenStore(os.path.join(out, name)))
+                convs = [first_q[r["messages"][0]["content"]] for r in got]
+                assert convs == [c for c in convs[::3] for _ in range(3)]  # whole, consecutive
+                assert [len(r["messages"]) for r in got] == [2, 4, 6] * 5  # turn order
+                assert [r["messages"] for r in got[2::3]] == [rows[c]["messages"] for c in convs[::3]]
+                owners.update({c: name for c in convs})
+            assert len(owners) == 10  # no conversation in both sides
+
+
+def test_train_all_turns_length_and_duplicates_per_turn(tmp_path, tok):
+    """--max_tokens 64: a turn too long is dropped (or truncated) alone, the conversation's other turns
+    kept; a turn equal to one kept earlier (a conversation opening like another) is dropped; a
+    conversation none of whose turns fits is removed whole. Oracle: counts and rows by hand, with
+    token lengths checked on tokenize_example of the hand-made prefixes."""
+    rng = random.Random(23)
+    a = turns_row(None, ("open " + words(rng, 5), "first", None), (words(rng, 5), "second", None),
+                  (words(rng, 5), words(rng, 150), "long"))
+    b = turns_row(None, (a["messages"][0]["content"], "first", None), (words(rng, 5), words(rng, 5), None))
+    c = turns_row(None, (words(rng, 80), "ok", None), (words(rng, 5), "ok2", None))
+    length = lambda row, end: len(tokenize_example({"messages": row["messages"][:end]}, tok)["input_ids"])  # noqa: E731
+    assert length(a, 4) <= 64 < length(a, 6) and length(b, 4) <= 64 and 64 < length(c, 2)
+    prompt_a3 = len(tokenizer_lib.encode(tok, chat_lib.generation_prompt(parse_row(a, "a:1")), add_bos=True))
+    assert prompt_a3 < 64  # room for a truncated target
+    src = str(tmp_path / "in.jsonl")
+    for mode, kept_a in (("drop", 2), ("truncate", 3)):
+        rc, out, rep = run_prepare(tmp_path, [a, b, c], "--val", "0", "--train_all_turns", "--max_tokens", "64",
+                                   "--too_long", mode, "--overwrite")
+        assert rc == 0
+        rec = rep["records"]
+        assert (rec["read"], rec["kept"], rec["removed"]["too_long"]) == (3, 2, 1)
+        assert rec["truncated"] == (mode == "truncate")
+        assert rec["training_examples"] == {"kept": kept_a + 1, "removed": {
+            "duplicate": 1, "too_long": int(mode == "drop"), "too_long_chars": 0}}
+        where = {e["where"]: e["detail"] for r in ("too_long", "duplicate") for e in rep["examples"][r]}
+        assert where[f"{src}:2 turn 1"] == f"same content as {src}:1 turn 1"
+        assert where[f"{src}:3"].startswith("none of its 2 turns kept")
+        assert (f"{src}:1 turn 3" in where) == (mode == "drop")
+        got = read_rows(os.path.join(out, "train.jsonl"))
+        assert got[:2] == [{"messages": a["messages"][:2]}, {"messages": a["messages"][:4]}]
+        assert got[kept_a:] == [b]
+        store = TokenStore(os.path.join(out, "train"))
+        assert store.lengths().tolist()[:kept_a] == [length(a, 2), length(a, 4), 64][:kept_a]

@@ -67,15 +67,27 @@ def test_raw_file_marks_trained_part(raw, capsys):
     assert "raw.jsonl:2: invalid JSON" in capsys.readouterr().err
 
 
-def test_counts_and_train_all_turns(raw, tok):
+def test_counts(raw, tok):
     _, out = shown(raw, "--n", "1")
-    _, out_all = shown(raw, "--n", "1", "--train_all_turns")
     n_tok = lambda s: [int(x) for x in s.split("── ")[-1].replace(",", "").split()[:3:2]]  # noqa: E731
-    (tokens, trained), (tokens_all, trained_all) = n_tok(out), n_tok(out_all)
-    assert tokens == tokens_all and trained_all > trained
-    assert "<｜Assistant｜>⟦4<｜end▁of▁sentence｜>⟧" in out_all
+    tokens, trained = n_tok(out)
     ids = tokenizer_lib.encode(tok, FIRST.replace("⟦", "").replace("⟧", ""), add_bos=True)
     assert tokens == len(ids)
+    assert trained == len(tokenizer_lib.encode(tok, "Add.\n</think>\n\n6<｜end▁of▁sentence｜>", add_bos=False))
+
+
+def test_train_all_turns_shows_each_turn_example(raw):
+    """Oracle: hand-written renderings. The two-turn first row is shown as two examples, each its
+    turn's generation prompt then its trained target, and they count towards --n."""
+    rc, out = shown(raw, "--n", "3", "--train_all_turns")
+    assert rc == 0
+    blocks = out.strip().split("\n\n── ")
+    assert len(blocks) == 3
+    assert blocks[0].startswith(f"── {raw}:1 turn 1 (messages, category math) ──")
+    assert ("<｜begin▁of▁sentence｜>Be brief.<｜User｜>What is 2+2?<｜Assistant｜><think>\n"
+            "⟦\n</think>\n\n4<｜end▁of▁sentence｜>⟧") in blocks[0]
+    assert blocks[1].startswith(f"{raw}:1 turn 2 (messages, category math) ──") and FIRST in blocks[1]
+    assert blocks[2].startswith(f"{raw}:3 (messages) ──")
 
 
 def test_tty_uses_reverse_video(raw):

@@ -14,20 +14,20 @@ from r1jax.data.formats import Example
 Tokenized = tuple[np.ndarray, np.ndarray]  # (int32 ids [T], uint8 loss_mask [T])
 
 
-def tokenize_batch(examples: list[Example], tokenizer, train_all_turns: bool = False) -> list[Tokenized]:
+def tokenize_batch(examples: list[Example], tokenizer) -> list[Tokenized]:
     """`chat.tokenize_example` of many examples, as (int32 ids, uint8 loss_mask) pairs."""
     out: list = [None] * len(examples)
     todo = []     # (example index, its runs or None for a text row, first text, number of texts)
     texts: list[str] = []
     for i, ex in enumerate(examples):
         if ex.kind == "input_ids":
-            enc = tokenize_example(ex, tokenizer, train_all_turns=train_all_turns)
+            enc = tokenize_example(ex, tokenizer)
             out[i] = np.asarray(enc["input_ids"], np.int32), np.asarray(enc["loss_mask"], np.uint8)
         elif ex.kind == "text":
             todo.append((i, None, len(texts), 1))
             texts.append(ex.text)
         else:
-            joined = runs(render_messages(ex, train_all_turns))
+            joined = runs(render_messages(ex))
             todo.append((i, joined, len(texts), len(joined)))
             texts += [text for text, _ in joined]
     encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False) if texts else []

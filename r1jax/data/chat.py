@@ -12,13 +12,15 @@ alone, so a row without reasoning trains `\\n`, `</think>`, ... right after the 
 `\\n`, exactly as generation continues (one encoding of the whole string would merge the two
 newlines into one token the generation prompt never ends with).
 
-Earlier assistant turns appear as their answers only, as the released template renders history; with
-`train_all_turns` each such answer (`{answer}<｜end▁of▁sentence｜>`) is a trained run of its own,
-right after the history's `<｜Assistant｜>`. Every run boundary of the history sits at a special token,
-which the tokenizer splits off before BPE, so the prompt ids are the same with or without the option.
+Earlier assistant turns appear as their answers only, as the released template renders history, and
+are never trained in the row. `turn_examples` makes `--train_all_turns`' examples: a conversation with
+k assistant turns becomes k examples, example j the conversation up to and including turn j, each a
+chat row like any other, so every trained turn starts where generation's prompt for its history ends
+(`<｜Assistant｜><think>\\n`) and is preceded by exactly that prompt's ids.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from r1jax.data.formats import DataError, Example, Message, parse_row
@@ -30,17 +32,16 @@ THINK_OPEN, THINK_CLOSE = "<think>\n", "\n</think>\n\n"
 Segments = list[tuple[str, bool]]  # (text, trained)
 
 
-def prompt_segments(messages: Sequence[Message], train_all_turns: bool = False) -> Segments:
+def prompt_segments(messages: Sequence[Message]) -> Segments:
     """The generation prompt for `messages` (a conversation without the turn to generate) as
-    (text, trained) pieces; the last is `<｜Assistant｜><think>\\n`. History answers are trained
-    pieces only with `train_all_turns`."""
+    (text, trained) pieces, none trained; the last is `<｜Assistant｜><think>\\n`."""
     system = "".join(m.content for m in messages if m.role == "system")
     segs: Segments = [(BOS_TOKEN + system, False)]
     for m in messages:
         if m.role == "user":
             segs.append((USER + m.content, False))
         elif m.role == "assistant":
-            segs += [(ASSISTANT, False), (m.content + EOS_TOKEN, train_all_turns)]
+            segs.append((ASSISTANT + m.content + EOS_TOKEN, False))
     return segs + [(ASSISTANT + THINK_OPEN, False)]
 
 
@@ -49,10 +50,31 @@ def target_text(message: Message) -> str:
     return (message.reasoning or "") + THINK_CLOSE + message.content + EOS_TOKEN
 
 
-def render_messages(example: Example, train_all_turns: bool = False) -> Segments:
+def render_messages(example: Example) -> Segments:
     """A chat example as (text, trained) pieces: its generation prompt, then its final turn's target."""
     *history, final = example.messages
-    return prompt_segments(history, train_all_turns) + [(target_text(final), True)]
+    return prompt_segments(history) + [(target_text(final), True)]
+
+
+def turn_examples(example: Example) -> list[Example]:
+    """The training examples `--train_all_turns` makes of one example.
+
+    A conversation gives one example per assistant turn that follows its first user message, the
+    j-th being the conversation up to and including that turn (same category; source
+    "FILE:LINE turn j" when there are several), so each is tokenized as a chat row whose prompt is
+    generation's for that turn's history. An assistant turn before any user message is context
+    only (a row needs a user message). Any other example, and a conversation with one such turn,
+    comes back alone and unchanged.
+    """
+    msgs = example.messages
+    if msgs is None:
+        return [example]
+    first_user = next(i for i, m in enumerate(msgs) if m.role == "user")
+    ends = [i + 1 for i, m in enumerate(msgs) if m.role == "assistant" and i > first_user]
+    if len(ends) == 1:
+        return [example]
+    return [dataclasses.replace(example, source=f"{example.source} turn {j}", messages=msgs[:end])
+            for j, end in enumerate(ends, 1)]
 
 
 def generation_prompt(example: Example) -> str:
@@ -105,8 +127,7 @@ def text_ids_and_mask(ids, bos: int) -> tuple[list[int], list[int]]:
     return ids, [0] + [1] * (len(ids) - 1)
 
 
-def tokenize_example(example: dict | Example, tokenizer, *, train_all_turns: bool = False,
-                     where: str = "example") -> dict[str, list[int]]:
+def tokenize_example(example: dict | Example, tokenizer, *, where: str = "example") -> dict[str, list[int]]:
     """{"input_ids": [...], "loss_mask": [...]} of one example (a parsed JSON row or an Example).
 
     loss_mask is 1 where the token is a training target. Chat rows: `segment_ids` of
@@ -116,7 +137,7 @@ def tokenize_example(example: dict | Example, tokenizer, *, train_all_turns: boo
     """
     ex = example if isinstance(example, Example) else parse_row(example, where)
     if ex.kind == "messages":
-        ids, mask = segment_ids(render_messages(ex, train_all_turns), tokenizer)
+        ids, mask = segment_ids(render_messages(ex), tokenizer)
         return {"input_ids": ids, "loss_mask": mask}
     if ex.kind == "text":
         ids, mask = text_ids_and_mask(encode(tokenizer, ex.text, add_bos=False), tokenizer.bos_token_id)

@@ -8,14 +8,26 @@ Input lines stream through, in order: read (with --max_tokens, a line longer tha
 could fit is skipped unread) -> parse (formats) -> normalize -> required fields -> length by
 characters (a row that can never fit is dropped, or with --too_long truncate cut, untokenized) ->
 exact duplicates -> tokenize -> length limit -> near-duplicates; each removal is counted under one
-reason (see `clean`). No over-long row is held past its own turn, so memory stays bounded. The
-kept examples are then split (see `split`) and written, per split S:
+reason (see `clean`). No over-long row is held past its own turn, so memory stays bounded.
 
-    DIR/S.jsonl                 the cleaned rows in canonical form (with `category`); a truncated
-                                example is written as its `input_ids` and `loss_mask`
+Each kept record gives one training example, or with --train_all_turns one per assistant turn
+(`chat.turn_examples`: turn j's example is the conversation up to and including turn j). Records are
+screened whole (required fields, exact duplicates, near-duplicates), so the turns of one conversation
+never count as duplicates of each other; the length rules (by characters, then tokens) apply to each
+turn example (removed ones are named `FILE:LINE turn j`), and a turn example equal to one kept
+earlier (two conversations that open alike) is dropped. A record is kept when at least one of its
+examples is, else removed under the first reason that removed one (rules in the order above); a
+line over the byte bound is skipped whole, earlier turns included. The kept records are then split
+(see `split`), each with all its examples, so no conversation spans two splits, and written, per
+split S:
+
+    DIR/S.jsonl                 one row per training example in canonical form (with `category`):
+                                with --train_all_turns, one row per turn example (the conversation
+                                up to that turn); a truncated example is written as its `input_ids`
+                                and `loss_mask`
     DIR/S.{ids,mask,offsets}.npy  `token_store.write(DIR/S, ...)`, equal to `tokenize_example` of
-    DIR/S.meta.json             each row of DIR/S.jsonl with the same --train_all_turns; the meta
-                                file holds the token format version the loader checks
+    DIR/S.meta.json             each row of DIR/S.jsonl, in order; the meta file holds the token
+                                format version the loader checks
 
 for S in train, val, test (non-empty ones only), or DIR/fold{k}/train and DIR/fold{k}/val with
 --kfold K (and DIR/test with --test). DIR/report.json, DIR/summary.txt and DIR/token_lengths.png
@@ -37,7 +49,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from r1jax.data import batch_tokenize, clean, split, token_store
+from r1jax.data import batch_tokenize, chat, clean, split, token_store
 from r1jax.data import report as report_lib
 from r1jax.data.formats import FORMATS, DataError, Example, LineTooLong, read_jsonl
 from r1jax.data.tokenizer import load_tokenizer
@@ -56,7 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="auto", choices=FORMATS, help="row format (default: detected)")
     p.add_argument("--tokenizer", metavar="DIR", help="directory with tokenizer.json (default: packaged)")
     p.add_argument("--train_all_turns", action="store_true",
-                   help="train every assistant answer, not only the final turn")
+                   help="one training example per assistant turn (the conversation up to it), "
+                        "not only the final turn")
     p.add_argument("--val", type=float, help=f"validation fraction (default {DEFAULT_VAL}; not with --kfold)")
     p.add_argument("--test", type=float, default=0.0, help="test fraction (default 0)")
     p.add_argument("--seed", type=int, default=0, help="split shuffle seed")
@@ -135,16 +148,24 @@ class _Progress:
 
 
 class Kept(NamedTuple):
-    example: Example
-    key: bytes             # clean.content_key
+    """One training example, as written."""
+    example: Example       # the row: a record, or one of its turn examples (cut in truncate mode)
+    key: bytes             # clean.content_key(example)
     ids: np.ndarray        # int32 [T], within --max_tokens
     mask: np.ndarray       # uint8 [T]
     truncated: bool
 
 
+class Record(NamedTuple):
+    """A kept input record and its kept training examples (at least one), in turn order."""
+    example: Example       # as screened: normalized, whole
+    rows: list[Kept]
+
+
 def _screen(item: Example | DataError, args, token_chars: int | None, seen: dict[bytes, str]):
     """The rules applied to one record before tokenizing: format, required fields, length by line
-    bytes and characters, exact duplicates (`seen`: content key -> source of the kept examples).
+    bytes and characters (with --train_all_turns, per turn example later: `_turns`), exact
+    duplicates (`seen`: content key -> source of the kept examples).
 
     Returns ((reason, where, detail), None) for a removed record, else (None, (normalized example
     (cut in truncate mode, see `clean.fit_chars`), content key)), adding the key to `seen`."""
@@ -158,7 +179,8 @@ def _screen(item: Example | DataError, args, token_chars: int | None, seen: dict
     bad = clean.check_fields(ex)
     if bad:
         return (bad[0], ex.source, bad[1]), None
-    fitted = clean.fit_chars(ex, args.max_tokens, token_chars, args.too_long or "drop")
+    fitted = ex if args.train_all_turns else clean.fit_chars(ex, args.max_tokens, token_chars,
+                                                             args.too_long or "drop")
     if isinstance(fitted, str):
         return ("too_long_chars", ex.source, fitted), None
     key = clean.content_key(fitted)
@@ -168,11 +190,10 @@ def _screen(item: Example | DataError, args, token_chars: int | None, seen: dict
     return None, (fitted, key)
 
 
-def unique_examples(args, tokenizer, tally: report_lib.Tally):
+def unique_examples(args, token_chars: int | None, tally: report_lib.Tally):
     """(normalized example, content key) of each input record that passes `_screen`, one at a time:
     no removed record waits in a batch, nor is held while the next line is read (bounded memory
     with over-long lines). Counts every record and removal in `tally`."""
-    token_chars = clean.max_token_chars(tokenizer) if args.max_tokens else None
     line_bytes = clean.line_byte_bound(args.max_tokens, token_chars) if token_chars else None
     seen: dict[bytes, str] = {}
     for item in read_jsonl(args.input, args.format, strict=args.strict, max_line_bytes=line_bytes):
@@ -186,38 +207,80 @@ def unique_examples(args, tokenizer, tally: report_lib.Tally):
             del passed
 
 
-def clean_stream(args, tokenizer, tally: report_lib.Tally, seconds: dict) -> list[Kept]:
+def _turns(ex: Example, key: bytes, args, token_chars: int | None):
+    """([(training example, content key)] of a screened record, [(reason, where, detail)] of those
+    removed by characters). Without --train_all_turns: the record itself (screened by characters
+    already); with it: its turn examples, each through `clean.fit_chars`."""
+    if not args.train_all_turns:
+        return [(ex, key)], []
+    kept, removed = [], []
+    for turn in chat.turn_examples(ex):
+        fitted = clean.fit_chars(turn, args.max_tokens, token_chars, args.too_long or "drop")
+        if isinstance(fitted, str):
+            removed.append(("too_long_chars", turn.source, fitted))
+        else:
+            kept.append((fitted, key if fitted is ex else clean.content_key(fitted)))
+    return kept, removed
+
+
+def _record_removal(ex: Example, removed: list[tuple[str, str, str]]) -> tuple[str, str, str]:
+    """(reason, where, detail) of a record none of whose training examples is kept, from those of its
+    examples' removals (in rule order: characters, tokens, duplicates): the first one's."""
+    reason, where, detail = removed[0]
+    if len(removed) == 1:
+        return reason, where, detail
+    return reason, ex.source, f"none of its {len(removed)} turns kept ({where}: {detail})"
+
+
+def clean_stream(args, tokenizer, tally: report_lib.Tally, seconds: dict) -> list[Record]:
     """Streams the input records through the cleaning rules in batches; returns the kept ones in
     input order and counts every removal in `tally`. Raises DataError (--strict, unreadable file)."""
     near = clean.NearDuplicateIndex(args.near_dup_threshold)
-    tokenize = lambda exs: batch_tokenize.tokenize_batch(exs, tokenizer, args.train_all_turns)
-    kept: list[Kept] = []
+    token_chars = clean.max_token_chars(tokenizer) if args.max_tokens else None
+    written: dict[bytes, str] = {}  # content key -> source of the training examples kept so far
+    kept: list[Record] = []
     progress = _Progress()
-    records = unique_examples(args, tokenizer, tally)
+    records = unique_examples(args, token_chars, tally)
     while unique := list(itertools.islice(records, BATCH)):
+        turns = [_turns(ex, key, args, token_chars) for ex, key in unique]
         t = time.perf_counter()
-        tokenized = tokenize([ex for ex, _ in unique])
+        tokenized = iter(batch_tokenize.tokenize_batch([e for fits, _ in turns for e, _ in fits], tokenizer))
         seconds["tokenize"] += time.perf_counter() - t
-        candidates = []
-        for (ex, key), (ids, mask) in zip(unique, tokenized):
-            fitted = clean.fit_length(ids, mask, args.max_tokens, args.too_long or "drop")
-            if isinstance(fitted, str):
-                tally.remove("too_long", ex.source, fitted)
+        candidates = []  # (record, its examples within the length limit, its removed examples)
+        for (ex, _), (fits, removed) in zip(unique, turns):
+            rows = []
+            for turn, key in fits:
+                fitted = clean.fit_length(*next(tokenized), args.max_tokens, args.too_long or "drop")
+                if isinstance(fitted, str):
+                    removed.append(("too_long", turn.source, fitted))
+                else:
+                    rows.append(Kept(turn, key, *fitted))
+            if rows:
+                candidates.append((ex, rows, removed))
             else:
-                candidates.append(Kept(ex, key, *fitted))
+                tally.remove(*_record_removal(ex, removed))
 
         t = time.perf_counter()
-        hashes = [near.shingle_hashes(c.example) for c in candidates]
+        hashes = [near.shingle_hashes(ex) for ex, _, _ in candidates]
         hashed = [i for i, h in enumerate(hashes) if len(h)]  # no words at all: exact dedup only
         sigs = dict(zip(hashed, near.signatures([hashes[i] for i in hashed]))) if hashed else {}
-        for i, cand in enumerate(candidates):
-            match = near.check_and_add(sigs[i], cand.example.source) if i in sigs else None
-            if match:
-                tally.remove("near_duplicate", cand.example.source,
+        for i, (ex, rows, removed) in enumerate(candidates):
+            new = [r for r in rows if r.key not in written]
+            removed += [("duplicate", r.example.source, f"same content as {written[r.key]}")
+                        for r in rows if r.key in written]
+            match = near.check_and_add(sigs[i], ex.source) if new and i in sigs else None
+            if not new:
+                tally.remove(*_record_removal(ex, removed))
+            elif match:
+                tally.remove("near_duplicate", ex.source,
                              f"similar to {match[0]} (estimated Jaccard {match[1]:.2f})")
             else:
-                tally.truncated += cand.truncated
-                kept.append(cand)
+                for reason, where, detail in removed:
+                    tally.remove_turn(reason, where, detail)
+                tally.truncated += sum(r.truncated for r in new)
+                tally.training_examples += len(new)
+                written.update((r.key, r.example.source) for r in new)
+                kept.append(Record(ex, new))
         seconds["near_duplicates"] += time.perf_counter() - t
         progress.update(tally.read, len(kept))
     progress.update(tally.read, len(kept), force=True)
@@ -257,19 +320,32 @@ def write_splits(out: str, kept: list[Kept], parts: dict[str, list[int]], stale:
     return outputs
 
 
-def _assign_splits(args, categories: list, keys: list) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
-    """(parts to write, by name; the top-level split of each example for the histogram)."""
+def _examples_of(parts: dict[str, list[int]], first: np.ndarray) -> dict[str, list[int]]:
+    """Record indices per part -> the indices of their training examples (record r's are
+    first[r] .. first[r + 1] - 1), in order."""
+    return {name: [i for r in idx for i in range(first[r], first[r + 1])] for name, idx in parts.items()}
+
+
+def _assign_splits(args, records: list[Record]) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """(parts to write, by name; the top-level split of each example for the histogram), as indices
+    of the training examples in record order. Records are assigned whole, by their category."""
+    categories = [r.example.category for r in records]
+    first = np.cumsum([0] + [len(r.rows) for r in records])
     if args.kfold is None:
         val = DEFAULT_VAL if args.val is None else args.val
         parts = split.split(categories, val, args.test, args.seed)
-        split.check_disjoint(parts, keys)
-        return parts, parts
-    base = split.split(categories, 0.0, args.test, args.seed)
-    parts = {"test": base["test"]}
-    for k, fold in enumerate(split.kfold(categories, args.kfold, args.seed, indices=base["train"])):
-        split.check_disjoint({**fold, "test": base["test"]}, keys)
-        parts[f"fold{k}/train"], parts[f"fold{k}/val"] = fold["train"], fold["val"]
-    return parts, {f"train+val ({args.kfold} folds)": base["train"], "test": base["test"]}
+        top, groups = parts, [parts]
+    else:
+        base = split.split(categories, 0.0, args.test, args.seed)
+        folds = split.kfold(categories, args.kfold, args.seed, indices=base["train"])
+        parts = {"test": base["test"]} | {f"fold{k}/{side}": fold[side] for k, fold in enumerate(folds)
+                                          for side in ("train", "val")}
+        top = {f"train+val ({args.kfold} folds)": base["train"], "test": base["test"]}
+        groups = [{**fold, "test": base["test"]} for fold in folds]
+    keys = [row.key for r in records for row in r.rows]
+    for group in groups:
+        split.check_disjoint(_examples_of(group, first), keys)
+    return _examples_of(parts, first), _examples_of(top, first)
 
 
 def _check_paths(args) -> tuple[str | None, list[str]]:
@@ -305,16 +381,16 @@ def run(args: argparse.Namespace) -> int:
     tally = report_lib.Tally()
     seconds = {"tokenize": 0.0, "near_duplicates": 0.0}
     try:
-        kept = clean_stream(args, load_tokenizer(args.tokenizer), tally, seconds)
+        records = clean_stream(args, load_tokenizer(args.tokenizer), tally, seconds)
     except DataError as e:  # --strict, or an input that cannot be read
         print(str(e), file=sys.stderr)
         return 2
     seconds["read_and_clean"] = time.perf_counter() - t0 - seconds["tokenize"] - seconds["near_duplicates"]
 
     # Split.
-    categories = [k.example.category for k in kept]
+    kept = [row for r in records for row in r.rows]
     try:
-        parts, top = _assign_splits(args, categories, [k.key for k in kept]) if kept else ({}, {})
+        parts, top = _assign_splits(args, records) if records else ({}, {})
     except ValueError as e:  # e.g. --kfold K above the number of examples kept
         print(f"error: {e} (after cleaning {tally.read} records)", file=sys.stderr)
         return 2
@@ -329,6 +405,7 @@ def run(args: argparse.Namespace) -> int:
     # Report.
     lengths = np.asarray([len(k.ids) for k in kept], np.int64)
     trained = np.asarray([int(k.mask.sum()) for k in kept], np.int64)
+    categories = [k.example.category for k in kept]
     options = {k: v for k, v in vars(args).items() if k not in ("input", "out", "command")}
     rep = report_lib.build(
         tally, parts, lengths, trained, categories,

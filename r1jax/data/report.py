@@ -1,9 +1,14 @@
 """What `prepare` did: DIR/report.json, DIR/summary.txt (also printed) and DIR/token_lengths.png.
 
 report.json:
-    records     {"read", "kept", "truncated", "removed": {reason: count}}; read = kept + sum(removed),
-                where read counts every non-blank input line.
-    examples    {reason: [{"where": "file:line", "detail": str}, ...]}, the first few of each reason.
+    records     {"read", "kept", "truncated", "removed": {reason: count}, "training_examples": {"kept",
+                "removed": {reason: count}}}; read = kept + sum(removed) counts records (every
+                non-blank input line). Each kept record gives one training example, or with
+                --train_all_turns one per assistant turn: training_examples.kept counts those
+                written (each in one split, or fold), training_examples.removed the turn examples
+                dropped from records that were kept; truncated counts training examples.
+    examples    {reason: [{"where": "file:line", "detail": str}, ...]}, the first few of each reason
+                (a turn example's where is "file:line turn j").
     splits      {name: stats} for every written split ("train", "val", "test", "fold0/train", ...).
     categories  {category: stats} over all kept examples ("(none)" for rows without one).
     inputs, options, seconds, outputs.
@@ -21,6 +26,7 @@ from r1jax.data.clean import REASONS
 
 EXAMPLES_PER_REASON = 5
 NO_CATEGORY = "(none)"
+TURN_REASONS = ("duplicate", "too_long", "too_long_chars")  # why a kept record's turn example is dropped
 
 
 class Tally:
@@ -30,7 +36,15 @@ class Tally:
         self.read = 0
         self.truncated = 0
         self.removed = {r: 0 for r in REASONS}
+        self.training_examples = 0
+        self.turns_removed = {r: 0 for r in TURN_REASONS}
         self.examples: dict[str, list[dict]] = {r: [] for r in REASONS}
+
+    def remove_turn(self, reason: str, where: str, detail: str) -> None:
+        """A training example dropped from a record that is kept (with --train_all_turns)."""
+        self.turns_removed[reason] += 1
+        if len(self.examples[reason]) < EXAMPLES_PER_REASON:
+            self.examples[reason].append({"where": where, "detail": detail})
 
     def remove(self, reason: str, where: str, detail: str) -> None:
         self.removed[reason] += 1
@@ -65,7 +79,8 @@ def build(tally: Tally, splits: dict[str, list[int]], lengths: np.ndarray, train
     pick = lambda idx: stats(lengths[idx], trained[idx], [categories[i] for i in idx])  # noqa: E731
     return {
         "records": {"read": tally.read, "kept": tally.kept, "truncated": tally.truncated,
-                    "removed": dict(tally.removed)},
+                    "removed": dict(tally.removed),
+                    "training_examples": {"kept": tally.training_examples, "removed": dict(tally.turns_removed)}},
         "examples": {r: v for r, v in tally.examples.items()},
         "splits": {name: pick(np.asarray(idx, np.int64)) for name, idx in splits.items()},
         "categories": {c: pick(np.asarray(idx, np.int64)) for c, idx in sorted(by_cat.items())},
@@ -83,10 +98,13 @@ def _row(name: str, s: dict) -> str:
 def summary(report: dict) -> str:
     """A readable summary of a report."""
     rec = report["records"]
-    lines = [f"records: read {rec['read']}, kept {rec['kept']}"
-             + (f" ({rec['truncated']} truncated)" if rec["truncated"] else "")]
-    removed = rec["removed"]
-    lines.append("removed: " + ", ".join(f"{r} {removed[r]}" for r in REASONS))
+    removed, turns = rec["removed"], rec["training_examples"]
+    notes = ([f"{rec['truncated']} truncated"] if rec["truncated"] else []) + (
+        ["turns dropped from kept records: " + ", ".join(f"{r} {n}" for r, n in turns["removed"].items())]
+        if any(turns["removed"].values()) else [])
+    lines = [f"records: read {rec['read']}, kept {rec['kept']}",
+             "removed: " + ", ".join(f"{r} {removed[r]}" for r in REASONS),
+             f"training examples: {turns['kept']}" + (f" ({'; '.join(notes)})" if notes else "")]
     for r in REASONS:
         for ex in report["examples"][r]:
             lines.append(f"  {r:<15} {ex['where']}: {ex['detail']}")

@@ -2,8 +2,9 @@
 
 Each example is normalized as `prepare` does, tokenized with `tokenize_example`, and printed as the
 decoded token ids, with the trained tokens (loss_mask 1) marked: reverse video on a terminal,
-⟦...⟧ otherwise. Works on raw input JSONL and on a prepared DIR/S.jsonl. Malformed lines are named
-on stderr and skipped.
+⟦...⟧ otherwise. With --train_all_turns, each of a conversation's turn examples is shown
+(`chat.turn_examples`, as `prepare --train_all_turns` makes them), each counting towards --n. Works on
+raw input JSONL and on a prepared DIR/S.jsonl. Malformed lines are named on stderr and skipped.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import itertools
 import sys
 
 from r1jax.data import clean
-from r1jax.data.chat import tokenize_example
+from r1jax.data.chat import tokenize_example, turn_examples
 from r1jax.data.formats import FORMATS, DataError, read_jsonl
 from r1jax.data.tokenizer import load_tokenizer
 
@@ -25,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="auto", choices=FORMATS, help="row format (default: detected)")
     p.add_argument("--tokenizer", metavar="DIR", help="directory with tokenizer.json (default: packaged)")
     p.add_argument("--train_all_turns", action="store_true",
-                   help="train every assistant answer, not only the final turn")
+                   help="show one example per assistant turn, as prepare --train_all_turns makes them")
 
 
 def render_marked(ids: list[int], mask: list[int], tokenizer, tty: bool) -> str:
@@ -52,20 +53,23 @@ def run(args: argparse.Namespace, stdout=None) -> int:
             if isinstance(item, DataError):
                 print(f"skipped {item}", file=sys.stderr)
                 continue
-            ex = clean.normalize_example(item)
-            bad = clean.check_fields(ex)
-            try:
-                enc = tokenize_example(ex, tokenizer, train_all_turns=args.train_all_turns)
-            except DataError as e:  # e.g. empty input_ids
-                print(f"skipped {e}", file=sys.stderr)
-                continue
-            ids, mask = enc["input_ids"], enc["loss_mask"]
-            category = f", category {ex.category}" if ex.category else ""
+            record = clean.normalize_example(item)
+            bad = clean.check_fields(record)
             note = f"  (prepare removes it: {bad[0]}, {bad[1]})" if bad else ""
-            print(f"── {ex.source} ({ex.kind}{category}) ──{note}", file=stdout)
-            print(render_marked(ids, mask, tokenizer, tty), file=stdout)
-            print(f"── {len(ids)} tokens, {sum(mask)} trained ──\n", file=stdout)
-            shown += 1
+            for ex in turn_examples(record) if args.train_all_turns else [record]:
+                try:
+                    enc = tokenize_example(ex, tokenizer)
+                except DataError as e:  # e.g. empty input_ids
+                    print(f"skipped {e}", file=sys.stderr)
+                    continue
+                ids, mask = enc["input_ids"], enc["loss_mask"]
+                category = f", category {ex.category}" if ex.category else ""
+                print(f"── {ex.source} ({ex.kind}{category}) ──{note}", file=stdout)
+                print(render_marked(ids, mask, tokenizer, tty), file=stdout)
+                print(f"── {len(ids)} tokens, {sum(mask)} trained ──\n", file=stdout)
+                shown += 1
+                if shown == args.n:
+                    break
             if shown == args.n:
                 break
     except DataError as e:

@@ -22,7 +22,9 @@ from r1jax.data.formats import DataError
 
 SUFFIXES = ("ids", "mask", "offsets")
 # 2: a chat row is its generation prompt's ids + its target's ids, each encoded alone (chat.py).
-FORMAT_VERSION = 2
+# 3: with --train_all_turns, one example per assistant turn (the conversation up to it), no longer
+#    earlier answers trained inside the final turn's row.
+FORMAT_VERSION = 3
 FILE_SUFFIXES = (".ids.npy", ".mask.npy", ".offsets.npy", ".meta.json")  # every file of a split
 
 
