@@ -68,17 +68,22 @@ class RunCheckpoints:
 
         `abstract_state` is a tree of jax.ShapeDtypeStruct with shardings: arrays are restored
         directly onto their devices."""
+        failed = False
         for step in sorted(self.latest.all_steps(), reverse=True):
             self.errors.catching()
+            error = None
             with _orbax_logs() as logged:
                 try:
                     out = self.latest.restore(step, args=ocp.args.Composite(
                         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
                 except Exception as e:  # noqa: BLE001 - any failure means "this one is unusable"
                     error, details = e, traceback.format_exc()
-                else:
-                    logged.replay()  # a good restore's log lines reach the console as usual
-                    return step, out.state, out.meta
+            if error is None:
+                logged.replay()  # a good restore's log lines reach the console as usual
+                if not failed:
+                    self.errors.close()  # no failed reads to expect
+                return step, out.state, out.meta
+            failed = True
             bad = os.path.join(str(self.latest.directory), str(step))
             kept = f"{bad}.corrupt-{int(time.time())}"
             if jax.process_index() == 0:

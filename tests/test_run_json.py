@@ -53,11 +53,3 @@ def test_a_malformed_line_before_the_last_is_an_error_naming_file_and_line(tmp_p
     with pytest.raises(JsonlError, match=f"^{path}:2: not a JSON line"):
         Monitor(str(tmp_path), total_steps=3).truncate_after(5)
     assert path.read_text() == '{"step": 0}\n{"step": 1, "train/lo\n{"step": 2}\n'  # nothing lost
-
-
-def test_truncate_to_minus_one_starts_the_file_afresh(tmp_path):
-    """A run with no checkpoint to restore starts at step 0: the records of the earlier attempt go."""
-    path = tmp_path / "metrics.jsonl"
-    path.write_text('{"step": 0, "val/loss": 11.7}\n{"step": 1, "train/loss": 11.6}\n')
-    Monitor(str(tmp_path), total_steps=3).truncate_after(-1)
-    assert path.read_text() == ""
