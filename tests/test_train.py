@@ -188,10 +188,10 @@ def test_corrupt_latest_checkpoint_is_reported_and_previous_used(data, reference
                        env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     console = r.stderr.splitlines()
+    assert "Traceback" not in r.stderr and len(console) < 40, r.stderr[-3000:]
     about = [line for line in console if "checkpoint" in line and "resumed" not in line]
     assert len(about) == 1, about[:20]
     assert f"checkpoints/{STEPS} cannot be restored" in about[0] and f"{out / ERRORS_LOG}" in about[0]
-    assert "Traceback" not in r.stderr and len(console) < 40, r.stderr[-3000:]
     assert f"resumed from {out}/checkpoints/4" in r.stderr
     assert len(list((out / "checkpoints").glob(f"{STEPS}.corrupt-*"))) == 1  # kept, not deleted
     details = (out / ERRORS_LOG).read_text()
