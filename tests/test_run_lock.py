@@ -94,6 +94,7 @@ from r1jax.run_lock import held
 with held(sys.argv[1]):
     print("held", flush=True)
     if sys.argv[2] == "raise":
+        sys.stdin.readline()  # once the test has seen the lock
         raise ValueError("boom")
     time.sleep(60)
 """
@@ -101,14 +102,15 @@ with held(sys.argv[1]):
 
 @pytest.mark.parametrize("end", ["raise", "sigterm"])
 def test_lock_released_when_the_holder_fails_or_is_terminated(tmp_path, end):
-    p = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path), end], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path), end], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert p.stdout.readline() == "held\n"
     assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == p.pid
     if end == "sigterm":
         time.sleep(0.2)
         p.send_signal(signal.SIGTERM)
-    p.communicate(timeout=30)
+    p.communicate("go\n", timeout=30)
     assert p.returncode != 0
     assert not (tmp_path / LOCK_NAME).exists()
 
