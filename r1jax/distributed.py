@@ -107,3 +107,12 @@ class AnyProcess:
         vote = self.reduce(jax.make_array_from_process_local_data(self.sharding, local))
         previous, self.pending = self.pending, vote
         return previous is not None and bool(np.asarray(previous))
+
+
+def process_0_says(flag: bool) -> bool:
+    """Process 0's `flag`, on every process (each passes its own; only process 0's counts). A decision
+    only process 0 can make (it holds the run directory's lock) is followed by all."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))

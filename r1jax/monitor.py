@@ -1,11 +1,11 @@
 """What a training run reports: metrics.jsonl, TensorBoard events, a console progress line, PNG plots.
 
 Only process 0 writes. metrics.jsonl holds one JSON object per logged step (train and eval records
-share the `step` key); plots are redrawn from it at every eval, so they survive restarts.
+share the `step` key); a non-finite value (a diverged loss) is written as null (r1jax/run_json.py).
+Plots are redrawn from it at every eval, so they survive restarts.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import resource
@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from r1jax.flops import PEAK_TFLOPS
+from r1jax.run_json import dumps, read_jsonl, rewrite_jsonl
 
 
 def device_memory() -> dict[str, float]:
@@ -46,19 +47,23 @@ class Monitor:
                 self.tb = None
 
     def truncate_after(self, step: int) -> None:
-        """Drops records past `step` (a resumed run rewrites them)."""
+        """Drops records past `step`, which the run about to start writes again: the restored
+        checkpoint's step, or -1 (every record) when it starts from scratch. A torn last line is
+        dropped with a warning; the file is replaced atomically."""
         if not (self.enabled and os.path.exists(self.path)):
             return
-        with open(self.path) as f:
-            keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-        with open(self.path, "w") as f:
-            f.writelines(keep)
+        recs = read_jsonl(self.path, self.log)
+        rewrite_jsonl(self.path, [r for r in recs if r.get("step", 0) <= step])
+
+    def records(self) -> list[dict]:
+        """Every record of metrics.jsonl (a torn last line dropped with a warning)."""
+        return read_jsonl(self.path, self.log) if os.path.exists(self.path) else []
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(dumps(record) + "\n")
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "step" and math.isfinite(v):
@@ -89,9 +94,9 @@ class Monitor:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        recs = [json.loads(line) for line in open(self.path) if line.strip()]
-        train = [(r["step"], r["train/loss"]) for r in recs if "train/loss" in r]
-        val = [(r["step"], r["val/loss"]) for r in recs if "val/loss" in r]
+        recs = self.records()
+        train = [(r["step"], r["train/loss"]) for r in recs if r.get("train/loss") is not None]
+        val = [(r["step"], r["val/loss"]) for r in recs if r.get("val/loss") is not None]
         fig, ax = plt.subplots(figsize=(7, 4))
         if train:
             ax.plot(*zip(*train), label="train/loss")
@@ -104,9 +109,9 @@ class Monitor:
         fig.tight_layout()
         fig.savefig(os.path.join(self.dir, "loss.png"), dpi=100)
         plt.close(fig)
-        loads = [r["moe/expert_load"] for r in recs if "moe/expert_load" in r]
+        loads = [r["moe/expert_load"] for r in recs if r.get("moe/expert_load") is not None]
         if loads:
-            load = np.asarray(loads[-1])  # [L_moe, E] fractions
+            load = np.asarray(loads[-1], dtype=float)  # [L_moe, E] fractions (null: nan)
             fig, ax = plt.subplots(figsize=(7, 1 + 0.4 * load.shape[0]))
             im = ax.imshow(load * load.shape[1], aspect="auto", cmap="viridis")
             ax.set_xlabel("expert")

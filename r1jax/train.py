@@ -2,17 +2,18 @@
 
 Reads top to bottom: config, processes, mesh, data, model, shard, step, checkpoint, loop. Rerunning the
 same command in the same output_dir resumes exactly (params, optimizer state, router bias, step and the
-data iterator), on any mesh. SIGTERM saves a checkpoint and exits cleanly.
+data iterator), on any mesh. SIGTERM saves a checkpoint and exits cleanly. One trainer at a time per
+output_dir: it holds OUTPUT_DIR/r1jax.lock (r1jax/run_lock.py) from before its first write to its exit.
 
 Multi-host: every host runs this same command (tools/launch_tpu_pod.sh, tools/launch_slurm.sh); the
 processes join first (r1jax/distributed.py), each loads its own rows of every global batch, all of them
-write and restore the checkpoints, and only process 0 writes metrics, plots and config files.
+write and restore the checkpoints, and only process 0 holds the lock and writes metrics, plots and
+config files.
 output_dir and data.cache_dir must be one directory every host sees.
 """
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import signal
@@ -26,7 +27,7 @@ from absl import app, logging as absl_logging
 from flax import nnx
 from ml_collections import config_flags
 
-from r1jax import checkpoint, distributed, run_config, sharding
+from r1jax import checkpoint, distributed, run_config, run_lock, sharding
 from r1jax.data.formats import DataError
 from r1jax.data.loader import make_loader
 from r1jax.data.tokenizer import load_tokenizer
@@ -35,6 +36,7 @@ from r1jax.flops import train_flops_per_token
 from r1jax.model import Transformer
 from r1jax.monitor import Monitor, device_memory, peak_tflops
 from r1jax.optim import make_optimizer, path_str
+from r1jax.run_json import JsonlError, dumps
 from r1jax.step import StepConfig, loss_fn, split_model, train_step
 from r1jax.task_eval import TaskEval
 from r1jax.tasks.runner import TaskError
@@ -100,11 +102,17 @@ def run(c) -> dict:
     # ---- processes: joined before anything touches a device
     joined = distributed.initialize(c.dist)
     is_main = jax.process_index() == 0
+    log = (lambda s: print(s, file=sys.stderr, flush=True)) if is_main else (lambda s: None)
+    # ---- run directory: one trainer writes it; process 0 holds the lock for all processes
+    with run_lock.held(c.output_dir, log, hold=is_main, agree=distributed.process_0_says):
+        return _run_locked(c, joined, is_main, log)
+
+
+def _run_locked(c, joined: str, is_main: bool, log) -> dict:
     os.makedirs(c.output_dir, exist_ok=True)
     if is_main:
         with open(os.path.join(c.output_dir, "config.json"), "w") as f:
             f.write(c.to_json_best_effort(indent=2))
-    log = (lambda s: print(s, file=sys.stderr, flush=True)) if is_main else (lambda s: None)
     log(f"processes: {joined}")
 
     # ---- mesh: set for the whole run, so that code tracing under it (shard_map) sees its axes
@@ -192,9 +200,9 @@ def _train(c, mesh, is_main: bool, log) -> dict:
         nnx.replace_by_pure_dict(rest, state["rest"])
         opt_state = state["opt_state"]
         loader.set_state(meta["data"])
-        monitor.truncate_after(step0)
         log(f"resumed from {c.output_dir}/checkpoints/{step0}")
     step = meta["step"]
+    monitor.truncate_after(step if restored is not None else -1)  # this run rewrites what follows
 
     def snapshot():
         return ({"params": nnx.to_pure_dict(params), "rest": nnx.to_pure_dict(rest), "opt_state": opt_state},
@@ -216,7 +224,7 @@ def _train(c, mesh, is_main: bool, log) -> dict:
         if is_main:
             os.makedirs(os.path.join(c.output_dir, "task_eval"), exist_ok=True)
             with open(os.path.join(c.output_dir, "task_eval", f"{at_step}.jsonl"), "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in task_eval.last_records)
+                f.writelines(dumps(r) + "\n" for r in task_eval.last_records)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not k.endswith("_seconds"))
         log(f"step {at_step}: {shown} ({time.perf_counter() - t:.1f} s)")
 
@@ -233,7 +241,8 @@ def _train(c, mesh, is_main: bool, log) -> dict:
         summary["last_val_loss"] = ev["val/loss"]
         if at_step == 0:
             return False  # the baseline: not a candidate for the best checkpoint
-        if meta["best_val"] is None or ev["val/loss"] < meta["best_val"]:
+        finite = math.isfinite(ev["val/loss"])  # a diverged model is never the best one
+        if finite and (meta["best_val"] is None or ev["val/loss"] < meta["best_val"]):
             meta["best_val"], meta["evals_without_gain"] = ev["val/loss"], 0
             ckpts.save_best(at_step, *snapshot(), ev["val/loss"])
         else:
@@ -274,7 +283,7 @@ def _train(c, mesh, is_main: bool, log) -> dict:
             step += 1
             # The previous step's scalars are read after this step is dispatched: no stall.
             if pending is not None:
-                _check_finite(pending, meta, c, log)
+                _check_finite(pending, meta, c, log, ckpts)
             pending = {"step": step, "skipped": m["skipped"]}
             new_stage = int(stage_at(step))
             if new_stage != stage:
@@ -315,7 +324,7 @@ def _train(c, mesh, is_main: bool, log) -> dict:
             if step % c.train.checkpoint_every == 0:
                 ckpts.save(step, *snapshot())
         if pending is not None:
-            _check_finite(pending, meta, c, log)
+            _check_finite(pending, meta, c, log, ckpts)
         ckpts.save(step, *snapshot())
         ckpts.wait()
     finally:
@@ -326,7 +335,7 @@ def _train(c, mesh, is_main: bool, log) -> dict:
     summary.update(step=step, best_val_loss=meta["best_val"])
     if is_main:
         with open(os.path.join(c.output_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=1)
+            f.write(dumps(summary, indent=1))
     return summary
 
 
@@ -337,16 +346,22 @@ def _tokenizer_dir(checkpoint_dir: str) -> str | None:
     return None
 
 
-def _check_finite(pending: dict, meta: dict, c, log) -> None:
-    """Counts consecutive skipped (non-finite) steps; too many in a row stop the run."""
+def _check_finite(pending: dict, meta: dict, c, log, ckpts: RunCheckpoints) -> None:
+    """Counts consecutive skipped (non-finite) steps; too many in a row stop the run, naming the
+    newest checkpoint (skipped steps leave the parameters unchanged: it is good), or saying there is
+    none."""
     skipped = int(jax.device_get(pending["skipped"]))
     meta["nonfinite"] = meta["nonfinite"] + 1 if skipped else 0
     if skipped:
         log(f"step {pending['step']}: non-finite loss or gradient; update skipped "
             f"({meta['nonfinite']} in a row)")
     if meta["nonfinite"] >= c.train.max_nonfinite:
+        last = ckpts.latest_step()
+        kept = (f"the last good checkpoint is {os.path.join(c.output_dir, 'checkpoints', str(last))} "
+                f"(step {last})" if last is not None else
+                f"there is no checkpoint to go back to in {os.path.join(c.output_dir, 'checkpoints')}")
         raise TrainingError(f"{meta['nonfinite']} non-finite steps in a row at step {pending['step']}; "
-                            f"stopping. The last good checkpoint is in {c.output_dir}/checkpoints")
+                            f"stopping; {kept}")
 
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file with get_config()",
@@ -361,10 +376,11 @@ def main(argv) -> None:
         raise app.UsageError("--config=configs/NAME.py is required")
     try:
         summary = run(_CONFIG.value)
-    except (TrainingError, run_config.RunConfigError, distributed.DistributedError, DataError, TaskError) as e:
+    except (TrainingError, run_config.RunConfigError, distributed.DistributedError, DataError, TaskError,
+            run_lock.RunLockError, JsonlError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(json.dumps(summary))
+    print(dumps(summary))
 
 
 if __name__ == "__main__":

@@ -183,3 +183,36 @@ def test_launcher_detection_and_init_args():
             c.dist.process_id = 2
         with pytest.raises(run_config.RunConfigError, match=match):
             run_config.validate(c)
+
+
+def test_a_held_run_directory_stops_every_process(tmp_path):
+    """The run directory is locked by a live process (this test's): process 0 refuses naming it, and
+    process 1, which does not take the lock, stops with it instead of waiting for process 0 forever.
+    Oracle: this process's pid in process 0's message; the lock file left as it was."""
+    import socket
+    from r1jax.run_lock import LOCK_NAME
+    data, out = tmp_path / "data", tmp_path / "run"
+    data.mkdir()
+    out.mkdir()
+    synthetic(data / "train.jsonl", n=50)
+    held = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": "2026-01-01T00:00:00Z"})
+    (out / LOCK_NAME).write_text(held)
+    port = _free_port()
+    srun = lambda i: {"SLURM_JOB_ID": "4243", "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_NTASKS": "2",
+                      "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i), "JAX_LOCAL_DEVICE_IDS": "0,1"}
+    cmd = _command(_config(data, out)) + [f"--config.dist.coordinator=127.0.0.1:{port}"]
+    procs = [subprocess.Popen(cmd, env={**_env(2), **srun(i)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        errs = [p.communicate(timeout=180)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert [p.returncode for p in procs] == [2, 2], errs
+    assert f"{out}: in use by another r1jax.train run (host {socket.gethostname()}, pid {os.getpid()}," \
+        in errs[0], errs[0][-2000:]
+    assert f"error: {out}: process 0 of this run could not lock it" in errs[1], errs[1][-2000:]
+    assert (out / LOCK_NAME).read_text() == held
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing written

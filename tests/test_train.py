@@ -1,8 +1,10 @@
 """python -m r1jax.train end to end on CPU: learning, exact resume after SIGTERM, SIGKILL during async
-saves, a corrupt latest checkpoint, config errors."""
+saves, a corrupt latest checkpoint, config errors, one trainer per run directory, a diverged run."""
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +16,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 from r1jax import run_config  # noqa: E402
-from r1jax.train import run  # noqa: E402
+from r1jax.run_lock import LOCK_NAME  # noqa: E402
+from r1jax.train import TrainingError, _check_finite, run  # noqa: E402
+from r1jax.train_checkpoint import ERRORS_LOG, RunCheckpoints  # noqa: E402
 from train_fixtures import config as base_config, synthetic  # noqa: E402
 
 STEPS = 8
@@ -171,30 +175,109 @@ def test_sigkill_during_async_saves_resumes_from_last_complete(data, reference, 
 
 
 def test_corrupt_latest_checkpoint_is_reported_and_previous_used(data, reference, tmp_path):
-    import shutil
+    """The newest checkpoint's array files cut short (a torn write): the run says so in one console
+    line, moves it aside, resumes from the one before and ends equal to the uninterrupted reference
+    run (the oracle); Orbax's tracebacks (one per array read) go to RUN/checkpoint_errors.log."""
     ref, _ = reference
     shutil.copytree(ref, tmp_path / "run")
     out = tmp_path / "run"
     for f in (out / "checkpoints" / str(STEPS) / "state").rglob("*"):
-        if f.is_file() and f.stat().st_size > 0:
-            f.write_bytes(b"\0" * 16)  # garbage over every file of the newest checkpoint
-    c = config(data, out, train__steps=STEPS)
-    lines = []
-    import r1jax.train as train_mod
-    orig = train_mod.RunCheckpoints
-
-    class Spy(orig):
-        def __init__(self, output_dir, keep, log=print):
-            super().__init__(output_dir, keep, lambda s: (lines.append(s), log(s)))
-    train_mod.RunCheckpoints = Spy
-    try:
-        summary = run(c)
-    finally:
-        train_mod.RunCheckpoints = orig
-    assert any(f"checkpoints/{STEPS} cannot be restored" in s for s in lines), lines
-    assert summary["start_step"] == 4  # resumed from the previous checkpoint
+        if f.is_file() and f.parent.name == "d":  # the OCDBT data files
+            f.write_bytes(f.read_bytes()[:100])
+    r = subprocess.run(_cli(data, out), capture_output=True, text=True,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    console = r.stderr.splitlines()
+    assert "Traceback" not in r.stderr and len(console) < 40, r.stderr[-3000:]
+    about = [line for line in console if "checkpoint" in line and "resumed" not in line]
+    assert len(about) == 1, about[:20]
+    assert f"checkpoints/{STEPS} cannot be restored" in about[0] and f"{out / ERRORS_LOG}" in about[0]
+    assert f"resumed from {out}/checkpoints/4" in r.stderr
     assert len(list((out / "checkpoints").glob(f"{STEPS}.corrupt-*"))) == 1  # kept, not deleted
+    details = (out / ERRORS_LOG).read_text()
+    assert f"checkpoints/{STEPS} (step {STEPS}) cannot be restored" in details and "Traceback" in details
     _assert_same_run(out, ref)
+
+
+def test_a_second_trainer_on_the_same_dir_is_refused(data, reference, tmp_path):
+    """A stale lock (a dead pid of this host) is taken over by the first trainer; a second one started
+    while the first runs exits non-zero with one line naming the directory and the first's host and
+    pid (the oracle: Popen's pid); the first ends equal to the reference run, each record once."""
+    ref, _ = reference
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = tmp_path / LOCK_NAME
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "started": "2026-01-01"}))
+    first = subprocess.Popen(_cli(data, tmp_path), stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True, env=env)
+    try:
+        t0 = time.time()
+        while not (lock.exists() and f'"pid": {first.pid},' in lock.read_text()):
+            assert first.poll() is None and time.time() - t0 < 120, "the first trainer did not lock"
+            time.sleep(0.05)
+        second = subprocess.run(_cli(data, tmp_path), capture_output=True, text=True, env=env, timeout=120)
+        out, err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert second.returncode != 0 and len(errors) == 1, second.stderr[-2000:]
+    assert f"{tmp_path}: in use by another r1jax.train run (host {socket.gethostname()}, pid {first.pid}," \
+        in errors[0]
+    assert "Traceback" not in second.stderr
+    assert first.returncode == 0, err[-2000:]
+    assert f"stale lock of a process that is no longer running (host {socket.gethostname()}, pid {dead.pid}" in err
+    assert not lock.exists()  # released at exit
+    assert [r["step"] for r in records(tmp_path)] == [r["step"] for r in records(ref)]
+    _assert_same_run(tmp_path, ref)
+
+
+def test_rerun_with_no_checkpoint_rewrites_metrics_from_the_start(data, reference, tmp_path):
+    """A trainer killed before its first save left records for steps 0-3 and a line cut short; the
+    rerun restores nothing and starts at step 0: its metrics.jsonl equals the reference run's, each
+    step once (the oracle), the earlier attempt's records gone."""
+    ref, _ = reference
+    earlier = [{"step": 0, "val/loss": 99.0}] + [{"step": i, "train/loss": 99.0} for i in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in earlier) +
+                                            '{"step": 4, "train/lo')
+    run(config(data, tmp_path))
+    assert [r["step"] for r in records(tmp_path)] == [r["step"] for r in records(ref)]
+    _assert_same_run(tmp_path, ref)
+
+
+def _strict(line):
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_diverged_run_stops_naming_its_last_checkpoint_and_writes_strict_json(data, tmp_path):
+    """An enormous learning rate makes the gradients non-finite; after train.max_nonfinite skipped steps the
+    run stops naming the newest checkpoint on disk (the oracle: the directory listing). Every line
+    of metrics.jsonl passes a strict JSON parser; the diverged values are null."""
+    c = config(data, tmp_path, optim__lr=1e30, train__max_nonfinite=2, train__checkpoint_every=2,
+               train__eval_every=2)
+    with pytest.raises(TrainingError) as e:
+        run(c)
+    saved = max(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert str(e.value).endswith(f"the last good checkpoint is {tmp_path}/checkpoints/{saved} "
+                                 f"(step {saved})"), str(e.value)
+    recs = [_strict(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("grad_norm" in r and r["grad_norm"] is None for r in recs), recs  # an infinite gradient
+    for meta in (tmp_path / "checkpoints").glob("*/meta/metadata"):  # the checkpoints' JSON too
+        _strict(meta.read_text())
+
+
+def test_nonfinite_stop_without_a_checkpoint_says_there_is_none(data, tmp_path):
+    """Oracle: an empty run directory has no checkpoint; the message must not point into it as if."""
+    c = config(data, tmp_path, train__max_nonfinite=1)
+    ckpts = RunCheckpoints(str(tmp_path), 2, log=lambda s: None)
+    try:
+        with pytest.raises(TrainingError, match=f"there is no checkpoint to go back to in {tmp_path}/checkpoints"):
+            _check_finite({"step": 3, "skipped": 1}, {"nonfinite": 0}, c, lambda s: None, ckpts)
+    finally:
+        ckpts.close()
 
 
 def test_unknown_and_mistyped_keys_fail_naming_them(data, tmp_path):
@@ -239,3 +322,18 @@ def test_trained_run_exports_to_transformers(data, reference, tmp_path):
     ours, _ = nnx.merge(graphdef, state)(jnp.asarray(ids))
     total, count, _ = next_token_loss_sums(ours, jnp.asarray(ids), jnp.ones_like(jnp.asarray(ids)))
     assert abs(float(total / count) - ref_loss) < 2e-2 * ref_loss  # exported in bf16
+
+
+def test_orbax_log_lines_held_during_a_restore_attempt_and_replayed_after_a_good_one(caplog):
+    """Oracle: records logged through absl inside the block reach no handler there, and reach the
+    root logger's handlers (caplog) exactly once after replay."""
+    from absl import logging as absl_logging
+    from r1jax.train_checkpoint import _orbax_logs
+    with caplog.at_level("WARNING"):
+        with _orbax_logs() as held:
+            absl_logging.warning("metadata of step %d missing", 4)
+        assert [r.getMessage() for r in held.records] == ["metadata of step 4 missing"]
+        assert "metadata of step 4 missing" not in caplog.text
+        assert "metadata of step 4 missing" in held.text()
+        held.replay()
+    assert caplog.text.count("metadata of step 4 missing") == 1
