@@ -177,3 +177,20 @@ def test_data_prepare_input_directory_and_missing_file(tmp_path, jsonl):
     _one_line_error(_run(["-m", "r1jax.data", "prepare", "--input", str(jsonl), str(missing),
                           "--out", str(out)]), str(missing), "no such file")
     assert not out.exists()
+
+
+def test_train_resolves_auto_grad_accum_on_its_mesh(tmp_path):
+    """train.grad_accum 0 (auto) is resolved by r1jax.train on the mesh it built (8 CPU devices,
+    data 8): 12 rows cannot be 8-row micro-batches, and the error says so before any data or
+    compile. Oracle: 12 % 8 != 0 (hand arithmetic)."""
+    import importlib.util
+    from r1jax import train
+    spec = importlib.util.spec_from_file_location("tiny_config", ROOT / "configs" / "tiny.py")
+    tiny = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tiny)
+    c = tiny.get_config()
+    c.output_dir = str(tmp_path / "run")
+    c.mesh.data, c.train.batch_size, c.train.grad_accum = -1, 12, 0
+    with pytest.raises(run_config.RunConfigError, match=r"grad_accum=0 \(auto\).*batch_size=12.*8 batch"):
+        train.run(c)
+    assert not (tmp_path / "run" / "data").exists()
