@@ -5,8 +5,11 @@
         --config.data.train=/data/mine.jsonl
     python -m r1jax.plan --config=configs/r1_671b.py --topology=v5p-1024   # memory, before renting it
 
-tokens/step = batch_size * seq_len = 512 * 4096 = 2.1M, in grad_accum micro-batches of 512 / 4 = 128
-sequences. Memory per parameter: bf16 params (2) + float32 gradient accumulator (4) + bf16 Adam
+tokens/step = batch_size * seq_len = 512 * 4096 = 2.1M, in grad_accum micro-batches; grad_accum 0
+(auto) takes 512 / the mesh's batch shards (data x fsdp x expert, the chip count on these meshes), so
+each micro-batch gives every chip one sequence: 1 micro-batch on v5p-1024 (512 chips), where the plan
+above answers fits, 38.0 GiB per chip (40.4 with float32 moments, --variant full; BUILD.md, "Pod
+plans"). Memory per parameter: bf16 params (2) + float32 gradient accumulator (4) + bf16 Adam
 moments (4) = 10 bytes: 6.7 TB for the model, spread over every chip (fsdp x expert x tensor).
 The mesh comes from mesh.preset for the device count (r1jax/sharding.py: r1-671b-v5p, r1-671b-v6e,
 r1-671b-gpu; sharding.mesh_sizes). Multi-host launch and pod plans: BUILD.md.
@@ -29,7 +32,7 @@ def get_config():
     c.train.steps = 1000
     c.train.batch_size = 512         # a multiple of the chips: every chip gets whole sequences
     c.train.seq_len = 4096
-    c.train.grad_accum = 4
+    c.train.grad_accum = 0           # auto: 512 / chips, one sequence per chip per micro-batch
     c.train.eval_every = 100
     # LM head + cross-entropy over ~262k positions at a time, i.e. 262144 / micro-batch rows steps of
     # time per row: 512 steps (252 MiB of float32 logits per chip) at one sequence per chip.

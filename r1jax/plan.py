@@ -34,7 +34,7 @@ from r1jax.model import Transformer
 from r1jax.optim import make_optimizer
 from r1jax.step import split_model
 # The trainer's own step builders (and its --config flag, which the CLI below shares).
-from r1jax.train import jit_train_step, opt_state_shardings
+from r1jax.train import jit_train_step, opt_state_shardings, parse_flags
 
 GIB = 1024 ** 3
 # HBM per chip that the TPU compiler (libtpu 0.0.42) allocates against, read from its
@@ -200,6 +200,8 @@ def plan(c, topology: str, variant: str | None = None) -> dict:
         mesh = sharding.make_mesh(**sizes, devices=devices)
     except (ValueError, NotImplementedError) as e:
         raise PlanError(f"mesh for {s.name} ({s.topology}, {len(devices)} chips): {e}") from e
+    # train.grad_accum 0 (auto): one row per batch shard per micro-batch, as r1jax/train.py runs it
+    c = run_config.with_grad_accum(c, math.prod(mesh.shape[a] for a in ("data", "fsdp", "expert")))
     report = {"topology": s.name, "libtpu_topology": s.topology, "chips": len(devices),
               "variant": variant or "config", "mesh": {k: int(v) for k, v in mesh.shape.items()},
               "mesh_preset": c.mesh.preset, "model": c.model.preset, "hbm_gib": s.hbm_gib,
@@ -304,4 +306,4 @@ def _define_flags():  # --config is r1jax.train's flag: read the same way as the
 if __name__ == "__main__":
     from absl import app
     _FLAGS = _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

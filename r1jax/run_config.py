@@ -1,10 +1,17 @@
 """The training run's configuration: every key, its type and default, and validation.
 
 Config files (`configs/*.py`) start from `defaults()` and change what they need; the command line
-overrides with `--config.section.key=value`. `validate` rejects keys that do not exist here and values
-of the wrong type, naming the key, before anything runs.
+overrides with `--config.section.key=value`. `validate` rejects keys that do not exist here, values
+of the wrong type and numbers outside the key's range (one table, RANGES), naming the key, before
+anything runs; `check_overrides` does the same for the command line's key names before the flags
+are parsed.
 """
 from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
 
 import ml_collections
 
@@ -48,7 +55,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.train.epochs = 0
     c.train.batch_size = 8             # global batch in sequences (tokens/step = batch * seq * accum)
     c.train.seq_len = 1024
-    c.train.grad_accum = 1             # micro-batches per step, inside the jitted step
+    c.train.grad_accum = 1             # micro-batches per step, inside the jitted step; 0 = auto:
+                                       # batch_size / the mesh's batch shards (resolved_grad_accum)
     c.train.log_every = 10
     c.train.eval_every = 100
     c.train.eval_batches = 0           # 0 = the whole val split
@@ -117,13 +125,124 @@ def _walk(c, prefix=""):
             yield key, v
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric key may take: finite numbers from lo to hi (open ends where said), plus
+    the sentinel values in `special` (value -> what it means)."""
+    lo: float = -math.inf
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+    special: tuple = ()                # ((value, meaning), ...)
+
+    def allows(self, v) -> bool:
+        if any(v == value for value, _ in self.special):
+            return True
+        if not math.isfinite(v):
+            return False
+        return (self.lo < v if self.lo_open else self.lo <= v) and \
+            (v < self.hi if self.hi_open else v <= self.hi)
+
+    def describe(self) -> str:
+        """"[0, 1)", "> 0", "-1 (the rest) or >= 1"."""
+        if math.isinf(self.hi):
+            text = f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        else:
+            text = f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+        specials = " or ".join(f"{value:g} ({meaning})" for value, meaning in self.special)
+        return f"{specials} or {text}" if specials else text
+
+
+_NON_NEGATIVE, _POSITIVE, _FRACTION = Range(0), Range(0, lo_open=True), Range(0, 1)
+_MESH_AXIS = Range(1, special=((-1, "the devices the other axes leave"),))
+# Every numeric key of defaults() and the values it may take (what the code that reads it means).
+RANGES: dict[str, Range] = {
+    "seed": _NON_NEGATIVE,
+    "model.moe_chunk_tokens": Range(1, special=((0, "all of a device's tokens at once"),)),
+    "data.val_fraction": Range(0, 1, hi_open=True),
+    "data.max_examples": Range(1, special=((0, "all"),)),
+    "train.steps": Range(1, special=((0, "train.epochs epochs"),)),
+    "train.epochs": _NON_NEGATIVE,
+    "train.batch_size": Range(1),
+    "train.seq_len": Range(2),                  # one input and its next-token target at least
+    "train.grad_accum": Range(1, special=((0, "auto"),)),
+    "train.log_every": Range(1),
+    "train.eval_every": Range(1),
+    "train.eval_batches": Range(1, special=((0, "the whole val split"),)),
+    "train.checkpoint_every": Range(1),
+    "train.keep_checkpoints": Range(1),
+    "train.early_stop_patience": Range(1, special=((0, "never"),)),
+    "train.max_nonfinite": Range(1),
+    "train.aux_loss_weight": _NON_NEGATIVE,
+    "train.mtp_loss_weight": _NON_NEGATIVE,
+    "train.router_bias_rate": _NON_NEGATIVE,
+    "train.loss_chunk": Range(1, special=((0, "all positions at once"),)),
+    "train.task_eval_every": Range(1, special=((0, "off"),)),
+    "task.limit": Range(1, special=((0, "all"),)),
+    "task.n_samples": Range(1),
+    "task.temperature": _NON_NEGATIVE,
+    "task.top_p": Range(0, 1, lo_open=True),
+    "task.max_new_tokens": Range(1),
+    "task.timeout_s": _POSITIVE,
+    "task.workers": Range(1, special=((0, "CPU count"),)),
+    "optim.lr": _NON_NEGATIVE,
+    "optim.warmup_steps": _NON_NEGATIVE,
+    "optim.min_lr_ratio": _FRACTION,
+    "optim.wsd_decay_fraction": _FRACTION,
+    "optim.weight_decay": _NON_NEGATIVE,
+    "optim.layer_decay": Range(0, 1, lo_open=True),
+    "optim.b1": Range(0, 1, hi_open=True),
+    "optim.b2": Range(0, 1, hi_open=True),
+    "optim.eps": _POSITIVE,
+    "optim.clip_norm": Range(0, lo_open=True, special=((0, "no clipping"),)),
+    "mesh.data": _MESH_AXIS,
+    "mesh.fsdp": _MESH_AXIS,
+    "mesh.expert": _MESH_AXIS,
+    "mesh.tensor": _MESH_AXIS,
+    "dist.num_processes": Range(1, special=((0, "from the launcher"),)),
+    "dist.process_id": Range(0, special=((-1, "from the launcher"),)),
+}
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _suggest(key: str, known) -> str:
+    """' (did you mean "train.steps"?)' for a near miss among the known keys, else ''."""
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def _sections(keys) -> set[str]:
+    return {k.rsplit(".", 1)[0] for k in keys if "." in k}
+
+
+def check_overrides(argv: list[str], flag: str = "config") -> None:
+    """Every `--config.KEY=...` in argv names a key of defaults() (or a section); else a
+    RunConfigError naming the flag and the nearest key. Run before the flags are parsed: the flag
+    library reports an unknown override as a traceback."""
+    known = dict(_walk(defaults()))
+    for arg in argv:
+        if arg == "--":  # the end of the flags
+            break
+        name = arg.lstrip("-").split("=", 1)[0]
+        name = name[2:] if name.startswith("no" + flag + ".") else name  # --noconfig.KEY (a bool)
+        if not arg.startswith("-") or not name.startswith(flag + "."):
+            continue
+        key = name[len(flag) + 1:]
+        if key not in known and key not in _sections(known):
+            raise RunConfigError(f"unknown config key {key} (--{name}){_suggest(key, known)}")
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
     """Unknown keys, wrong types and impossible values raise RunConfigError naming the key."""
     ref = dict(_walk(defaults()))
     got = dict(_walk(c))
     unknown = sorted(set(got) - set(ref))
     if unknown:
-        raise RunConfigError(f"unknown config key(s): {', '.join(unknown)}")
+        raise RunConfigError("unknown config key(s): "
+                             + ", ".join(k + _suggest(k, ref) for k in unknown))
     missing = sorted(set(ref) - set(got))
     if missing:
         raise RunConfigError(f"config is missing key(s): {', '.join(missing)} (start from "
@@ -135,32 +254,20 @@ def validate(c: ml_collections.ConfigDict) -> None:
             ok = True
         if not ok:
             raise RunConfigError(f"config key {key}={v!r}: expected {type(want).__name__}")
-    positive = ("train.batch_size", "train.seq_len", "train.grad_accum", "train.log_every",
-                "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
-                "train.max_nonfinite")
-    for key in positive:
-        if got[key] <= 0:
-            raise RunConfigError(f"config key {key}={got[key]}: must be > 0")
+    for key, v in got.items():
+        if _is_number(v) and key in RANGES and not RANGES[key].allows(v):
+            raise RunConfigError(f"config key {key}={v!r} is out of range: allowed "
+                                 f"{RANGES[key].describe()}")
     _validate_task(got)
     if got["train.steps"] <= 0 and got["train.epochs"] <= 0:
         raise RunConfigError("config keys train.steps and train.epochs: one must be > 0")
-    if got["train.batch_size"] % got["train.grad_accum"]:
+    if got["train.grad_accum"] and got["train.batch_size"] % got["train.grad_accum"]:
         raise RunConfigError(f"config key train.grad_accum={got['train.grad_accum']} must divide "
                              f"train.batch_size={got['train.batch_size']}")
-    if not 0 <= got["data.val_fraction"] < 1:
-        raise RunConfigError(f"config key data.val_fraction={got['data.val_fraction']}: must be in [0, 1)")
-    if got["model.moe_chunk_tokens"] < 0:
-        raise RunConfigError(f"config key model.moe_chunk_tokens={got['model.moe_chunk_tokens']}: "
-                             "must be >= 0 (0 = all of a device's tokens at once)")
-    if got["train.loss_chunk"] < 0:
-        raise RunConfigError(f"config key train.loss_chunk={got['train.loss_chunk']}: must be >= 0")
     if got["train.mtp_loss_weight"] and not got["model.with_mtp"]:
         raise RunConfigError("config key train.mtp_loss_weight > 0 needs model.with_mtp=True")
     if got["mesh.preset"] and got["mesh.preset"] not in MESH_PRESETS:
         raise RunConfigError(f"config key mesh.preset={got['mesh.preset']!r}: choose one of {MESH_PRESETS}")
-    if got["dist.num_processes"] < 0 or got["dist.process_id"] < -1:
-        raise RunConfigError(f"config keys dist.num_processes={got['dist.num_processes']} (>= 0) / "
-                             f"dist.process_id={got['dist.process_id']} (>= -1) out of range")
     if 0 < got["dist.num_processes"] <= got["dist.process_id"]:
         raise RunConfigError(f"config key dist.process_id={got['dist.process_id']} must be < "
                              f"dist.num_processes={got['dist.num_processes']}")
@@ -169,22 +276,56 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise RunConfigError(f"config key dist.coordinator={got['dist.coordinator']!r}: expected HOST:PORT")
 
 
+def resolved_grad_accum(batch_size: int, grad_accum: int, batch_shards: int) -> int:
+    """train.grad_accum as a run uses it on a mesh with `batch_shards` row shards (data x fsdp x
+    expert; the chip count when tensor = 1): as written when > 0; 0 (auto) = batch_size /
+    batch_shards, so every micro-batch gives each batch shard one whole sequence (the pod plans in
+    BUILD.md). Raises RunConfigError when auto has no whole number to give."""
+    if grad_accum:
+        return grad_accum
+    if batch_size % batch_shards:
+        raise RunConfigError(f"config key train.grad_accum=0 (auto): train.batch_size={batch_size} "
+                             f"is not a multiple of the mesh's {batch_shards} batch shards "
+                             "(data x fsdp x expert); set train.grad_accum or the batch size")
+    return batch_size // batch_shards
+
+
+def with_grad_accum(c: ml_collections.ConfigDict, batch_shards: int) -> ml_collections.ConfigDict:
+    """A copy of config c with train.grad_accum resolved for the mesh (resolved_grad_accum)."""
+    accum = resolved_grad_accum(c.train.batch_size, c.train.grad_accum, batch_shards)
+    c = c.copy_and_resolve_references()
+    c.train.grad_accum = accum
+    return c
+
+
+def make_config_dir(path: str, key: str) -> str:
+    """Creates directory `path` (and its parents), named by config key `key`; an OSError (a parent
+    that is a regular file, no permission) becomes a RunConfigError naming the key and the path."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        blocker = next((p for p in _ancestors(path) if os.path.exists(p) and not os.path.isdir(p)), None)
+        why = f"{blocker} is a file, not a directory" if blocker else (e.strerror or str(e))
+        raise RunConfigError(f"{path}: cannot create the directory (config key {key}): {why}") from None
+    return path
+
+
+def _ancestors(path: str) -> list[str]:
+    """path and its parents, outermost first: "a/b/c" -> ["a", "a/b", "a/b/c"]."""
+    out, p = [], os.path.normpath(path)
+    while p and p not in out:
+        out.append(p)
+        p = os.path.dirname(p)
+    return out[::-1]
+
+
 def _validate_task(got: dict) -> None:
     from r1jax.tasks.runner import TASKS
-    if got["train.task_eval_every"] < 0:
-        raise RunConfigError(f"config key train.task_eval_every={got['train.task_eval_every']}: must be >= 0")
     if got["task.name"] not in TASKS:
         raise RunConfigError(f"config key task.name={got['task.name']!r}: one of {', '.join(TASKS)}")
     if got["task.name"] != "humaneval" and got["train.task_eval_every"] and not got["task.data"]:
         raise RunConfigError(f"config key task.data: task {got['task.name']} needs a JSONL of prompts "
                              "and references")
-    for key in ("task.n_samples", "task.max_new_tokens", "task.timeout_s"):
-        if got[key] <= 0:
-            raise RunConfigError(f"config key {key}={got[key]}: must be > 0")
-    if got["task.limit"] < 0 or got["task.workers"] < 0 or got["task.temperature"] < 0:
-        raise RunConfigError("config keys task.limit, task.workers, task.temperature: must be >= 0")
-    if not 0 < got["task.top_p"] <= 1:
-        raise RunConfigError(f"config key task.top_p={got['task.top_p']}: must be in (0, 1]")
     ks = [k.strip() for k in got["task.k"].split(",") if k.strip()]
     if not ks or not all(k.isdigit() and 1 <= int(k) <= got["task.n_samples"] for k in ks):
         raise RunConfigError(f"config key task.k={got['task.k']!r}: integers in 1..task.n_samples="

@@ -103,13 +103,13 @@ def run(c) -> dict:
     joined = distributed.initialize(c.dist)
     is_main = jax.process_index() == 0
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if is_main else (lambda s: None)
+    run_config.make_config_dir(c.output_dir, "output_dir")
     # ---- run directory: one trainer writes it; process 0 holds the lock for all processes
     with run_lock.held(c.output_dir, log, hold=is_main, agree=distributed.process_0_says):
         return _run_locked(c, joined, is_main, log)
 
 
 def _run_locked(c, joined: str, is_main: bool, log) -> dict:
-    os.makedirs(c.output_dir, exist_ok=True)
     if is_main:
         with open(os.path.join(c.output_dir, "config.json"), "w") as f:
             f.write(c.to_json_best_effort(indent=2))
@@ -121,6 +121,7 @@ def _run_locked(c, joined: str, is_main: bool, log) -> dict:
     except ValueError as e:
         raise run_config.RunConfigError(f"config section mesh: {e}") from None
     shards = mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"]  # the batch's row shards
+    c = run_config.with_grad_accum(c, shards)  # train.grad_accum 0 (auto) -> one row per shard
     micro = c.train.batch_size // c.train.grad_accum
     if micro % shards or c.train.batch_size % jax.process_count():
         raise run_config.RunConfigError(
@@ -368,6 +369,18 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file w
                                           lock_config=True)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing (app.run's flags_parser), after run_config.check_overrides: an unknown
+    --config.KEY is one line naming it and the nearest key, exit status 2 (the flag library itself
+    answers it with a traceback)."""
+    try:
+        run_config.check_overrides(argv[1:])
+    except run_config.RunConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    return app.parse_flags_with_usage(argv)
+
+
 def main(argv) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax narrates every save at INFO
     if len(argv) > 1:
@@ -384,4 +397,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -17,9 +17,19 @@ import os
 
 import jax
 
+from r1jax import run_config
 from r1jax.data import code_dataset, prepare, token_store
+from r1jax.data.formats import DataError
 
 STAMP = "r1jax_prepared.json"
+
+
+def check_data_file(path: str, key: str) -> None:
+    """Raises DataError naming `path` and config key `key` when the path is missing or a directory."""
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a directory, not a JSONL file (config key {key})")
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file (config key {key})")
 
 
 def _fingerprint(path: str) -> dict:
@@ -52,19 +62,20 @@ def _prepare(inputs: list[str], out: str, c, val_fraction: float, log) -> None:
     for line in report.getvalue().splitlines()[:2]:
         log(f"data: {line}")
     if code != 0:
-        raise RuntimeError(f"data preparation of {', '.join(inputs)} failed; see the messages above "
-                           f"and {out}/report.json")
+        raise DataError(f"data preparation of {', '.join(inputs)} failed; see the messages above "
+                        f"and {out}/report.json")
 
 
 def prepare_data(c, log=print) -> tuple[str, str]:
     """(train prefix, val prefix) of TokenStore splits for this run, preparing them if needed."""
+    named = [p.strip() for p in c.data.train.split(",") if p.strip()]
+    for p in named:
+        check_data_file(p, "data.train")
+    if c.data.val:
+        check_data_file(c.data.val, "data.val")
     data_dir = os.path.abspath(c.data.cache_dir or os.path.join(c.output_dir, "data"))
-    os.makedirs(data_dir, exist_ok=True)
-    inputs = [p.strip() for p in c.data.train.split(",") if p.strip()] or \
-        [code_dataset.cached(log=log)]
-    for p in inputs + ([c.data.val] if c.data.val else []):
-        if not os.path.exists(p):
-            raise FileNotFoundError(f"data file {p} (config data.train / data.val) does not exist")
+    run_config.make_config_dir(data_dir, "data.cache_dir" if c.data.cache_dir else "output_dir")
+    inputs = named or [code_dataset.cached(log=log)]
     stamp = {"inputs": [_fingerprint(p) for p in inputs],
              "val": _fingerprint(c.data.val) if c.data.val else None,
              "options": {k: c.data[k] for k in ("format", "val_fraction", "train_all_turns", "max_examples")}
@@ -91,5 +102,5 @@ def prepare_data(c, log=print) -> tuple[str, str]:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("r1jax data prepared")
     if not os.path.exists(val_prefix + ".ids.npy"):
-        raise RuntimeError(f"no validation split at {val_prefix}: set data.val_fraction > 0 or data.val")
+        raise DataError(f"no validation split at {val_prefix}: set data.val_fraction > 0 or data.val")
     return train_prefix, val_prefix

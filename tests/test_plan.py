@@ -105,3 +105,82 @@ def test_float32_compute_is_a_config_error_naming_model_dtype():
     # libtpu's compiler has no float32 x float32 dot: the plan says which config key to change
     with pytest.raises(plan.PlanError, match=r"model\.dtype='float32'.*bfloat16"):
         plan.plan(tiny_config(**{"model.dtype": "float32"}), "v5p-8", "full")
+
+
+# The shipped R1-671B config and BUILD.md's "Pod plans" table --------------------------------------
+
+def _documented_plan_command() -> list[str]:
+    """The `python -m r1jax.plan ...` line of configs/r1_671b.py's docstring, as argv."""
+    import shlex
+    doc = _load_config_module(os.path.join(ROOT, "configs", "r1_671b.py")).__doc__
+    line = next(ln for ln in doc.splitlines() if "python -m r1jax.plan" in ln)
+    return shlex.split(line.split("#")[0])
+
+
+def _load_config_module(path: str):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("r1_671b_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _pod_plan_table() -> dict[str, dict[str, str]]:
+    """BUILD.md's pod-plan table: {slice: {column header: cell text}}."""
+    rows = [ln for ln in open(os.path.join(ROOT, "BUILD.md")).read().splitlines()
+            if ln.startswith("| ")]
+    header = next(r for r in rows if r.startswith("| slice |"))
+    names = [h.strip() for h in header.strip("|").split("|")]
+    table = {}
+    for r in rows[rows.index(header) + 1:]:
+        cells = [x.strip() for x in r.strip("|").split("|")]
+        if len(cells) != len(names):
+            break
+        table[cells[0]] = dict(zip(names, cells))
+    return table
+
+
+def test_auto_grad_accum_gives_the_table_column():
+    """Oracle: BUILD.md's grad_accum column (made as 512 / chips by tools/plan_table.py at f8606f4,
+    before the auto value existed) for each slice's chip count; on these meshes (tensor 1) the
+    batch shards are the chips. Also: an explicit value wins, and a batch the shards do not divide
+    is refused naming train.grad_accum."""
+    from r1jax import run_config
+    table = _pod_plan_table()
+    assert len(table) >= 5, table
+    for row in table.values():
+        assert run_config.resolved_grad_accum(512, 0, int(row["chips"])) == int(row["grad_accum"]), row
+    assert run_config.resolved_grad_accum(512, 4, 512) == 4
+    with pytest.raises(run_config.RunConfigError, match=r"train.grad_accum=0.*batch_size=12.*8 batch"):
+        run_config.resolved_grad_accum(12, 0, 8)
+    c = defaults()
+    c.train.batch_size, c.train.grad_accum = 16, 0
+    run_config.validate(c)                      # 0 (auto) is a valid value
+    assert run_config.with_grad_accum(c, 4).train.grad_accum == 4 and c.train.grad_accum == 0
+
+
+@pytest.mark.slow
+def test_documented_r1_plan_command_gives_the_documented_answer():
+    """configs/r1_671b.py's docstring says its plan command tells the memory before renting; the
+    command (read from that docstring) must answer what BUILD.md's table says for that slice: fits,
+    and the per-chip GiB of the table's cell within 2%. Oracle: the table row (tools/plan_table.py's
+    measurement); the column is the variant the command asks for, or, without --variant, the one
+    the config as written equals (its optimizer keys). Compiles R1-671B for TPU: minutes."""
+    argv = _documented_plan_command()
+    assert argv[:3] == ["python", "-m", "r1jax.plan"], argv
+    opts = dict(a.lstrip("-").split("=", 1) for a in argv[3:])
+    c = _load_config_module(os.path.join(ROOT, opts["config"])).get_config()
+    variant = opts.get("variant") or next(
+        v for v, keys in plan.VARIANTS.items()
+        if all(c[k.split(".")[0]][k.split(".")[1]] == value for k, value in keys.items()))
+    cell = _pod_plan_table()[opts["topology"]][variant]
+    assert cell.startswith("**fits**"), cell
+    want = float(cell.split(":")[1].split("/")[0])
+    p = subprocess.run([sys.executable, *argv[1:], "--json"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=1800)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    print(f"{' '.join(argv)}: {r['per_device_memory_gib']:.2f} GiB per chip, grad_accum "
+          f"{r['grad_accum']}, table {want} ({variant})")
+    assert r["fits"] is True and r["compiled"] is True, r
+    assert abs(r["per_device_memory_gib"] / want - 1) < 0.02, (r["per_device_memory_gib"], want)

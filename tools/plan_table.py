@@ -4,10 +4,11 @@
         [--variants full,bf16_state,frozen_experts] [--jobs 1] [--out FILE.md]
 
 Each cell is one `python -m r1jax.plan --json` in its own process (a compile holds GBs of host
-memory; separate processes release it), with train.grad_accum set so that every micro-batch gives
-each chip one whole sequence (grad_accum = batch_size / chips): activations per chip are then the
-same on every slice, and what differs is the model state the slice has to hold. Prints a Markdown
-table (the one in BUILD.md) and the command that made it.
+memory; separate processes release it), with the config's train.grad_accum: configs/r1_671b.py's 0
+(auto, run_config.resolved_grad_accum) gives every chip one whole sequence per micro-batch
+(grad_accum = batch_size / chips on these meshes): activations per chip are then the same on every
+slice, and what differs is the model state the slice has to hold. Prints a Markdown table (the one
+in BUILD.md) and the command that made it.
 """
 from __future__ import annotations
 
@@ -29,12 +30,10 @@ def chips_of(name: str) -> int:
     return int(n) // (2 if gen == "v5p" else 1)
 
 
-def one(config: str, slice_name: str, variant: str, batch: int) -> dict:
+def one(config: str, slice_name: str, variant: str) -> dict:
     preset = "r1-671b-v6e" if slice_name.startswith("v6e") else "r1-671b-v5p"
-    accum = max(batch // chips_of(slice_name), 1)
     cmd = [sys.executable, "-m", "r1jax.plan", f"--config={config}", f"--topology={slice_name}",
-           f"--variant={variant}", "--json", f"--config.mesh.preset={preset}",
-           f"--config.train.grad_accum={accum}"]
+           f"--variant={variant}", "--json", f"--config.mesh.preset={preset}"]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if p.returncode:
@@ -59,7 +58,6 @@ def main() -> None:
     ap.add_argument("--config", default="configs/r1_671b.py")
     ap.add_argument("--slices", default=",".join(SLICES))
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--batch", type=int, default=512, help="the config's train.batch_size")
     ap.add_argument("--jobs", type=int, default=1, help="plans compiled at once")
     ap.add_argument("--out", default="", help="also write the table here")
     ap.add_argument("--log", default="", help="append each plan's JSON here as it finishes")
@@ -67,7 +65,7 @@ def main() -> None:
     slices, variants = a.slices.split(","), a.variants.split(",")
     jobs = [(s, v) for s in slices for v in variants]
     def run(sv):
-        r = one(a.config, *sv, a.batch)
+        r = one(a.config, *sv)
         print(f"{sv[0]} {sv[1]}: {json.dumps(r)}", file=sys.stderr, flush=True)
         if a.log:
             with open(a.log, "a") as f:

@@ -351,8 +351,10 @@ def _assign_splits(args, records: list[Record]) -> tuple[dict[str, list[int]], d
 def _check_paths(args) -> tuple[str | None, list[str]]:
     """(a problem with the input or output paths, or None; the files of a dataset already in --out)."""
     for path in args.input:
+        if os.path.isdir(path):
+            return f"--input {path}: is a directory, not a JSONL file", []
         if not os.path.isfile(path):
-            return f"{path}: no such input file", []
+            return f"--input {path}: no such file", []
         if _is_output_path(path, args.out):
             return (f"input {path} is where prepare writes its output in {args.out}; input files are "
                     "never modified: choose another --out"), []
