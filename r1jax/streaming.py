@@ -91,7 +91,7 @@ class BufferPool:
         return buf[:nbytes].view(dtype).reshape(shape)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Task:
     """One unit of streamed work: an HF tensor, or the block `rows` of its axis 0."""
     tensor: layout.HFTensor
