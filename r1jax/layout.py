@@ -93,8 +93,7 @@ class Slot:
 @dataclasses.dataclass(frozen=True, slots=True)
 class HFTensor:
     """One HF tensor and where it lands. A job keeps one per tensor of the release (~48,000), so no
-    per-instance dict, and names and paths are interned: the same strings as the checkpoint's index
-    and every other slot of the same parameter."""
+    per-instance dict, and every slot of a parameter shares its (interned) path string."""
     name: str
     shape: tuple[int, ...]
     slots: tuple[Slot, ...]
@@ -113,7 +112,7 @@ def _block_tensors(cfg: ModelConfig, n: int, prefix: str, idx: tuple[int, ...], 
     out: list[HFTensor] = []
 
     def add(name, shape, path, extra=(), **transform):
-        out.append(HFTensor(sys.intern(hf + name), tuple(shape),
+        out.append(HFTensor(hf + name, tuple(shape),
                             (Slot(sys.intern(f"{prefix}.{path}"), idx + extra, **transform),)))
 
     add("input_layernorm.weight", (d,), "attn_norm.scale")

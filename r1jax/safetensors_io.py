@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import struct
-import sys
 
 import ml_dtypes
 import numpy as np
@@ -36,8 +35,8 @@ class CheckpointFormatError(ValueError):
 @dataclasses.dataclass(frozen=True, slots=True)
 class TensorInfo:
     """Where one tensor's bytes lie. A release has ~95,000 tensors and a job keeps every info until it
-    ends, so an info holds no per-instance dict, and its name and shape are shared objects (the name
-    interned, equal shapes one tuple): about 300 bytes each."""
+    ends, so an info holds no per-instance dict, and equal shapes share one tuple: about 250 bytes
+    with its name."""
     name: str
     file: str
     dtype: np.dtype
@@ -73,7 +72,6 @@ def read_header(path: str) -> dict[str, TensorInfo]:
             raise CheckpointFormatError(f"{path}: tensor {name}: unsupported dtype {m.get('dtype')!r}")
         dtype, shape = DTYPES[m["dtype"]], tuple(m["shape"])
         shape = shapes.setdefault(shape, shape)
-        name = sys.intern(name)
         start, end = m["data_offsets"]
         if end - start != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
             raise CheckpointFormatError(f"{path}: tensor {name}: {end - start} bytes for shape {shape}")

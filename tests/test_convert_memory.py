@@ -1,0 +1,69 @@
+"""What a conversion keeps per input tensor. A release has ~95,000 tensors (256 experts x 3 x 58
+layers, and their FP8 scales); whatever convert holds for each of them until it ends multiplies by
+that, so it must stay a few hundred bytes."""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import tracemalloc
+from pathlib import Path
+
+from r1jax import convert, streaming
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from bench_convert import bench_config, write_synthetic  # noqa: E402
+
+BYTES_PER_TENSOR = 450  # budget, see the test's docstring
+
+
+def _held_after_writing(hf_dir: str, out: str, monkeypatch) -> int:
+    """Bytes allocated by Python and NumPy during `convert` (one worker) that are still held when the
+    last tensor has been written, as tracemalloc counts them."""
+    held = []
+    execute = streaming.execute
+
+    def measured(*a, **kw):
+        execute(*a, **kw)
+        gc.collect()
+        held.append(tracemalloc.get_traced_memory()[0])
+    monkeypatch.setattr(streaming, "execute", measured)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        convert.convert(hf_dir, out, workers=1, log=lambda s: None)
+    finally:
+        tracemalloc.stop()
+    return held[0]
+
+
+def _tensor_count(hf_dir: str) -> int:
+    with open(os.path.join(hf_dir, "model.safetensors.index.json")) as f:
+        return len(json.load(f)["weight_map"])
+
+
+def test_memory_held_per_input_tensor_is_a_few_hundred_bytes(tmp_path, monkeypatch):
+    """Two release-layout FP8 checkpoints of tiny tensors (hidden 128, 64 routed experts per layer),
+    one of 2 and one of 8 layers (~450 and ~2,800 input tensors), converted in this process; the
+    difference of what convert holds once everything is written, over the difference of their tensor
+    counts (read from the index json), is what it keeps per input tensor.
+
+    Oracle: a budget of 450 bytes written down from what must be kept per input tensor: its name
+    (~100 B) and byte range (~130 B) in the index with the dict entry (~50 B), and half of a weight's
+    target slot and task (~150 B, shared by the weight and its scale). Before this bound the job kept
+    ~610 B per tensor (a dict per object, a digest string per task, a path per file of the database,
+    a journal line per task until the next 30-second sync). Memory that tensorstore allocates in C++
+    is not counted here (the OCDBT B-tree's leaf nodes: bounded by their 8 MB size, not by the
+    tensor count; BUILD.md)."""
+    held, counts = [], []
+    for layers in (2, 8):
+        hf_dir = str(tmp_path / f"hf-{layers}")
+        write_synthetic(bench_config(layers, hidden=128, experts=64, moe_inter=128), hf_dir)
+        counts.append(_tensor_count(hf_dir))
+        held.append(_held_after_writing(hf_dir, str(tmp_path / f"ckpt-{layers}"), monkeypatch))
+    per_tensor = (held[1] - held[0]) / (counts[1] - counts[0])
+    assert counts[1] - counts[0] > 2000
+    assert per_tensor < BYTES_PER_TENSOR, (
+        f"{per_tensor:.0f} B held per input tensor ({held[0]} B for {counts[0]} tensors, {held[1]} B "
+        f"for {counts[1]})")
