@@ -53,9 +53,8 @@ def test_memory_held_per_input_tensor_is_a_few_hundred_bytes(tmp_path, monkeypat
     (~100 B) and byte range (~130 B) in the index with the dict entry (~50 B), and half of a weight's
     target slot and task (~150 B, shared by the weight and its scale). Before this bound the job kept
     ~610 B per tensor (a dict per object, a digest string per task, a path per file of the database,
-    a journal line per task until the next 30-second sync). Memory that tensorstore allocates in C++
-    is not counted here (the OCDBT B-tree's leaf nodes: bounded by their 8 MB size, not by the
-    tensor count; BUILD.md)."""
+    a journal line per task until the next 30-second sync). Memory allocated in C++ (tensorstore's)
+    is not counted here; BUILD.md, "Memory per input tensor", measures the whole process."""
     held, counts = [], []
     for layers in (2, 8):
         hf_dir = str(tmp_path / f"hf-{layers}")
