@@ -196,6 +196,32 @@ def _copy_side_files(src: str, dst: str) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
+class SourceDigests:
+    """{task key: digest of the files it reads}, computed when asked instead of stored: a release has
+    ~48,000 tasks, and a stored digest string and dict entry each would cost ~150 bytes apiece for
+    the whole job. Read-only; `get` and `[]` as a dict's, for r1jax/resumable.py and streaming.py.
+
+    tensors: HF name -> safetensors_io.TensorInfo; files: shard path -> safetensors_io.identity.
+    A task key is its tensor's name, with "[lo:hi]" after it for a block of rows."""
+    tensors: dict
+    files: dict
+    fp8_names: frozenset
+
+    def get(self, key: str, default=None):
+        name = key.split("[", 1)[0]
+        if name not in self.tensors:
+            return default
+        names = [name] + ([name + SCALE_SUFFIX] if name in self.fp8_names else [])
+        return resumable.digest(*(self.files[self.tensors[n].file] for n in names))
+
+    def __getitem__(self, key: str) -> str:
+        found = self.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+
+@dataclasses.dataclass(frozen=True)
 class Job:
     """Everything a conversion decides before writing anything."""
     cfg: ModelConfig
@@ -206,7 +232,7 @@ class Job:
     tasks: list                        # streaming.Task, in the order their bytes lie on disk
     arrays: dict                       # r1jax path -> (shape, dtype, chunks)
     scales: list                       # safetensors_io.OutTensor of the kept FP8 scales
-    digests: dict                      # task key -> digest of the files it reads
+    digests: SourceDigests             # task key -> digest of the files it reads
     spec: dict                         # what the output directory's manifest records
 
     def scaled(self, task: streaming.Task) -> bool:
@@ -226,10 +252,6 @@ def plan_job(hf_dir: str, dtype: str, drop_mtp: bool, block_bytes: int) -> Job:
     tasks.sort(key=lambda k: (tensors[k.tensor.name].file, tensors[k.tensor.name].offset, k.bounds()))
     chunks = chunk_shapes(tasks, shapes)
     files = {f: safetensors_io.identity(f) for f in {i.file for i in tensors.values()}}
-
-    def sources(k: streaming.Task) -> list[str]:
-        names = [k.tensor.name] + ([k.tensor.name + SCALE_SUFFIX] if k.tensor.name in fp8_names else [])
-        return [files[tensors[n].file] for n in names]
     spec = {"job": "r1jax.convert", "format": checkpoint.FORMAT_VERSION, "dtype": dtype,
             "with_mtp": with_mtp, "config": resumable.digest(json.dumps(to_hf_dict(cfg), sort_keys=True)),
             "tasks": resumable.digest(*(k.key for k in tasks))}
@@ -237,7 +259,7 @@ def plan_job(hf_dir: str, dtype: str, drop_mtp: bool, block_bytes: int) -> Job:
                {p: (shape, dt, chunks[p]) for p, (shape, dt) in shapes.items()},
                [safetensors_io.OutTensor(i.name, i.dtype, i.shape) for i in
                 (tensors[t.name + SCALE_SUFFIX] for t in expected if t.name in fp8_names)],
-               {k.key: resumable.digest(*sources(k)) for k in tasks}, spec)
+               SourceDigests(tensors, files, fp8_names), spec)
 
 
 def convert(hf_dir: str, out: str, *, dtype: str = "bfloat16", drop_mtp: bool = False,

@@ -9,6 +9,7 @@ Convert (HF -> r1jax) applies `fn`; export (r1jax -> HF) walks the same list and
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import numpy as np
 
@@ -35,7 +36,7 @@ def transpose_last2(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Slot:
     """Where (part of) an HF tensor lands: target[index] = fn(hf data).
 
@@ -89,8 +90,10 @@ class Slot:
         return (slice(lo, hi),)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class HFTensor:
+    """One HF tensor and where it lands. A job keeps one per tensor of the release (~48,000), so no
+    per-instance dict, and every slot of a parameter shares its (interned) path string."""
     name: str
     shape: tuple[int, ...]
     slots: tuple[Slot, ...]
@@ -109,7 +112,8 @@ def _block_tensors(cfg: ModelConfig, n: int, prefix: str, idx: tuple[int, ...], 
     out: list[HFTensor] = []
 
     def add(name, shape, path, extra=(), **transform):
-        out.append(HFTensor(hf + name, tuple(shape), (Slot(f"{prefix}.{path}", idx + extra, **transform),)))
+        out.append(HFTensor(hf + name, tuple(shape),
+                            (Slot(sys.intern(f"{prefix}.{path}"), idx + extra, **transform),)))
 
     add("input_layernorm.weight", (d,), "attn_norm.scale")
     add("post_attention_layernorm.weight", (d,), "mlp_norm.scale")

@@ -28,6 +28,7 @@ MANIFEST_NAME = "r1jax-job.json"
 JOURNAL_NAME = "r1jax-job.log"
 SYNC_EVERY_S = 30.0  # the journal catches up at least this often
 SYNC_BYTES = 64 << 20  # ... and whenever this many bytes of tasks have finished since the last sync
+SYNC_TASKS = 4096  # ... or this many tasks (small tensors: journal lines waiting stay few)
 RECENT_NS = 10**9  # a file modified this recently may change again within its mtime's resolution
 
 
@@ -68,14 +69,15 @@ class SyncedTree:
         self.root = root
         self.write_once = {os.path.normpath(w) for w in write_once}
         self._seen: dict[str, tuple[int, int] | None] = {}  # path -> (size, mtime) when last synced
-        self._settled: set[str] = set()
+        # write-once dir -> names synced there: only the name, as a job's database grows one file per
+        # commit (tens of thousands for a release), each kept to the end
+        self._settled: dict[str, set[str]] = {}
 
     def sync(self) -> None:
         for d, _, files in os.walk(self.root):
             once = os.path.relpath(d, self.root) in self.write_once
-            for path in [os.path.join(d, f) for f in files] + [d]:
-                if path in self._settled:
-                    continue
+            settled = self._settled.setdefault(d, set()) if once else ()
+            for path in [os.path.join(d, f) for f in files if f not in settled] + [d]:
                 try:
                     st = os.stat(path)
                     key = (st.st_size, st.st_mtime_ns)
@@ -84,7 +86,8 @@ class SyncedTree:
                 except FileNotFoundError:  # a temporary file renamed meanwhile: its new name is seen
                     continue
                 if once and path != d:
-                    self._settled.add(path)
+                    settled.add(os.path.basename(path))
+                    continue
                 # A write in the same tick of the clock as this stat would leave the key unchanged:
                 # a file modified this recently is synced again next time.
                 recent = st.st_mtime_ns >= time.time_ns() - RECENT_NS
@@ -124,8 +127,11 @@ class OutputDir:
             if resume:
                 log(f"resume: no finished work in {self.path}; starting from the beginning")
             shutil.rmtree(self.path, ignore_errors=True)
-            os.makedirs(self.path)
-            self._write_manifest(ready=False)
+            try:
+                os.makedirs(self.path)
+                self._write_manifest(ready=False)
+            except OSError as e:  # e.g. a parent is a regular file, or not writable
+                raise JobError(f"{out}: cannot create {e.filename or self.path}: {e.strerror}") from None
         self._pending: list[str] = []
         self._pending_bytes = 0
         self._tree = SyncedTree(self.path, write_once)
@@ -171,11 +177,12 @@ class OutputDir:
 
     def record(self, task: str, digest: str, nbytes: int = 0) -> None:
         """Notes a finished task that wrote `nbytes`; its journal line follows the next sync of the
-        data to disk, which starts once SYNC_BYTES have finished (or SYNC_EVERY_S have passed)."""
+        data to disk, which starts once SYNC_BYTES or SYNC_TASKS have finished (or SYNC_EVERY_S have
+        passed)."""
         with self._lock:
             self._pending.append(json.dumps({"task": task, "source": digest}))
             self._pending_bytes += nbytes
-            if self._pending_bytes >= SYNC_BYTES:
+            if self._pending_bytes >= SYNC_BYTES or len(self._pending) >= SYNC_TASKS:
                 self._wake.set()
 
     def flush(self) -> None:

@@ -1,7 +1,7 @@
 """Convert benchmark: peak host memory must not grow with depth, and throughput must keep up with a read.
 
-    python tools/bench_convert.py [--layers 4 16] [--hidden 7168] [--experts 8] [--moe_inter 2048]
-                                  [--workers N] [--dir /tmp] [--json]
+    python tools/bench_convert.py [--layers 4 16] [--experts 8 [32 ...]] [--hidden 7168]
+                                  [--moe_inter 2048] [--workers N] [--dir /tmp] [--json]
 
 Builds synthetic checkpoints in the release layout (FP8 e4m3 weights with float32 128x128 scales,
 per-expert tensors, bf16 embeddings and norms, several shards with an index) of one width and several
@@ -15,7 +15,10 @@ GB, peak RSS of the converting process (its VmHWM, imports included), conversion
 over convert's own wall time, which excludes the interpreter's imports), plain-read GB/s, plain-write
 GB/s, and the ratios against the targets (RSS deepest / shallowest <= 1.3; conversion / read >= 0.5).
 A bf16 conversion writes two bytes per FP8 byte it reads, so it cannot run faster than half the
-plain write rate: that bound is printed too. Disk: the inputs plus one output at a time; everything
+plain write rate: that bound is printed too. With several `--experts`, every (layers, experts) point
+is run, and the peak RSS growth per input tensor (the points with fewest and most tensors; the index's
+tensor count) shows what the converter keeps per tensor: a release has ~95,000 (at a small `--hidden`
+the tensors are many and tiny, which is what shows it). Disk: the inputs plus one output at a time; everything
 is removed at the end.
 """
 from __future__ import annotations
@@ -154,6 +157,12 @@ def output_bytes(cfg: ModelConfig) -> int:
                for s in checkpoint.param_shapes(cfg.replace(param_dtype="bfloat16")).values())
 
 
+def input_tensors(hf_dir: str) -> int:
+    """Tensors in the checkpoint's index (weights and FP8 scales)."""
+    with open(os.path.join(hf_dir, safetensors_io.INDEX_NAME)) as f:
+        return len(json.load(f)["weight_map"])
+
+
 def run_convert(hf_dir: str, out: str, workers: int) -> tuple[int, float, str]:
     """(peak RSS bytes, seconds, stderr) of `python -m r1jax.convert` on hf_dir, as convert reports
     them: its own wall time (imports excluded) and its VmHWM (the child's own peak; the parent's
@@ -170,7 +179,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--layers", type=int, nargs="+", default=[4, 16])
     p.add_argument("--hidden", type=int, default=7168)
-    p.add_argument("--experts", type=int, default=8)
+    p.add_argument("--experts", type=int, nargs="+", default=[8], help="routed experts per layer")
     p.add_argument("--moe_inter", type=int, default=2048)
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--dir", default=tempfile.gettempdir(), help="where the synthetic checkpoints go")
@@ -179,24 +188,25 @@ def main(argv=None) -> int:
     root = tempfile.mkdtemp(prefix="r1jax-bench-convert-", dir=a.dir)
     rows = []
     try:
-        for n in a.layers:
-            cfg = bench_config(n, a.hidden, a.experts, a.moe_inter)
-            src, out = os.path.join(root, f"hf-{n}"), os.path.join(root, f"ckpt-{n}")
+        for n, e in [(n, e) for e in a.experts for n in a.layers]:
+            cfg = bench_config(n, a.hidden, e, a.moe_inter)
+            src, out = os.path.join(root, f"hf-{n}-{e}"), os.path.join(root, f"ckpt-{n}-{e}")
             nbytes, out_bytes = write_synthetic(cfg, src), output_bytes(cfg)
+            n_tensors = input_tensors(src)
             drop_cache(src)
             read_s, how = plain_read(src)
             write_s = plain_write(os.path.join(root, "plain-write"), out_bytes)
             drop_cache(src)
             rss, convert_s, log = run_convert(src, out, a.workers)
             shutil.rmtree(out)
-            rows.append({"layers": n, "input_gb": nbytes / 1e9, "output_gb": out_bytes / 1e9,
+            rows.append({"layers": n, "experts": e, "input_tensors": n_tensors, "input_gb": nbytes / 1e9, "output_gb": out_bytes / 1e9,
                          "per_layer_mb": nbytes / n / 1e6, "peak_rss_gb": rss / 1e9,
                          "convert_gb_s": nbytes / 1e9 / convert_s, "read_gb_s": nbytes / 1e9 / read_s,
                          "write_gb_s": out_bytes / 1e9 / write_s,
                          "write_bound_gb_s": nbytes / 1e9 / write_s,
                          "convert_s": convert_s, "read_s": read_s, "write_s": write_s})
             r = rows[-1]
-            print(f"{n:3d} layers  {r['input_gb']:.3f} GB in, {r['output_gb']:.3f} GB out "
+            print(f"{n:3d} layers {e:4d} experts {n_tensors:6d} tensors  {r['input_gb']:.3f} GB in, {r['output_gb']:.3f} GB out "
                   f"({r['per_layer_mb']:.0f} MB/layer)  peak RSS {r['peak_rss_gb']:.3f} GB  "
                   f"convert {r['convert_gb_s']:.3f} GB/s ({convert_s:.1f} s)  plain read "
                   f"{r['read_gb_s']:.3f} GB/s ({read_s:.1f} s)  plain write {r['write_gb_s']:.3f} GB/s "
@@ -205,17 +215,23 @@ def main(argv=None) -> int:
             shutil.rmtree(src)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    rss_ratio = rows[-1]["peak_rss_gb"] / rows[0]["peak_rss_gb"]
+    rss_ratio = rows[len(a.layers) - 1]["peak_rss_gb"] / rows[0]["peak_rss_gb"]  # first --experts
+    few, many = min(rows, key=lambda r: r["input_tensors"]), max(rows, key=lambda r: r["input_tensors"])
+    per_tensor = ((many["peak_rss_gb"] - few["peak_rss_gb"]) * 1e9 /
+                  max(many["input_tensors"] - few["input_tensors"], 1))
     speed = min(r["convert_gb_s"] / r["read_gb_s"] for r in rows)
     bound = min(r["write_bound_gb_s"] / r["read_gb_s"] for r in rows)
     of_bound = min(r["convert_gb_s"] / r["write_bound_gb_s"] for r in rows)
     print(f"plain read: {how}; workers {a.workers}")
     print(f"peak RSS {a.layers[-1]} / {a.layers[0]} layers: {rss_ratio:.3f} (target <= 1.3)")
+    print(f"peak RSS growth per input tensor: {per_tensor:.0f} bytes ({few['input_tensors']} -> "
+          f"{many['input_tensors']} tensors; x 95,000 for R1: {per_tensor * 95000 / 1e9:.2f} GB)")
     print(f"convert / plain read throughput, worst depth: {speed:.3f} (target >= 0.5)")
     print(f"  the plain write of the output bounds that ratio at {bound:.3f} on this machine; "
           f"convert reaches {of_bound:.3f} of its own bound")
     if a.json:
-        print(json.dumps({"rows": rows, "rss_ratio": rss_ratio, "throughput_ratio": speed,
+        print(json.dumps({"rows": rows, "rss_ratio": rss_ratio, "rss_bytes_per_tensor": per_tensor,
+                          "throughput_ratio": speed,
                           "write_bound_ratio": bound, "of_write_bound": of_bound,
                           "workers": a.workers, "read": how}))
     return 0
