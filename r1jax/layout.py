@@ -15,7 +15,7 @@ import numpy as np
 
 from r1jax.model.config import ModelConfig
 
-FP8_SUFFIX = "_proj.weight"  # the release stores every such tensor block-scaled FP8 (DESIGN.md sec. 4)
+FP8_SUFFIX = "_proj.weight"  # the release stores every such tensor block-scaled FP8
 
 
 TRANSPOSE_BAND = 16

@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
 
 # logical name -> mesh axis (or tuple of axes, or None for replicated). `expert` doubles as a data
-# axis outside the MoE (DESIGN.md section 3).
+# axis outside the MoE.
 RULES: dict[str, str | tuple[str, ...] | None] = {
     "batch": ("data", "fsdp", "expert"),
     "seq": None,

@@ -1,4 +1,4 @@
-"""Test-session environment: an 8-device CPU mesh (DESIGN.md section 6), and one compilation cache.
+"""Test-session environment: an 8-device CPU mesh, and one compilation cache.
 
 The variables are read when JAX initializes, so they are set here, before any test module imports
 jax. JAX_PLATFORMS is only defaulted: `JAX_PLATFORMS=cuda pytest ...` still reaches a GPU.

@@ -1,4 +1,4 @@
-"""Row formats (DESIGN.md section 1): detection, `--format` forcing, parsing into the canonical
+"""Row formats: detection, `--format` forcing, parsing into the canonical
 Example, and `file:line: reason` errors from `parse_row` / `read_jsonl`, lenient and strict."""
 import json
 import re

@@ -1,5 +1,5 @@
 """Routing, dropless expert compute, load counts and the sequence-wise aux loss, each against an
-independent NumPy reference of the released algorithm (DESIGN.md section 3)."""
+independent NumPy reference of the released algorithm."""
 import numpy as np
 import pytest
 

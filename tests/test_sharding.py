@@ -1,6 +1,6 @@
 """The model under meshes of the 8 fake CPU devices: loss, gradients and MoE stats equal the
 single-device ones (float32), with parameters placed by the logical-axis table; meshes with an
-`expert` axis run the routed experts under shard_map with the ragged exchange (DESIGN.md section 3).
+`expert` axis run the routed experts under shard_map with the ragged exchange.
 
 One batch covers the dropless worst cases: the second MoE layer's router bias sends every token to
 experts 2 and 3 (so every copy lands on one expert shard, whose receive buffer is exactly full), and

@@ -1,6 +1,6 @@
 """Training-data row formats, read into one canonical `Example`.
 
-A JSONL row is one of (DESIGN.md section 1):
+A JSONL row is one of:
   {"messages": [{"role": "system"|"user"|"assistant", "content": str, "reasoning_content"?: str}]}
   {"prompt": str, "completion": str}       {"input": str, "output": str}
   {"text": str}                            {"input_ids": [int, ...], "loss_mask"?: [0|1, ...]}

@@ -309,7 +309,7 @@ def _r1_671b() -> ModelConfig:
 
 
 def _v3_small() -> ModelConfig:
-    # DESIGN.md section 5: the single-GPU benchmark model, 3.53B params, 0.80B active.
+    # The single-GPU benchmark model (tools/bench.py): 3.53B params, 0.80B active.
     return ModelConfig(vocab_size=129280, hidden_size=2048, intermediate_size=8192,
                        moe_intermediate_size=1024, num_hidden_layers=8, first_k_dense_replace=1,
                        num_attention_heads=16, q_lora_rank=768, kv_lora_rank=512,

@@ -1,5 +1,5 @@
 """Expert parallelism: the routed experts under `shard_map`, token copies moved to the devices that
-hold their experts with a ragged all-to-all and back, dropless (DESIGN.md section 3).
+hold their experts with a ragged all-to-all and back, dropless.
 
 Axis legend: N tokens, D model, E routed experts, El experts per `expert` shard (E / ep), K experts
 per token, F expert width (F / tp per device), M token copies of one device (n K, or C K in a
