@@ -6,6 +6,7 @@ import pytest
 import jax.numpy as jnp
 
 from r1jax.model.config import preset
+from r1jax.model.mlp import pair_columns
 from r1jax.model.moe import Routing, dropless_experts, expert_load, route, sequence_aux_loss
 
 
@@ -100,6 +101,11 @@ def np_swiglu(x, gate, up, down):
     return ((g / (1 + np.exp(-g))) * (x @ up)) @ down
 
 
+def matrices(gate, up, down) -> dict:
+    """The experts' matrices as moe.expert_weights hands them to the grouped SwiGLU."""
+    return {"gate_up": pair_columns(jnp.asarray(gate), jnp.asarray(up)), "down": jnp.asarray(down)}
+
+
 def test_dropless_experts_matches_loop():
     rng = np.random.default_rng(3)
     n, d, f, e, k = 24, 16, 8, 6, 3
@@ -114,8 +120,7 @@ def test_dropless_experts_matches_loop():
     weights = rng.uniform(0.1, 1.0, (n, k)).astype(np.float32)
     routing = Routing(jnp.asarray(weights), jnp.asarray(experts, jnp.int32), jnp.zeros((n, e)))
 
-    got = np.asarray(dropless_experts(jnp.asarray(x), routing, jnp.asarray(gate), jnp.asarray(up),
-                                      jnp.asarray(down)))
+    got = np.asarray(dropless_experts(jnp.asarray(x), routing, matrices(gate, up, down)))
     x64, g64, u64, d64 = (a.astype(np.float64) for a in (x, gate, up, down))
     want = np.zeros((n, d))
     for t in range(n):
@@ -135,7 +140,7 @@ def test_dropless_experts_all_tokens_one_expert():
     experts = np.full((n, 2), 2, np.int32)
     weights = rng.uniform(0.1, 1.0, (n, 2)).astype(np.float32)
     got = np.asarray(dropless_experts(jnp.asarray(x), Routing(jnp.asarray(weights), jnp.asarray(experts),
-                                                              jnp.zeros((n, e))), *map(jnp.asarray, w)))
+                                                              jnp.zeros((n, e))), matrices(*w)))
     want = weights.sum(1, keepdims=True) * np_swiglu(x.astype(np.float64), *(a[2].astype(np.float64) for a in w))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 

@@ -108,6 +108,7 @@ def test_expert_parallel_experts_equal_single_program_at_the_dropless_bound():
     padded), equals the single-program dropless_experts, values and gradients, for random routing
     and for every copy on one shard (its receive buffer exactly full: the last row counts here)."""
     from r1jax.model import expert_parallel
+    from r1jax.model.mlp import pair_columns
     from r1jax.model.moe import Routing, dropless_experts, grouped_swiglu
 
     rng = np.random.default_rng(9)
@@ -126,11 +127,13 @@ def test_expert_parallel_experts_equal_single_program_at_the_dropless_bound():
     def parallel(x, gate, up, down, r, chunk_tokens=0):
         layout = expert_parallel.plan(n, d, e, f)
         assert layout is not None and layout["fsdp"] == "fsdp" and layout["tensor"] == "tensor"
-        return expert_parallel.routed_experts(x, r.experts, r.weights, gate, up, down,
+        return expert_parallel.routed_experts(x, r.experts, r.weights,
+                                              {"gate_up": pair_columns(gate, up), "down": down},
                                               grouped_swiglu, layout, chunk_tokens=chunk_tokens)
 
     def both(experts):  # single program, one exchange, and each device's 8 tokens as 3 + 3 + 2 (+1 pad)
-        y0, vjp0 = run(lambda x, g, u, dn, r: dropless_experts(x, r, g, u, dn), experts)
+        y0, vjp0 = run(lambda x, g, u, dn, r: dropless_experts(
+            x, r, {"gate_up": pair_columns(g, u), "down": dn}), experts)
         y, vjp = run(parallel, experts)
         yc, vjpc = run(lambda *a: parallel(*a, chunk_tokens=3), experts)
         return (y0, *vjp0(ct)), (y, *vjp(ct)), (yc, *vjpc(ct))

@@ -44,6 +44,31 @@ class ConfigError(ValueError):
     """A model configuration that is malformed or contradicts itself; the message names the key."""
 
 
+# The optimizer groups (r1jax/optim.py GROUPS) whose weights are projections an adapter can sit on.
+ADAPTABLE_GROUPS = ("attention", "dense_mlp", "shared_experts", "routed_experts")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters on frozen projections (r1jax/model/lora.py): W x + scale B A x.
+
+    rank 0 turns them off; scale = alpha / rank, or alpha / sqrt(rank) with rslora; dropout on the
+    adapters' input while training; targets: groups of ADAPTABLE_GROUPS whose projections get one."""
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("attention", "dense_mlp", "shared_experts")
+    rslora: bool = False
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
+
+    def on(self, group: str) -> bool:
+        """Whether projections of optimizer group `group` carry adapters."""
+        return self.rank > 0 and group in self.targets
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a DeepSeek-V3-family model (names as in the released config.json)."""
@@ -88,6 +113,10 @@ class ModelConfig:
     attention_mask: str = "dense"           # how packed attention is masked (mla.py): "dense", a
                                             # [B, 1, T, S] same-segment mask; "ranges", each query's
                                             # key range (its segment's start .. itself), no mask array
+    fp8_weights: bool = False               # the decoder layers' projections held as the release's
+                                            # e4m3 codes + 128x128 scales, dequantized per layer
+                                            # (r1jax/model/params.py); frozen: a base for adapters
+    lora: LoraConfig = LoraConfig()         # adapters on the projections (r1jax/model/lora.py)
 
     def __post_init__(self):
         validate(self)
@@ -180,6 +209,19 @@ def validate(c: ModelConfig) -> None:
         bad("moe_chunk_tokens", "must be a non-negative integer (0 = one chunk)")
     if c.attention_mask not in _ATTENTION_MASKS:
         bad("attention_mask", f"must be one of {_ATTENTION_MASKS}")
+    lora = c.lora
+    if not isinstance(lora.rank, int) or isinstance(lora.rank, bool) or lora.rank < 0:
+        raise ConfigError(f"model config: lora.rank={lora.rank!r}: must be an integer >= 0 (0 = off)")
+    if lora.rank and not lora.alpha > 0:
+        raise ConfigError(f"model config: lora.alpha={lora.alpha!r}: must be > 0")
+    if not 0 <= lora.dropout < 1:
+        raise ConfigError(f"model config: lora.dropout={lora.dropout!r}: must be in [0, 1)")
+    bad = [t for t in lora.targets if t not in ADAPTABLE_GROUPS]
+    if bad:
+        raise ConfigError(f"model config: lora.targets={','.join(lora.targets)!r}: {bad[0]!r} is not a "
+                          f"group with projections to adapt; choose from {','.join(ADAPTABLE_GROUPS)}")
+    if lora.rank and not lora.targets:
+        raise ConfigError("model config: lora.targets is empty with lora.rank > 0")
     if c.with_mtp and c.num_nextn_predict_layers != 1:
         bad("with_mtp", f"needs num_nextn_predict_layers == 1 (the released depth), "
                         f"got {c.num_nextn_predict_layers}")

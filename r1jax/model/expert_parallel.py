@@ -58,10 +58,15 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from r1jax import sharding
-from r1jax.model.mlp import pair_columns
 
 AXIS = "expert"          # the mesh axis the experts are split over (r1jax.sharding.RULES["expert"])
 TENSOR, FSDP = "tensor", "fsdp"
+# Expert matrices [E, ., .] by name (r1jax/model/moe.py expert_weights): (the axis split over fsdp,
+# all-gathered inside the layer; the axis split over tensor), None where not split. A split of the
+# width F over tensor leaves partial sums of the down projection (and of its adapter, whose A
+# contracts F), summed once at the end.
+SPLITS = {"gate_up": (1, 2), "down": (2, 1),
+          "a_gate_up": (1, None), "b_gate_up": (None, 2), "a_down": (None, 1), "b_down": (2, None)}
 
 
 # --- permutations --------------------------------------------------------------------------------
@@ -201,10 +206,11 @@ def chunk_size(n: int, chunk_tokens: int) -> tuple[int, int]:
     return chunks, -(-n // chunks)
 
 
-def _exchange_chunk(x, experts, weights, gate_up, down, *, ffn, e, rows):
+def _exchange_chunk(x, experts, weights, w, *, ffn, e, rows):
     """One chunk of a device's tokens through the experts of every shard and back: x [C, D],
-    experts/weights [C, K]; gate_up [El, D, 2F/tp], down [El, F/tp, D] (the fsdp split gathered)
-    -> [C, D] float32, this device's partial sum over `tensor`. rows: R, the dropless bound."""
+    experts/weights [C, K]; w the local experts' matrices (gate_up [El, D, 2F/tp], down
+    [El, F/tp, D], adapters; the fsdp split gathered) -> [C, D] float32, this device's partial sum
+    over `tensor`. rows: R, the dropless bound."""
     n, k = experts.shape
     d = x.shape[1]
     ep, me = jax.lax.axis_size(AXIS), jax.lax.axis_index(AXIS)
@@ -224,7 +230,7 @@ def _exchange_chunk(x, experts, weights, gate_up, down, *, ffn, e, rows):
     local = jnp.where(seg < ep * el, seg % el, el)  # unused tail rows sort last
     order2 = jnp.argsort(local, stable=True).astype(jnp.int32)
     inv2 = inverse_permutation(order2)
-    y = ffn(permute_rows(buf, order2, inv2), lay["segments"].sum(0), gate_up, down)  # [R, D]
+    y = ffn(permute_rows(buf, order2, inv2), lay["segments"].sum(0), w)  # [R, D]
     y = permute_rows(y, inv2, order2)  # back to buffer order
 
     y_sorted = ragged_all_to_all(y, jnp.zeros((n * k, d), y.dtype), lay["recv_offsets"],
@@ -233,21 +239,22 @@ def _exchange_chunk(x, experts, weights, gate_up, down, *, ffn, e, rows):
     return combine_copies(permute_rows(y_sorted, inv, order).reshape(n, k, d), weights)
 
 
-def _local_experts(x, experts, weights, gate_up, down, *, ffn, e, fsdp, tensor, chunks, rows):
-    """One device's share: x [n, D], experts/weights [n, K]; gate_up [El, D/fs, 2F/tp], down
-    [El, F/tp, D/fs] -> [n, D] float32 (summed over `tensor`), its tokens in `chunks` chunks."""
-    if fsdp:  # per-layer gather of the fsdp-split embed dim (its transpose reduce-scatters grads)
-        gate_up = jax.lax.all_gather(gate_up, fsdp, axis=1, tiled=True)
-        down = jax.lax.all_gather(down, fsdp, axis=2, tiled=True)
+def _local_experts(x, experts, weights, w, *, ffn, e, fsdp, tensor, chunks, rows):
+    """One device's share: x [n, D], experts/weights [n, K]; w the local experts' matrices split as
+    SPLITS says (gate_up [El, D/fs, 2F/tp], down [El, F/tp, D/fs], ...) -> [n, D] float32 (summed
+    over `tensor`), its tokens in `chunks` chunks."""
+    if fsdp:  # per-layer gather of the fsdp-split embed dims (its transpose reduce-scatters grads)
+        w = {k: v if SPLITS[k][0] is None else jax.lax.all_gather(v, fsdp, axis=SPLITS[k][0], tiled=True)
+             for k, v in w.items()}
     one = functools.partial(_exchange_chunk, ffn=ffn, e=e, rows=rows)
     if chunks == 1:
-        out = one(x, experts, weights, gate_up, down)
+        out = one(x, experts, weights, w)
     else:
-        out = _scan_chunks(one, x, experts, weights, gate_up, down, chunks, e)
+        out = _scan_chunks(one, x, experts, weights, w, chunks, e)
     return jax.lax.psum(out, tensor) if tensor else out
 
 
-def _scan_chunks(one, x, experts, weights, gate_up, down, chunks: int, e: int):
+def _scan_chunks(one, x, experts, weights, w, chunks: int, e: int):
     """one() over `chunks` chunks of the n tokens in turn -> [n, D] float32.
 
     Each chunk is rematerialized in the backward pass (jax.checkpoint): otherwise the scan would
@@ -264,24 +271,24 @@ def _scan_chunks(one, x, experts, weights, gate_up, down, chunks: int, e: int):
         experts = jnp.concatenate([experts, fill])
         weights = jnp.concatenate([weights, jnp.zeros((pad, k), weights.dtype)])
     xs = tuple(a.reshape((chunks, c) + a.shape[1:]) for a in (x, experts, weights))
-    step = jax.checkpoint(lambda xc, ec, wc, gu, dn: one(xc, ec, wc, gu, dn))
-    _, out = jax.lax.scan(lambda carry, t: (carry, step(*t, gate_up, down)), None, xs)
+    step = jax.checkpoint(lambda xc, ec, wc, mats: one(xc, ec, wc, mats))
+    _, out = jax.lax.scan(lambda carry, t: (carry, step(*t, w)), None, xs)
     return out.reshape(chunks * c, -1)[:n]
 
 
-def routed_experts(x, experts, weights, gate, up, down, ffn: Callable, layout: dict,
-                   chunk_tokens: int = 0):
+def routed_experts(x, experts, weights, w: dict, ffn: Callable, layout: dict, chunk_tokens: int = 0):
     """Dropless routed experts over the mesh in `layout` (from `plan`).
 
-    x [N, D] (compute dtype), experts [N, K] int32, weights [N, K] float32, gate/up [E, D, F], down
-    [E, F, D]; ffn(x_sorted [R, D], group_sizes [El], gate_up, down) -> [R, D] (the grouped
-    SwiGLU; gate_up = mlp.pair_columns(gate, up), paired here, before the split into devices).
+    x [N, D] (compute dtype), experts [N, K] int32, weights [N, K] float32, w the experts' matrices
+    by name (moe.expert_weights: gate_up [E, D, 2F] = mlp.pair_columns(gate, up), down [E, F, D],
+    adapters), each split over devices as SPLITS says; ffn(x_sorted [R, D], group_sizes [El], w)
+    -> [R, D] (the grouped SwiGLU).
     chunk_tokens: each device's tokens go through the exchange at most this many at a time
     (0: all at once), which bounds R per chunk (module docstring). Returns [N, D] in x.dtype,
     weights applied in float32.
     """
     n, k = experts.shape
-    e = gate.shape[0]
+    e = w["down"].shape[0]
     mesh, batch, fs, tp = layout["mesh"], layout["batch"], layout["fsdp"], layout["tensor"]
     ep = mesh.shape[AXIS]
     chunks, c = chunk_size(n // _size(batch, mesh), chunk_tokens)
@@ -289,6 +296,18 @@ def routed_experts(x, experts, weights, gate, up, down, ffn: Callable, layout: d
     body = functools.partial(_local_experts, ffn=ffn, e=e, fsdp=fs, tensor=tp, chunks=chunks,
                              rows=rows)
     tok = P(batch, None)
-    out = jax.shard_map(body, mesh=mesh, in_specs=(tok, tok, tok, P(AXIS, fs, tp), P(AXIS, tp, fs)),
-                        out_specs=tok)(x, experts, weights, pair_columns(gate, up), down)
+    specs = {k: weight_spec(k, fs, tp) for k in w}
+    out = jax.shard_map(body, mesh=mesh, in_specs=(tok, tok, tok, specs), out_specs=tok)(
+        x, experts, weights, w)
     return out.astype(x.dtype)
+
+
+def weight_spec(name: str, fsdp, tensor) -> P:
+    """PartitionSpec of expert matrix `name` [E, ., .] inside the shard_map (SPLITS)."""
+    fs_axis, tp_axis = SPLITS[name]
+    spec = [AXIS, None, None]
+    if fs_axis is not None:
+        spec[fs_axis] = fsdp
+    if tp_axis is not None:
+        spec[tp_axis] = tensor
+    return P(*spec)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from r1jax import sharding
-from r1jax.model import kernels, params
+from r1jax.model import kernels, lora, params
 from r1jax.model.config import ModelConfig
 from r1jax.model.norm import RMSNorm
 from r1jax.model.rope import apply_rope
@@ -49,28 +49,28 @@ class MLA(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, h, pd = cfg.hidden_size, cfg.num_attention_heads, cfg.param_dtype
         self.cfg = cfg
+        proj = lambda name, shape, axes, fan_in=1: params.projection(self, name, rngs, shape, axes, cfg,
+                                                                     "attention", fan_in)
         if cfg.q_lora_rank is None:
-            self.q_proj = params.normal(rngs, (d, h, cfg.qk_head_dim), ("embed", "heads", "head_dim"), pd)
+            proj("q_proj", (d, h, cfg.qk_head_dim), ("embed", "heads", "head_dim"))
         else:
-            self.q_a = params.normal(rngs, (d, cfg.q_lora_rank), ("embed", "q_lora"), pd)
+            proj("q_a", (d, cfg.q_lora_rank), ("embed", "q_lora"))
             self.q_a_norm = RMSNorm(cfg.q_lora_rank, cfg.rms_norm_eps, pd)
-            self.q_b = params.normal(rngs, (cfg.q_lora_rank, h, cfg.qk_head_dim),
-                                     ("q_lora", "heads", "head_dim"), pd)
-        self.kv_a = params.normal(rngs, (d, cfg.kv_lora_rank + cfg.qk_rope_head_dim),
-                                  ("embed", "kv_lora"), pd)
+            proj("q_b", (cfg.q_lora_rank, h, cfg.qk_head_dim), ("q_lora", "heads", "head_dim"))
+        proj("kv_a", (d, cfg.kv_lora_rank + cfg.qk_rope_head_dim), ("embed", "kv_lora"))
         self.kv_a_norm = RMSNorm(cfg.kv_lora_rank, cfg.rms_norm_eps, pd)
-        self.kv_b = params.normal(rngs, (cfg.kv_lora_rank, h, cfg.qk_nope_head_dim + cfg.v_head_dim),
-                                  ("kv_lora", "heads", "head_dim"), pd)
-        self.o = params.normal(rngs, (h, cfg.v_head_dim, d), ("heads", "head_dim", "embed"), pd)
+        proj("kv_b", (cfg.kv_lora_rank, h, cfg.qk_nope_head_dim + cfg.v_head_dim),
+             ("kv_lora", "heads", "head_dim"))
+        proj("o", (h, cfg.v_head_dim, d), ("heads", "head_dim", "embed"), fan_in=2)
 
     def queries(self, x, cos, sin):
         """x [B, T, D] (compute dtype) -> q_nope [B, T, H, N], roped q_rope [B, T, H, R]."""
         cfg, dt = self.cfg, self.cfg.dtype
-        c = lambda p: p[...].astype(dt)
         if cfg.q_lora_rank is None:
-            q = jnp.einsum("btd,dhk->bthk", x, c(self.q_proj))
+            q = lora.project(self, "q_proj", "btd,dhk->bthk", x, dt)
         else:
-            q = jnp.einsum("btq,qhk->bthk", self.q_a_norm(x @ c(self.q_a)), c(self.q_b))
+            q_lat = self.q_a_norm(lora.project(self, "q_a", "btd,dq->btq", x, dt))
+            q = lora.project(self, "q_b", "btq,qhk->bthk", q_lat, dt)
         q = sharding.constrain(q, ("batch", "seq", "heads", "head_dim"))  # [B, T, H, N+R]
         q_nope, q_rope = q[..., :cfg.qk_nope_head_dim], q[..., cfg.qk_nope_head_dim:]
         return q_nope, apply_rope(q_rope, cos, sin)
@@ -79,7 +79,7 @@ class MLA(nnx.Module):
         """x [B, T, D] (compute dtype) -> normed latent [B, T, C], roped shared key [B, T, R]:
         everything the keys and values of these tokens are made of (what the decode cache holds)."""
         cfg = self.cfg
-        kv = x @ self.kv_a[...].astype(cfg.dtype)  # [B, T, C+R]
+        kv = lora.project(self, "kv_a", "btd,dc->btc", x, cfg.dtype)  # [B, T, C+R]
         latent = self.kv_a_norm(kv[..., :cfg.kv_lora_rank])  # [B, T, C]
         k_rope = apply_rope(kv[..., None, cfg.kv_lora_rank:], cos, sin)[:, :, 0]  # [B, T, R]
         return latent, k_rope
@@ -88,12 +88,11 @@ class MLA(nnx.Module):
         """The training forward (per-head K/V, attention kernel), also returning what it cached:
         x [B, T, D] -> (y [B, T, D], latent [B, T, C], k_rope [B, T, R])."""
         cfg, dt = self.cfg, self.cfg.dtype
-        c = lambda p: p[...].astype(dt)
         x = x.astype(dt)
         q_nope, q_rope = self.queries(x, cos, sin)
         q = jnp.concatenate([q_nope, q_rope], axis=-1)  # [B, T, H, N+R]
         latent, k_rope = self.latent_kv(x, cos, sin)
-        kvh = jnp.einsum("btc,chk->bthk", latent, c(self.kv_b))  # [B, T, H, N+V]
+        kvh = lora.project(self, "kv_b", "btc,chk->bthk", latent, dt)  # [B, T, H, N+V]
         kvh = sharding.constrain(kvh, ("batch", "seq", "heads", "head_dim"))
         k_nope, v = kvh[..., :cfg.qk_nope_head_dim], kvh[..., cfg.qk_nope_head_dim:]
         k_shared = jnp.broadcast_to(k_rope[:, :, None], k_nope.shape[:-1] + k_rope.shape[-1:])
@@ -104,7 +103,7 @@ class MLA(nnx.Module):
         else:
             out = kernels.attention(q, k, v, attention_mask(segment_ids), cfg.softmax_scale)  # [B, T, H, V]
         out = sharding.constrain(out, ("batch", "seq", "heads", "head_dim"))
-        return jnp.einsum("bthv,hvd->btd", out, c(self.o)), latent, k_rope
+        return lora.project(self, "o", "bthv,hvd->btd", out, dt), latent, k_rope
 
     def __call__(self, x, cos, sin, segment_ids):
         """x [B, T, D], cos/sin [B, T, R/2] (rope.rope_tables), segment_ids [B, T] -> [B, T, D]."""
@@ -119,7 +118,7 @@ class MLA(nnx.Module):
         latent goes through kv_b's value part once per query instead of once per cached token.
         """
         cfg, dt = self.cfg, self.cfg.dtype
-        kv_b = self.kv_b[...].astype(dt)
+        kv_b = lora.weight(self, "kv_b", dt, merged=True)  # its adapter folded in: nothing to differentiate
         w_k, w_v = kv_b[..., :cfg.qk_nope_head_dim], kv_b[..., cfg.qk_nope_head_dim:]  # [C, H, N], [C, H, V]
         q_lat = jnp.einsum("bthn,chn->bthc", q_nope, w_k)  # [B, T, H, C]
         q_lat = sharding.constrain(q_lat, ("batch", "seq", "heads", None))
@@ -130,7 +129,7 @@ class MLA(nnx.Module):
         o_lat = jnp.einsum("bhts,bsc->bthc", probs, latent)  # [B, T, H, C]
         out = jnp.einsum("bthc,chv->bthv", o_lat, w_v)  # [B, T, H, V]
         out = sharding.constrain(out, ("batch", "seq", "heads", "head_dim"))
-        return jnp.einsum("bthv,hvd->btd", out, self.o[...].astype(dt))
+        return lora.project(self, "o", "bthv,hvd->btd", out, dt)
 
     def decode(self, x, cos, sin, cache, layer, slot, mask):
         """x [B, T, D] at cache slots slot..slot+T-1 (cos/sin for their positions), mask [B, T, S]

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from r1jax import sharding
-from r1jax.model import params
+from r1jax.model import lora, params
 
 
 @jax.checkpoint
@@ -37,16 +37,20 @@ def swiglu_pairs(paired_out: jnp.ndarray) -> jnp.ndarray:
 
 
 class MLP(nnx.Module):
-    def __init__(self, d: int, f: int, *, dtype, param_dtype, rngs: nnx.Rngs, width_axis: str = "mlp"):
-        self.gate = params.normal(rngs, (d, f), ("embed", width_axis), param_dtype)
-        self.up = params.normal(rngs, (d, f), ("embed", width_axis), param_dtype)
-        self.down = params.normal(rngs, (f, d), (width_axis, "embed"), param_dtype)
-        self.dtype = dtype
+    """SwiGLU of width f; `group` is its optimizer group (dense_mlp or shared_experts), which decides
+    whether its projections carry adapters (ModelConfig.lora)."""
+
+    def __init__(self, cfg, d: int, f: int, group: str, *, rngs: nnx.Rngs, width_axis: str = "mlp"):
+        params.projection(self, "gate", rngs, (d, f), ("embed", width_axis), cfg, group)
+        params.projection(self, "up", rngs, (d, f), ("embed", width_axis), cfg, group)
+        params.projection(self, "down", rngs, (f, d), (width_axis, "embed"), cfg, group)
+        self.dtype = cfg.dtype
 
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         """x [B, T, D] -> [B, T, D] in the compute dtype."""
-        c = lambda p: p[...].astype(self.dtype)
-        x = x.astype(self.dtype)
-        h = swiglu(x @ c(self.gate), x @ c(self.up))  # [B, T, F]
+        dt = self.dtype
+        x = x.astype(dt)
+        h = swiglu(lora.project(self, "gate", "btd,df->btf", x, dt),
+                   lora.project(self, "up", "btd,df->btf", x, dt))  # [B, T, F]
         h = sharding.constrain(h, ("batch", "seq", "mlp"))
-        return h @ c(self.down)
+        return lora.project(self, "down", "btf,fd->btd", h, dt)

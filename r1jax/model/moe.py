@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from r1jax import sharding
-from r1jax.model import expert_parallel, kernels, params
+from r1jax.model import expert_parallel, kernels, lora, params
 from r1jax.model.config import ModelConfig
 from r1jax.model.mlp import MLP, pair_columns, swiglu_pairs
 
@@ -78,32 +78,59 @@ def sequence_aux_loss(r: Routing, token_mask: jnp.ndarray, batch: int, cfg: Mode
     return (f * p).sum(-1).sum() / jnp.maximum(has_tokens.sum(), 1.0)
 
 
-def grouped_swiglu(x_sorted, group_sizes, gate_up, down):
-    """SwiGLU per expert on expert-sorted rows: x_sorted [M, D], group_sizes [E], gate_up [E, D, 2F]
-    (`pair_columns(gate, up)`), down [E, F, D] -> [M, D].
+def expert_weights(moe: "MoE", dtype) -> dict[str, jnp.ndarray]:
+    """The routed experts' matrices in `dtype` for grouped_swiglu: "gate_up" [E, D, 2F]
+    (`pair_columns(gate, up)`), "down" [E, F, D] and, with adapters (r1jax/model/lora.py),
+    "a_gate_up" [E, D, 2r] (gate's A, then up's), "b_gate_up" [E, 2r, 2F] (s B, gate's rows on
+    gate's columns and up's on up's, paired like gate_up), "a_down" [E, F, r], "b_down" [E, r, D]."""
+    w = {"gate_up": pair_columns(lora.base_weight(moe, "gate", dtype), lora.base_weight(moe, "up", dtype)),
+         "down": lora.base_weight(moe, "down", dtype)}
+    ads = [lora.adapter(moe, n) for n in ("gate", "up", "down")]
+    if ads[0] is None:
+        return w
+    (ga, gb), (ua, ub), (da, db) = ((ad.a[...].astype(dtype), (ad.scale * ad.b[...]).astype(dtype))
+                                    for ad in ads)
+    zero = jnp.zeros_like(gb)
+    w["a_gate_up"] = jnp.concatenate([ga, ua], axis=-1)
+    w["b_gate_up"] = pair_columns(jnp.concatenate([gb, zero], axis=1), jnp.concatenate([zero, ub], axis=1))
+    w["a_down"], w["b_down"] = da, db
+    return w
+
+
+def grouped_swiglu(x_sorted, group_sizes, w: dict):
+    """SwiGLU per expert on expert-sorted rows: x_sorted [M, D], group_sizes [E], w the experts'
+    matrices (`expert_weights`) -> [M, D]; adapters add (x A) B to each projection.
 
     Gate and up are one grouped matmul: the kernel keeps its input for the backward pass, so two
     matmuls would keep two copies of x_sorted, the largest activation of the layer."""
-    h = swiglu_pairs(kernels.ragged_dot(x_sorted, gate_up, group_sizes))  # [M, F]
-    return kernels.ragged_dot(h, down, group_sizes)
+    mm = lambda a, b: kernels.ragged_dot(a, b, group_sizes)
+    h = mm(x_sorted, w["gate_up"])  # [M, 2F]
+    if "a_gate_up" in w:
+        h = h + mm(mm(x_sorted, w["a_gate_up"]), w["b_gate_up"])
+    h = swiglu_pairs(h)  # [M, F]
+    y = mm(h, w["down"])
+    if "a_down" in w:
+        y = y + mm(mm(h, w["a_down"]), w["b_down"])
+    return y
 
 
-def dropless_experts(x, routing: Routing, gate, up, down):
+def dropless_experts(x, routing: Routing, w: dict):
     """Every token copy goes to its expert (no capacity): sort copies by expert, grouped matmul,
-    unsort, weighted sum. x [N, D] -> [N, D] in x.dtype; weights applied in float32.
+    unsort, weighted sum. x [N, D], w the experts' matrices (`expert_weights`) -> [N, D] in x.dtype;
+    weights applied in float32.
 
     Sorting and unsorting are gathers by the permutation and its inverse in both directions
     (expert_parallel.permute_rows): no float scatter, slow on GPU.
     """
     n, d = x.shape
     k = routing.experts.shape[1]
-    e = gate.shape[0]
+    e = w["down"].shape[0]
     flat = routing.experts.reshape(-1)  # [M] copy c = token c // K, choice c % K
     order = jnp.argsort(flat, stable=True).astype(jnp.int32)  # copies grouped by expert
     inv = expert_parallel.inverse_permutation(order)
     group_sizes = jnp.bincount(flat, length=e).astype(jnp.int32)  # [E]
     x_sorted = expert_parallel.permute_rows(jnp.repeat(x, k, axis=0), order, inv)  # [M, D]
-    y_sorted = grouped_swiglu(x_sorted, group_sizes, pair_columns(gate, up), down)  # [M, D]
+    y_sorted = grouped_swiglu(x_sorted, group_sizes, w)  # [M, D]
     y = expert_parallel.permute_rows(y_sorted, inv, order).reshape(n, k, d)  # [N, K, D]
     return expert_parallel.combine_copies(y, routing.weights).astype(x.dtype)
 
@@ -114,11 +141,12 @@ class MoE(nnx.Module):
         self.cfg = cfg
         self.router = params.normal(rngs, (d, e), ("embed", "router_experts"), pd)
         self.router_bias = params.router_bias(e)
-        self.gate = params.normal(rngs, (e, d, f), ("expert", "embed", "moe_mlp"), pd)
-        self.up = params.normal(rngs, (e, d, f), ("expert", "embed", "moe_mlp"), pd)
-        self.down = params.normal(rngs, (e, f, d), ("expert", "moe_mlp", "embed"), pd)
+        for name, shape, axes in (("gate", (e, d, f), ("expert", "embed", "moe_mlp")),
+                                  ("up", (e, d, f), ("expert", "embed", "moe_mlp")),
+                                  ("down", (e, f, d), ("expert", "moe_mlp", "embed"))):
+            params.projection(self, name, rngs, shape, axes, cfg, "routed_experts")
         if cfg.n_shared_experts:
-            self.shared = MLP(d, f * cfg.n_shared_experts, dtype=cfg.dtype, param_dtype=pd, rngs=rngs,
+            self.shared = MLP(cfg, d, f * cfg.n_shared_experts, "shared_experts", rngs=rngs,
                               width_axis="moe_mlp")
 
     def __call__(self, x, token_mask):
@@ -132,15 +160,13 @@ class MoE(nnx.Module):
         xf = x.reshape(b * t, d)  # [N, D]
         logits = router_logits(xf, self.router[...])  # [N, E]
         r = route(logits, self.router_bias[...], cfg)
-        c = lambda p: p[...].astype(dt)
-        gate, up, down = c(self.gate), c(self.up), c(self.down)
+        w = expert_weights(self, dt)
         layout = expert_parallel.plan(b * t, d, cfg.n_routed_experts, cfg.moe_intermediate_size)
         if layout is None:  # no expert axis: the global token set under XLA's propagation
-            y = dropless_experts(xf.astype(dt), r, gate, up, down)
+            y = dropless_experts(xf.astype(dt), r, w)
         else:  # routing and its stats stay global (XLA splits them by token); experts under shard_map
-            y = expert_parallel.routed_experts(xf.astype(dt), r.experts, r.weights, gate, up, down,
-                                               grouped_swiglu, layout,
-                                               chunk_tokens=cfg.moe_chunk_tokens)
+            y = expert_parallel.routed_experts(xf.astype(dt), r.experts, r.weights, w, grouped_swiglu,
+                                               layout, chunk_tokens=cfg.moe_chunk_tokens)
         y = y.reshape(b, t, d)
         if cfg.n_shared_experts:
             y = y + self.shared(x)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from r1jax.model import params
-from r1jax.model.config import ModelConfig
+from r1jax.model.config import LoraConfig, ModelConfig
 from r1jax.model.norm import RMSNorm
 from r1jax.model.transformer import Block
 
@@ -32,7 +32,8 @@ class MTP(nnx.Module):
         self.enorm = RMSNorm(d, cfg.rms_norm_eps, pd)
         self.hnorm = RMSNorm(d, cfg.rms_norm_eps, pd)
         self.eh_proj = params.normal(rngs, (2 * d, d), ("mlp", "embed"), pd)
-        self.block = Block(cfg, moe=True, rngs=rngs)
+        # The MTP block stays a plain bf16/float block: no FP8 codes, no adapters (its group is "mtp").
+        self.block = Block(cfg.replace(fp8_weights=False, lora=LoraConfig()), moe=True, rngs=rngs)
         self.norm = RMSNorm(d, cfg.rms_norm_eps, pd)
         self.head = params.normal(rngs, (d, v), ("embed", "vocab"), pd)
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from r1jax import sharding
-from r1jax.model import params
+from r1jax.model import lora, params
 from r1jax.model.config import ModelConfig
 from r1jax.model.latent_cache import LatentCache
 from r1jax.model.mla import MLA
@@ -44,8 +44,7 @@ class Block(nnx.Module):
         if moe:
             self.mlp = MoE(cfg, rngs=rngs)
         else:
-            self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, dtype=cfg.dtype,
-                           param_dtype=cfg.param_dtype, rngs=rngs)
+            self.mlp = MLP(cfg, cfg.hidden_size, cfg.intermediate_size, "dense_mlp", rngs=rngs)
         self.moe = moe
 
     def __call__(self, x, cos, sin, segment_ids):
@@ -91,16 +90,21 @@ def stacked_blocks(cfg: ModelConfig, n: int, moe: bool, rngs: nnx.Rngs) -> Block
     return blocks
 
 
-def scan_blocks(blocks: Block, x, cos, sin, segment_ids, remat: str):
-    """Runs a stacked Block over its layer axis: x [B, T, D] -> (x', stats with a leading [L])."""
+def scan_blocks(blocks: Block, x, cos, sin, segment_ids, remat: str, first_layer: int = 0):
+    """Runs a stacked Block over its layer axis: x [B, T, D] -> (x', stats with a leading [L]).
+    first_layer: the decoder-layer index of the stack's first layer (each layer's adapter dropout
+    masks differ: lora.layer)."""
     graphdef, state = nnx.split(blocks)
+    n = jax.tree.leaves(state)[0].shape[0]
 
-    def body(h, layer_state):
-        return nnx.merge(graphdef, layer_state)(h, cos, sin, segment_ids)
+    def body(h, xs):
+        layer_state, index = xs
+        with lora.layer(index):
+            return nnx.merge(graphdef, layer_state)(h, cos, sin, segment_ids)
 
     if remat != "none":
         body = jax.checkpoint(body, policy=_REMAT_POLICIES[remat], prevent_cse=False)
-    return jax.lax.scan(body, x, state)
+    return jax.lax.scan(body, x, (state, first_layer + jnp.arange(n, dtype=jnp.int32)))
 
 
 def scan_prefill(blocks: Block, x, cos, sin, segment_ids):
@@ -168,7 +172,8 @@ class Transformer(nnx.Module):
         if cfg.first_k_dense_replace:
             x, _ = scan_blocks(self.dense_layers, x, cos, sin, segment_ids, cfg.remat)
         if cfg.num_moe_layers:
-            x, stats = scan_blocks(self.moe_layers, x, cos, sin, segment_ids, cfg.remat)
+            x, stats = scan_blocks(self.moe_layers, x, cos, sin, segment_ids, cfg.remat,
+                                   cfg.first_k_dense_replace)
         return self.final_norm(x), stats
 
     def logits(self, h: jnp.ndarray) -> jnp.ndarray:
