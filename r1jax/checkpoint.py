@@ -11,6 +11,8 @@ under their release names, which let export re-quantize to the release's exact c
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -22,7 +24,7 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 from flax import nnx
 
-from r1jax.model.config import ModelConfig, from_hf_dict, to_hf_dict
+from r1jax.model.config import LoraConfig, ModelConfig, from_hf_dict, to_hf_dict
 from r1jax.model.transformer import Transformer
 
 META_NAME = "r1jax.json"
@@ -69,14 +71,61 @@ def unflatten(flat: dict[str, object]) -> dict:
     return out
 
 
-def write_meta(directory: str, cfg: ModelConfig) -> None:
-    """Writes config.json and r1jax.json of a model checkpoint of `cfg` into `directory`."""
+def write_meta(directory: str, cfg: ModelConfig, base: dict | None = None) -> None:
+    """Writes config.json and r1jax.json of a model checkpoint of `cfg` into `directory`.
+
+    r1jax.json: format, with_mtp, param_dtype; fp8_weights when the projections are FP8-held;
+    for a run with adapters, "lora" (ModelConfig.lora's fields) and "base" (what the adapters sit
+    on: base_record)."""
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(to_hf_dict(cfg), f, indent=2)
+    meta = {"format": FORMAT_VERSION, "with_mtp": cfg.with_mtp, "param_dtype": cfg.param_dtype}
+    if cfg.fp8_weights:
+        meta["fp8_weights"] = True
+    if cfg.lora.rank:
+        meta["lora"] = {**dataclasses.asdict(cfg.lora), "targets": list(cfg.lora.targets)}
+    if base is not None:
+        meta["base"] = base
     with open(os.path.join(directory, META_NAME), "w") as f:
-        json.dump({"format": FORMAT_VERSION, "with_mtp": cfg.with_mtp,
-                   "param_dtype": cfg.param_dtype}, f, indent=2)
+        json.dump(meta, f, indent=2)
+
+
+def read_meta(directory: str) -> dict:
+    """A checkpoint's r1jax.json as a dict ({} when it has none)."""
+    path = os.path.join(directory, META_NAME)
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: corrupt metadata: {e}") from None
+
+
+def base_record(directory: str | None, cfg: ModelConfig, seed: int) -> dict:
+    """What a run's adapters sit on: {"path", "digest"} of a model checkpoint (the digest of its
+    config.json, r1jax.json and Orbax tree metadata and manifest: any rewrite changes it), or for a
+    randomly initialized base {"path": "", "digest"} of its architecture and seed."""
+    if not directory:
+        return {"path": "", "seed": seed,
+                "digest": _digest(json.dumps(to_hf_dict(cfg), sort_keys=True).encode(), str(seed).encode())}
+    directory = os.path.abspath(directory)
+    parts = []
+    for name in ("config.json", META_NAME, "params/_METADATA", "params/manifest.ocdbt"):
+        p = os.path.join(directory, name)
+        if os.path.exists(p):
+            with open(p, "rb") as f:
+                parts.append(name.encode() + b"\0" + f.read())
+    return {"path": directory, "digest": _digest(*parts)}
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(8, "little"))
+        h.update(p)
+    return h.hexdigest()[:32]
 
 
 def save_model(directory: str, cfg: ModelConfig, params: dict) -> None:
@@ -106,6 +155,13 @@ def read_config(directory: str, **runtime) -> ModelConfig:
     if meta.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT_VERSION}")
     runtime.setdefault("param_dtype", meta["param_dtype"])
+    runtime.setdefault("fp8_weights", bool(meta.get("fp8_weights", False)))
+    if "lora" in meta and "lora" not in runtime:
+        lc = meta["lora"]
+        try:
+            runtime["lora"] = LoraConfig(**{**lc, "targets": tuple(lc["targets"])})
+        except (TypeError, KeyError) as e:
+            raise CheckpointError(f"{meta_path}: bad \"lora\" entry {lc!r}: {e}") from None
     return from_hf_dict(hf, source=cfg_path, with_mtp=meta["with_mtp"], **runtime)
 
 
@@ -115,7 +171,7 @@ def load_model(directory: str, cfg: ModelConfig | None = None, shardings=None) -
     where it belongs; without it everything goes to the default device."""
     directory = os.path.abspath(directory)
     cfg = read_config(directory) if cfg is None else cfg
-    model = abstract_model(cfg)
+    model = abstract_model(cfg.replace(lora=LoraConfig()))  # a model checkpoint holds no adapters
     graphdef, state = nnx.split(model)
     target = nnx.to_pure_dict(state)
     if shardings is None:

@@ -15,7 +15,7 @@ import os
 
 import ml_collections
 
-from r1jax.model.config import ModelConfig, preset
+from r1jax.model.config import ADAPTABLE_GROUPS, LoraConfig, ModelConfig, preset
 from r1jax.optim import OptimConfig
 from r1jax.sharding import MESH_PRESETS
 from r1jax.step import StepConfig
@@ -39,6 +39,14 @@ def defaults() -> ml_collections.ConfigDict:
     c.model.moe_chunk_tokens = 0       # routed experts over a device's tokens this many at a time; 0 = all
     c.model.attention_mask = "dense"   # dense | ranges: how packed attention is masked (r1jax/model/mla.py)
     c.model.with_mtp = False
+
+    c.lora = ml_collections.ConfigDict()  # adapters on a frozen base (r1jax/model/lora.py)
+    lc = LoraConfig()
+    c.lora.rank = lc.rank              # 0 = off (full fine-tuning); > 0: train only adapters of this rank
+    c.lora.alpha = lc.alpha            # scale alpha / rank (alpha / sqrt(rank) with rslora)
+    c.lora.dropout = lc.dropout        # on the adapters' inputs while training (not routed experts')
+    c.lora.targets = ",".join(lc.targets)  # groups whose projections get adapters: ADAPTABLE_GROUPS
+    c.lora.rslora = lc.rslora
 
     c.data = ml_collections.ConfigDict()
     c.data.train = ""                  # JSONL file(s), comma-separated; "" = the bundled code dataset
@@ -159,6 +167,9 @@ _MESH_AXIS = Range(1, special=((-1, "the devices the other axes leave"),))
 RANGES: dict[str, Range] = {
     "seed": _NON_NEGATIVE,
     "model.moe_chunk_tokens": Range(1, special=((0, "all of a device's tokens at once"),)),
+    "lora.rank": Range(0),
+    "lora.alpha": _POSITIVE,
+    "lora.dropout": Range(0, 1, hi_open=True),
     "data.val_fraction": Range(0, 1, hi_open=True),
     "data.max_examples": Range(1, special=((0, "all"),)),
     "train.steps": Range(1, special=((0, "train.epochs epochs"),)),
@@ -259,6 +270,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
             raise RunConfigError(f"config key {key}={v!r} is out of range: allowed "
                                  f"{RANGES[key].describe()}")
     _validate_task(got)
+    _validate_lora(got)
     if got["train.steps"] <= 0 and got["train.epochs"] <= 0:
         raise RunConfigError("config keys train.steps and train.epochs: one must be > 0")
     if got["train.grad_accum"] and got["train.batch_size"] % got["train.grad_accum"]:
@@ -319,6 +331,34 @@ def _ancestors(path: str) -> list[str]:
     return out[::-1]
 
 
+def lora_config(c: ml_collections.ConfigDict) -> LoraConfig:
+    """The run's adapters (section lora) as the model takes them."""
+    return LoraConfig(rank=c.lora.rank, alpha=float(c.lora.alpha), dropout=float(c.lora.dropout),
+                      targets=_names(c.lora.targets), rslora=c.lora.rslora)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(filter(None, (t.strip() for t in text.split(","))))
+
+
+def _validate_lora(got: dict) -> None:
+    targets = _names(got["lora.targets"])
+    from r1jax.optim import GROUPS  # noqa: PLC0415 - the optimizer's groups name the targets
+    for t in targets:
+        if t not in GROUPS:
+            raise RunConfigError(f"config key lora.targets={got['lora.targets']!r}: {t!r} is not a "
+                                 f"parameter group{_suggest(t, GROUPS)}; adaptable groups are "
+                                 f"{','.join(ADAPTABLE_GROUPS)}")
+        if t not in ADAPTABLE_GROUPS:
+            raise RunConfigError(f"config key lora.targets={got['lora.targets']!r}: group {t!r} has no "
+                                 f"projections to adapt; adaptable groups are {','.join(ADAPTABLE_GROUPS)}")
+    if got["lora.rank"] and not targets:
+        raise RunConfigError("config key lora.targets is empty with lora.rank > 0")
+    if got["lora.rank"] and got["optim.freeze_groups"]:
+        raise RunConfigError("config key optim.freeze_groups: with lora.rank > 0 every weight is "
+                             "frozen and only adapters train; leave optim.freeze_groups empty")
+
+
 def _validate_task(got: dict) -> None:
     from r1jax.tasks.runner import TASKS
     if got["task.name"] not in TASKS:
@@ -367,10 +407,12 @@ def step_config(c: ml_collections.ConfigDict) -> StepConfig:
 
 def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
     """The run's model: the checkpoint's own architecture (model.checkpoint) or the preset's, with
-    the run's numerics (dtype, param_dtype, remat, moe_chunk_tokens, attention_mask)."""
+    the run's numerics (dtype, param_dtype, remat, moe_chunk_tokens, attention_mask) and adapters
+    (section lora); an FP8 checkpoint's projections stay FP8 (its r1jax.json)."""
     m = c.model
     numerics = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
-                    moe_chunk_tokens=m.moe_chunk_tokens, attention_mask=m.attention_mask)
+                    moe_chunk_tokens=m.moe_chunk_tokens, attention_mask=m.attention_mask,
+                    lora=lora_config(c))
     if m.checkpoint:
         from r1jax import checkpoint  # reads files; imported only when a checkpoint is named
         return checkpoint.read_config(m.checkpoint, **numerics)

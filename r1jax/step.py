@@ -2,8 +2,10 @@
 
 A batch is a dict of int32 [B, T] arrays: `tokens`, `positions`, `segment_ids` (0 on padding) and
 optionally `loss_mask` (1 = training target; without it every next token of a segment is one).
-Parameters are the model's nnx.Param leaves; everything else (the router bias) is `rest`, state that
-gradients never touch.
+Parameters are the trained variables: the model's nnx.Param leaves, or, in a model with adapters
+(r1jax/model/lora.py), the adapters alone, the rest of the weights (and FP8 scales) then being
+`frozen`, an input of the step that is neither differentiated, updated, donated nor saved.
+Everything else (the router bias) is `rest`, state that gradients never touch.
 
 The loss of a step is the mean NLL over every target of the whole (global, all micro-batches) batch,
 plus the weighted sequence-wise balance loss and the weighted MTP loss. Micro-batches contribute
@@ -22,6 +24,8 @@ from flax import nnx
 
 from r1jax import sharding
 from r1jax.losses import chunked_loss_sums, next_token_loss_sums, shifted_targets
+from r1jax.model import lora
+from r1jax.model.params import Adapter, Fp8Scale
 from r1jax.optim import group_of, path_str
 
 
@@ -40,20 +44,46 @@ def split_model(model):
     return nnx.split(model, nnx.Param, ...)
 
 
+def split_adapters(model):
+    """(graphdef, adapters, frozen, rest) of a model with adapters: the params.Adapter variables
+    (trained), the weights and FP8 scales under them (frozen), and the state (router bias)."""
+    return nnx.split(model, Adapter, (nnx.Param, Fp8Scale), ...)
+
+
+def split_trained(model):
+    """(graphdef, params, rest, frozen): the adapters as params and the weights under them as
+    frozen in a model with adapters (split_adapters); else split_model's parts and None."""
+    if lora.has_adapters(model):
+        graphdef, adapters, frozen, rest = split_adapters(model)
+        return graphdef, adapters, rest, frozen
+    return (*split_model(model), None)
+
+
+def merge(graphdef, params, rest, frozen=None):
+    """The model from split_model's or split_adapters' parts."""
+    return nnx.merge(graphdef, params, rest, *(() if frozen is None else (frozen,)))
+
+
 def target_count(batch, k: int = 1) -> jnp.ndarray:
     """Number of tokens predicted k ahead in a batch (float32 scalar)."""
     _, mask = shifted_targets(batch["tokens"], batch["segment_ids"], k, batch.get("loss_mask"))
     return mask.sum().astype(jnp.float32)
 
 
-def loss_fn(params, rest, graphdef, batch, sc: StepConfig = StepConfig(), norm=None, mtp_norm=None):
+def loss_fn(params, rest, graphdef, batch, sc: StepConfig = StepConfig(), norm=None, mtp_norm=None,
+            frozen=None, key=None):
     """(objective, sums): objective = NLL sum / norm + weighted aux and MTP terms.
 
     norm / mtp_norm default to this batch's own target counts (then the objective's NLL term is the
     batch mean). sums holds float32 totals for metrics: nll, tokens, correct, aux [L], load [L, E]
-    and, with MTP, mtp_nll, mtp_tokens, mtp_load [E].
+    and, with MTP, mtp_nll, mtp_tokens, mtp_load [E]. frozen: the weights under adapters
+    (split_adapters); key: adapter dropout masks (None: no dropout, as in evaluation).
     """
-    model = nnx.merge(graphdef, params, rest)
+    with lora.dropout(key):
+        return _loss(merge(graphdef, params, rest, frozen), batch, sc, norm, mtp_norm)
+
+
+def _loss(model, batch, sc, norm, mtp_norm):
     tokens, seg, lm = batch["tokens"], batch["segment_ids"], batch.get("loss_mask")
     h, stats = model.hidden_states(tokens, batch["positions"], seg)
     if sc.loss_chunk:
@@ -118,8 +148,11 @@ def split_frozen(params, frozen_groups):
 
 
 def train_step(graphdef, optimizer: optax.GradientTransformation, sc: StepConfig, params, rest,
-               opt_state, batch):
+               opt_state, batch, frozen=None, key=None):
     """One optimizer update over sc.grad_accum micro-batches: (params, rest, opt_state, metrics).
+
+    frozen: weights under adapters (split_adapters), read only; key: this step's adapter dropout key
+    (micro-batch i uses fold_in(key, i)), None without dropout.
 
     Non-finite loss or gradients skip the update (params, optimizer state and router bias unchanged;
     metrics["skipped"] = 1). Parameters in `sc.frozen_groups` get no gradient (zeros to the optimizer,
@@ -128,25 +161,28 @@ def train_step(graphdef, optimizer: optax.GradientTransformation, sc: StepConfig
     """
     norm = jnp.maximum(target_count(batch), 1.0)
     mtp_norm = jnp.maximum(target_count(batch, 2), 1.0)
-    trainable, frozen, whole = split_frozen(params, sc.frozen_groups)
-    grad_fn = jax.value_and_grad(lambda t, *a: loss_fn(whole(t, frozen), *a), has_aux=True)
+    trainable, fixed, whole = split_frozen(params, sc.frozen_groups)
+    grad_fn = jax.value_and_grad(lambda t, *a: loss_fn(whole(t, fixed), *a), has_aux=True)
 
-    def accumulate(carry, mb):
+    def accumulate(carry, xs):
         grads, sums = carry
-        (_, s), g = grad_fn(trainable, rest, graphdef, mb, sc, norm, mtp_norm)
+        mb, i = xs
+        mb_key = None if key is None else jax.random.fold_in(key, i)
+        (_, s), g = grad_fn(trainable, rest, graphdef, mb, sc, norm, mtp_norm, frozen, mb_key)
         s["aux"] = s.get("aux", jnp.zeros(())) / sc.grad_accum
         return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, sums, s)), None
 
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
     mbs = micro_batches(batch, sc.grad_accum)
     _, sums0 = jax.eval_shape(lambda: loss_fn(params, rest, graphdef,
-                                              jax.tree.map(lambda x: x[0], mbs), sc))
+                                              jax.tree.map(lambda x: x[0], mbs), sc, frozen=frozen))
     sums0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums0)
     sums0.setdefault("aux", jnp.zeros(()))
-    (grads, sums), _ = jax.lax.scan(accumulate, (zeros, sums0), mbs)
+    (grads, sums), _ = jax.lax.scan(accumulate, (zeros, sums0),
+                                    (mbs, jnp.arange(sc.grad_accum, dtype=jnp.int32)))
     # The frozen groups' gradients are zeros that never exist in memory (a broadcast the optimizer's
     # elementwise update reads); their optimizer transform ignores them anyway.
-    grads = whole(grads, jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), frozen))
+    grads = whole(grads, jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), fixed))
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
 
     grad_norm = optax.tree.norm(grads)

@@ -37,7 +37,8 @@ from r1jax.model import Transformer
 from r1jax.monitor import Monitor, device_memory, peak_tflops
 from r1jax.optim import make_optimizer, path_str
 from r1jax.run_json import JsonlError, dumps
-from r1jax.step import StepConfig, loss_fn, split_model, train_step
+from r1jax.model.config import LoraConfig
+from r1jax.step import StepConfig, loss_fn, merge, split_adapters, split_model, split_trained, train_step
 from r1jax.task_eval import TaskEval
 from r1jax.tasks.runner import TaskError
 from r1jax.train_checkpoint import RunCheckpoints, abstract_of
@@ -79,7 +80,7 @@ def jit_train_step(graphdef, tx, sc: StepConfig, state_shardings: tuple, mesh):
                    out_shardings=(*state_shardings, replicated))
 
 
-def evaluate_split(eval_fn, params, rest, prefix, c, batch_sharding, max_batches: int) -> dict:
+def evaluate_split(eval_fn, params, rest, frozen, prefix, c, batch_sharding, max_batches: int) -> dict:
     """val/loss, val/perplexity, val/accuracy, val/tokens over a split (or its first max_batches)."""
     loader = make_loader(prefix, seq_len=c.train.seq_len, batch_size=c.train.batch_size, shuffle=False,
                          num_epochs=1, packing=c.data.packing, process_index=jax.process_index(),
@@ -88,7 +89,7 @@ def evaluate_split(eval_fn, params, rest, prefix, c, batch_sharding, max_batches
     for i, batch in enumerate(loader):
         if max_batches and i >= max_batches:
             break
-        s = jax.device_get(eval_fn(params, rest, _global_batch(batch, batch_sharding)))
+        s = jax.device_get(eval_fn(params, rest, _global_batch(batch, batch_sharding), frozen))
         nll, count, correct = nll + float(s["nll"]), count + float(s["tokens"]), correct + float(s["correct"])
     loader.close()
     loss = nll / max(count, 1.0)
@@ -149,31 +150,39 @@ def _train(c, mesh, is_main: bool, log) -> dict:
     log(f"data: {len(train_store)} training examples, {int(train_store.lengths().sum())} tokens; "
         f"{total_steps} steps of {c.train.batch_size} x {c.train.seq_len} tokens")
 
-    # ---- model
+    # ---- model: with adapters (section lora) they are the trained params, the weights `frozen`
     model_cfg = run_config.model_config(c)
     if int(train_store.ids.max(initial=0)) >= model_cfg.vocab_size:
         raise TrainingError(f"{train_prefix}: token id {int(train_store.ids.max())} >= the model's "
                             f"vocab_size {model_cfg.vocab_size}")
+    if model_cfg.fp8_weights and not model_cfg.lora.rank:
+        raise TrainingError(f"model.checkpoint={c.model.checkpoint}: its projections are FP8 (a frozen "
+                            "base for adapters): set lora.rank > 0, or convert with --dtype bfloat16 "
+                            "for full fine-tuning")
+    base = checkpoint.base_record(c.model.checkpoint, model_cfg, c.seed) if model_cfg.lora.rank else None
+    _check_same_base(c.output_dir, base)
     abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(c.seed)))
-    graphdef, abs_params, abs_rest = split_model(abstract)
+    graphdef, abs_params, abs_rest, abs_frozen = split_trained(abstract)
     p_shard = sharding.variable_shardings(abs_params, mesh)
     r_shard = sharding.variable_shardings(abs_rest, mesh)
+    f_shard = None if abs_frozen is None else sharding.variable_shardings(abs_frozen, mesh)
 
     # ---- shard: params are created or restored directly on their devices
-    if c.model.checkpoint:
-        shard_tree = sharding.variable_shardings(nnx.state(abstract), mesh)
-        _, params, rest = split_model(checkpoint.load_model(
-            c.model.checkpoint, model_cfg, nnx.to_pure_dict(shard_tree)))
-        log(f"model: {c.model.checkpoint}")
-    else:
-        init = jax.jit(lambda: split_model(Transformer(model_cfg, rngs=nnx.Rngs(c.seed)))[1:],
-                       out_shardings=(p_shard, r_shard))
-        params, rest = init()
-        log(f"model: preset {c.model.preset}, random init (seed {c.seed})")
+    params, rest, frozen = _place_model(c, model_cfg, abstract, (p_shard, r_shard, f_shard), mesh)
+    log(f"model: {c.model.checkpoint}" if c.model.checkpoint else
+        f"model: preset {c.model.preset}, random init (seed {c.seed})")
     if is_main:  # what export and evaluate need to read this run's checkpoints
-        checkpoint.write_meta(os.path.join(c.output_dir, "model"), model_cfg)
+        checkpoint.write_meta(os.path.join(c.output_dir, "model"), model_cfg, base=base)
     n_params = sum(x.size for x in jax.tree.leaves(params))
-    log(f"model: {n_params / 1e6:.1f}M parameters, compute {model_cfg.dtype}, params {model_cfg.param_dtype}")
+    log(f"model: {n_params:,} trained parameters, compute {model_cfg.dtype}, params "
+        f"{'float32 adapters' if frozen is not None else model_cfg.param_dtype}")
+    if frozen is not None:
+        n_frozen = sum(x.size for x in jax.tree.leaves(frozen))
+        lc = model_cfg.lora
+        log(f"lora: rank {lc.rank}, alpha {lc.alpha:g} (scale {lc.scale:g}), on {','.join(lc.targets)}; "
+            f"{n_frozen / 1e6:.1f}M frozen base parameters"
+            f"{' (FP8 projections)' if model_cfg.fp8_weights else ''}"
+            f"{'; routed-expert adapters take no dropout' if lc.dropout and 'routed_experts' in lc.targets else ''}")
 
     # ---- step
     tx, lr_by_group, stage_at = make_optimizer(run_config.optim_config(c, total_steps), model_cfg, params)
@@ -181,10 +190,11 @@ def _train(c, mesh, is_main: bool, log) -> dict:
     opt_state = jax.jit(tx.init, out_shardings=o_shard)(params)
     sc = run_config.step_config(c)
     step_fn = jit_train_step(graphdef, tx, sc, (p_shard, r_shard, o_shard), mesh)
+    dropout_key = jax.random.key(c.seed) if model_cfg.lora.rank and model_cfg.lora.dropout else None
     eval_sc = StepConfig(loss_chunk=c.train.loss_chunk)
     eval_fn = jax.jit(  # the sums, replicated: every process reads them
-        lambda p, r, b: {k: v for k, v in loss_fn(p, r, graphdef, b, eval_sc)[1].items()
-                         if k in ("nll", "tokens", "correct")},
+        lambda p, r, b, f: {k: v for k, v in loss_fn(p, r, graphdef, b, eval_sc, frozen=f)[1].items()
+                            if k in ("nll", "tokens", "correct")},
         out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     flops_per_token = train_flops_per_token(model_cfg, c.train.seq_len)
 
@@ -220,7 +230,7 @@ def _train(c, mesh, is_main: bool, log) -> dict:
         """The task metric (generation + scoring) of the current params on the held-out items;
         the per-sample records go to OUTPUT_DIR/task_eval/STEP.jsonl."""
         t = time.perf_counter()
-        metrics = task_eval.run_model(nnx.merge(graphdef, params, rest), tokenizer, mesh)
+        metrics = task_eval.run_model(merge(graphdef, params, rest, frozen), tokenizer, mesh)
         monitor.write({"step": at_step, **metrics})
         if is_main:
             os.makedirs(os.path.join(c.output_dir, "task_eval"), exist_ok=True)
@@ -231,7 +241,8 @@ def _train(c, mesh, is_main: bool, log) -> dict:
 
     def do_eval(at_step: int, train_loss: float | None) -> bool:
         """Validation at `at_step`: logs, keeps the best checkpoint; True to stop early."""
-        ev = evaluate_split(eval_fn, params, rest, val_prefix, c, batch_sharding, c.train.eval_batches)
+        ev = evaluate_split(eval_fn, params, rest, frozen, val_prefix, c, batch_sharding,
+                            c.train.eval_batches)
         ev["step"] = at_step
         if train_loss is not None:
             ev["train_val_gap"] = ev["val/loss"] - train_loss  # the overfitting indicator
@@ -261,7 +272,8 @@ def _train(c, mesh, is_main: bool, log) -> dict:
                                           sharding=batch_sharding)
                   for k in ("tokens", "positions", "segment_ids", "loss_mask")}
     t0 = time.perf_counter()
-    step_fn = step_fn.lower(params, rest, opt_state, batch_spec).compile()
+    step_key = lambda at: None if dropout_key is None else jax.random.fold_in(dropout_key, at)
+    step_fn = step_fn.lower(params, rest, opt_state, batch_spec, frozen, step_key(0)).compile()
     log(f"train step compiled in {time.perf_counter() - t0:.1f} s")
     if step == 0:
         do_eval(0, None)  # the starting model: every curve has its baseline
@@ -280,7 +292,8 @@ def _train(c, mesh, is_main: bool, log) -> dict:
                 local = next(loader)
             except StopIteration:
                 break
-            params, rest, opt_state, m = step_fn(params, rest, opt_state, _global_batch(local, batch_sharding))
+            params, rest, opt_state, m = step_fn(params, rest, opt_state, _global_batch(local, batch_sharding),
+                                                 frozen, step_key(step))
             step += 1
             # The previous step's scalars are read after this step is dispatched: no stall.
             if pending is not None:
@@ -338,6 +351,41 @@ def _train(c, mesh, is_main: bool, log) -> dict:
         with open(os.path.join(c.output_dir, "summary.json"), "w") as f:
             f.write(dumps(summary, indent=1))
     return summary
+
+
+def _place_model(c, model_cfg, abstract, shardings, mesh):
+    """(params, rest, frozen) on their devices (`shardings`: theirs, frozen's None without
+    adapters): restored from model.checkpoint (a model checkpoint holds no adapters: they start
+    fresh, A random and B zero) or randomly initialized from the seed."""
+    p_shard, r_shard, f_shard = shardings
+    init = lambda: split_trained(Transformer(model_cfg, rngs=nnx.Rngs(c.seed)))[1:]
+    if not c.model.checkpoint:
+        params, rest, frozen = jax.jit(init, out_shardings=(p_shard, r_shard, f_shard))()
+        return params, rest, frozen
+    plain = checkpoint.abstract_model(model_cfg.replace(lora=LoraConfig()))
+    shard_tree = nnx.to_pure_dict(sharding.variable_shardings(nnx.state(plain), mesh))
+    loaded = checkpoint.load_model(c.model.checkpoint, model_cfg, shard_tree)
+    if f_shard is None:
+        _, params, rest = split_model(loaded)
+        return params, rest, None
+    # Only the adapters are initialized (the jitted init's base weights are dead code, never made).
+    params = jax.jit(lambda: init()[0], out_shardings=p_shard)()
+    _, _, frozen, rest = split_adapters(nnx.merge(split_trained(abstract)[0], params, nnx.state(loaded)))
+    return params, rest, frozen
+
+
+def _check_same_base(output_dir: str, base: dict | None) -> None:
+    """A run with adapters resumes only on the base it started from (its RUN/model/r1jax.json)."""
+    if base is None:
+        return
+    had = checkpoint.read_meta(os.path.join(output_dir, "model")).get("base")
+    has_ckpt = os.path.isdir(os.path.join(output_dir, "checkpoints")) and any(
+        d.isdigit() for d in os.listdir(os.path.join(output_dir, "checkpoints")))
+    if had is not None and has_ckpt and had.get("digest") != base["digest"]:
+        what = lambda b: b["path"] or f"the random-init base of seed {b.get('seed')}"
+        raise TrainingError(f"{output_dir} holds adapters trained on {what(had)} (digest "
+                            f"{had.get('digest')}), not on {what(base)} (digest {base['digest']}): "
+                            "resume with the same base (model.checkpoint), or start a new output_dir")
 
 
 def _tokenizer_dir(checkpoint_dir: str) -> str | None:

@@ -33,7 +33,8 @@ from r1jax.model.params import Adapter, Fp8Scale, fans, split_dims
 
 
 class LoRA(nnx.Module):
-    """The A [stack..., in..., r] and B [stack..., r, out...] of one projection of `shape`."""
+    """The A [stack..., in..., r] and B [stack..., r, out...] of one projection of `shape`, float32
+    always (the trained master copy; the frozen base keeps its own dtype)."""
 
     def __init__(self, shape: tuple, axes: tuple, projection: tuple[int, int], cfg, rngs: nnx.Rngs):
         fan_in, fan_out = projection
@@ -43,9 +44,8 @@ class LoRA(nnx.Module):
         a_shape = shape[:n + fan_in] + (r,)
         bound = i ** -0.5
         a = jax.random.uniform(rngs.params(), a_shape, jnp.float32, -bound, bound)
-        self.a = Adapter(a.astype(cfg.param_dtype), axes=axes[:n + fan_in] + (None,),
-                         projection=(fan_in, 1))
-        self.b = Adapter(jnp.zeros(shape[:n] + (r,) + shape[n + fan_in:], cfg.param_dtype),
+        self.a = Adapter(a, axes=axes[:n + fan_in] + (None,), projection=(fan_in, 1))
+        self.b = Adapter(jnp.zeros(shape[:n] + (r,) + shape[n + fan_in:], jnp.float32),
                          axes=axes[:n] + (None,) + axes[n + fan_in:], projection=(1, fan_out))
         self.scale = cfg.lora.scale
         self.rate = cfg.lora.dropout
