@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from r1jax import checkpoint
+from r1jax import checkpoint, sources
 from r1jax.data import DataError, load_tokenizer, read_scoring_rows
 from r1jax.losses import next_token_loss_sums
 from r1jax.model.config import ConfigError
@@ -85,7 +85,9 @@ def main(argv=None, generate_fn=None) -> int:
     """generate_fn (task mode only): prompts -> [{"answer", "text", ...}] in place of the checkpoint's
     model, for callers that bring their own generation."""
     p = argparse.ArgumentParser(prog="python -m r1jax.evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", required=True, help="r1jax model checkpoint (python -m r1jax.convert)")
+    p.add_argument("--checkpoint", required=True,
+                   help="r1jax model checkpoint (python -m r1jax.convert), or a training run (RUN, "
+                        "RUN/checkpoints/STEP, RUN/best/STEP; a run's adapters are applied to its base)")
     p.add_argument("--data", help="JSONL rows with input_ids or text (with --task: the task's rows)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="compute dtype")
     p.add_argument("--batch_size", type=int, default=8)
@@ -104,12 +106,13 @@ def main(argv=None, generate_fn=None) -> int:
     if not a.data:
         p.error("--data is required (or --task)")
     try:
-        cfg = checkpoint.read_config(a.checkpoint, dtype=a.dtype)
+        meta = sources.meta_dir(a.checkpoint)
+        cfg = checkpoint.read_config(meta, dtype=a.dtype)
         # The checkpoint's own tokenizer when it has one; else the packaged R1 one, loaded on demand.
-        own_tok = os.path.exists(os.path.join(a.checkpoint, "tokenizer.json"))
-        rows = read_scoring_rows(a.data, tokenizer=load_tokenizer(a.checkpoint) if own_tok else None)
+        own_tok = os.path.exists(os.path.join(meta, "tokenizer.json"))
+        rows = read_scoring_rows(a.data, tokenizer=load_tokenizer(meta) if own_tok else None)
         check_rows(rows, cfg, a.data)
-        model = checkpoint.load_model(a.checkpoint, cfg)
+        model, _ = sources.load(a.checkpoint, a.dtype)
         result = score(model, rows, a.batch_size, log)
     except (DataError, ConfigError, checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -26,6 +26,7 @@ import numpy as np
 from r1jax import checkpoint, fp8, layout, resumable, safetensors_io, streaming
 from r1jax.convert import SCALE_SUFFIX
 from r1jax.data.tokenizer import packaged_tokenizer_dir
+from r1jax.sources import training_step_dir
 from r1jax.model.config import ConfigError, ModelConfig, to_hf_dict
 
 QUANTIZATION_CONFIG = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
@@ -220,20 +221,6 @@ def export_params(params_dir: str, cfg: ModelConfig, out: str, *, fp8_weights: b
     log(f"export: wrote {out} ({len(tensors)} tensors in {len(files)} shards, "
         f"{'FP8' if fp8_names else 'BF16'}, MTP {'included' if with_mtp else 'not included'})")
     return files
-
-
-def training_step_dir(path: str) -> str | None:
-    """The Orbax step directory of a training checkpoint named by `path` (RUN/checkpoints/STEP,
-    RUN/best/STEP, or RUN itself for its latest step), or None when `path` is not one."""
-    path = os.path.abspath(path)
-    if os.path.isdir(os.path.join(path, "state")):
-        return path
-    steps = os.path.join(path, "checkpoints")
-    if os.path.isdir(steps):
-        done = [int(d) for d in os.listdir(steps) if d.isdigit()]
-        if done:
-            return os.path.join(steps, str(max(done)))
-    return None
 
 
 def export(checkpoint_dir: str, out: str, **kw) -> list[str]:

@@ -72,14 +72,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
-from r1jax import checkpoint, sampling, sharding
+from r1jax import checkpoint, sampling, sharding, sources
 from r1jax.data.chat import generation_prompt, prompt_ids
 from r1jax.data.formats import DataError, Example, json_objects, parse_row, split_reasoning
 from r1jax.data.tokenizer import load_tokenizer
-from r1jax.export import training_step_dir
 from r1jax.model.config import ConfigError
 from r1jax.model.latent_cache import LatentCache, init_cache
 from r1jax.model.transformer import Transformer
@@ -385,45 +383,9 @@ def generate_texts(model: Transformer, tokenizer, prompts: Sequence[str | Sequen
     return out
 
 
-# ---- checkpoints ---------------------------------------------------------------------------------
+# ---- checkpoints: r1jax/sources.py resolves and loads what --checkpoint names ----------------
 
-def load(path: str, dtype: str = "bfloat16", mesh=None) -> tuple[Transformer, str]:
-    """(model, directory of its config and side files) from a model checkpoint or a training run
-    (resolved as export does: RUN, RUN/checkpoints/STEP, RUN/best/STEP); params are placed by
-    r1jax.sharding.variable_shardings on `mesh` (None: the default device)."""
-    step_dir = training_step_dir(path)
-    meta_dir = os.path.join(os.path.dirname(os.path.dirname(step_dir)), "model") if step_dir else path
-    cfg = checkpoint.read_config(meta_dir, dtype=dtype)
-    abstract = checkpoint.abstract_model(cfg)
-    if mesh is None:
-        dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        shard = jax.tree.map(lambda _: dev, nnx.to_pure_dict(nnx.state(abstract)))
-    else:
-        shard = nnx.to_pure_dict(sharding.variable_shardings(nnx.state(abstract), mesh))
-    if step_dir is None:
-        return checkpoint.load_model(path, cfg, shard), meta_dir
-    # A trainer's state item is {"params", "rest", "opt_state"}; the first two are the model's
-    # variables split by kind (r1jax/step.py), in the model checkpoint's nested layout.
-    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-    target = {k: jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                              nnx.to_pure_dict(part), _select(shard, nnx.to_pure_dict(part)))
-              for k, part in (("params", params), ("rest", rest))}
-    try:
-        restored = ocp.PyTreeCheckpointer().restore(
-            os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
-                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                partial_restore=True))
-    except Exception as e:  # orbax raises many types; all mean the same to a user
-        raise checkpoint.CheckpointError(f"{step_dir}/state: cannot restore: "
-                                         f"{type(e).__name__}: {e}") from None
-    nnx.replace_by_pure_dict(params, restored["params"])
-    nnx.replace_by_pure_dict(rest, restored["rest"])
-    return nnx.merge(graphdef, params, rest), meta_dir
-
-
-def _select(full: dict, like: dict) -> dict:
-    """The entries of nested dict `full` at the paths of nested dict `like`."""
-    return {k: _select(full[k], v) if isinstance(v, dict) else full[k] for k, v in like.items()}
+load = sources.load
 
 
 def parse_mesh(spec: str | None):

@@ -4,6 +4,8 @@ Oracles: the plain model (no adapters) with the same base weights; the plain mod
 merged in NumPy, W + s A B computed here from the adapters' arrays; a single device for a sharded
 mesh; an uninterrupted run for a resumed one.
 """
+import contextlib
+import io
 import json
 import math
 import shutil
@@ -19,7 +21,7 @@ from r1jax import checkpoint, sharding
 from r1jax.model import Transformer, preset
 from r1jax.model.config import LoraConfig
 from r1jax.model.params import Adapter
-from r1jax.optim import OptimConfig, make_optimizer, path_str
+from r1jax.optim import OptimConfig, make_optimizer
 from r1jax.run_config import RunConfigError, validate
 from r1jax.step import StepConfig, split_trained
 from r1jax.train import TrainingError, jit_train_step, opt_state_shardings, run
@@ -73,6 +75,45 @@ def randomize_b(model, seed=1):
     nnx.update(model, state)
 
 
+def numpy_merged(tree: dict, s: float) -> dict:
+    """{path: float64 array} of the plain model's variables from a nested dict holding weights and
+    their adapters: W + s A B for adapted projections, in NumPy (stack axes: L, or L and E for the
+    routed experts, shared by W, A and B)."""
+    merged = {}
+    for path, w in flat(tree):
+        if len(path) > 1 and path[-2].endswith("_lora"):
+            continue
+        parent = tree
+        for k in path[:-1]:
+            parent = parent[k]
+        ad = parent.get(path[-1] + "_lora")
+        w = np.asarray(w, np.float64)
+        if ad is not None:
+            a, b = np.asarray(ad["a"], np.float64), np.asarray(ad["b"], np.float64)
+            r = a.shape[-1]
+            k = 2 if path[0] == "moe_layers" and path[1] == "mlp" and len(path) == 3 else 1
+            i = int(np.prod(a.shape[k:-1]))
+            ab = a.reshape(a.shape[:k] + (i, r)) @ b.reshape(b.shape[:k] + (r, -1))
+            w = w + s * ab.reshape(w.shape)
+        merged[path] = w
+    return merged
+
+
+def plain_model(cfg, merged: dict):
+    """A model without adapters holding `merged` ({path: array})."""
+    plain = Transformer(cfg, rngs=nnx.Rngs(5))
+    state = nnx.state(plain)
+    target = nnx.to_pure_dict(state)
+    for path, _ in flat(target):
+        node = target
+        for k in path[:-1]:
+            node = node[k]
+        node[path[-1]] = jnp.asarray(merged[path], node[path[-1]].dtype)
+    nnx.replace_by_pure_dict(state, target)
+    nnx.update(plain, state)
+    return plain
+
+
 def test_zero_b_adapters_give_the_base_logits_exactly():
     """Oracle: the plain model with the same weights; B = 0 makes every adapter add exactly 0."""
     base = Transformer(CFG, rngs=nnx.Rngs(0))
@@ -87,37 +128,8 @@ def test_adapter_forward_equals_merged_weights_forward():
     lc = LoraConfig(rank=4, alpha=8.0, targets=ALL, rslora=True)
     model = Transformer(CFG.replace(lora=lc), rngs=nnx.Rngs(0))
     randomize_b(model)
-    tree = pure(model)
-    merged = {}
-    s = 8.0 / math.sqrt(4)
-    for path, w in flat(tree):
-        name = path[-1]
-        if len(path) > 1 and path[-2].endswith("_lora"):
-            continue
-        parent = tree
-        for k in path[:-1]:
-            parent = parent[k]
-        ad = parent.get(name + "_lora")
-        w = np.asarray(w, np.float64)
-        if ad is not None:
-            a, b = np.asarray(ad["a"], np.float64), np.asarray(ad["b"], np.float64)
-            r = a.shape[-1]
-            # stack axes are the leading ones A and B share with W: L, or L and E for routed experts
-            k = 2 if path[0] == "moe_layers" and path[1] == "mlp" and len(path) == 3 else 1
-            i = int(np.prod(a.shape[k:-1]))
-            ab = a.reshape(a.shape[:k] + (i, r)) @ b.reshape(b.shape[:k] + (r, -1))
-            w = w + s * ab.reshape(w.shape)
-        merged[path] = w
-    plain = Transformer(CFG, rngs=nnx.Rngs(5))
-    state = nnx.state(plain)
-    target = nnx.to_pure_dict(state)
-    for path, _ in flat(target):
-        node = target
-        for k in path[:-1]:
-            node = node[k]
-        node[path[-1]] = jnp.asarray(merged[path], node[path[-1]].dtype)
-    nnx.replace_by_pure_dict(state, target)
-    nnx.update(plain, state)
+    merged = numpy_merged(pure(model), 8.0 / math.sqrt(4))
+    plain = plain_model(CFG, merged)
     got, want = np.asarray(model(tokens())[0]), np.asarray(plain(tokens())[0])
     assert np.abs(got - want).max() < 1e-5 * np.abs(want).max(), np.abs(got - want).max()
     assert np.abs(want - np.asarray(Transformer(CFG, rngs=nnx.Rngs(0))(tokens())[0])).max() > 1e-3
@@ -244,6 +256,8 @@ def test_lora_run_saves_adapters_only_resumes_exactly_and_refuses_another_base(d
     adapters, tree = _state(ref, 6)
     assert adapters and all(k.split(".")[-2].endswith("_lora") for k in adapters)
     assert set(tree) == {"params", "rest", "opt_state"}
+    assert tree["params"]["dense_layers"]["attn"].keys() == {"q_a_lora", "q_b_lora", "kv_a_lora",
+                                                             "kv_b_lora", "o_lora"}
     meta = json.loads((ref / "model" / "r1jax.json").read_text())
     assert meta["lora"]["rank"] == 4 and meta["base"]["path"] == str(bases[0])
 
@@ -268,3 +282,37 @@ def test_lora_config_errors_name_the_key(data, tmp_path):
         validate(lora_config(data, tmp_path, "", lora__targets="attention,router"))
     with pytest.raises(RunConfigError, match=r"lora.rank=-1 is out of range"):
         validate(lora_config(data, tmp_path, "", lora__rank=-1))
+
+
+def test_evaluate_and_generate_apply_a_runs_adapters_to_its_base(data, bases, tmp_path):
+    """r1jax.sources.load (what evaluate, generate and the task metrics load) on a LoRA run: its
+    logits equal a plain model holding base + s A B merged in NumPy from the base checkpoint's and
+    the run checkpoint's arrays (the oracle); evaluate's loss equals that model's loss."""
+    from r1jax import evaluate, sources
+    from r1jax.losses import next_token_loss_sums
+    out = tmp_path / "run"
+    run(lora_config(data, out, bases[0], train__steps=3, lora__targets=",".join(ALL)))
+    _, tree = _state(out, 3)
+    base = pure(checkpoint.load_model(str(bases[0])))
+    both = base
+    for path, v in flat(tree["params"]):
+        node = both
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = v
+    merged = numpy_merged(both, 16.0 / 4)
+    plain = plain_model(preset("tiny", dtype="float32"), merged)
+    model, meta = sources.load(str(out), dtype="float32")
+    assert meta == str(out / "model")
+    toks = jnp.asarray(np.random.default_rng(3).integers(100, 132, (2, 24)), jnp.int32)
+    got, want = np.asarray(model(toks)[0]), np.asarray(plain(toks)[0])
+    assert np.abs(got - want).max() < 1e-4 * np.abs(want).max()
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"input_ids": [int(t) for t in r]}) + "\n" for r in np.asarray(toks)))
+    nll, count, _ = next_token_loss_sums(plain(toks)[0], toks, jnp.ones_like(toks))
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert evaluate.main(["--checkpoint", str(out), "--data", str(rows), "--dtype", "float32",
+                              "--json"]) == 0
+    assert json.loads(buf.getvalue().splitlines()[-1])["loss"] == pytest.approx(float(nll / count), rel=1e-5)
