@@ -126,7 +126,8 @@ def _export_task(task: streaming.Task, store, writers, fp8_names, scales, held=f
             writers[t.name].write(t.name, data, lo)
             return [], 0, data.nbytes
         writers[t.name].write(t.name, q, lo)
-        writers[t.name + SCALE_SUFFIX].write(t.name + SCALE_SUFFIX, s, fp8.scale_rows(lo, hi, len(t.shape)).start)
+        start = fp8.scale_rows(lo, hi, len(t.shape)).start
+        writers[t.name + SCALE_SUFFIX].write(t.name + SCALE_SUFFIX, s, start)
         return [], 0, q.nbytes + s.nbytes
     data = _read_tensor(task, store)
     if t.name not in fp8_names:

@@ -4,9 +4,10 @@ as the release's e4m3 codes and 128x128 scales (ModelConfig.fp8_weights), everyt
 Oracles: the release written by tests/release_writer.py with its own NumPy quantizer, its dequantized
 float32 values (np.kron) in transformers' float32 DeepseekV3ForCausalLM, and a block recipe written
 out below in plain NumPy (amax / 448 per 128x128 block)."""
+import contextlib
+import io
 import json
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,7 @@ from r1jax import checkpoint, convert, evaluate, export, generate, resumable, sa
 from r1jax.data import load_tokenizer
 from r1jax.generate import GenerationSettings, generate_texts
 from r1jax.model import Transformer, preset
+from r1jax.model.config import to_hf_dict as to_hf
 from test_convert_fp8 import CFG
 from test_export import tensors_of
 
@@ -63,7 +65,8 @@ def recipe(w: np.ndarray):
 
 
 def flat(ckpt) -> dict[str, np.ndarray]:
-    return {".".join(k): v for k, v in checkpoint._flatten(checkpoint.numpy_params(checkpoint.load_model(ckpt)))}
+    params = checkpoint.numpy_params(checkpoint.load_model(ckpt))
+    return {".".join(k): v for k, v in checkpoint._flatten(params)}
 
 
 def bits(x):
@@ -87,8 +90,10 @@ def test_checkpoint_holds_release_codes_and_scales_and_bf16_rest(release, fp8_ck
     cases = {  # r1jax path, index -> HF name, [in, out] view of the r1jax codes
         ("dense_layers.attn.kv_a", 0): ("model.layers.0.self_attn.kv_a_proj_with_mqa.weight", lambda c: c),
         ("dense_layers.mlp.down", 0): ("model.layers.0.mlp.down_proj.weight", lambda c: c),
-        ("dense_layers.attn.q_b", 0): ("model.layers.0.self_attn.q_b_proj.weight", lambda c: c.reshape(-1, h * k)),
-        ("moe_layers.attn.o", 1): ("model.layers.2.self_attn.o_proj.weight", lambda c: c.reshape(-1, CFG.hidden_size)),
+        ("dense_layers.attn.q_b", 0): ("model.layers.0.self_attn.q_b_proj.weight",
+                                       lambda c: c.reshape(-1, h * k)),
+        ("moe_layers.attn.o", 1): ("model.layers.2.self_attn.o_proj.weight",
+                                   lambda c: c.reshape(-1, CFG.hidden_size)),
         ("moe_layers.mlp.shared.up", 0): ("model.layers.1.mlp.shared_experts.up_proj.weight", lambda c: c),
     }
     for (path, layer), (name, view) in cases.items():
@@ -137,8 +142,6 @@ def test_forward_equals_transformers_on_the_dequantized_values(release, fp8_ckpt
 
     data = tmp_path / "eval.jsonl"
     data.write_text("".join(json.dumps({"input_ids": r}) + "\n" for r in rows))
-    import contextlib
-    import io
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert evaluate.main(["--checkpoint", fp8_ckpt, "--data", str(data), "--dtype", "float32",
@@ -184,7 +187,8 @@ def test_converted_then_exported_fp8_is_the_release_bit_for_bit(release, fp8_ckp
         w = safetensors_io.load(info)
         if name + "_scale_inv" in files:
             w = dequantize_ref(w, safetensors_io.load(files[name + "_scale_inv"]))
-        want = w if name.endswith("e_score_correction_bias") else np.asarray(w, np.float32).astype(ml_dtypes.bfloat16)
+        bias = name.endswith("e_score_correction_bias")
+        want = w if bias else np.asarray(w, np.float32).astype(ml_dtypes.bfloat16)
         have = safetensors_io.load(got[name])
         assert have.dtype == want.dtype, name
         np.testing.assert_array_equal(bits(have), bits(want), err_msg=name)
@@ -213,11 +217,6 @@ def test_bf16_source_is_quantized_by_the_block_recipe(tmp_path):
         q, s = recipe(w)
         np.testing.assert_array_equal(bits(view(got[path][idx]).T), bits(q), err_msg=path)
         np.testing.assert_array_equal(got[path + "_scale"][idx].T, s, err_msg=path)
-
-
-def to_hf(cfg):
-    from r1jax.model.config import to_hf_dict
-    return to_hf_dict(cfg)
 
 
 def _fused_fp8_source(d, cfg, seed):
