@@ -3,11 +3,16 @@ their arrays streamed slice by slice (tensorstore) for conversion and export.
 
 A model checkpoint directory holds
     config.json       the HF-style model config (r1jax.model.config.to_hf_dict)
-    r1jax.json        what the params hold: {"with_mtp": bool, "param_dtype": str, "format": 1}
+    r1jax.json        what the params hold: {"with_mtp": bool, "param_dtype": str, "format": 1,
+                      "fp8_weights": bool (absent: false)}
     params/           an Orbax PyTree checkpoint of the model's variables as a nested dict
 and the HF checkpoint's SIDE_FILES (tokenizer, generation config) when it had them; and, when
-converted from FP8 weights, `fp8_scales.safetensors`: the release's `*_scale_inv` tensors
-under their release names, which let export re-quantize to the release's exact codes (r1jax/fp8.py).
+converted from FP8 weights, `fp8_scales.safetensors`: the release's `*_scale_inv` tensors of the
+weights it holds dequantized, under their release names, which let export re-quantize to the
+release's exact codes (r1jax/fp8.py).
+
+With fp8_weights, the decoder layers' projections are float8_e4m3fn codes, each with its float32
+block scales at PATH_scale (r1jax/model/params.py), and everything else is `param_dtype`.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import os
 import threading
 
 import jax
+import ml_dtypes
 import numpy as np
 import orbax.checkpoint as ocp
 import tensorstore as ts
@@ -138,7 +144,8 @@ def save_model(directory: str, cfg: ModelConfig, params: dict) -> None:
 
 
 def read_config(directory: str, **runtime) -> ModelConfig:
-    """The ModelConfig a checkpoint was saved with; `runtime` overrides dtype/remat (not with_mtp)."""
+    """The ModelConfig a checkpoint was saved with; `runtime` overrides dtype/remat (not with_mtp;
+    fp8_weights defaults to what r1jax.json records, false when absent)."""
     meta_path = os.path.join(directory, META_NAME)
     cfg_path = os.path.join(directory, "config.json")
     for p in (cfg_path, meta_path):
@@ -155,7 +162,10 @@ def read_config(directory: str, **runtime) -> ModelConfig:
     if meta.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT_VERSION}")
     runtime.setdefault("param_dtype", meta["param_dtype"])
-    runtime.setdefault("fp8_weights", bool(meta.get("fp8_weights", False)))
+    fp8_weights = meta.get("fp8_weights", False)
+    if not isinstance(fp8_weights, bool):
+        raise CheckpointError(f"{meta_path}: fp8_weights={fp8_weights!r}, expected true or false")
+    runtime.setdefault("fp8_weights", fp8_weights)
     if "lora" in meta and "lora" not in runtime:
         lc = meta["lora"]
         try:
@@ -171,7 +181,14 @@ def load_model(directory: str, cfg: ModelConfig | None = None, shardings=None) -
     where it belongs; without it everything goes to the default device."""
     directory = os.path.abspath(directory)
     cfg = read_config(directory) if cfg is None else cfg
-    model = abstract_model(cfg.replace(lora=LoraConfig()))  # a model checkpoint holds no adapters
+    cfg = cfg.replace(lora=LoraConfig())  # a model checkpoint holds no adapters
+    params_dir = os.path.join(directory, "params")
+    try:
+        stored, _ = _orbax_metadata(params_dir)
+    except Exception as e:  # orbax raises many types; all mean the same to a user
+        raise CheckpointError(f"{params_dir}: not an Orbax checkpoint: {type(e).__name__}: {e}") from None
+    check_arrays(params_dir, {p: (tuple(m.shape), np.dtype(m.dtype)) for p, m in stored.items()}, cfg)
+    model = abstract_model(cfg)
     graphdef, state = nnx.split(model)
     target = nnx.to_pure_dict(state)
     if shardings is None:
@@ -184,6 +201,32 @@ def load_model(directory: str, cfg: ModelConfig | None = None, shardings=None) -
         raise CheckpointError(f"{directory}/params: cannot restore: {type(e).__name__}: {e}") from None
     nnx.replace_by_pure_dict(state, restored)
     return nnx.merge(graphdef, state)
+
+
+def check_arrays(params_dir: str, stored: dict[str, tuple[tuple, np.dtype]], cfg: ModelConfig) -> None:
+    """Checks the arrays of a params checkpoint, {dotted path: (shape, dtype)}, against the variables
+    of model `cfg`: each present, of its shape, FP8 codes exactly where the model holds codes (a
+    float is restored into another float's dtype, never into codes or out of them).
+
+    Raises CheckpointError naming `params_dir` and the offending paths."""
+    e4m3 = np.dtype(ml_dtypes.float8_e4m3fn)
+    problems = []
+    for p, want in param_shapes(cfg).items():
+        got = stored.get(p)
+        codes = np.dtype(want.dtype) == e4m3
+        if got is None:
+            scales = cfg.fp8_weights and want.dtype == np.float32 and p.endswith("_scale")
+            problems.append(f"{p}: missing" + (" (the block scales of FP8 codes; r1jax.json says "
+                                               "fp8_weights)" if scales else ""))
+        elif tuple(got[0]) != tuple(want.shape):
+            problems.append(f"{p}: shape {list(got[0])}, expected {list(want.shape)}")
+        elif (np.dtype(got[1]) == e4m3) != codes:
+            problems.append(f"{p}: {np.dtype(got[1])}, expected " +
+                            ("float8_e4m3fn codes (r1jax.json says fp8_weights)" if codes else
+                             "a float (FP8 codes where this model holds plain weights)"))
+    if problems:
+        raise CheckpointError(f"{params_dir}: " + "; ".join(problems[:12]) +
+                              (f" ... and {len(problems) - 12} more" if len(problems) > 12 else ""))
 
 
 def numpy_params(model: Transformer) -> dict:

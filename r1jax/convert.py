@@ -1,7 +1,7 @@
 """HF safetensors (release layout) -> r1jax model checkpoint (Orbax), streamed in bounded memory.
 
-    python -m r1jax.convert --hf_dir DIR --out CKPT [--dtype bfloat16|float32] [--drop_mtp]
-                            [--workers N] [--resume]
+    python -m r1jax.convert --hf_dir DIR --out CKPT [--dtype bfloat16|float32|float8_e4m3fn]
+                            [--drop_mtp] [--workers N] [--resume]
 
 Reads per-expert and fused expert layouts, sharded (index json) or single-file checkpoints,
 BF16/FP16/FP32 and block-scaled FP8 weights (r1jax/fp8.py). Everything is validated before anything
@@ -9,6 +9,11 @@ is written. Then each HF tensor (the largest in blocks of rows) is read memory-m
 transformed by its layout slot and written as a slice of its stacked array through tensorstore, so
 host memory holds a few tensors per worker, never the model. The output appears only when complete
 (built in CKPT.partial, then renamed); an interrupted run continues with --resume.
+
+--dtype float8_e4m3fn keeps the decoder layers' projections as block-scaled FP8 (the model's
+ModelConfig.fp8_weights: codes at their path, scales at PATH_scale): FP8 source tensors are copied
+as codes and scales, never dequantized; float sources are quantized on the host (r1jax/fp8.py). The
+rest (embeddings, norms, router, head, the MTP block) is bf16, the router bias float32.
 """
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ from r1jax.model.config import ConfigError, ModelConfig, load_hf_config, to_hf_d
 SCALE_SUFFIX = "_scale_inv"  # "<name>.weight" has its block scales in "<name>.weight_scale_inv"
 READ_AHEAD_BYTES = 256 << 20  # the kernel reads this far ahead of the tensors being converted
 OCDBT_DATA = "params/d"  # tensorstore renames each finished file into place here; none changes after
+FP8_DTYPE = "float8_e4m3fn"  # --dtype that keeps projections as FP8 codes and scales (fp8_weights)
+DTYPES = ("bfloat16", "float32", FP8_DTYPE)
 _FLOATS = {np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64),
            safetensors_io.DTYPES["BF16"]}
 
@@ -111,19 +118,24 @@ def fill_params(cfg: ModelConfig, expected, read) -> dict[str, np.ndarray]:
 # Streaming ----------------------------------------------------------------------------------------
 
 def chunk_shapes(tasks: list[streaming.Task], shapes: dict) -> dict[str, tuple[int, ...]]:
-    """{path: zarr chunk shape}: each chunk is exactly what one task writes through one slot, so no
-    chunk is ever read back, merged or shared between threads."""
+    """{path: zarr chunk shape}: each chunk is exactly what one task writes through one slot (or,
+    for a path held as FP8 codes, through its scale slot), so no chunk is ever read back, merged or
+    shared between threads."""
     chunks: dict[str, tuple[int, ...]] = {}
     for task in tasks:
         for slot in task.tensor.slots:
-            if slot.path in chunks:
-                continue
-            shape = shapes[slot.path][0]
-            chunk = [1] * len(slot.index) + list(shape[len(slot.index):])
-            if task.rows is not None:
-                block = slot.block(*task.rows, len(task.tensor.shape))
-                chunk[len(slot.index) + len(block) - 1] = task.rows[1] - task.rows[0]
-            chunks[slot.path] = tuple(chunk)
+            writes = [(slot.path, task.rows)]
+            if slot.path + layout.SCALE_PATH_SUFFIX in shapes:
+                writes.append((slot.path + layout.SCALE_PATH_SUFFIX, task.scale_rows))
+            for path, rows in writes:
+                if path in chunks:
+                    continue
+                shape = shapes[path][0]
+                chunk = [1] * len(slot.index) + list(shape[len(slot.index):])
+                if rows is not None:
+                    block = slot.block(*rows, len(task.tensor.shape))
+                    chunk[len(slot.index) + len(block) - 1] = rows[1] - rows[0]
+                chunks[path] = tuple(chunk)
     return chunks
 
 
@@ -131,8 +143,11 @@ def _convert_task(task: streaming.Task, tensors, store: checkpoint.ParamStore, s
                   pool: streaming.BufferPool):
     """Reads, dequantizes and starts writing one task; returns (tensorstore write futures, bytes
     they hold, bytes read). Results go into `pool`'s buffers, which tensorstore references (no copy)
-    until the writes commit."""
+    until the writes commit. A tensor landing on projections held as FP8 (`shapes` has their
+    PATH_scale) goes to `_fp8_task` instead."""
     t = task.tensor
+    if t.slots[0].path + layout.SCALE_PATH_SUFFIX in shapes:
+        return _fp8_task(task, tensors, store, pool)
     info = tensors[t.name]
     lo, hi = task.bounds()
     data = safetensors_io.load(info)[lo:hi]
@@ -158,6 +173,38 @@ def _convert_task(task: streaming.Task, tensors, store: checkpoint.ParamStore, s
     futures = [store.write(slot.path, task.target_index(slot), slot.fn(data, swapped=swap), reference=True)
                for slot in t.slots]
     return futures, data.nbytes, read
+
+
+def _fp8_task(task: streaming.Task, tensors, store: checkpoint.ParamStore, pool: streaming.BufferPool):
+    """`_convert_task` for a tensor whose slots hold FP8 codes: per slot, the codes and scales of its
+    rows (fp8.take_rows: an FP8 source's own, a float source's quantized in the HF layout), swapped
+    into the [in, out] layout, written to PATH and PATH_scale."""
+    t = task.tensor
+    info = tensors[t.name]
+    lo, hi = task.bounds()
+    data = safetensors_io.load(info)[lo:hi]
+    read, scale = data.nbytes, None
+    if info.dtype == fp8.E4M3:
+        scale = np.asarray(safetensors_io.load(tensors[t.name + SCALE_SUFFIX])[
+            fp8.scale_rows(lo, hi, data.ndim)])
+        read += scale.nbytes
+    futures, held = [], 0
+    for slot in t.slots:
+        rows = slot.rows or (0, data.shape[-2])
+        try:
+            q, s = fp8.take_rows(data, scale, *rows)
+        except ValueError as e:
+            raise ConversionError(f"{t.name} (rows {lo}:{hi}): {e}") from None
+        if slot.swap:
+            q = layout.transpose_last2(q, out=pool.array(q.shape[:-2] + q.shape[:-3:-1], fp8.E4M3))
+            s = layout.transpose_last2(s)
+        plain = dataclasses.replace(slot, rows=None)
+        futures.append(store.write(slot.path, task.target_index(slot), plain.fn(q, swapped=slot.swap),
+                                   reference=True))
+        futures.append(store.write(slot.path + layout.SCALE_PATH_SUFFIX, task.scale_index(slot), s,
+                                   reference=True))
+        held += q.nbytes + s.nbytes
+    return futures, held, read
 
 
 def _prefetch(task: streaming.Task, tensors, scaled: bool) -> None:
@@ -229,6 +276,7 @@ class Job:
     expected: list                     # layout.HFTensor, every one present and checked
     shapes: dict                       # r1jax path -> (shape, dtype)
     fp8_names: frozenset               # HF tensors stored FP8
+    fp8_held: frozenset                # HF tensors landing on projections held as FP8 codes
     tasks: list                        # streaming.Task, in the order their bytes lie on disk
     arrays: dict                       # r1jax path -> (shape, dtype, chunks)
     scales: list                       # safetensors_io.OutTensor of the kept FP8 scales
@@ -240,25 +288,31 @@ class Job:
 
 
 def plan_job(hf_dir: str, dtype: str, drop_mtp: bool, block_bytes: int) -> Job:
-    """Reads headers and config, validates (see `plan`) and lays out the conversion of `hf_dir`."""
+    """Reads headers and config, validates (see `plan`) and lays out the conversion of `hf_dir`.
+    dtype: one of DTYPES; FP8_DTYPE makes a bf16 model with fp8_weights."""
     tensors = safetensors_io.index_checkpoint(hf_dir)
-    base = load_hf_config(hf_dir, param_dtype=dtype)
+    base = load_hf_config(hf_dir, param_dtype="bfloat16" if dtype == FP8_DTYPE else dtype,
+                          fp8_weights=dtype == FP8_DTYPE)
     with_mtp = (not drop_mtp) and layout.has_mtp_tensors(base, tensors)
     cfg = base.replace(with_mtp=with_mtp)
     expected = plan(cfg, tensors, with_mtp)
     shapes = {p: (tuple(s.shape), np.dtype(s.dtype)) for p, s in checkpoint.param_shapes(cfg).items()}
     fp8_names = frozenset(t.name for t in expected if tensors[t.name].dtype == fp8.E4M3)
-    tasks = streaming.make_tasks(expected, shapes, block_bytes, fp8_names)
+    held = layout.fp8_held(expected, shapes)
+    # Rows of FP8 tensors, read or written, move in whole 128-row bands.
+    tasks = streaming.make_tasks(expected, shapes, block_bytes, fp8_names | held)
     tasks.sort(key=lambda k: (tensors[k.tensor.name].file, tensors[k.tensor.name].offset, k.bounds()))
     chunks = chunk_shapes(tasks, shapes)
     files = {f: safetensors_io.identity(f) for f in {i.file for i in tensors.values()}}
     spec = {"job": "r1jax.convert", "format": checkpoint.FORMAT_VERSION, "dtype": dtype,
             "with_mtp": with_mtp, "config": resumable.digest(json.dumps(to_hf_dict(cfg), sort_keys=True)),
             "tasks": resumable.digest(*(k.key for k in tasks))}
-    return Job(cfg, tensors, expected, shapes, fp8_names, tasks,
+    # fp8_scales.safetensors keeps the scales of FP8 sources that are dequantized (all of them, or
+    # with fp8_weights those outside the decoder layers' projections, e.g. the MTP block's).
+    return Job(cfg, tensors, expected, shapes, fp8_names, held, tasks,
                {p: (shape, dt, chunks[p]) for p, (shape, dt) in shapes.items()},
                [safetensors_io.OutTensor(i.name, i.dtype, i.shape) for i in
-                (tensors[t.name + SCALE_SUFFIX] for t in expected if t.name in fp8_names)],
+                (tensors[t.name + SCALE_SUFFIX] for t in expected if t.name in fp8_names - held)],
                SourceDigests(tensors, files, fp8_names), spec)
 
 
@@ -323,8 +377,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m r1jax.convert", description=__doc__.split("\n")[0])
     p.add_argument("--hf_dir", required=True, help="directory with config.json and *.safetensors")
     p.add_argument("--out", required=True, help="new directory for the r1jax checkpoint")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
-                   help="parameter dtype of the output (the router bias stays float32)")
+    p.add_argument("--dtype", default="bfloat16", choices=DTYPES,
+                   help="parameter dtype of the output (the router bias stays float32); "
+                        f"{FP8_DTYPE}: the decoder layers' projections as FP8 codes + 128x128 "
+                        "scales, the rest bfloat16")
     p.add_argument("--drop_mtp", action="store_true", help="omit the MTP module (layer num_hidden_layers)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="threads dequantizing and writing (default: CPU cores, at most 8)")

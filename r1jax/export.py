@@ -9,7 +9,9 @@ one, and safetensors shards of at most --max_shard_gb with model.safetensors.ind
 release's tensor names (per-expert). Tensors are BF16, the router bias float32; --fp8 re-quantizes
 every tensor the release stores in FP8 with 128x128 block scales (r1jax/fp8.py), reusing the scales a
 converted checkpoint kept from its FP8 source wherever they still reproduce the weights, so an FP8
-release converted and exported comes back bit for bit. Each tensor is read as slices of the Orbax
+release converted and exported comes back bit for bit. A checkpoint holding projections as FP8
+codes (convert --dtype float8_e4m3fn) exports them dequantized to BF16 on the host, or under --fp8
+as the codes and scales it stores, unchanged. Each tensor is read as slices of the Orbax
 arrays and written at its place in a shard whose header was written first: memory holds a few
 tensors per worker. The output appears only when complete; --resume continues an interrupted export.
 """
@@ -88,6 +90,16 @@ def _source_scales(path: str | None, expected) -> dict[str, safetensors_io.Tenso
     return {n: i for n, i in infos.items() if n in shapes}
 
 
+def _read_fp8(task: streaming.Task, store: checkpoint.ParamStore) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, scale_inv) of the rows task.bounds() of an HF tensor held as FP8 codes, in the HF
+    layout: codes [rows, in] e4m3 and their scale rows, from PATH and PATH_scale of its one slot
+    (export writes per-expert tensors: one slot each, no row ranges)."""
+    (slot,) = task.tensor.slots
+    codes = slot.inv(store.read(slot.path, task.target_index(slot)), contiguous=True)
+    scale = layout.scale_slot(slot)
+    return codes, scale.inv(store.read(scale.path, task.scale_index(slot)), contiguous=True)
+
+
 def _read_tensor(task: streaming.Task, store: checkpoint.ParamStore) -> np.ndarray:
     """The rows task.bounds() of an HF tensor, assembled from its slots, in the params' dtype."""
     t = task.tensor
@@ -102,11 +114,22 @@ def _read_tensor(task: streaming.Task, store: checkpoint.ParamStore) -> np.ndarr
     return data
 
 
-def _export_task(task: streaming.Task, store, writers, fp8_names, scales):
+def _export_task(task: streaming.Task, store, writers, fp8_names, scales, held=frozenset()):
     """Reads, converts and writes one task; returns ([], 0, bytes written): positional writes into
-    the shards are done when this returns (made durable by the job's sync)."""
+    the shards are done when this returns (made durable by the job's sync). `held`: tensors the
+    checkpoint holds as FP8 codes (written as they are when in `fp8_names`, else dequantized)."""
     t = task.tensor
     lo, hi = task.bounds()
+    if t.name in held:
+        q, s = _read_fp8(task, store)
+        if t.name not in fp8_names:
+            data = fp8.dequantize(q, s, BF16)
+            writers[t.name].write(t.name, data, lo)
+            return [], 0, data.nbytes
+        writers[t.name].write(t.name, q, lo)
+        start = fp8.scale_rows(lo, hi, len(t.shape)).start
+        writers[t.name + SCALE_SUFFIX].write(t.name + SCALE_SUFFIX, s, start)
+        return [], 0, q.nbytes + s.nbytes
     data = _read_tensor(task, store)
     if t.name not in fp8_names:
         data = data.astype(writers[t.name].offsets[t.name][1].dtype, order="C")
@@ -148,14 +171,15 @@ def _source_digest(params_dir: str, scales_path: str | None) -> str:
     return resumable.digest(*parts)
 
 
-def fp8_tensors(expected, fp8_weights: bool, scales: dict) -> set[str]:
-    """The HF tensors to write as FP8: none without --fp8; with kept source scales exactly the ones
-    the FP8 source had (a release may keep e.g. eh_proj in bf16); else every `*_proj.weight`."""
+def fp8_tensors(expected, fp8_weights: bool, scales: dict, held=frozenset()) -> set[str]:
+    """The HF tensors to write as FP8: none without --fp8; those the checkpoint `held` as FP8 codes;
+    of the others, with kept source scales exactly the ones the FP8 source had (a release may keep
+    e.g. eh_proj in bf16), else every `*_proj.weight`."""
     if not fp8_weights:
         return set()
     if scales:
-        return {t.name for t in expected if t.name + SCALE_SUFFIX in scales}
-    return {t.name for t in expected if t.fp8_in_release}
+        return set(held) | {t.name for t in expected if t.name + SCALE_SUFFIX in scales}
+    return set(held) | {t.name for t in expected if t.fp8_in_release}
 
 
 def export_params(params_dir: str, cfg: ModelConfig, out: str, *, fp8_weights: bool = False,
@@ -173,15 +197,19 @@ def export_params(params_dir: str, cfg: ModelConfig, out: str, *, fp8_weights: b
     with_mtp = cfg.with_mtp and not drop_mtp
     expected = layout.hf_tensors(cfg, with_mtp=with_mtp)
     store = checkpoint.ParamStore(params_dir, cache_bytes=256 << 20, roots=roots)
+    if cfg.fp8_weights:  # codes and scales as the model holds them, else a CheckpointError
+        checkpoint.check_arrays(store.params_dir, store.shapes, cfg)
     _check_arrays(store, cfg, expected)
+    held = layout.fp8_held(expected, store.shapes) if cfg.fp8_weights else frozenset()
     scales = _source_scales(scales_path, expected)
-    fp8_names = fp8_tensors(expected, fp8_weights, scales)
+    fp8_names = fp8_tensors(expected, fp8_weights, scales, held)
     tensors = out_tensors(expected, fp8_names)
     groups = safetensors_io.plan_shards(tensors, max_shard_bytes)
     files = safetensors_io.shard_names(len(groups))
     where = {t.name: f for f, g in zip(files, groups) for t in g}
     shapes = {p: (s, store.shapes[p][1]) for p, (s, _) in store.shapes.items()}
-    tasks = streaming.make_tasks(expected, shapes, block_bytes, fp8_names)
+    # Rows of FP8 tensors, read or written, move in whole 128-row bands.
+    tasks = streaming.make_tasks(expected, shapes, block_bytes, fp8_names | held)
     digest = _source_digest(params_dir, scales_path)
     spec = {"job": "r1jax.export", "fp8": fp8_weights, "with_mtp": with_mtp, "roots": list(roots),
             "config": resumable.digest(json.dumps(to_hf_dict(cfg), sort_keys=True)),
@@ -213,7 +241,7 @@ def export_params(params_dir: str, cfg: ModelConfig, out: str, *, fp8_weights: b
         rows = lambda k: k.bounds()[1] - k.bounds()[0]
         progress = streaming.Progress("export", len(todo), sum(
             out_bytes[k.tensor.name] * rows(k) // k.tensor.shape[0] for k in todo), log)
-        streaming.execute(job, todo, lambda k: _export_task(k, store, writers, fp8_names, scales),
+        streaming.execute(job, todo, lambda k: _export_task(k, store, writers, fp8_names, scales, held),
                           digests, workers, progress)
         for w in shard_writers.values():
             w.close()

@@ -137,3 +137,20 @@ def quantize(w: np.ndarray, scale_inv: np.ndarray | None = None):
     for idx in np.ndindex(*lead):
         q[idx], s[idx] = _quantize_2d(w[idx], None if scale_inv is None else scale_inv[idx])
     return q, s
+
+
+def take_rows(w: np.ndarray, scale_inv: np.ndarray | None, lo: int, hi: int):
+    """Rows lo:hi of axis -2 of a weight [..., M, N] as block-scaled FP8: (q [..., hi-lo, N] e4m3,
+    scale_inv [..., ceil((hi-lo)/128), ceil(N/128)] float32).
+
+    w: e4m3 codes with their `scale_inv`, or floats (`scale_inv` None), quantized fresh here.
+    Codes whose rows start on a block boundary and end on one (or at M) are sliced as they are, with
+    their scale rows: never dequantized. Rows cutting through blocks (a fused gate_up_proj whose
+    halves are not multiples of 128) are dequantized to float32 and quantized fresh.
+    Raises ValueError if the floats hold NaN or infinity."""
+    m = w.shape[-2]
+    if scale_inv is not None and lo % BLOCK == 0 and (hi % BLOCK == 0 or hi == m):
+        return w[..., lo:hi, :], np.asarray(scale_inv, np.float32)[..., lo // BLOCK:-(-hi // BLOCK), :]
+    if scale_inv is not None:
+        w = dequantize(w, scale_inv)
+    return quantize(w[..., lo:hi, :])

@@ -16,6 +16,9 @@ import numpy as np
 from r1jax.model.config import ModelConfig
 
 FP8_SUFFIX = "_proj.weight"  # the release stores every such tensor block-scaled FP8
+# r1jax path suffix of the block scales of a projection held as FP8 codes (ModelConfig.fp8_weights):
+# "moe_layers.mlp.gate" holds codes, "moe_layers.mlp.gate_scale" their scales (r1jax/model/params.py).
+SCALE_PATH_SUFFIX = "_scale"
 
 
 TRANSPOSE_BAND = 16
@@ -160,6 +163,29 @@ def _block_tensors(cfg: ModelConfig, n: int, prefix: str, idx: tuple[int, ...], 
         add("mlp.shared_experts.up_proj.weight", (fs, d), "mlp.shared.up", swap=True)
         add("mlp.shared_experts.down_proj.weight", (d, fs), "mlp.shared.down", swap=True)
     return out
+
+
+def scale_slot(slot: Slot) -> Slot:
+    """Where the block scales of `slot`'s rows go when its path holds FP8 codes: PATH_scale at the
+    same leading index, swapped as the codes are ([out/128, in/128] -> [in/128, out/128]), without a
+    head split (a block of the [out, in] matrix spans heads) and without a row range (the caller
+    hands over the scale rows of the slot's own rows, r1jax/fp8.py take_rows)."""
+    return Slot(sys.intern(slot.path + SCALE_PATH_SUFFIX), slot.index, swap=slot.swap)
+
+
+def fp8_held(expected, paths) -> frozenset[str]:
+    """Names of the HF tensors of `expected` that land on projections held as FP8 codes: those whose
+    every slot's path has a PATH_scale among `paths` (a model's variable paths). Raises
+    AssertionError for a tensor split between held and plain paths (a layout bug)."""
+    paths = set(paths)
+    held = set()
+    for t in expected:
+        flags = {s.path + SCALE_PATH_SUFFIX in paths for s in t.slots}
+        if len(flags) != 1:
+            raise AssertionError(f"{t.name}: slots both FP8 and not: {[s.path for s in t.slots]}")
+        if flags.pop():
+            held.add(t.name)
+    return frozenset(held)
 
 
 def is_fused_layer(names, n: int) -> bool:

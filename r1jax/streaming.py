@@ -127,6 +127,21 @@ class Task:
             return slot.index
         return slot.index + slot.block(*self.rows, len(self.tensor.shape))
 
+    @property
+    def scale_rows(self) -> tuple[int, int] | None:
+        """Rows lo:hi of the HF scale_inv's axis 0 that go with the rows this task moves (None: all)."""
+        if self.rows is None:
+            return None
+        rows = fp8.scale_rows(*self.rows, len(self.tensor.shape))
+        return rows.start, rows.stop
+
+    def scale_index(self, slot: layout.Slot) -> tuple:
+        """Index of the full PATH_scale array (layout.scale_slot) that this task writes or reads for
+        `slot`, a path held as FP8 codes."""
+        if self.rows is None:
+            return slot.index
+        return slot.index + slot.block(*self.scale_rows, len(self.tensor.shape))
+
 
 def block_rows(t: layout.HFTensor, row_bytes: int, fp8_rows: bool, block_bytes: int) -> int | None:
     """Rows of axis 0 per block for `t` (row_bytes: bytes one row becomes), or None for one piece:

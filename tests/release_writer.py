@@ -100,10 +100,11 @@ def mtp_layer(state: dict[str, np.ndarray], cfg, rng: np.random.RandomState) -> 
 
 
 def write_release(state: dict[str, np.ndarray], cfg, out_dir, *, shards: int = 3, mtp=None,
-                  bf16_names=(), seed: int = 0) -> dict[str, np.ndarray]:
+                  bf16_names=(), seed: int = 0, fp8_suffixes=("_proj.weight",)) -> dict[str, np.ndarray]:
     """Writes `state` (transformers' float32 state dict) plus `mtp` tensors in the release layout.
 
-    bf16_names: `*_proj.weight` tensors to keep in bf16 instead of FP8.
+    bf16_names: FP8 tensors to keep in bf16 instead; fp8_suffixes: the names ending so are FP8 (the
+    DeepSeek-V3/R1 release also has `kv_a_proj_with_mqa.weight` in FP8: add "_proj_with_mqa.weight").
     Returns the dequantized float32 values under transformers' names (MTP excluded).
     """
     rng = np.random.RandomState(seed)
@@ -111,7 +112,7 @@ def write_release(state: dict[str, np.ndarray], cfg, out_dir, *, shards: int = 3
     release.update(mtp or {})
     stored, values = {}, {}
     for name, w in release.items():
-        if name.endswith("_proj.weight") and name not in bf16_names:
+        if name.endswith(tuple(fp8_suffixes)) and name not in bf16_names:
             q, s = quantize_blocks(np.asarray(w, np.float32), rng)
             stored[name], stored[name + "_scale_inv"] = q, s
             values[name] = dequantize_ref(q, s)
@@ -133,7 +134,7 @@ def write_release(state: dict[str, np.ndarray], cfg, out_dir, *, shards: int = 3
     return _fused(values, state, cfg.n_routed_experts)
 
 
-def fp8_release(root, cfg, *, seed: int = 3, shards: int = 3):
+def fp8_release(root, cfg, *, seed: int = 3, shards: int = 3, fp8_suffixes=("_proj.weight",)):
     """A random transformers model of `cfg` written by `write_release` to root/"hf" with an MTP
     layer (its eh_proj kept bf16, as some releases do) and a config.json carrying the release's
     quantization_config. Returns (hf_dir, the transformers model holding the dequantized values)."""
@@ -145,7 +146,7 @@ def fp8_release(root, cfg, *, seed: int = 3, shards: int = 3):
     state = hf_state(model)
     mtp = mtp_layer(state, cfg, np.random.RandomState(seed))
     hf_dir = os.path.join(str(root), "hf")
-    values = write_release(state, cfg, hf_dir, shards=shards, mtp=mtp, seed=seed,
+    values = write_release(state, cfg, hf_dir, shards=shards, mtp=mtp, seed=seed, fp8_suffixes=fp8_suffixes,
                            bf16_names={f"model.layers.{cfg.num_hidden_layers}.eh_proj.weight"})
     config = to_hf_dict(cfg)
     config["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3",

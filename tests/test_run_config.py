@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT_OF_RANGE = {
     "seed": -1,
     "model.moe_chunk_tokens": -1,
+    "lora.rank": -1,                   # 0 is off; a negative rank means nothing
+    "lora.alpha": 0.0,                 # the adapters' scale alpha / rank must be > 0
+    "lora.dropout": 1.0,               # a rate of 1 drops every input
     "data.val_fraction": 1.0,
     "data.max_examples": -1,
     "train.steps": -1,
@@ -82,7 +85,8 @@ def _with(key: str, value):
 # -1 = the rest / from the launcher, and the closed ends of [0, 1) and (0, 1].
 ACCEPTED = {"optim.clip_norm": 0.0, "train.grad_accum": 0, "mesh.fsdp": -1, "dist.process_id": -1,
             "optim.lr": 0.0, "optim.b1": 0.0, "task.top_p": 1.0, "optim.min_lr_ratio": 1.0,
-            "data.val_fraction": 0.0, "train.loss_chunk": 0, "model.moe_chunk_tokens": 0}
+            "data.val_fraction": 0.0, "train.loss_chunk": 0, "model.moe_chunk_tokens": 0,
+            "lora.rank": 0, "lora.dropout": 0.0}
 
 
 def test_every_numeric_key_refuses_out_of_range():
