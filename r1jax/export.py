@@ -174,7 +174,7 @@ def _source_digest(params_dir: str, scales_path: str | None) -> str:
 def fp8_tensors(expected, fp8_weights: bool, scales: dict, held=frozenset()) -> set[str]:
     """The HF tensors to write as FP8: none without --fp8; those the checkpoint `held` as FP8 codes;
     of the others, with kept source scales exactly the ones the FP8 source had (a release may keep
-    e.g. eh_proj in bf16), else every `*_proj.weight`."""
+    e.g. eh_proj in bf16), else every projection the release stores FP8 (layout.FP8_SUFFIXES)."""
     if not fp8_weights:
         return set()
     if scales:

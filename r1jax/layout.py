@@ -15,7 +15,9 @@ import numpy as np
 
 from r1jax.model.config import ModelConfig
 
-FP8_SUFFIX = "_proj.weight"  # the release stores every such tensor block-scaled FP8
+# The release stores every tensor with one of these suffixes block-scaled FP8 (the projections,
+# kv_a_proj_with_mqa among them).
+FP8_SUFFIXES = ("_proj.weight", "_proj_with_mqa.weight")
 # r1jax path suffix of the block scales of a projection held as FP8 codes (ModelConfig.fp8_weights):
 # "moe_layers.mlp.gate" holds codes, "moe_layers.mlp.gate_scale" their scales (r1jax/model/params.py).
 SCALE_PATH_SUFFIX = "_scale"
@@ -103,8 +105,8 @@ class HFTensor:
 
     @property
     def fp8_in_release(self) -> bool:
-        """Whether the release stores this tensor block-scaled FP8 (every `*_proj.weight`)."""
-        return self.name.endswith(FP8_SUFFIX)
+        """Whether the release stores this tensor block-scaled FP8 (FP8_SUFFIXES)."""
+        return self.name.endswith(FP8_SUFFIXES)
 
 
 def _block_tensors(cfg: ModelConfig, n: int, prefix: str, idx: tuple[int, ...], moe: bool,
