@@ -1,0 +1,199 @@
+"""Exports of a LoRA training run: its adapters as a PEFT adapter that transformers + peft load and
+score as r1jax does; its merged weights equal base + s A B computed in NumPy; clear errors.
+
+The run is built here without the trainer, as the trainer writes one: a base model checkpoint
+(checkpoint.save_model), RUN/model/{config.json, r1jax.json with "lora" and "base"}, and the Orbax
+state RUN/checkpoints/1/state = {"params": the adapters, "rest": {router_bias}, "opt_state"}.
+"""
+import json
+import os
+
+import jax
+import ml_dtypes
+import numpy as np
+import orbax.checkpoint as ocp
+import peft
+import pytest
+import torch
+from flax import nnx
+from safetensors import safe_open
+
+from hf_oracle import hf_loss_and_logits, hf_state, r1jax_params, random_hf_model
+from r1jax import checkpoint, export
+from r1jax.evaluate import score
+from r1jax.model import Transformer
+from r1jax.model.config import ADAPTABLE_GROUPS, LoraConfig, preset
+
+CFG = preset("tiny", vocab_size=256, num_hidden_layers=2, dtype="float32", param_dtype="float32")
+LORA = LoraConfig(rank=2, alpha=6.0, targets=ADAPTABLE_GROUPS)
+QUIET = lambda s: None
+
+
+def save_state(path, tree):
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(path, tree)
+    ckptr.wait_until_finished()
+
+
+def is_lora(path: tuple) -> bool:
+    return len(path) > 1 and path[-2].endswith("_lora")
+
+
+def write_run(run, cfg, lora, base, params, rest):
+    """A training run directory as the trainer leaves it (r1jax.json with "lora" and "base")."""
+    model_dir = os.path.join(run, "model")
+    checkpoint.write_meta(model_dir, cfg)
+    meta_path = os.path.join(model_dir, checkpoint.META_NAME)
+    meta = json.load(open(meta_path))
+    if lora is not None:
+        meta["lora"] = {"rank": lora.rank, "alpha": lora.alpha, "dropout": lora.dropout,
+                        "targets": list(lora.targets), "rslora": lora.rslora}
+    meta["base"] = {"path": base, "digest": "not-checked-here"}
+    json.dump(meta, open(meta_path, "w"))
+    save_state(os.path.join(run, "checkpoints", "1", "state"),
+               {"params": params, "rest": rest, "opt_state": {"count": np.zeros((), np.int32)}})
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    """(run dir, base dir, the LoRA model in memory, HF base state, adapters {path: (a, b)}):
+    base weights from a random transformers model; adapters A random, B random (nonzero); the
+    router bias moved away from the base's, as training moves it."""
+    root = tmp_path_factory.mktemp("lora")
+    hf = random_hf_model(CFG, seed=3)
+    state = hf_state(hf)
+    base_params = r1jax_params(CFG, state)
+    base = str(root / "base")
+    checkpoint.save_model(base, CFG, base_params)
+
+    model = Transformer(CFG.replace(lora=LORA), rngs=nnx.Rngs(7))
+    graphdef, variables = nnx.split(model)
+    pure = nnx.to_pure_dict(variables)
+    flat = dict(checkpoint._flatten(pure))
+    base_flat = dict(checkpoint._flatten(base_params))
+    rng = np.random.RandomState(5)
+    adapters = {}
+    for path in list(flat):
+        if path in base_flat:
+            flat[path] = np.asarray(base_flat[path])
+        elif is_lora(path) and path[-1] == "b":
+            flat[path] = rng.normal(0, 0.3, flat[path].shape).astype(np.float32)
+    bias_path = ("moe_layers", "mlp", "router_bias")
+    flat[bias_path] = flat[bias_path] + rng.normal(0, 0.2, flat[bias_path].shape).astype(np.float32)
+    for path, v in flat.items():
+        if is_lora(path):
+            adapters.setdefault(".".join(path[:-1]), {})[path[-1]] = np.asarray(v)
+    nnx.replace_by_pure_dict(variables, checkpoint.unflatten({".".join(k): v for k, v in flat.items()}))
+    model = nnx.merge(graphdef, variables)
+    params = checkpoint.unflatten({".".join(k): np.asarray(v) for k, v in flat.items()
+                                   if is_lora(k)})
+    rest = {"moe_layers": {"mlp": {"router_bias": np.asarray(flat[bias_path])}}}
+    run = str(root / "run")
+    write_run(run, CFG, LORA, base, params, rest)
+    return run, base, model, state, adapters, np.asarray(flat[bias_path])
+
+
+def token_rows():
+    rng = np.random.RandomState(1)
+    return [rng.randint(0, CFG.vocab_size, n).tolist() for n in (20, 33)]
+
+
+def test_peft_adapter_loads_in_transformers_and_scores_as_r1jax(lora_run, tmp_path):
+    """Oracle: transformers' DeepseekV3ForCausalLM (float32, the base weights) with the exported
+    adapter loaded by peft.PeftModel.from_pretrained scores the same tokens as r1jax's model with
+    the adapters (unmerged forward), rtol 1e-5; every saved tensor is one peft loaded."""
+    run, _, model, _, _, _ = lora_run
+    out = tmp_path / "adapter"
+    assert export.main(["--checkpoint", run, "--out", str(out), "--adapter"]) == 0
+    config = json.load(open(out / "adapter_config.json"))
+    assert (config["r"], config["lora_alpha"], config["use_rslora"]) == (2, 6.0, False)
+
+    rows = token_rows()
+    ids = np.zeros((2, 33), np.int64)
+    mask = np.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)], mask[i, :len(r)] = r, 1
+    base = random_hf_model(CFG, seed=3)
+    with torch.no_grad():
+        base_loss = hf_loss_and_logits(base, ids, mask)[0].item()
+    pm = peft.PeftModel.from_pretrained(base, str(out)).eval()
+    with torch.no_grad():
+        hf_loss = hf_loss_and_logits(pm, ids, mask)[0].item()
+    ours = score(model, rows, batch_size=2)["loss"]
+    assert abs(hf_loss - base_loss) > 1e-2, (hf_loss, base_loss)  # the adapters matter
+    assert hf_loss == pytest.approx(ours, rel=1e-5), (hf_loss, ours)
+
+    with safe_open(str(out / "adapter_model.safetensors"), framework="pt") as f:
+        saved = set(f.keys())
+    loaded = set(peft.get_peft_model_state_dict(pm))
+    assert saved == loaded
+    assert any("mlp.experts.base_layer.lora_A" in k for k in saved)  # routed experts included
+
+
+def per_expert_delta(adapters, name, layer, expert):
+    a, b = adapters[name + "_lora"]["a"][layer, expert], adapters[name + "_lora"]["b"][layer, expert]
+    return (a @ b).T  # [out, in]
+
+
+def test_merged_export_is_base_plus_scaled_lora_product(lora_run, tmp_path):
+    """Oracle: NumPy W_hf + s (A B)^T per HF tensor, A and B reshaped by hand ([in..., r] -> [In, r],
+    heads flattened in C order), from the transformers base state; the export is BF16, so equal
+    to bf16 rounding (rtol 2^-8)."""
+    run, _, _, state, ad, bias = lora_run
+    s = LORA.alpha / LORA.rank
+    out = tmp_path / "merged"
+    export.export(run, str(out), workers=2, log=QUIET)
+    got = {}
+    for f in os.listdir(out):
+        if f.endswith(".safetensors"):
+            with safe_open(str(out / f), framework="pt") as fh:
+                got.update({k: fh.get_tensor(k).float().numpy() for k in fh.keys()})
+
+    def lin(prefix, layer):
+        a, b = ad[prefix + "_lora"]["a"][layer], ad[prefix + "_lora"]["b"][layer]
+        r = a.shape[-1]
+        return (a.reshape(-1, r) @ b.reshape(r, -1)).T
+
+    want = {}  # name: (base, delta)
+    for n, stack, j in ((0, "dense_layers", 0), (1, "moe_layers", 0)):
+        for hf, ours in (("q_a_proj", "q_a"), ("q_b_proj", "q_b"), ("kv_a_proj_with_mqa", "kv_a"),
+                         ("kv_b_proj", "kv_b"), ("o_proj", "o")):
+            name = f"model.layers.{n}.self_attn.{hf}.weight"
+            want[name] = state[name], s * lin(f"{stack}.attn.{ours}", j)
+    for proj in ("gate", "up", "down"):
+        name = f"model.layers.0.mlp.{proj}_proj.weight"
+        want[name] = state[name], s * lin(f"dense_layers.mlp.{proj}", 0)
+        name = f"model.layers.1.mlp.shared_experts.{proj}_proj.weight"
+        want[name] = state[name], s * lin(f"moe_layers.mlp.shared.{proj}", 0)
+    f = CFG.moe_intermediate_size
+    for e in range(CFG.n_routed_experts):
+        fused = state["model.layers.1.mlp.experts.gate_up_proj"][e]
+        x = f"model.layers.1.mlp.experts.{e}."
+        want[x + "gate_proj.weight"] = fused[:f], s * per_expert_delta(ad, "moe_layers.mlp.gate", 0, e)
+        want[x + "up_proj.weight"] = fused[f:], s * per_expert_delta(ad, "moe_layers.mlp.up", 0, e)
+        want[x + "down_proj.weight"] = (state["model.layers.1.mlp.experts.down_proj"][e],
+                                        s * per_expert_delta(ad, "moe_layers.mlp.down", 0, e))
+    for name, (w, delta) in want.items():
+        assert np.abs(delta).max() > 0.05 * np.abs(w + delta).max(), name  # well above bf16 rounding
+        np.testing.assert_allclose(got[name], w + delta, rtol=2 ** -8, atol=1e-7, err_msg=name)
+    np.testing.assert_array_equal(got["model.layers.1.mlp.gate.e_score_correction_bias"], bias[0])
+    for name in ("model.embed_tokens.weight", "lm_head.weight", "model.layers.1.mlp.gate.weight"):
+        np.testing.assert_array_equal(got[name], state[name].astype(ml_dtypes.bfloat16).astype(np.float32))
+
+
+def test_adapter_export_of_runs_without_adapters_is_one_clear_error(lora_run, tmp_path, capsys):
+    """Hand-written expectation: --adapter on a model checkpoint, or on a full fine-tuning run, exits
+    2 with one error line naming the path, and writes nothing."""
+    _, base, _, _, _, _ = lora_run
+    assert export.main(["--checkpoint", base, "--out", str(tmp_path / "a"), "--adapter"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and base in err[0] and "not a training run" in err[0]
+
+    run = str(tmp_path / "full_run")
+    params = {"final_norm": {"scale": np.ones((CFG.hidden_size,), np.float32)}}
+    write_run(run, CFG, None, base, params, {"moe_layers": {"mlp": {"router_bias": np.zeros(
+        (CFG.num_moe_layers, CFG.n_routed_experts), np.float32)}}})
+    assert export.main(["--checkpoint", run, "--out", str(tmp_path / "b"), "--adapter"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds no adapters" in err[0] and os.path.join(run, "checkpoints") in err[0]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
