@@ -30,6 +30,7 @@ import numpy as np
 
 from r1jax import checkpoint, fp8, layout, lora_run, peft_adapter, resumable, safetensors_io, streaming
 from r1jax.convert import SCALE_SUFFIX
+from r1jax.data import DataError, load_tokenizer, read_scoring_rows
 from r1jax.data.tokenizer import packaged_tokenizer_dir
 from r1jax.model.config import ConfigError, ModelConfig, to_hf_dict
 
@@ -293,6 +294,39 @@ def export_adapter(checkpoint_dir: str, out: str, log=print) -> list[str]:
     return names
 
 
+def source_variables(checkpoint_dir: str) -> tuple[ModelConfig, object]:
+    """(the plain model's config, a store reading its variables: shapes, read(path, index)) of what
+    `export` exports from `checkpoint_dir`; a LoRA run's merged over its base."""
+    step_dir = training_step_dir(checkpoint_dir)
+    if step_dir is None:
+        return (checkpoint.read_config(checkpoint_dir),
+                checkpoint.ParamStore(os.path.join(checkpoint_dir, "params"), cache_bytes=256 << 20))
+    run_model = os.path.join(os.path.dirname(os.path.dirname(step_dir)), "model")
+    cfg = lora_run.run_config(run_model)
+    state = os.path.join(step_dir, "state")
+    if not cfg.lora.rank:
+        return cfg, checkpoint.ParamStore(state, cache_bytes=256 << 20, roots=("params", "rest"))
+    base = lora_run.BaseReader(lora_run.base_dir(run_model))
+    return cfg.replace(lora=type(cfg.lora)()), lora_run.MergedStore(state, cfg, base)
+
+
+def fp8_cost(checkpoint_dir: str, out: str, data: str, log=print) -> dict:
+    """Prints (and returns, fp8_check.losses) the loss of the FP8 export `out` next to the BF16
+    weights of `checkpoint_dir` on the rows of the JSONL file `data` (text or input_ids rows,
+    tokenized with the export's tokenizer)."""
+    # Imported here: evaluate (scoring) reaches generate, which imports this module.
+    from r1jax import fp8_check  # noqa: PLC0415
+    from r1jax.evaluate import check_rows  # noqa: PLC0415
+    cfg, store = source_variables(checkpoint_dir)
+    rows = read_scoring_rows(data, tokenizer=load_tokenizer(out))
+    check_rows(rows, cfg, data)
+    result = fp8_check.losses(cfg, store, out, rows)
+    log(f"export: FP8 check on {len(rows)} rows of {data} ({result['tokens']} tokens, float32 "
+        f"compute): loss BF16 {result['bf16']:.5f}, FP8 {result['fp8']:.5f} "
+        f"({result['fp8'] - result['bf16']:+.5f})")
+    return result
+
+
 def export(checkpoint_dir: str, out: str, adapter: bool = False, **kw) -> list[str]:
     """Exports a model checkpoint (r1jax/checkpoint.py format) or a training checkpoint (its
     params and router bias; the run's model config is RUN/model; a LoRA run's adapters merged into
@@ -327,6 +361,10 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="threads reading, converting and writing (default: CPU cores, at most 8)")
     p.add_argument("--resume", action="store_true", help="continue the export left in OUT.partial")
+    p.add_argument("--fp8_check_data", metavar="FILE",
+                   help="with --fp8: JSONL rows (text or input_ids; a few) on which to print the "
+                        "loss of the FP8 export next to the BF16 weights' (float32 compute, the "
+                        "whole model in this host's memory)")
     p.add_argument("--adapter", action="store_true",
                    help="a LoRA run's adapters as a PEFT adapter (adapter_config.json, "
                         "adapter_model.safetensors) for transformers' DeepseekV3ForCausalLM; without "
@@ -334,15 +372,19 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.workers < 1 or a.max_shard_gb <= 0:
         p.error("--workers must be >= 1 and --max_shard_gb > 0")
+    if a.fp8_check_data and not a.fp8:
+        p.error("--fp8_check_data compares an FP8 export with BF16: it needs --fp8")
+    if a.adapter and (a.fp8 or a.drop_mtp or a.resume):
+        p.error("--adapter writes adapters only: --fp8, --drop_mtp and --resume do not apply")
+    log = lambda s: print(s, file=sys.stderr, flush=True)
     try:
-        if a.adapter and (a.fp8 or a.drop_mtp or a.resume):
-            p.error("--adapter writes adapters only: --fp8, --drop_mtp and --resume do not apply")
         export(a.checkpoint, a.out, adapter=a.adapter, fp8_weights=a.fp8, drop_mtp=a.drop_mtp,
-               max_shard_bytes=int(a.max_shard_gb * 1e9), workers=a.workers, resume=a.resume,
-               log=lambda s: print(s, file=sys.stderr, flush=True))
+               max_shard_bytes=int(a.max_shard_gb * 1e9), workers=a.workers, resume=a.resume, log=log)
+        if a.fp8_check_data:
+            fp8_cost(a.checkpoint, a.out, a.fp8_check_data, log)
     except (ExportError, ConfigError, checkpoint.CheckpointError, resumable.JobError,
             safetensors_io.CheckpointFormatError, lora_run.LoraRunError,
-            peft_adapter.AdapterExportError) as e:
+            peft_adapter.AdapterExportError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -76,9 +76,11 @@ def targets(cfg: ModelConfig, adapted: set[str]) -> list[Target]:
         hit = [s.path in adapted for s in t.slots]
         if not any(hit):
             continue
-        if not all(hit) or not all(s.swap for s in t.slots):
+        if not all(hit):
             raise AdapterExportError(f"{t.name}: adapters on part of it only ({[s.path for s in t.slots]}); "
                                      "PEFT cannot express that; export without --adapter writes merged weights")
+        if not all(s.swap for s in t.slots):  # every projection is a torch [out, in] weight
+            raise AssertionError(f"layout: {t.name} is not stored [out, in]")
         if ".self_attn." in t.name:
             out.append(Target(t, False, PREFIX + t.name.removesuffix(".weight")))
         elif t.name.endswith(FUSED_EXPERTS):  # the inner ParamWrapper of the experts module
@@ -125,8 +127,7 @@ def adapter_config(cfg: ModelConfig, found: list[Target], routers: list[str]) ->
     lc = cfg.lora
     modules = sorted(t.module for t in found if not t.parameter)
     params = sorted(t.tensor.name for t in found if t.parameter)
-    fused = len({s.path.rsplit(".", 1)[-1] for t in found for s in t.tensor.slots
-                 if t.tensor.name.endswith(FUSED_EXPERTS)}) or 1
+    fused = max((len(t.tensor.slots) for t in found if t.tensor.name.endswith(FUSED_EXPERTS)), default=1)
     d = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": None,
          "auto_mapping": None, "inference_mode": True,
          "r": lc.rank, "lora_alpha": lc.alpha, "use_rslora": lc.rslora,
@@ -135,7 +136,7 @@ def adapter_config(cfg: ModelConfig, found: list[Target], routers: list[str]) ->
          "rank_pattern": {}, "alpha_pattern": {}, "modules_to_save": routers or None,
          "bias": "none", "fan_in_fan_out": False, "init_lora_weights": True, "use_dora": False,
          "layers_to_transform": None, "layers_pattern": None}
-    if any(t.tensor.name.endswith(FUSED_EXPERTS) for t in found) and fused > 1:
+    if fused > 1:
         pattern = r".*\.mlp\.experts\.gate_up_proj"
         d["rank_pattern"][pattern] = lc.rank * fused
         d["alpha_pattern"][pattern] = lc.alpha * (math.sqrt(fused) if lc.rslora else fused)

@@ -5,8 +5,10 @@ The run is built here without the trainer, as the trainer writes one: a base mod
 (checkpoint.save_model), RUN/model/{config.json, r1jax.json with "lora" and "base"}, and the Orbax
 state RUN/checkpoints/1/state = {"params": the adapters, "rest": {router_bias}, "opt_state"}.
 """
+import dataclasses
 import json
 import os
+import shutil
 
 import jax
 import ml_dtypes
@@ -48,7 +50,8 @@ def write_run(run, cfg, lora, base, params, rest):
     if lora is not None:
         meta["lora"] = {"rank": lora.rank, "alpha": lora.alpha, "dropout": lora.dropout,
                         "targets": list(lora.targets), "rslora": lora.rslora}
-    meta["base"] = {"path": base, "digest": "not-checked-here"}
+    record = getattr(checkpoint, "base_record", None)  # the trainer's digest of the base, once it has one
+    meta["base"] = record(base, cfg, 0) if record else {"path": base, "digest": ""}
     json.dump(meta, open(meta_path, "w"))
     save_state(os.path.join(run, "checkpoints", "1", "state"),
                {"params": params, "rest": rest, "opt_state": {"count": np.zeros((), np.int32)}})
@@ -98,15 +101,27 @@ def token_rows():
     return [rng.randint(0, CFG.vocab_size, n).tolist() for n in (20, 33)]
 
 
-def test_peft_adapter_loads_in_transformers_and_scores_as_r1jax(lora_run, tmp_path):
+@pytest.mark.parametrize("rslora", [False, True])
+def test_peft_adapter_loads_in_transformers_and_scores_as_r1jax(lora_run, tmp_path, rslora):
     """Oracle: transformers' DeepseekV3ForCausalLM (float32, the base weights) with the exported
     adapter loaded by peft.PeftModel.from_pretrained scores the same tokens as r1jax's model with
-    the adapters (unmerged forward), rtol 1e-5; every saved tensor is one peft loaded."""
+    the adapters (unmerged forward), rtol 1e-5, with scale alpha/r and (rslora) alpha/sqrt(r);
+    every saved tensor is one peft loaded."""
     run, _, model, _, _, _ = lora_run
+    if rslora:  # the same run trained with rslora: only its config and r1jax's scale differ
+        run = str(tmp_path / "run")
+        shutil.copytree(lora_run[0], run)
+        meta_path = os.path.join(run, "model", checkpoint.META_NAME)
+        meta = json.load(open(meta_path))
+        meta["lora"]["rslora"] = True
+        json.dump(meta, open(meta_path, "w"))
+        graphdef, variables = nnx.split(model)
+        model = nnx.merge(nnx.graphdef(Transformer(CFG.replace(lora=dataclasses.replace(LORA, rslora=True)),
+                                                   rngs=nnx.Rngs(0))), variables)
     out = tmp_path / "adapter"
     assert export.main(["--checkpoint", run, "--out", str(out), "--adapter"]) == 0
     config = json.load(open(out / "adapter_config.json"))
-    assert (config["r"], config["lora_alpha"], config["use_rslora"]) == (2, 6.0, False)
+    assert (config["r"], config["lora_alpha"], config["use_rslora"]) == (2, 6.0, rslora)
 
     rows = token_rows()
     ids = np.zeros((2, 33), np.int64)
@@ -197,3 +212,72 @@ def test_adapter_export_of_runs_without_adapters_is_one_clear_error(lora_run, tm
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds no adapters" in err[0] and os.path.join(run, "checkpoints") in err[0]
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_fp8_merged_export_keeps_unadapted_codes_and_prints_what_fp8_costs(tmp_path, capsys):
+    """A LoRA run (attention adapters) on a base converted from an FP8 release, exported --fp8:
+    oracle 1, the release itself: every FP8 tensor without an adapter comes back with the release's
+    codes and scales bit for bit, every adapted one differs; oracle 2, the printed losses equal
+    r1jax's score of models built another way: BF16 = lora.merged_state of the run's model rounded
+    to bf16; FP8 = the export converted back by `convert` (float32 compute for both)."""
+    from release_writer import fp8_release
+    from test_convert_fp8 import CFG as FP8_CFG
+    from test_export import tensors_of
+    from r1jax import convert
+    from r1jax.model import lora
+
+    hf_dir, _ = fp8_release(tmp_path / "release", FP8_CFG, seed=4)
+    base = str(tmp_path / "base")
+    convert.convert(hf_dir, base, dtype="float32", log=QUIET)
+    cfg = checkpoint.read_config(base)  # with the release's MTP layer, dropped on export
+    lora_cfg = LoraConfig(rank=2, alpha=4.0, targets=("attention",))
+    model = Transformer(cfg.replace(lora=lora_cfg), rngs=nnx.Rngs(2))
+    graphdef, variables = nnx.split(model)
+    flat = dict(checkpoint._flatten(nnx.to_pure_dict(variables)))
+    base_flat = dict(checkpoint._flatten(checkpoint.numpy_params(checkpoint.load_model(base, cfg))))
+    rng = np.random.RandomState(0)
+    for path in flat:
+        if path in base_flat:
+            flat[path] = base_flat[path]
+        elif is_lora(path) and path[-1] == "b":
+            flat[path] = rng.normal(0, 0.05, flat[path].shape).astype(np.float32)
+    nnx.replace_by_pure_dict(variables, checkpoint.unflatten({".".join(k): v for k, v in flat.items()}))
+    model = nnx.merge(graphdef, variables)
+    run = str(tmp_path / "run")
+    write_run(run, cfg, lora_cfg, base,
+              checkpoint.unflatten({".".join(k): np.asarray(v) for k, v in flat.items() if is_lora(k)}),
+              {"moe_layers": {"mlp": {"router_bias": np.asarray(flat[("moe_layers", "mlp", "router_bias")])}}})
+    rows = [np.random.RandomState(i).randint(0, cfg.vocab_size, 40).tolist() for i in range(3)]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"input_ids": r}) + "\n" for r in rows))
+
+    out = tmp_path / "fp8"
+    assert export.main(["--checkpoint", run, "--out", str(out), "--fp8", "--drop_mtp",
+                        "--fp8_check_data", str(data)]) == 0
+    line = [x for x in capsys.readouterr().err.splitlines() if "FP8 check" in x]
+    assert len(line) == 1
+    printed_bf16 = float(line[0].split("loss BF16 ")[1].split(",")[0])
+    printed_fp8 = float(line[0].split(", FP8 ")[1].split(" ")[0])
+
+    src, got = tensors_of(hf_dir), tensors_of(out)
+    fp8_names = [n for n, (d, _) in got.items() if d == "torch.float8_e4m3fn"]
+    adapted = [n for n in fp8_names if ".self_attn." in n]
+    assert adapted and len(fp8_names) > len(adapted)
+    for n in fp8_names:
+        same = got[n] == src[n] and got[n + "_scale_inv"] == src[n + "_scale_inv"]
+        assert same == (n not in adapted), n
+
+    f32 = cfg.replace(dtype="float32", with_mtp=False)
+    merged = {k: np.asarray(v) for k, v in checkpoint._flatten(lora.merged_state(model)) if k[0] != "mtp"}
+    rounded = {".".join(k): v if k[-1] == "router_bias" else v.astype(ml_dtypes.bfloat16).astype(np.float32)
+               for k, v in merged.items()}
+    graphdef, variables = nnx.split(checkpoint.abstract_model(f32))
+    nnx.replace_by_pure_dict(variables, checkpoint.unflatten(rounded))
+    bf16_loss = score(nnx.merge(graphdef, variables), rows, batch_size=4)["loss"]
+    back = str(tmp_path / "back")
+    convert.convert(str(out), back, dtype="float32", log=QUIET)
+    fp8_loss = score(checkpoint.load_model(back, checkpoint.read_config(back, dtype="float32")),
+                     rows, batch_size=4)["loss"]
+    assert printed_bf16 == pytest.approx(bf16_loss, abs=2e-5)
+    assert printed_fp8 == pytest.approx(fp8_loss, abs=2e-5)
+    assert printed_fp8 != printed_bf16
