@@ -32,7 +32,7 @@ from r1jax import checkpoint, fp8, layout, lora_run, peft_adapter, resumable, sa
 from r1jax.convert import SCALE_SUFFIX
 from r1jax.data import DataError, load_tokenizer, read_scoring_rows
 from r1jax.data.tokenizer import packaged_tokenizer_dir
-from r1jax.model.config import ConfigError, ModelConfig, to_hf_dict
+from r1jax.model.config import ConfigError, LoraConfig, ModelConfig, to_hf_dict
 
 QUANTIZATION_CONFIG = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
                        "weight_block_size": [fp8.BLOCK, fp8.BLOCK]}  # the release's config.json
@@ -250,8 +250,8 @@ def export_lora_merged(step_dir: str, run_model: str, cfg: ModelConfig, out: str
     """Exports a LoRA run's training checkpoint `step_dir` as the plain model: every adapted
     projection W + s A B over the run's base checkpoint, the run's router bias; `kw` as
     export_params (with --fp8 the base's kept FP8 scales are reused where blocks did not change)."""
-    base = lora_run.BaseReader(lora_run.base_dir(run_model))
-    plain = cfg.replace(lora=type(cfg.lora)())
+    base = lora_run.open_base(run_model, cfg)
+    plain = cfg.replace(lora=LoraConfig())
     store = lora_run.MergedStore(os.path.join(step_dir, "state"), cfg, base)
     return export_params(store.params_dir, plain, out, side_dir=run_model, store=store,
                          scales_path=base.scales_path, **kw)
@@ -273,7 +273,7 @@ def export_adapter(checkpoint_dir: str, out: str, log=print) -> list[str]:
         raise ExportError(f"{state}: holds no adapters ({os.path.join(run_model, checkpoint.META_NAME)} "
                           "has no \"lora\" rank); --adapter needs a LoRA run; export without --adapter "
                           "writes the model's weights")
-    base = lora_run.BaseReader(lora_run.base_dir(run_model))
+    base = lora_run.open_base(run_model, cfg)
     routers = {}  # layers whose router bias the run changed: PEFT's modules_to_save carries them
     tensors = {t.name: t for t in layout.hf_tensors(cfg, with_mtp=False)}
     for name, t in tensors.items():
@@ -306,8 +306,8 @@ def source_variables(checkpoint_dir: str) -> tuple[ModelConfig, object]:
     state = os.path.join(step_dir, "state")
     if not cfg.lora.rank:
         return cfg, checkpoint.ParamStore(state, cache_bytes=256 << 20, roots=("params", "rest"))
-    base = lora_run.BaseReader(lora_run.base_dir(run_model))
-    return cfg.replace(lora=type(cfg.lora)()), lora_run.MergedStore(state, cfg, base)
+    base = lora_run.open_base(run_model, cfg)
+    return cfg.replace(lora=LoraConfig()), lora_run.MergedStore(state, cfg, base)
 
 
 def fp8_cost(checkpoint_dir: str, out: str, data: str, log=print) -> dict:

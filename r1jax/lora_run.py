@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from r1jax import checkpoint
-from r1jax.model.config import LoraConfig, ModelConfig
+from r1jax.model.config import LoraConfig, ModelConfig, to_hf_dict
 
 ADAPTER_SUFFIX = "_lora"
 
@@ -86,14 +86,19 @@ def base_dir(model_dir: str) -> str:
 class BaseReader:
     """The base model's arrays by r1jax path: read(path, index) -> float32 numpy array.
 
-    A model checkpoint's params/ (bf16 or float32 weights); the one function through which a LoRA
-    export reads base weights."""
+    A model checkpoint's params/ holding bf16 or float32 weights; the one place through which a LoRA
+    export reads base weights. Projections held as FP8 codes (a sibling NAME_scale array) are refused
+    by name: they would need dequantizing here."""
 
     def __init__(self, directory: str):
         self.directory = os.path.abspath(directory)
         self.cfg = checkpoint.read_config(self.directory)
         self.store = checkpoint.ParamStore(os.path.join(self.directory, "params"), cache_bytes=256 << 20)
         self.scales_path = os.path.join(self.directory, checkpoint.SCALES_NAME)
+        held = sorted(p for p in self.store.shapes if p + "_scale" in self.store.shapes)
+        if held:
+            raise LoraRunError(f"{self.directory}/params: {held[0]} is held as FP8 codes ({held[0]}_scale); "
+                               "export reads bf16 or float32 bases only (convert the release to bf16)")
 
     @property
     def shapes(self) -> dict[str, tuple[tuple, np.dtype]]:
@@ -101,6 +106,17 @@ class BaseReader:
 
     def read(self, path: str, index: tuple) -> np.ndarray:
         return np.asarray(self.store.read(path, index), np.float32)
+
+
+def open_base(model_dir: str, cfg: ModelConfig) -> BaseReader:
+    """The base checkpoint of the LoRA run whose model directory is `model_dir` and config `cfg`,
+    checked to hold the same architecture."""
+    base = BaseReader(base_dir(model_dir))
+    if to_hf_dict(base.cfg) != to_hf_dict(cfg):
+        diff = sorted(k for k, v in to_hf_dict(cfg).items() if to_hf_dict(base.cfg).get(k) != v)
+        raise LoraRunError(f"{base.directory}: not the architecture of the run {model_dir} "
+                           f"(config.json differs in {', '.join(diff) or 'its keys'})")
+    return base
 
 
 def adapter_paths(shapes) -> dict[str, str]:

@@ -197,8 +197,9 @@ def test_merged_export_is_base_plus_scaled_lora_product(lora_run, tmp_path):
 
 
 def test_adapter_export_of_runs_without_adapters_is_one_clear_error(lora_run, tmp_path, capsys):
-    """Hand-written expectation: --adapter on a model checkpoint, or on a full fine-tuning run, exits
-    2 with one error line naming the path, and writes nothing."""
+    """Hand-written expectation: --adapter on a model checkpoint, or on a full fine-tuning run, and
+    any export of a LoRA run whose base checkpoint is gone or holds FP8 codes, exit 2 with one error
+    line naming the path, and write nothing."""
     _, base, _, _, _, _ = lora_run
     assert export.main(["--checkpoint", base, "--out", str(tmp_path / "a"), "--adapter"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -212,6 +213,27 @@ def test_adapter_export_of_runs_without_adapters_is_one_clear_error(lora_run, tm
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds no adapters" in err[0] and os.path.join(run, "checkpoints") in err[0]
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+    moved = str(tmp_path / "moved_base_run")  # a LoRA run whose base checkpoint is gone
+    shutil.copytree(lora_run[0], moved)
+    meta_path = os.path.join(moved, "model", checkpoint.META_NAME)
+    meta = json.load(open(meta_path))
+    meta["base"] = {"path": str(tmp_path / "gone"), "digest": ""}
+    json.dump(meta, open(meta_path, "w"))
+    for extra in ([], ["--adapter"]):
+        assert export.main(["--checkpoint", moved, "--out", str(tmp_path / "c"), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(tmp_path / "gone") in err[0] and "does not exist" in err[0]
+    assert not (tmp_path / "c").exists()
+
+    held = str(tmp_path / "fp8_base")  # a base whose projections are FP8 codes + block scales
+    fp8_model = Transformer(CFG.replace(fp8_weights=True), rngs=nnx.Rngs(0))
+    checkpoint.save_model(held, CFG, checkpoint.numpy_params(fp8_model))
+    meta["base"] = {"path": held, "digest": ""}
+    json.dump(meta, open(meta_path, "w"))
+    assert export.main(["--checkpoint", moved, "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and held in err[0] and "_scale" in err[0] and "FP8 codes" in err[0]
 
 
 def test_fp8_merged_export_keeps_unadapted_codes_and_prints_what_fp8_costs(tmp_path, capsys):
@@ -281,3 +303,33 @@ def test_fp8_merged_export_keeps_unadapted_codes_and_prints_what_fp8_costs(tmp_p
     assert printed_bf16 == pytest.approx(bf16_loss, abs=2e-5)
     assert printed_fp8 == pytest.approx(fp8_loss, abs=2e-5)
     assert printed_fp8 != printed_bf16
+
+
+def test_peft_factors_multiply_to_the_layout_inverse_of_the_r1jax_delta():
+    """Oracle: layout.py's own inverse transform (Slot.inv, what export applies to weights) of the
+    r1jax delta A B [in..., out...], per slot rows; PEFT's product lora_B @ lora_A (per expert e:
+    rows e*R.. of lora_A, columns k*E + e of lora_B) must equal it for every target of the model."""
+    from r1jax import peft_adapter
+    rng = np.random.RandomState(0)
+    shapes = {p: s.shape for p, s in checkpoint.param_shapes(CFG.replace(lora=LORA)).items()}
+    adapted = {p[:-len("_lora.a")] for p in shapes if p.endswith("_lora.a")}
+    found = peft_adapter.targets(CFG, adapted)
+    assert len(found) == 2 * 5 + 3 + 3 + 2
+    for tg in found:
+        t = tg.tensor
+        pairs = [(rng.normal(size=shapes[s.path + "_lora.a"][len(s.index):]),
+                  rng.normal(size=shapes[s.path + "_lora.b"][len(s.index):])) for s in t.slots]
+        lora_a, lora_b = peft_adapter.lora_pair(t, pairs)
+        want = np.zeros(t.shape)
+        for slot, (a, b) in zip(t.slots, pairs):
+            r = a.shape[-1]
+            lead = a.shape[:1] if len(t.shape) == 3 else ()
+            ab = np.matmul(a.reshape(lead + (-1, r)), b.reshape(lead + (r, -1)))
+            want[slot.hf_region(len(t.shape))] = slot.inv(ab.reshape(shapes[slot.path][len(slot.index):]))
+        if len(t.shape) == 3:
+            e = t.shape[0]
+            big_r = lora_a.shape[0] // e
+            got = np.stack([lora_b[:, i::e] @ lora_a[i * big_r:(i + 1) * big_r] for i in range(e)])
+        else:
+            got = lora_b @ lora_a
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=t.name)  # float32 factors
