@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 
-import jax
 import ml_dtypes
 import numpy as np
 import orbax.checkpoint as ocp
