@@ -2,6 +2,7 @@
 
     python -m r1jax.export --checkpoint CKPT --out DIR [--fp8] [--drop_mtp] [--max_shard_gb 5]
                            [--workers N] [--resume]
+    python -m r1jax.export --checkpoint RUN --out DIR --adapter     (a LoRA run's PEFT adapter)
 
 Writes config.json (with the release's quantization_config under --fp8), the tokenizer files (the
 checkpoint's own, else the packaged R1 tokenizer) and generation_config.json when the checkpoint has
@@ -14,6 +15,10 @@ codes (convert --dtype float8_e4m3fn) exports them dequantized to BF16 on the ho
 as the codes and scales it stores, unchanged. Each tensor is read as slices of the Orbax
 arrays and written at its place in a shard whose header was written first: memory holds a few
 tensors per worker. The output appears only when complete; --resume continues an interrupted export.
+
+A LoRA training run (r1jax/lora_run.py) exports merged weights, W + s A B per tensor over the base
+checkpoint the run names (with --fp8 the base's kept scales are reused for the blocks the adapters
+left unchanged), or with --adapter its adapters alone as a PEFT LoRA adapter (r1jax/peft_adapter.py).
 """
 from __future__ import annotations
 
@@ -25,11 +30,12 @@ import sys
 
 import numpy as np
 
-from r1jax import checkpoint, fp8, layout, resumable, safetensors_io, streaming
+from r1jax import checkpoint, fp8, layout, lora_run, peft_adapter, resumable, safetensors_io, streaming
 from r1jax.convert import SCALE_SUFFIX
+from r1jax.data import DataError, load_tokenizer, read_scoring_rows
 from r1jax.data.tokenizer import packaged_tokenizer_dir
+from r1jax.model.config import ConfigError, LoraConfig, ModelConfig, to_hf_dict
 from r1jax.sources import training_step_dir
-from r1jax.model.config import ConfigError, ModelConfig, to_hf_dict
 
 QUANTIZATION_CONFIG = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
                        "weight_block_size": [fp8.BLOCK, fp8.BLOCK]}  # the release's config.json
@@ -186,19 +192,23 @@ def export_params(params_dir: str, cfg: ModelConfig, out: str, *, fp8_weights: b
                   drop_mtp: bool = False, scales_path: str | None = None,
                   side_dir: str | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
                   workers: int = 1, resume: bool = False, log=print,
-                  block_bytes: int = streaming.BLOCK_BYTES, roots: tuple[str, ...] = ()) -> list[str]:
+                  block_bytes: int = streaming.BLOCK_BYTES, roots: tuple[str, ...] = (),
+                  store=None) -> list[str]:
     """Exports the variables of model `cfg` from the Orbax PyTree checkpoint `params_dir` (a model
     checkpoint's params/, or with roots=("params", "rest") a trainer's state item) to `out`;
     returns the shard file names.
 
     scales_path: FP8 scales kept by convert (checkpoint.SCALES_NAME), reused where they fit;
-    side_dir: where tokenizer and generation config come from (else the packaged tokenizer).
+    side_dir: where tokenizer and generation config come from (else the packaged tokenizer);
+    store: what the variables are read from (shapes, read(path, index)), instead of params_dir's
+    arrays (lora_run.MergedStore for a LoRA run).
     """
     with_mtp = cfg.with_mtp and not drop_mtp
     expected = layout.hf_tensors(cfg, with_mtp=with_mtp)
-    store = checkpoint.ParamStore(params_dir, cache_bytes=256 << 20, roots=roots)
-    if cfg.fp8_weights:  # codes and scales as the model holds them, else a CheckpointError
-        checkpoint.check_arrays(store.params_dir, store.shapes, cfg)
+    if store is None:
+        store = checkpoint.ParamStore(params_dir, cache_bytes=256 << 20, roots=roots)
+        if cfg.fp8_weights:  # codes and scales as the model holds them, else a CheckpointError
+            checkpoint.check_arrays(store.params_dir, store.shapes, cfg)
     _check_arrays(store, cfg, expected)
     held = layout.fp8_held(expected, store.shapes) if cfg.fp8_weights else frozenset()
     scales = _source_scales(scales_path, expected)
@@ -251,13 +261,99 @@ def export_params(params_dir: str, cfg: ModelConfig, out: str, *, fp8_weights: b
     return files
 
 
-def export(checkpoint_dir: str, out: str, **kw) -> list[str]:
+def export_lora_merged(step_dir: str, run_model: str, cfg: ModelConfig, out: str, **kw) -> list[str]:
+    """Exports a LoRA run's training checkpoint `step_dir` as the plain model: every adapted
+    projection W + s A B over the run's base checkpoint, the run's router bias; `kw` as
+    export_params (with --fp8 the base's kept FP8 scales are reused where blocks did not change)."""
+    base = lora_run.open_base(run_model, cfg)
+    plain = cfg.replace(lora=LoraConfig())
+    store = lora_run.MergedStore(os.path.join(step_dir, "state"), cfg, base)
+    return export_params(store.params_dir, plain, out, side_dir=run_model, store=store,
+                         scales_path=base.scales_path, **kw)
+
+
+def export_adapter(checkpoint_dir: str, out: str, log=print) -> list[str]:
+    """Writes the adapters of a LoRA run (RUN, RUN/checkpoints/STEP) as a PEFT adapter into the
+    new directory `out` (r1jax/peft_adapter.py); returns the tensor names written."""
+    step_dir = training_step_dir(checkpoint_dir)
+    if step_dir is None:
+        raise ExportError(f"{checkpoint_dir}: not a training run (no state/ or checkpoints/STEP); "
+                          "--adapter exports the adapters of a LoRA training run")
+    run_model = os.path.join(os.path.dirname(os.path.dirname(step_dir)), "model")
+    cfg = lora_run.run_config(run_model)
+    state = os.path.join(step_dir, "state")
+    run = checkpoint.ParamStore(state, roots=("params", "rest"))
+    adapters = lora_run.adapter_paths(run.shapes)
+    if not cfg.lora.rank or not adapters:
+        raise ExportError(f"{state}: holds no adapters ({os.path.join(run_model, checkpoint.META_NAME)} "
+                          "has no \"lora\" rank); --adapter needs a LoRA run; export without --adapter "
+                          "writes the model's weights")
+    base = lora_run.open_base(run_model, cfg)
+    routers = {}  # layers whose router bias the run changed: PEFT's modules_to_save carries them
+    tensors = {t.name: t for t in layout.hf_tensors(cfg, with_mtp=False)}
+    for name, t in tensors.items():
+        if name.endswith(".e_score_correction_bias"):
+            slot = t.slots[0]
+            mine = np.asarray(run.read(slot.path, slot.index), np.float32)
+            if not np.array_equal(mine, base.read(slot.path, slot.index)):
+                module = name.removesuffix(".e_score_correction_bias")
+                w = tensors[module + ".weight"].slots[0]
+                routers[module] = (w.inv(base.read(w.path, w.index)), mine)
+    if os.path.exists(out):
+        raise ExportError(f"{out}: exists; choose a new directory for the adapter")
+    partial = out + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    names = peft_adapter.write_adapter(partial, cfg, run.read, adapters, routers,
+                                       np.dtype(run.shapes[next(iter(adapters.values())) + ".a"][1]), log)
+    os.rename(partial, out)
+    return names
+
+
+def source_variables(checkpoint_dir: str) -> tuple[ModelConfig, object]:
+    """(the plain model's config, a store reading its variables: shapes, read(path, index)) of what
+    `export` exports from `checkpoint_dir`; a LoRA run's merged over its base."""
+    step_dir = training_step_dir(checkpoint_dir)
+    if step_dir is None:
+        return (checkpoint.read_config(checkpoint_dir),
+                checkpoint.ParamStore(os.path.join(checkpoint_dir, "params"), cache_bytes=256 << 20))
+    run_model = os.path.join(os.path.dirname(os.path.dirname(step_dir)), "model")
+    cfg = lora_run.run_config(run_model)
+    state = os.path.join(step_dir, "state")
+    if not cfg.lora.rank:
+        return cfg, checkpoint.ParamStore(state, cache_bytes=256 << 20, roots=("params", "rest"))
+    base = lora_run.open_base(run_model, cfg)
+    return cfg.replace(lora=LoraConfig()), lora_run.MergedStore(state, cfg, base)
+
+
+def fp8_cost(checkpoint_dir: str, out: str, data: str, log=print) -> dict:
+    """Prints (and returns, fp8_check.losses) the loss of the FP8 export `out` next to the BF16
+    weights of `checkpoint_dir` on the rows of the JSONL file `data` (text or input_ids rows,
+    tokenized with the export's tokenizer)."""
+    # Imported here: evaluate (scoring) reaches generate, which imports this module.
+    from r1jax import fp8_check  # noqa: PLC0415
+    from r1jax.evaluate import check_rows  # noqa: PLC0415
+    cfg, store = source_variables(checkpoint_dir)
+    rows = read_scoring_rows(data, tokenizer=load_tokenizer(out))
+    check_rows(rows, cfg, data)
+    result = fp8_check.losses(cfg, store, out, rows)
+    log(f"export: FP8 check on {len(rows)} rows of {data} ({result['tokens']} tokens, float32 "
+        f"compute): loss BF16 {result['bf16']:.5f}, FP8 {result['fp8']:.5f} "
+        f"({result['fp8'] - result['bf16']:+.5f})")
+    return result
+
+
+def export(checkpoint_dir: str, out: str, adapter: bool = False, **kw) -> list[str]:
     """Exports a model checkpoint (r1jax/checkpoint.py format) or a training checkpoint (its
-    params and router bias; the run's model config is RUN/model); `kw` as export_params."""
+    params and router bias; the run's model config is RUN/model; a LoRA run's adapters merged into
+    its base); `kw` as export_params. adapter: a LoRA run's adapters as a PEFT adapter instead."""
+    if adapter:
+        return export_adapter(checkpoint_dir, out, log=kw.get("log", print))
     step_dir = training_step_dir(checkpoint_dir)
     if step_dir is not None:
         run_model = os.path.join(os.path.dirname(os.path.dirname(step_dir)), "model")
-        cfg = checkpoint.read_config(run_model)
+        cfg = lora_run.run_config(run_model)
+        if cfg.lora.rank:
+            return export_lora_merged(step_dir, run_model, cfg, out, **kw)
         return export_params(os.path.join(step_dir, "state"), cfg, out, side_dir=run_model,
                              roots=("params", "rest"), **kw)
     cfg = checkpoint.read_config(checkpoint_dir)
@@ -280,15 +376,30 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="threads reading, converting and writing (default: CPU cores, at most 8)")
     p.add_argument("--resume", action="store_true", help="continue the export left in OUT.partial")
+    p.add_argument("--fp8_check_data", metavar="FILE",
+                   help="with --fp8: JSONL rows (text or input_ids; a few) on which to print the "
+                        "loss of the FP8 export next to the BF16 weights' (float32 compute, the "
+                        "whole model in this host's memory)")
+    p.add_argument("--adapter", action="store_true",
+                   help="a LoRA run's adapters as a PEFT adapter (adapter_config.json, "
+                        "adapter_model.safetensors) for transformers' DeepseekV3ForCausalLM; without "
+                        "it a LoRA run exports merged weights")
     a = p.parse_args(argv)
     if a.workers < 1 or a.max_shard_gb <= 0:
         p.error("--workers must be >= 1 and --max_shard_gb > 0")
+    if a.fp8_check_data and not a.fp8:
+        p.error("--fp8_check_data compares an FP8 export with BF16: it needs --fp8")
+    if a.adapter and (a.fp8 or a.drop_mtp or a.resume):
+        p.error("--adapter writes adapters only: --fp8, --drop_mtp and --resume do not apply")
+    log = lambda s: print(s, file=sys.stderr, flush=True)
     try:
-        export(a.checkpoint, a.out, fp8_weights=a.fp8, drop_mtp=a.drop_mtp,
-               max_shard_bytes=int(a.max_shard_gb * 1e9), workers=a.workers, resume=a.resume,
-               log=lambda s: print(s, file=sys.stderr, flush=True))
+        export(a.checkpoint, a.out, adapter=a.adapter, fp8_weights=a.fp8, drop_mtp=a.drop_mtp,
+               max_shard_bytes=int(a.max_shard_gb * 1e9), workers=a.workers, resume=a.resume, log=log)
+        if a.fp8_check_data:
+            fp8_cost(a.checkpoint, a.out, a.fp8_check_data, log)
     except (ExportError, ConfigError, checkpoint.CheckpointError, resumable.JobError,
-            safetensors_io.CheckpointFormatError) as e:
+            safetensors_io.CheckpointFormatError, lora_run.LoraRunError,
+            peft_adapter.AdapterExportError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
