@@ -96,6 +96,12 @@ def _source_scales(path: str | None, expected) -> dict[str, safetensors_io.Tenso
     return {n: i for n, i in infos.items() if n in shapes}
 
 
+def _scale_rows(given, rows: slice) -> np.ndarray:
+    """Rows `rows` of a kept source scale: a tensor of fp8_scales.safetensors, or a base's scale
+    read from its params (lora_run.KeptScale)."""
+    return given.rows(rows) if hasattr(given, "rows") else safetensors_io.load(given)[rows]
+
+
 def _read_fp8(task: streaming.Task, store: checkpoint.ParamStore) -> tuple[np.ndarray, np.ndarray]:
     """(codes, scale_inv) of the rows task.bounds() of an HF tensor held as FP8 codes, in the HF
     layout: codes [rows, in] e4m3 and their scale rows, from PATH and PATH_scale of its one slot
@@ -144,7 +150,7 @@ def _export_task(task: streaming.Task, store, writers, fp8_names, scales, held=f
     rows = fp8.scale_rows(lo, hi, len(t.shape))
     given = scales.get(t.name + SCALE_SUFFIX)
     try:
-        q, s = fp8.quantize(data, None if given is None else safetensors_io.load(given)[rows])
+        q, s = fp8.quantize(data, None if given is None else _scale_rows(given, rows))
     except ValueError as e:
         raise ExportError(f"{t.name} (rows {lo}:{hi}): {e}") from None
     writers[t.name].write(t.name, q, lo)
@@ -212,6 +218,8 @@ def export_params(params_dir: str, cfg: ModelConfig, out: str, *, fp8_weights: b
     _check_arrays(store, cfg, expected)
     held = layout.fp8_held(expected, store.shapes) if cfg.fp8_weights else frozenset()
     scales = _source_scales(scales_path, expected)
+    if hasattr(store, "kept_scales"):  # a LoRA run over a base holding FP8 codes: its own scales
+        scales.update(store.kept_scales(expected))
     fp8_names = fp8_tensors(expected, fp8_weights, scales, held)
     tensors = out_tensors(expected, fp8_names)
     groups = safetensors_io.plan_shards(tensors, max_shard_bytes)
@@ -266,7 +274,7 @@ def export_lora_merged(step_dir: str, run_model: str, cfg: ModelConfig, out: str
     projection W + s A B over the run's base checkpoint, the run's router bias; `kw` as
     export_params (with --fp8 the base's kept FP8 scales are reused where blocks did not change)."""
     base = lora_run.open_base(run_model, cfg)
-    plain = cfg.replace(lora=LoraConfig())
+    plain = cfg.replace(lora=LoraConfig(), fp8_weights=False)  # what MergedStore reads as
     store = lora_run.MergedStore(os.path.join(step_dir, "state"), cfg, base)
     return export_params(store.params_dir, plain, out, side_dir=run_model, store=store,
                          scales_path=base.scales_path, **kw)
@@ -322,7 +330,7 @@ def source_variables(checkpoint_dir: str) -> tuple[ModelConfig, object]:
     if not cfg.lora.rank:
         return cfg, checkpoint.ParamStore(state, cache_bytes=256 << 20, roots=("params", "rest"))
     base = lora_run.open_base(run_model, cfg)
-    return cfg.replace(lora=LoraConfig()), lora_run.MergedStore(state, cfg, base)
+    return cfg.replace(lora=LoraConfig(), fp8_weights=False), lora_run.MergedStore(state, cfg, base)
 
 
 def fp8_cost(checkpoint_dir: str, out: str, data: str, log=print) -> dict:

@@ -13,12 +13,13 @@ projection is W + s A B (r1jax/model/lora.py's merged weight), float32; the rout
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
+from flax import nnx
 
-from r1jax import checkpoint
+from r1jax import checkpoint, fp8, layout
+from r1jax.convert import SCALE_SUFFIX
 from r1jax.model.config import LoraConfig, ModelConfig, to_hf_dict
 
 ADAPTER_SUFFIX = "_lora"
@@ -28,55 +29,25 @@ class LoraRunError(ValueError):
     """A LoRA run (or its base) that cannot be read as asked; the message names the path or key."""
 
 
-def run_meta(model_dir: str) -> dict:
-    """RUN/model/r1jax.json as a dict."""
-    path = os.path.join(model_dir, checkpoint.META_NAME)
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise LoraRunError(f"{path}: missing; not a training run's model directory") from None
-    except json.JSONDecodeError as e:
-        raise LoraRunError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-
-
-def lora_config(meta: dict, source: str) -> LoraConfig:
-    """The "lora" entry of r1jax.json (keys absent = LoraConfig defaults); LoraConfig() without one."""
-    entry = meta.get("lora")
-    if entry is None:
-        return LoraConfig()
-    known = {"rank", "alpha", "dropout", "targets", "rslora"}
-    if not isinstance(entry, dict) or set(entry) - known:
-        bad = sorted(set(entry) - known) if isinstance(entry, dict) else entry
-        raise LoraRunError(f"{source}: \"lora\": unknown key(s) {bad}; expected {sorted(known)}")
-    kw = dict(entry)
-    if "targets" in kw:
-        kw["targets"] = tuple(kw["targets"])
-    return LoraConfig(**kw)
-
-
 def run_config(model_dir: str) -> ModelConfig:
     """The ModelConfig of a run's model directory, with its adapters (`lora`) set."""
-    cfg = checkpoint.read_config(model_dir)
-    if cfg.lora.rank:
-        return cfg
-    lora = lora_config(run_meta(model_dir), os.path.join(model_dir, checkpoint.META_NAME))
-    return cfg.replace(lora=lora)
+    return checkpoint.read_config(model_dir)
 
 
 def base_dir(model_dir: str) -> str:
-    """The base model checkpoint a LoRA run's adapters sit on ("base"."path" of its r1jax.json)."""
+    """The base model checkpoint a LoRA run's adapters sit on ("base"."path" of its r1jax.json),
+    checked to be the one the run was trained on (its metadata digest, checkpoint.base_record)."""
     source = os.path.join(model_dir, checkpoint.META_NAME)
-    base = run_meta(model_dir).get("base")
+    base = checkpoint.read_meta(model_dir).get("base")
     path = base.get("path") if isinstance(base, dict) else None
     if not path:
         raise LoraRunError(f"{source}: \"base\".\"path\" is empty or missing: the run's base is not a "
-                           "model checkpoint, so there are no base weights to export with the adapters")
+                           "model checkpoint (a random-init base), so there are no base weights to "
+                           "export with the adapters")
     if not os.path.isdir(path):
         raise LoraRunError(f"{source}: base checkpoint {path} does not exist")
-    record = getattr(checkpoint, "base_record", None)  # the trainer's record of the base, when present
-    if record is not None and base.get("digest") and base.get("seed") is None:
-        now = record(path, None, 0)["digest"]
+    if base.get("digest"):
+        now = checkpoint.base_record(path, None, 0)["digest"]
         if now != base["digest"]:
             raise LoraRunError(f"{source}: base checkpoint {path} changed since training (digest {now}, "
                                f"the run recorded {base['digest']})")
@@ -84,28 +55,65 @@ def base_dir(model_dir: str) -> str:
 
 
 class BaseReader:
-    """The base model's arrays by r1jax path: read(path, index) -> float32 numpy array.
+    """The base model's arrays by r1jax path: read(path, index) -> float32 numpy array, as the plain
+    model (no FP8 codes) holds them.
 
-    A model checkpoint's params/ holding bf16 or float32 weights; the one place through which a LoRA
-    export reads base weights. Projections held as FP8 codes (a sibling NAME_scale array) are refused
-    by name: they would need dequantizing here."""
+    A model checkpoint's params/ holding bf16 or float32 weights, or projections held as FP8 codes
+    (convert --dtype float8_e4m3fn: PATH and PATH_scale), which are dequantized here, a slot at a
+    time (r1jax/fp8.py); `kept_scales` then gives their release-layout scales, so that an FP8 export
+    keeps the codes of every block the adapters did not change. The one place through which a LoRA
+    export reads base weights."""
 
     def __init__(self, directory: str):
         self.directory = os.path.abspath(directory)
         self.cfg = checkpoint.read_config(self.directory)
         self.store = checkpoint.ParamStore(os.path.join(self.directory, "params"), cache_bytes=256 << 20)
         self.scales_path = os.path.join(self.directory, checkpoint.SCALES_NAME)
-        held = sorted(p for p in self.store.shapes if p + "_scale" in self.store.shapes)
-        if held:
-            raise LoraRunError(f"{self.directory}/params: {held[0]} is held as FP8 codes ({held[0]}_scale); "
-                               "export reads bf16 or float32 bases only (convert the release to bf16)")
-
-    @property
-    def shapes(self) -> dict[str, tuple[tuple, np.dtype]]:
-        return self.store.shapes
+        self.fans = projection_fans(self.cfg) if self.cfg.fp8_weights else {}
+        held = {p for p in self.fans if p + layout.SCALE_PATH_SUFFIX in self.store.shapes}
+        self.shapes = {p: (shape, np.dtype(np.float32) if p in held else dtype)
+                       for p, (shape, dtype) in self.store.shapes.items()
+                       if p.removesuffix(layout.SCALE_PATH_SUFFIX) not in held or p in held}
+        self.held = frozenset(held)
 
     def read(self, path: str, index: tuple) -> np.ndarray:
-        return np.asarray(self.store.read(path, index), np.float32)
+        if path not in self.held:
+            return np.asarray(self.store.read(path, index), np.float32)
+        lead = 0  # the leading integer indices (layer, expert) pick whole slots
+        while lead < len(index) and isinstance(index[lead], (int, np.integer)):
+            lead += 1
+        codes = self.store.read(path, tuple(index[:lead]))
+        scale = self.store.read(path + layout.SCALE_PATH_SUFFIX, tuple(index[:lead]))
+        fan_in, fan_out = self.fans[path]
+        n_stack = codes.ndim - fan_in - fan_out
+        i = int(np.prod(codes.shape[n_stack:n_stack + fan_in]))
+        w = fp8.dequantize(codes.reshape(codes.shape[:n_stack] + (i, -1)), scale).reshape(codes.shape)
+        return w[tuple(index[lead:])]
+
+    def kept_scales(self, expected) -> dict:
+        """{HF scale name: KeptScale} for the HF tensors of `expected` held as FP8 codes here."""
+        names = layout.fp8_held(expected, self.store.shapes)
+        return {t.name + SCALE_SUFFIX: KeptScale(self.store, t.slots[0]) for t in expected if t.name in names}
+
+
+class KeptScale:
+    """The release-layout scale_inv [ceil(out/128), ceil(in/128)] of one HF tensor whose codes a base
+    holds (its one slot's PATH_scale, swapped back); rows(r) reads scale rows r."""
+
+    def __init__(self, store, slot):
+        self.store, self.slot = store, slot
+
+    def rows(self, rows: slice) -> np.ndarray:
+        scale = layout.scale_slot(self.slot)
+        return scale.inv(self.store.read(scale.path, self.slot.index), contiguous=True)[rows]
+
+
+def projection_fans(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
+    """{dotted path: (fan_in, fan_out)} of every projection of the model of `cfg` (its `projection`
+    metadata, r1jax/model/params.py)."""
+    state = nnx.state(checkpoint.abstract_model(cfg.replace(lora=LoraConfig())))
+    return {".".join(map(str, p)): tuple(v.get_metadata()["projection"])
+            for p, v in nnx.to_flat_state(state) if "projection" in v.get_metadata()}
 
 
 def open_base(model_dir: str, cfg: ModelConfig) -> BaseReader:
@@ -155,6 +163,10 @@ class MergedStore:
         for p, (shape, dtype) in self.run.shapes.items():  # the router bias the run trained
             if p in self.shapes and p.endswith("router_bias"):
                 self.shapes[p] = (shape, dtype)
+
+    def kept_scales(self, expected) -> dict:
+        """The base's own FP8 scales (BaseReader.kept_scales), for an FP8 export of the merge."""
+        return self.base.kept_scales(expected)
 
     def _own(self, path: str) -> bool:
         return path in self.run.shapes and path.endswith("router_bias")
