@@ -5,8 +5,8 @@
 With no weights it runs on the `small` preset's random-init base (seed 0): the base stays frozen,
 only the rank-16 adapters on attention, the dense MLP and the shared experts train (212k parameters,
 0.3% of the model's 72M). It shows the mechanism end to end (adapters only in the checkpoints, the
-base recorded in runs/code_lora/model/r1jax.json, evaluate/generate/export applying them), not a
-useful model: a random base has nothing for adapters to steer. To adapt a model that knows something, start from a
+base recorded in runs/code_lora/model/r1jax.json, evaluate and generate applying them; export needs
+a base checkpoint, below), not a useful model: a random base has nothing for adapters to steer. To adapt a model that knows something, start from a
 model checkpoint, e.g. the result of configs/code.py exported and converted back:
 
     python -m r1jax.export --checkpoint runs/code --out /tmp/code_hf
