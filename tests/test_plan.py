@@ -268,3 +268,39 @@ def test_lora_plan_on_a_small_slice_with_the_preset_mesh():
     assert math.isclose(r["state_gib"]["params"] * GIB, 4 * n)
     assert 8 * n <= r["state_gib"]["opt_state"] * GIB <= 8 * n + 1024   # + Adam's step counts
     assert r["state_gib"]["frozen"] > r["state_gib"]["params"]
+
+
+def _lora_plan_table() -> dict[str, dict[str, str]]:
+    """BUILD.md's LoRA pod-plan table (the second one whose header starts "| slice |")."""
+    lines = open(os.path.join(ROOT, "BUILD.md")).read().splitlines()
+    header = [i for i, ln in enumerate(lines) if ln.startswith("| slice |")][1]
+    names = [h.strip() for h in lines[header].strip("|").split("|")]
+    table = {}
+    for ln in lines[header + 2:]:
+        if not ln.startswith("| "):
+            break
+        cells = [x.strip() for x in ln.strip("|").split("|")]
+        table[cells[0]] = dict(zip(names, cells))
+    return table
+
+
+@pytest.mark.slow
+def test_documented_lora_plan_command_gives_the_documented_answer():
+    """configs/r1_671b_lora.py's docstring plan command (read from it) must answer what BUILD.md's
+    LoRA table says for its slice at one micro-batch (16 x 4096, the config's batch): fits, the
+    cell's GiB within 2%. Oracle: the table cell, measured with configs/r1_671b.py and
+    --config.train.batch_size=16. Compiles R1-671B for TPU: minutes."""
+    import shlex
+    doc = _load_config_module(os.path.join(ROOT, "configs", "r1_671b_lora.py")).__doc__
+    argv = shlex.split(next(ln for ln in doc.splitlines() if "python -m r1jax.plan" in ln).split("#")[0])
+    opts = dict(a.lstrip("-").split("=", 1) for a in argv[3:])
+    assert opts["variant"] == "lora", argv
+    cell = _lora_plan_table()[opts["topology"]]["lora, 16 x 4096 (grad_accum 1)"]
+    assert cell.startswith("**fits**"), cell
+    want = float(cell.split(":")[1].split("/")[0])
+    p = subprocess.run([sys.executable, *argv[1:], "--json"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=1800)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["fits"] is True and r["grad_accum"] == 1 and r["fp8_base"] is True, r
+    assert abs(r["per_device_memory_gib"] / want - 1) < 0.02, (r["per_device_memory_gib"], want)
