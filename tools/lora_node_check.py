@@ -19,7 +19,7 @@ r1jax/train.py splits it: split_trained), FP8 base (ModelConfig.fp8_weights), ra
 the default targets, remat full, one sequence of --seq tokens, AdamW with float32 moments. Weights
 are filled without the model's initializer (whose float32 temporaries of a [58, 32, 7168, 2048]
 stack would not fit): FP8 codes from random bytes with the top exponent bit cleared (|w| <= 1.875,
-never NaN) under scales of 1/64, other weights normal(0, 0.02), norms 1, adapters A normal(0, 0.01)
+never NaN), one random [in, out] slab repeated over layers and experts, under scales of 1/64, other weights normal(0, 0.02), norms 1, adapters A normal(0, 0.01)
 and B 0. Prints the base / adapter / optimizer bytes, the compiled step's memory analysis, the
 device's peak bytes in use after the step, the step time and the corrected estimate, one JSON line.
 """
@@ -56,8 +56,11 @@ def node_share_config(name: str, experts: int, rank: int, chunk: int):
 def _fill(path: str, x: jax.ShapeDtypeStruct, key) -> jax.Array:
     """A value of x's shape and dtype for the leaf at `path` (see the module docstring)."""
     if x.dtype == jnp.float8_e4m3fn:
-        bits = jax.random.bits(key, x.shape, jnp.uint8) & jnp.uint8(0xBF)  # exponent <= 7
-        return jax.lax.bitcast_convert_type(bits, jnp.float8_e4m3fn)
+        # One random [in, out] slab, repeated over the stack (layers, experts): no temporary of the
+        # stack's size (a [58, 32, 7168, 2048] stack is 25 GiB of codes).
+        bits = jax.random.bits(key, x.shape[-2:], jnp.uint8) & jnp.uint8(0xBF)  # exponent <= 7
+        codes = jax.lax.bitcast_convert_type(bits, jnp.float8_e4m3fn)
+        return jnp.broadcast_to(codes, x.shape)
     if path.endswith("_scale"):
         return jnp.full(x.shape, 1 / 64, x.dtype)
     if "norm" in path.split(".")[-1]:
