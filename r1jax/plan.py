@@ -2,9 +2,10 @@
 
     python -m r1jax.plan --config=configs/r1_671b.py --topology=v5p-1024 [--variant full] [--json]
 
-The step is built as r1jax/train.py builds it (make_optimizer, run_config.step_config, split_model,
+The step is built as r1jax/train.py builds it (make_optimizer, run_config.step_config, split_trained,
 variable_shardings, train.opt_state_shardings, train.jit_train_step with donated params / router
-bias / optimizer state, batch_sharding, under `jax.set_mesh`), from abstract parameters
+bias / optimizer state and, with adapters, the frozen base as an undonated input, batch_sharding,
+under `jax.set_mesh`), from abstract parameters
 (nnx.eval_shape: no memory), on a mesh of the slice's devices as libtpu describes them
 (jax.experimental.topologies), then lowered and compiled by the TPU compiler on this CPU. It reports
 per-chip memory (XLA's memory analysis), FLOPs, compile time and whether the step fits the chip's
@@ -13,6 +14,11 @@ own figure (fits = false).
 
 Slice names follow Cloud TPU accelerator types: v5p-N counts TensorCores (2 per chip, v5p-1024 =
 512 chips, 8x8x8); v6e-N counts chips (v6e-256 = 16x16). A raw libtpu topology (`v5p:4x4x8`) works too.
+
+Variants (--variant) override config keys (VARIANTS): full / bf16_state / frozen_experts fine-tune
+the weights; lora / lora_experts train rank-16 adapters (lora.targets: attention, dense MLP, shared
+experts; lora_experts adds the routed experts) on a frozen FP8 base, lora_bf16_base the same
+adapters as lora on the config's bf16 base.
 """
 from __future__ import annotations
 
@@ -31,8 +37,9 @@ from flax import nnx
 from r1jax import run_config, sharding
 from r1jax.flops import train_flops_per_token
 from r1jax.model import Transformer
-from r1jax.optim import make_optimizer
-from r1jax.step import split_model
+from r1jax.model.params import Adapter
+from r1jax.optim import group_of, make_optimizer, path_str
+from r1jax.step import split_trained
 # The trainer's own step builders (and its --config flag, which the CLI below shares).
 from r1jax.train import jit_train_step, opt_state_shardings, parse_flags
 
@@ -51,12 +58,22 @@ _SHAPES = {"v5p": {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4"
            "v6e": {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16",
                    256: "16x16"}}
 _CORES_PER_CHIP = {"v5p": 2, "v6e": 1}   # the accelerator type's N counts TensorCores
-# The fine-tuning modes a plan can compare; each overrides only the optimizer keys named.
+# The fine-tuning modes a plan can compare; each overrides only the config keys named.
+_LORA = {"lora.rank": 16, "lora.targets": "attention,dense_mlp,shared_experts",
+         "optim.freeze_groups": "", "optim.state_dtype": "float32"}
 VARIANTS = {
     "full": {"optim.freeze_groups": "", "optim.state_dtype": "float32"},
     "bf16_state": {"optim.freeze_groups": "", "optim.state_dtype": "bfloat16"},
     "frozen_experts": {"optim.freeze_groups": "routed_experts", "optim.state_dtype": "float32"},
+    # rank-16 adapters (float32, float32 Adam moments) on a frozen base, FP8 (FP8_BASE) or bf16
+    "lora": _LORA,
+    "lora_bf16_base": _LORA,
+    "lora_experts": {**_LORA, "lora.targets": "attention,dense_mlp,shared_experts,routed_experts"},
 }
+# Variants whose frozen base is the release's FP8 (`python -m r1jax.convert --dtype float8_e4m3fn`).
+# A plan has no checkpoint, whose r1jax.json is what sets ModelConfig.fp8_weights in a run, so the
+# plan sets it on the preset's config itself (build_step's fp8_base): no user config key.
+FP8_BASE = frozenset({"lora", "lora_experts"})
 
 
 class PlanError(ValueError):
@@ -127,25 +144,46 @@ def with_variant(c, variant: str | None):
     return c
 
 
+def adapter_counts(model_cfg) -> dict[str, int]:
+    """{optimizer group: adapter parameters} of model_cfg's adapters (its section lora), counted
+    from the abstract model (nnx.eval_shape: no memory); {} without adapters. The MTP block carries
+    none (r1jax/model/mtp.py)."""
+    abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
+    counts: dict[str, int] = {}
+    for path, x in jax.tree_util.tree_flatten_with_path(nnx.state(abstract, Adapter))[0]:
+        group = group_of(path_str(path))
+        counts[group] = counts.get(group, 0) + math.prod(x.shape)
+    return counts
+
+
 def _abstract(tree, shardings):
     """nnx.State of ShapeDtypeStructs carrying their shardings (the arguments, without memory)."""
     return jax.tree.map(lambda v, s: v.replace(jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s)),
                         tree, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def build_step(c, mesh):
+def build_step(c, mesh, fp8_base: bool = False):
     """(jitted train step, its abstract arguments, model config) as r1jax/train.py builds them
-    (its opt_state_shardings and jit_train_step: state shardings kept, metrics replicated).
+    (split_trained, its opt_state_shardings and jit_train_step: state shardings kept, metrics
+    replicated). The arguments are train.py's (params, rest, opt_state, batch, frozen, key): with
+    adapters (section lora) params are the adapters and frozen the base weights (and FP8 scales),
+    sharded by their own axes and not donated; without, frozen is None. key is the adapter-dropout
+    key (None without dropout). fp8_base: the base's projections as FP8 codes + scales
+    (ModelConfig.fp8_weights), as an FP8 checkpoint would load.
 
     The step must be lowered under jax.set_mesh(mesh), as train.py runs it. make_optimizer runs
     outside the mesh: its constants are host arrays, and a compile-only TPU device cannot hold them.
     """
     model_cfg = run_config.model_config(c)
+    if fp8_base:
+        model_cfg = model_cfg.replace(fp8_weights=True)
     abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(c.seed)))
-    graphdef, abs_params, abs_rest = split_model(abstract)
+    graphdef, abs_params, abs_rest, abs_frozen = split_trained(abstract)
     p_shard = sharding.variable_shardings(abs_params, mesh)
     r_shard = sharding.variable_shardings(abs_rest, mesh)
     params, rest = _abstract(abs_params, p_shard), _abstract(abs_rest, r_shard)
+    frozen = (None if abs_frozen is None else
+              _abstract(abs_frozen, sharding.variable_shardings(abs_frozen, mesh)))
 
     total_steps = c.train.steps or 1
     tx, _, _ = make_optimizer(run_config.optim_config(c, total_steps), model_cfg, params)
@@ -164,14 +202,23 @@ def build_step(c, mesh):
     batch_sharding = sharding.batch_sharding(mesh)
     batch = {k: jax.ShapeDtypeStruct((rows, c.train.seq_len), jnp.int32, sharding=batch_sharding)
              for k in ("tokens", "positions", "segment_ids", "loss_mask")}
-    return step_fn, (params, rest, opt_state, batch), model_cfg
+    key = None
+    if model_cfg.lora.rank and model_cfg.lora.dropout:
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        k = jax.eval_shape(lambda: jax.random.key(0))
+        key = jax.ShapeDtypeStruct(k.shape, k.dtype, sharding=replicated)
+    return step_fn, (params, rest, opt_state, batch, frozen, key), model_cfg
 
 
 def state_bytes(args) -> dict[str, int]:
-    """Global bytes of params, router state and optimizer state (the step's inputs but the batch)."""
+    """Global bytes of the trained params, router state, optimizer state and (with adapters) the
+    frozen base: the step's inputs but the batch and key."""
     size = lambda t: sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(t))
-    params, rest, opt_state, _ = args
-    return {"params": size(params), "rest": size(rest), "opt_state": size(opt_state)}
+    params, rest, opt_state, _, frozen, _ = args
+    out = {"params": size(params), "rest": size(rest), "opt_state": size(opt_state)}
+    if frozen is not None:
+        out["frozen"] = size(frozen)
+    return out
 
 
 def argument_bytes_per_device(args) -> int:
@@ -207,9 +254,14 @@ def plan(c, topology: str, variant: str | None = None) -> dict:
               "mesh_preset": c.mesh.preset, "model": c.model.preset, "hbm_gib": s.hbm_gib,
               "headroom": HEADROOM, "batch": [c.train.batch_size, c.train.seq_len],
               "grad_accum": c.train.grad_accum, "param_dtype": c.model.param_dtype,
-              "state_dtype": c.optim.state_dtype, "freeze_groups": c.optim.freeze_groups}
+              "state_dtype": c.optim.state_dtype, "freeze_groups": c.optim.freeze_groups,
+              "lora_rank": c.lora.rank, "lora_targets": c.lora.targets if c.lora.rank else "",
+              "fp8_base": variant in FP8_BASE}
     t0 = time.perf_counter()
-    step_fn, args, model_cfg = build_step(c, mesh)
+    step_fn, args, model_cfg = build_step(c, mesh, fp8_base=variant in FP8_BASE)
+    report["fp8_base"] = model_cfg.fp8_weights   # also an FP8 checkpoint's own
+    report["adapter_params"] = sum(math.prod(x.shape) for x in jax.tree.leaves(args[0])
+                                   ) if args[4] is not None else 0
     with jax.set_mesh(mesh):
         lowered = step_fn.lower(*args)
         report["lower_s"] = round(time.perf_counter() - t0, 2)
@@ -257,7 +309,9 @@ def format_report(r: dict) -> str:
              f"{r['chips']} chips, mesh {r['mesh']}"
              + (f" (preset {r['mesh_preset']})" if r["mesh_preset"] else ""),
              f"  batch {r['batch'][0]} x {r['batch'][1]} in {r['grad_accum']} micro-batch(es); params "
-             f"{r['param_dtype']}, Adam moments {r['state_dtype']}, frozen: {r['freeze_groups'] or '-'}",
+             f"{r['param_dtype']}, Adam moments {r['state_dtype']}, frozen: {r['freeze_groups'] or '-'}"
+             + (f"; LoRA rank {r['lora_rank']} on {r['lora_targets']}, "
+                f"{'FP8' if r['fp8_base'] else r['param_dtype']} base" if r.get("lora_rank") else ""),
              "  state, whole slice (GiB): " + ", ".join(f"{k} {v:,.0f}" for k, v in r["state_gib"].items())]
     if r["compiled"]:
         m = r["memory_gib"]

@@ -145,9 +145,14 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
 # - data 1: the batch is split over (data, fsdp, expert) anyway; a separate data axis only adds
 #   replicas of the parameters.
 # GPU hosts: expert parallelism inside the 8-GPU NVLink domain, FSDP across hosts.
+# Small slices (8-32 chips) hold the model only as a frozen base under adapters (LoRA; BUILD.md,
+# "Pod plans"); the same rule gives 8 where the torus has a whole 8 (2x2x2, 2x(2x4) of 2x2x4,
+# 2x4 of 2x4x4 or 4x8) and all 16 chips of a 4x4.
 TPU_EXPERT_DEGREE = {
-    "r1-671b-v5p": {64: 16, 128: 8, 256: 8, 512: 8, 1024: 8},   # 4x4x4, 4x4x8, 4x8x8, 8x8x8, 8x8x16
-    "r1-671b-v6e": {64: 8, 128: 8, 256: 16},                     # 8x8, 8x16, 16x16
+    "r1-671b-v5p": {8: 8, 16: 8, 32: 8, 64: 16, 128: 8, 256: 8, 512: 8, 1024: 8},
+    # 2x2x2, 2x2x4, 2x4x4, 4x4x4, 4x4x8, 4x8x8, 8x8x8, 8x8x16
+    "r1-671b-v6e": {8: 8, 16: 16, 32: 8, 64: 8, 128: 8, 256: 16},
+    # 2x4, 4x4, 4x8, 8x8, 8x16, 16x16
 }
 MESH_PRESETS = (*TPU_EXPERT_DEGREE, "r1-671b-gpu")
 

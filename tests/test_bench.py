@@ -84,3 +84,30 @@ def test_kernel_probe_runs_every_variant_a_cpu_has(tmp_path):
         ("gate_up", "two matmuls"), ("gate_up", "paired (model)")}
     assert all(row["rel_err"] < 2e-2 and row["ms"] > 0 for row in ran), ran
     assert all("Not supported on cpu" in row["error"] for row in rows if "error" in row), rows
+
+
+@pytest.mark.slow
+def test_bench_lora_step_costs_less_than_the_full_step(tmp_path):
+    """tools/bench.py --lora on CPU: the LoRA step (rank-16 adapters, base frozen) timed next to the
+    full step on the same model and batch. Oracles: the ratio is the two medians' quotient; the
+    adapter count is r1jax.plan.adapter_counts' (the abstract model's, itself checked against a
+    hand formula in tests/test_plan.py); the LoRA step skips the base's weight gradients and
+    optimizer update, so it must take less time than the full step. Two CPU compiles: minutes."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from bench import SMALL
+    from r1jax import plan
+    from r1jax.model import preset
+    from r1jax.model.config import LoraConfig
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    r = subprocess.run([sys.executable, "tools/bench.py", "--small", "--batch", "2", "--seq", "128",
+                        "--steps", "3", "--warmup", "1", "--lora", "16", "--out", str(out)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    full, lora = json.loads(out.read_text())["results"][:2]
+    assert full["impl"] == "r1jax" and lora["impl"] == "r1jax-lora"
+    assert lora["step_time_over_full"] == pytest.approx(lora["step_ms"] / full["step_ms"])
+    cfg = preset("v3-small", **SMALL).replace(lora=LoraConfig(rank=16))
+    assert lora["adapter_params"] == sum(plan.adapter_counts(cfg).values())
+    assert lora["step_time_over_full"] < 1.0, (lora["step_ms"], full["step_ms"])
+    assert "/ full step time:" in r.stdout

@@ -2,6 +2,7 @@
 
     python tools/bench.py --preset v3-small --batch 2 --seq 4096 --peer --out tools/results/bench_h200.json
     python tools/bench.py --small --batch 2 --seq 128 --steps 3 --peer     # CPU
+    python tools/bench.py --small --batch 2 --seq 128 --steps 3 --lora 16  # LoRA step vs full step
 
 --small shrinks v3-small (SMALL below) for CPU runs; the peer gets the same flags, so the two
 implementations are compared on the same config on a CPU too (tests/test_bench.py runs it).
@@ -12,6 +13,10 @@ the same batch; prints tokens/s, model TFLOP/s (r1jax.flops), MFU against the de
 peak device memory next to the analytic need of params + grads + Adam state, and compile time.
 With --peer, runs tools/hf_peer.py (HF transformers' DeepseekV3ForCausalLM on the same config,
 forward + backward only) in a subprocess first and prints our tokens/s over its.
+With --lora RANK, also times the LoRA step (r1jax/model/lora.py adapters of that rank on
+--lora_targets, trained as r1jax/train.py trains them: split_trained, the base an undonated frozen
+input; --fp8_base holds its projections as FP8 codes + scales) on the same model, batch and step
+options, and prints its step time over the full step's (below 1: the LoRA step is cheaper).
 """
 from __future__ import annotations
 
@@ -33,7 +38,8 @@ from flax import nnx
 
 from r1jax.flops import PEAK_TFLOPS, train_flops_per_token
 from r1jax.model import Transformer, preset
-from r1jax.step import StepConfig, loss_fn, train_step
+from r1jax.model.config import LoraConfig
+from r1jax.step import StepConfig, loss_fn, split_trained, train_step
 
 
 
@@ -118,15 +124,7 @@ def bench(args) -> dict:
     t0 = time.perf_counter()
     compiled = step.lower(params, rest, opt_state, batch).compile()
     compile_s = time.perf_counter() - t0
-    for _ in range(args.warmup):
-        params, rest, opt_state, m = compiled(params, rest, opt_state, batch)
-    jax.block_until_ready(m)
-    times = []
-    for _ in range(args.steps):
-        t = time.perf_counter()
-        params, rest, opt_state, m = compiled(params, rest, opt_state, batch)
-        jax.block_until_ready(m["loss"])
-        times.append(time.perf_counter() - t)
+    times, m = time_steps(compiled, (params, rest, opt_state), batch, args.steps, args.warmup)
     sec = statistics.median(times)
     tok_s = args.batch * args.seq / sec
     tflops = fpt * tok_s / 1e12
@@ -146,6 +144,57 @@ def bench(args) -> dict:
     }
 
 
+def time_steps(compiled, state, batch, steps: int, warmup: int, extra=()) -> tuple[list[float], dict]:
+    """(seconds per step, last metrics) of `steps` timed runs after `warmup` of a compiled train
+    step; state = (params, rest, opt_state), threaded through (donated); extra: trailing arguments
+    (frozen, key) passed unchanged."""
+    m = None
+    for _ in range(warmup):
+        *state, m = compiled(*state, batch, *extra)
+    if m is not None:
+        jax.block_until_ready(m)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        *state, m = compiled(*state, batch, *extra)
+        jax.block_until_ready(m["loss"])
+        times.append(time.perf_counter() - t)
+    return times, m
+
+
+def bench_lora(args, full: dict) -> dict:
+    """The LoRA step on the model of `full` (bench's result): adapters of rank args.lora on
+    args.lora_targets, float32 adapters and AdamW moments, the base (frozen) in the full step's
+    parameter dtype, or FP8 with args.fp8_base; same batch, StepConfig and optimizer."""
+    targets = tuple(t for t in args.lora_targets.split(",") if t)
+    cfg = preset(args.preset, dtype=args.dtype, param_dtype="float32", remat=args.remat,
+                 attention_mask=args.attention_mask, fp8_weights=args.fp8_base,
+                 lora=LoraConfig(rank=args.lora, targets=targets), **(SMALL if args.small else {}))
+    if args.experts:
+        cfg = cfg.replace(n_routed_experts=args.experts)
+    graphdef = split_trained(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))[0]
+    params, rest, frozen = jax.jit(lambda: split_trained(Transformer(cfg, rngs=nnx.Rngs(0)))[1:])()
+    optimizer = optax.adamw(1e-5, weight_decay=0.1)
+    opt_state = jax.jit(optimizer.init)(params)
+    batch = make_batch(cfg, args.batch, args.seq)
+    step = jax.jit(functools.partial(train_step, graphdef, optimizer, StepConfig(loss_chunk=args.loss_chunk)),
+                   donate_argnums=(0, 1, 2))
+    t0 = time.perf_counter()
+    compiled = step.lower(params, rest, opt_state, batch, frozen, None).compile()
+    compile_s = time.perf_counter() - t0
+    times, m = time_steps(compiled, (params, rest, opt_state), batch, args.steps, args.warmup,
+                          (frozen, None))
+    sec = statistics.median(times)
+    return {"impl": "r1jax-lora", "rank": args.lora, "targets": ",".join(targets),
+            "fp8_base": args.fp8_base, "adapter_params": sum(x.size for x in jax.tree.leaves(params)),
+            "frozen_params": sum(x.size for x in jax.tree.leaves(frozen)),
+            "step_ms": sec * 1e3, "tokens_per_s": args.batch * args.seq / sec,
+            "model_tflops": train_flops_per_token(cfg, args.seq) * args.batch * args.seq / sec / 1e12,
+            "peak_mem_gib": peak_memory_gib(), "compile_s": compile_s,
+            "final_loss": float(m["loss"]), "step_times_ms": [t * 1e3 for t in times],
+            "step_time_over_full": sec * 1e3 / full["step_ms"]}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     shape_arguments(p, loss_chunk=0)
@@ -158,6 +207,11 @@ def main(argv=None) -> int:
     p.add_argument("--experts", type=int, default=0, help="override the number of routed experts")
     p.add_argument("--peer", action="store_true",
                    help="also measure tools/hf_peer.py (transformers) on the same config, first")
+    p.add_argument("--lora", type=int, default=0,
+                   help="also time the LoRA step with adapters of this rank (0: no)")
+    p.add_argument("--lora_targets", default=",".join(LoraConfig().targets),
+                   help="groups with adapters (ModelConfig ADAPTABLE_GROUPS)")
+    p.add_argument("--fp8_base", action="store_true", help="the LoRA step's base projections in FP8")
     p.add_argument("--out", help="write the results (JSON) here")
     a = p.parse_args(argv)
     if a.small and a.preset != "v3-small":
@@ -166,7 +220,10 @@ def main(argv=None) -> int:
     peer_rows = run_peer(a) if a.peer else []
     ours = bench(a)
     print(json.dumps(ours), flush=True)
-    rows = [ours] + peer_rows
+    lora_rows = [bench_lora(a, ours)] if a.lora else []
+    for r in lora_rows:
+        print(json.dumps(r), flush=True)
+    rows = [ours] + lora_rows + peer_rows
     print(f"\n{'impl':<16}{'tokens/s':>12}{'TFLOP/s':>10}{'peak GiB':>10}{'step ms':>10}")
     for r in rows:
         mem = r.get("peak_mem_gib")
@@ -176,13 +233,18 @@ def main(argv=None) -> int:
     if peers:
         print(f"r1jax full train step / HF grouped_mm fwd+bwd tokens/s: "
               f"{ours['tokens_per_s'] / peers[0]['tokens_per_s']:.2f}x")
+    for r in lora_rows:
+        print(f"LoRA step (rank {r['rank']} on {r['targets']}, {r['adapter_params']:,} adapter "
+              f"parameters, {'FP8' if r['fp8_base'] else 'float32'} base) / full step time: "
+              f"{r['step_time_over_full']:.2f} ({r['step_ms']:.1f} / {ours['step_ms']:.1f} ms)")
     print(f"loss bf16 {ours['loss_bf16']:.5f} vs float32 {ours['loss_f32']:.5f} "
           f"(rel {ours['loss_rel_diff']:.2e}); compile {ours['compile_s']:.1f} s")
     if a.out:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
         with open(a.out, "w") as f:
             json.dump({"command": "python " + " ".join(sys.argv), "results": rows}, f, indent=1)
-    return 0 if ours["loss_rel_diff"] < 1e-2 and np.isfinite(ours["final_loss"]) else 1
+    return 0 if (ours["loss_rel_diff"] < 1e-2 and np.isfinite(ours["final_loss"])
+                 and all(np.isfinite(r["final_loss"]) for r in lora_rows)) else 1
 
 
 if __name__ == "__main__":

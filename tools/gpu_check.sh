@@ -9,6 +9,11 @@
 #   parts     the step's time per part: attention, MoE, dense MLP, head + CE, AdamW      (~4 min)
 #   scaling   tokens/s and memory vs sequence length and routed-expert count              (~9 min)
 #   convert   weight conversion on the machine's 16 cores, no GPU (tools/bench_convert.py) (~4 min)
+#   lora_node one H200 as one GPU of an 8 x H200 node fine-tuning R1-671B with LoRA: all 61 layers,
+#             32 of the 256 routed experts, FP8 base, rank-16 adapters, a real step, peak memory
+#             (tools/lora_node_check.py; its docstring says what is approximated), then the LoRA
+#             step next to the full step on v3-small (tools/bench.py --lora 16)    (~8 min)
+#             CPU check of the same script: LORA_NODE_ARGS="--preset tiny --experts 8 --seq 64"
 #   usage (device machine, repo root): bash tools/gpu_check.sh [STAGE]
 # Missing packages travel as wheels in .whl/ (installed into /tmp/site when present).
 set -uo pipefail
@@ -50,5 +55,10 @@ case "$STAGE" in
   convert)
     timeout 560 python3 tools/bench_convert.py --workers 8 --json 2>&1 | grep -v Warning \
       | tee "$OUT/convert.log" ;;
-  *) echo "unknown stage $STAGE (main, variants, kernels, parts, scaling, convert)" >&2; exit 2 ;;
+  lora_node)
+    # shellcheck disable=SC2086  # LORA_NODE_ARGS is a list of flags
+    timeout 400 python3 tools/lora_node_check.py ${LORA_NODE_ARGS:-} --out "$OUT/lora_node.json" 2>&1 \
+      | grep -v Warning | tee "$OUT/lora_node.log"
+    bench bench_lora 150 --loss_chunk 4096 --lora 16 ;;
+  *) echo "unknown stage $STAGE (main, variants, kernels, parts, scaling, convert, lora_node)" >&2; exit 2 ;;
 esac
