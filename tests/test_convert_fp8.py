@@ -17,6 +17,7 @@ from flax import nnx
 
 from hf_oracle import hf_loss_and_logits
 from release_writer import fp8_release
+from task_calls import TaskCalls
 from r1jax import checkpoint, convert, layout, resumable, safetensors_io, sharding
 from r1jax.model import preset
 
@@ -176,14 +177,7 @@ def test_resume_skips_finished_tensors_and_equals_an_uninterrupted_run(release, 
                                                                         monkeypatch):
     d = _copy_release(release[0], tmp_path)
     out = tmp_path / "ckpt"
-    real_task, calls = convert._convert_task, []
-
-    def dies_after_40(task, *a):
-        if len(calls) == 40:
-            raise RuntimeError("simulated crash")
-        calls.append(task.key)
-        return real_task(task, *a)
-    monkeypatch.setattr(convert, "_convert_task", dies_after_40)
+    calls = TaskCalls(monkeypatch, convert, "_convert_task", crash_after=40)
     with pytest.raises(RuntimeError, match="simulated crash"):
         convert.convert(str(d), str(out), dtype="float32", workers=2, log=QUIET)
     journal = (tmp_path / "ckpt.partial" / resumable.JOURNAL_NAME).read_text().splitlines()
@@ -198,12 +192,10 @@ def test_resume_skips_finished_tensors_and_equals_an_uninterrupted_run(release, 
     touched = index[sorted(finished)[0]]
     os.utime(d / touched, ns=(1, 1))
     redo = {k for k in finished if index[k.split("[")[0]] == touched}
-    monkeypatch.setattr(convert, "_convert_task",
-                        lambda task, *a: calls.append(task.key) or real_task(task, *a))
-    calls.clear()
+    calls.resume()
     logs = []
     convert.convert(str(d), str(out), dtype="float32", workers=2, resume=True, log=logs.append)
-    assert not (finished - redo) & set(calls) and redo <= set(calls)
+    assert not (finished - redo) & set(calls.keys) and redo <= set(calls.keys)
     assert any(f"resuming: {len(finished - redo)} of" in line for line in logs)
     got = checkpoint.numpy_params(checkpoint.load_model(str(out)))
     want = checkpoint.numpy_params(checkpoint.load_model(converted))

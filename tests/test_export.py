@@ -21,6 +21,7 @@ from r1jax import checkpoint, convert, export
 from r1jax.data.tokenizer import packaged_tokenizer_dir
 from r1jax.evaluate import score
 from r1jax.model import Transformer
+from task_calls import TaskCalls
 from test_convert_fp8 import CFG
 
 QUIET = lambda s: None
@@ -156,21 +157,13 @@ def test_params_of_another_model_are_refused(trained, tmp_path):
 def test_interrupted_export_resumes_to_the_same_files(converted, tmp_path, monkeypatch):
     whole = tmp_path / "whole"
     export.export(converted, str(whole), fp8_weights=True, max_shard_bytes=500_000, log=QUIET)
-    real, calls = export._export_task, []
-
-    def dies_after_25(task, *a):
-        if len(calls) == 25:
-            raise RuntimeError("simulated crash")
-        calls.append(task.key)
-        return real(task, *a)
-    monkeypatch.setattr(export, "_export_task", dies_after_25)
+    calls = TaskCalls(monkeypatch, export, "_export_task", crash_after=25)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="simulated crash"):
         export.export(converted, str(out), fp8_weights=True, max_shard_bytes=500_000, log=QUIET)
-    finished = set(calls)
-    calls.clear()
-    monkeypatch.setattr(export, "_export_task", lambda task, *a: calls.append(task.key) or real(task, *a))
+    finished = set(calls.keys)
+    calls.resume()
     export.export(converted, str(out), fp8_weights=True, max_shard_bytes=500_000, resume=True, log=QUIET)
-    assert not finished & set(calls) and calls
+    assert not finished & set(calls.keys) and calls.keys
     assert tensors_of(out) == tensors_of(whole)
     assert sorted(os.listdir(out)) == sorted(os.listdir(whole))

@@ -26,6 +26,7 @@ from r1jax.generate import GenerationSettings, generate_texts
 from r1jax.model import Transformer, preset
 from r1jax.model.config import to_hf_dict as to_hf
 from test_convert_fp8 import CFG
+from task_calls import TaskCalls
 from test_export import tensors_of
 
 QUIET = lambda s: None
@@ -273,23 +274,15 @@ def test_interrupted_fp8_conversion_resumes_to_the_same_checkpoint(release, fp8_
     """Oracle: the uninterrupted conversion (fp8_ckpt). A run stopped after 30 tasks resumes with
     --resume, redoing none of the journaled ones; every array, codes and scales, is bit-identical."""
     out = tmp_path / "ckpt"
-    real, calls = convert._convert_task, []
-
-    def dies_after_30(task, *a):
-        if len(calls) == 30:
-            raise RuntimeError("simulated crash")
-        calls.append(task.key)
-        return real(task, *a)
-    monkeypatch.setattr(convert, "_convert_task", dies_after_30)
+    calls = TaskCalls(monkeypatch, convert, "_convert_task", crash_after=30)
     with pytest.raises(RuntimeError, match="simulated crash"):
         convert.convert(release[0], str(out), dtype=FP8, workers=1, log=QUIET)
     journal = (tmp_path / "ckpt.partial" / resumable.JOURNAL_NAME).read_text().splitlines()
     finished = {json.loads(line)["task"] for line in journal}
     assert len(finished) >= 20
-    calls.clear()
-    monkeypatch.setattr(convert, "_convert_task", lambda task, *a: calls.append(task.key) or real(task, *a))
+    calls.resume()
     assert convert.main(["--hf_dir", release[0], "--out", str(out), "--dtype", FP8, "--resume"]) == 0
-    assert not finished & set(calls)
+    assert not finished & set(calls.keys)
     got, want = flat(str(out)), flat(fp8_ckpt)
     assert sorted(got) == sorted(want)
     for p in want:
