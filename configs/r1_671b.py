@@ -8,7 +8,7 @@
 tokens/step = batch_size * seq_len = 512 * 4096 = 2.1M, in grad_accum micro-batches; grad_accum 0
 (auto) takes 512 / the mesh's batch shards (data x fsdp x expert, the chip count on these meshes), so
 each micro-batch gives every chip one sequence: 1 micro-batch on v5p-1024 (512 chips), where the plan
-above answers fits, 38.0 GiB per chip (40.4 with float32 moments, --variant full; BUILD.md, "Pod
+above answers fits, 35.9 GiB per chip (40.4 with float32 moments, --variant full; BUILD.md, "Pod
 plans"). Memory per parameter: bf16 params (2) + float32 gradient accumulator (4) + bf16 Adam
 moments (4) = 10 bytes: 6.7 TB for the model, spread over every chip (fsdp x expert x tensor).
 The mesh comes from mesh.preset for the device count (r1jax/sharding.py: r1-671b-v5p, r1-671b-v6e,

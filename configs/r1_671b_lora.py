@@ -6,14 +6,12 @@
     python -m r1jax.plan --config=configs/r1_671b_lora.py --topology=v5p-32 --variant=lora   # before renting it
 
 Measured plan (BUILD.md, "Pod plans", LoRA table): v5p-32 (16 chips, mesh fsdp 2 x expert 8),
-16 x 4096 tokens per step in one micro-batch: **fits**, 71.3 GiB per chip of 95.74 (arguments 40.2:
-the FP8 base's share; temporaries 31.0). The adapters (attention, dense MLP, shared experts: 126.4M
-parameters, r1jax.plan.adapter_counts) with float32 Adam moments are 1.4 GiB for the whole slice.
-
-Why 16 x 4096 and not configs/r1_671b.py's 512 x 4096: on v5p-32 that batch takes 32 micro-batches
-(grad_accum 32), and the compiled step's temporaries are then 115.3 GiB per chip (118 with a bf16
-base) against 31.0 at grad_accum 1: it does not fit (>= 155 GiB); not yet broken down. grad_accum 0 (auto) = batch_size / chips = 1 on v5p-32; on v5p-64 (32 chips)
-512 x 4096 in 16 micro-batches fits too (67.6 GiB), so a larger slice can take the larger batch.
+512 x 4096 tokens per step in 32 micro-batches (grad_accum 0: auto, 512 / 16 chips): **fits**, 81.3
+GiB per chip of 95.74 (arguments 42.9: the FP8 base's share; temporaries 38.3). The adapters
+(attention, dense MLP, shared experts: 126.4M parameters, r1jax.plan.adapter_counts) with float32
+Adam moments are 1.4 GiB for the whole slice. The base's memory layout is the compiler's choice
+(train.jit_train_step): in the default layout the micro-batch loop held a second copy of it and the
+same plan needed >= 155 GiB per chip.
 """
 from r1jax.run_config import defaults
 
@@ -40,6 +38,6 @@ def get_config():
     c.lora.alpha = 16.0
     c.optim.state_dtype = "float32"  # the adapters' Adam moments: 0.9 GiB for the whole slice
     c.optim.lr = 1e-4                # adapters take a larger rate than full fine-tuning
-    c.train.batch_size = 16          # one sequence per chip on v5p-32 (see the docstring)
-    c.train.grad_accum = 0           # auto: batch_size / chips
+    c.train.batch_size = 512         # as configs/r1_671b.py: 2.1M tokens per step
+    c.train.grad_accum = 0           # auto: batch_size / chips, one sequence per chip per micro-batch
     return c

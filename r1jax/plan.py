@@ -182,8 +182,8 @@ def build_step(c, mesh, fp8_base: bool = False):
     p_shard = sharding.variable_shardings(abs_params, mesh)
     r_shard = sharding.variable_shardings(abs_rest, mesh)
     params, rest = _abstract(abs_params, p_shard), _abstract(abs_rest, r_shard)
-    frozen = (None if abs_frozen is None else
-              _abstract(abs_frozen, sharding.variable_shardings(abs_frozen, mesh)))
+    f_shard = None if abs_frozen is None else sharding.variable_shardings(abs_frozen, mesh)
+    frozen = None if abs_frozen is None else _abstract(abs_frozen, f_shard)
 
     total_steps = c.train.steps or 1
     tx, _, _ = make_optimizer(run_config.optim_config(c, total_steps), model_cfg, params)
@@ -193,7 +193,7 @@ def build_step(c, mesh, fp8_base: bool = False):
                              opt_state, o_shard)
 
     sc = run_config.step_config(c)
-    step_fn = jit_train_step(graphdef, tx, sc, (p_shard, r_shard, o_shard), mesh)
+    step_fn = jit_train_step(graphdef, tx, sc, (p_shard, r_shard, o_shard), mesh, f_shard)
     rows = c.train.batch_size
     shards = math.prod(mesh.shape[a] for a in ("data", "fsdp", "expert"))
     if rows % shards:

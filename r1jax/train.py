@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, logging as absl_logging
 from flax import nnx
+from jax.experimental.layout import Format, Layout
 from ml_collections import config_flags
 
 from r1jax import checkpoint, distributed, run_config, run_lock, sharding
@@ -71,13 +72,27 @@ def opt_state_shardings(opt_state, params, mesh) -> object:
     return jax.tree_util.tree_map_with_path(one, opt_state)
 
 
-def jit_train_step(graphdef, tx, sc: StepConfig, state_shardings: tuple, mesh):
+def jit_train_step(graphdef, tx, sc: StepConfig, state_shardings: tuple, mesh, frozen_shardings=None):
     """train_step jitted with donated (params, rest, opt_state) that keep `state_shardings` step after
     step: left free, XLA may hand back another layout, which recompiles the step (or fails the
-    ahead-of-time compiled one). Metrics come back replicated, readable on every process."""
+    ahead-of-time compiled one). Metrics come back replicated, readable on every process.
+
+    frozen_shardings (a run with adapters): the frozen base's shardings. Its memory layout is left to
+    the compiler (Layout.AUTO): in a layout fixed beforehand, the step converts the whole base once
+    it loops over micro-batches, a second copy of it per chip (BUILD.md "Pod plans"). Lower such a
+    step with an abstract base and place the base as `frozen_format` says before the first step."""
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    kw = {}
+    if frozen_shardings is not None:
+        auto = jax.tree.map(lambda s: Format(Layout.AUTO, s), frozen_shardings)
+        kw["in_shardings"] = (*state_shardings, sharding.batch_sharding(mesh), auto, replicated)
     return jax.jit(functools.partial(train_step, graphdef, tx, sc), donate_argnums=(0, 1, 2),
-                   out_shardings=(*state_shardings, replicated))
+                   out_shardings=(*state_shardings, replicated), **kw)
+
+
+def frozen_format(compiled_step):
+    """The formats (layout and sharding) the compiled step takes its frozen base in (argument 4)."""
+    return compiled_step.input_formats[0][4]
 
 
 def evaluate_split(eval_fn, params, rest, frozen, prefix, c, batch_sharding, max_batches: int) -> dict:
@@ -189,7 +204,7 @@ def _train(c, mesh, is_main: bool, log) -> dict:
     o_shard = opt_state_shardings(jax.eval_shape(tx.init, params), params, mesh)
     opt_state = jax.jit(tx.init, out_shardings=o_shard)(params)
     sc = run_config.step_config(c)
-    step_fn = jit_train_step(graphdef, tx, sc, (p_shard, r_shard, o_shard), mesh)
+    step_fn = jit_train_step(graphdef, tx, sc, (p_shard, r_shard, o_shard), mesh, f_shard)
     dropout_key = jax.random.key(c.seed) if model_cfg.lora.rank and model_cfg.lora.dropout else None
     eval_sc = StepConfig(loss_chunk=c.train.loss_chunk)
     eval_fn = jax.jit(  # the sums, replicated: every process reads them
@@ -273,7 +288,10 @@ def _train(c, mesh, is_main: bool, log) -> dict:
                   for k in ("tokens", "positions", "segment_ids", "loss_mask")}
     t0 = time.perf_counter()
     step_key = lambda at: None if dropout_key is None else jax.random.fold_in(dropout_key, at)
-    step_fn = step_fn.lower(params, rest, opt_state, batch_spec, frozen, step_key(0)).compile()
+    step_fn = step_fn.lower(params, rest, opt_state, batch_spec, None if frozen is None else
+                            abstract_of(frozen), step_key(0)).compile()
+    if frozen is not None:  # the base, once, into the layout the compiled step chose for it
+        frozen = jax.device_put(frozen, frozen_format(step_fn), donate=True)
     log(f"train step compiled in {time.perf_counter() - t0:.1f} s")
     if step == 0:
         do_eval(0, None)  # the starting model: every curve has its baseline

@@ -149,14 +149,16 @@ class _ErrorLog:
 
     A failing restore leaves tensorstore reads in flight whose completion callbacks, arriving after
     Orbax closed its event loop, raise "RuntimeError: Event loop is closed" as unraisable exceptions,
-    one traceback each (thousands on a large model), during the restore and after it. From `catching`
-    until `close` those go here too (held until the next `write` or `close`); every other unraisable
-    exception still goes to the previous hook."""
+    one traceback each (thousands on a large model), during the restore and after it; a read task
+    whose failure nobody awaited is reported by asyncio's logger when the task is collected, later
+    still. From `catching` until `close` both go here too (held until the next `write` or `close`);
+    every other unraisable exception and asyncio log record still goes where it went."""
 
     def __init__(self, path: str):
         self.path = path
         self._previous = None
         self._held: list[str] = []
+        self._asyncio = _Holding(self._held)
 
     def write(self, text: str) -> None:
         """Appends an entry (a header line with the time and process, then `text`), then the
@@ -179,12 +181,37 @@ class _ErrorLog:
             else:
                 previous(u)
         sys.unraisablehook = hook
+        self._asyncio.attach(logging.getLogger("asyncio"))
 
     def close(self) -> None:
         if self._previous is not None:
             sys.unraisablehook, self._previous = self._previous, None
+            self._asyncio.detach()
         if self._held:
             self.write(f"{len(self._held)} more failed reads of a checkpoint that could not be restored")
+
+
+class _Holding(logging.Handler):
+    """A log handler appending each record, formatted with its traceback, to a list, in place of the
+    logger's own output while attached."""
+
+    def __init__(self, into: list[str]):
+        super().__init__()
+        self.into, self.logger, self.propagate = into, None, True
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record) -> None:
+        self.into.append(self.format(record) + "\n")
+
+    def attach(self, logger: logging.Logger) -> None:
+        self.logger, self.propagate = logger, logger.propagate
+        logger.addHandler(self)
+        logger.propagate = False
+
+    def detach(self) -> None:
+        if self.logger is not None:
+            self.logger.removeHandler(self)
+            self.logger.propagate, self.logger = self.propagate, None
 
 
 def abstract_of(tree):

@@ -24,7 +24,8 @@ from r1jax.model.params import Adapter
 from r1jax.optim import OptimConfig, make_optimizer
 from r1jax.run_config import RunConfigError, validate
 from r1jax.step import StepConfig, split_trained
-from r1jax.train import TrainingError, jit_train_step, opt_state_shardings, run
+from r1jax.train import TrainingError, frozen_format, jit_train_step, opt_state_shardings, run
+from r1jax.train_checkpoint import abstract_of
 from train_fixtures import config as base_config, synthetic
 
 CFG = preset("tiny", dtype="float32", vocab_size=256)
@@ -160,13 +161,16 @@ def _train(mesh_sizes, steps=3, optim=OptimConfig(lr=1e-2, total_steps=3), dropo
         tx, _, _ = make_optimizer(optim, cfg, params)
         o_sh = opt_state_shardings(jax.eval_shape(tx.init, params), params, mesh)
         opt_state = jax.jit(tx.init, out_shardings=o_sh)(params)
-        step = jit_train_step(graphdef, tx, StepConfig(grad_accum=2), (shard(params), shard(rest), o_sh), mesh)
+        step = jit_train_step(graphdef, tx, StepConfig(grad_accum=2), (shard(params), shard(rest), o_sh),
+                              mesh, shard(frozen))
+        data = [jax.device_put(b, sharding.batch_sharding(mesh)) for b in _batches(steps)]
+        keys = [jax.random.fold_in(jax.random.key(0), i) if dropout else None for i in range(steps)]
+        # as train.py: lowered with an abstract base, whose layout the compiler picks; then placed
+        step = step.lower(params, rest, opt_state, data[0], abstract_of(frozen), keys[0]).compile()
+        frozen = jax.device_put(frozen, frozen_format(step))
         losses = []
-        key = jax.random.key(0)
-        for i, batch in enumerate(_batches(steps)):
-            batch = jax.device_put(batch, sharding.batch_sharding(mesh))
-            params, rest, opt_state, m = step(params, rest, opt_state, batch, frozen,
-                                              jax.random.fold_in(key, i) if dropout else None)
+        for batch, key in zip(data, keys):
+            params, rest, opt_state, m = step(params, rest, opt_state, batch, frozen, key)
             losses.append(float(m["loss"]))
     adapters = {".".join(map(str, p)): np.asarray(v) for p, v in flat(nnx.to_pure_dict(params))}
     return (losses, adapters, frozen_before, jax.tree.map(np.asarray, nnx.to_pure_dict(frozen)),
