@@ -87,12 +87,12 @@ def test_kernel_probe_runs_every_variant_a_cpu_has(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_lora_step_costs_less_than_the_full_step(tmp_path):
+def test_bench_lora_times_the_lora_step_next_to_the_full_step(tmp_path):
     """tools/bench.py --lora on CPU: the LoRA step (rank-16 adapters, base frozen) timed next to the
     full step on the same model and batch. Oracles: the ratio is the two medians' quotient; the
     adapter count is r1jax.plan.adapter_counts' (the abstract model's, itself checked against a
-    hand formula in tests/test_plan.py); the LoRA step skips the base's weight gradients and
-    optimizer update, so it must take less time than the full step. Two CPU compiles: minutes."""
+    hand formula in tests/test_plan.py). The ratio itself is a measurement (BUILD.md), not a test
+    (speed targets live in the benchmarks). Two CPU compiles: minutes."""
     sys.path.insert(0, str(ROOT / "tools"))
     from bench import SMALL
     from r1jax import plan
@@ -109,5 +109,4 @@ def test_bench_lora_step_costs_less_than_the_full_step(tmp_path):
     assert lora["step_time_over_full"] == pytest.approx(lora["step_ms"] / full["step_ms"])
     cfg = preset("v3-small", **SMALL).replace(lora=LoraConfig(rank=16))
     assert lora["adapter_params"] == sum(plan.adapter_counts(cfg).values())
-    assert lora["step_time_over_full"] < 1.0, (lora["step_ms"], full["step_ms"])
     assert "/ full step time:" in r.stdout
