@@ -173,17 +173,26 @@ def test_documented_r1_plan_command_gives_the_documented_answer():
     variant = opts.get("variant") or next(
         v for v, keys in plan.VARIANTS.items()
         if all(c[k.split(".")[0]][k.split(".")[1]] == value for k, value in keys.items()))
-    cell = _pod_plan_table()[opts["topology"]][variant]
-    assert cell.startswith("**fits**"), cell
-    want = float(cell.split(":")[1].split("/")[0])
-    p = subprocess.run([sys.executable, *argv[1:], "--json"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=1800)
-    assert p.returncode == 0, p.stderr[-3000:]
-    r = json.loads(p.stdout.strip().splitlines()[-1])
+    want = _fitting_gib(_pod_plan_table()[opts["topology"]][variant])
+    r = _run_plan(argv)
     print(f"{' '.join(argv)}: {r['per_device_memory_gib']:.2f} GiB per chip, grad_accum "
           f"{r['grad_accum']}, table {want} ({variant})")
     assert r["fits"] is True and r["compiled"] is True, r
     assert abs(r["per_device_memory_gib"] / want - 1) < 0.02, (r["per_device_memory_gib"], want)
+
+
+def _fitting_gib(cell: str) -> float:
+    """The per-chip GiB of a table cell that must say fits ("**fits**: 81.3 / 95.7 GiB ...")."""
+    assert cell.startswith("**fits**"), cell
+    return float(cell.split(":")[1].split("/")[0])
+
+
+def _run_plan(argv: list[str]) -> dict:
+    """The JSON report of a documented `python -m r1jax.plan ...` command (argv), run with --json."""
+    p = subprocess.run([sys.executable, *argv[1:], "--json"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=1800)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 # LoRA plans and small slices -----------------------------------------------------------------------
@@ -296,12 +305,7 @@ def test_documented_lora_plan_command_gives_the_documented_answer():
     opts = dict(a.lstrip("-").split("=", 1) for a in argv[3:])
     assert opts["variant"] == "lora", argv
     row = _lora_plan_table()[opts["topology"]]
-    cell = row["lora (FP8 base)"]
-    assert cell.startswith("**fits**"), cell
-    want = float(cell.split(":")[1].split("/")[0])
-    p = subprocess.run([sys.executable, *argv[1:], "--json"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=1800)
-    assert p.returncode == 0, p.stderr[-3000:]
-    r = json.loads(p.stdout.strip().splitlines()[-1])
+    want = _fitting_gib(row["lora (FP8 base)"])
+    r = _run_plan(argv)
     assert r["fits"] is True and r["grad_accum"] == int(row["grad_accum"]) and r["fp8_base"] is True, r
     assert abs(r["per_device_memory_gib"] / want - 1) < 0.02, (r["per_device_memory_gib"], want)
