@@ -126,16 +126,22 @@ def _load_config_module(path: str):
 
 
 def _pod_plan_table() -> dict[str, dict[str, str]]:
-    """BUILD.md's pod-plan table: {slice: {column header: cell text}}."""
-    rows = [ln for ln in open(os.path.join(ROOT, "BUILD.md")).read().splitlines()
-            if ln.startswith("| ")]
-    header = next(r for r in rows if r.startswith("| slice |"))
-    names = [h.strip() for h in header.strip("|").split("|")]
+    """BUILD.md's pod-plan table (the first whose header starts "| slice |"): {slice: {column
+    header: cell text}}."""
+    return _slice_table(0)
+
+
+def _slice_table(which: int) -> dict[str, dict[str, str]]:
+    """BUILD.md's table number `which` (0-based) among those whose header starts "| slice |", its
+    rows up to the first line that is not one: {slice: {column header: cell text}}."""
+    lines = open(os.path.join(ROOT, "BUILD.md")).read().splitlines()
+    header = [i for i, ln in enumerate(lines) if ln.startswith("| slice |")][which]
+    names = [h.strip() for h in lines[header].strip("|").split("|")]
     table = {}
-    for r in rows[rows.index(header) + 1:]:
-        cells = [x.strip() for x in r.strip("|").split("|")]
-        if len(cells) != len(names):
+    for ln in lines[header + 2:]:
+        if not ln.startswith("| "):
             break
+        cells = [x.strip() for x in ln.strip("|").split("|")]
         table[cells[0]] = dict(zip(names, cells))
     return table
 
@@ -281,16 +287,7 @@ def test_lora_plan_on_a_small_slice_with_the_preset_mesh():
 
 def _lora_plan_table() -> dict[str, dict[str, str]]:
     """BUILD.md's LoRA pod-plan table (the second one whose header starts "| slice |")."""
-    lines = open(os.path.join(ROOT, "BUILD.md")).read().splitlines()
-    header = [i for i, ln in enumerate(lines) if ln.startswith("| slice |")][1]
-    names = [h.strip() for h in lines[header].strip("|").split("|")]
-    table = {}
-    for ln in lines[header + 2:]:
-        if not ln.startswith("| "):
-            break
-        cells = [x.strip() for x in ln.strip("|").split("|")]
-        table[cells[0]] = dict(zip(names, cells))
-    return table
+    return _slice_table(1)
 
 
 @pytest.mark.slow
