@@ -41,12 +41,7 @@ def pure(model) -> dict:
     return nnx.to_pure_dict(nnx.state(model))
 
 
-def flat(tree, prefix=()):
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            yield from flat(v, prefix + (k,))
-        else:
-            yield prefix + (k,), v
+flat = checkpoint._flatten  # nested dict -> (path tuple, leaf) pairs
 
 
 def set_base(lora_model, base_model):
