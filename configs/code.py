@@ -18,7 +18,7 @@ batch and must divide by the process count:
 
 tokens/step = batch_size * seq_len * grad_accum = 8 * 256 * 1 = 2,048.
 """
-from r1jax.run_config import defaults
+from r1jax.train.run_config import defaults
 
 
 def get_config():

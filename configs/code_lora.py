@@ -15,7 +15,7 @@ model checkpoint, e.g. the result of configs/code.py exported and converted back
 
 tokens/step = batch_size * seq_len * grad_accum = 8 * 256 * 1 = 2,048, as configs/code.py.
 """
-from r1jax.run_config import defaults
+from r1jax.train.run_config import defaults
 
 
 def get_config():

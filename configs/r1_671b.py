@@ -11,10 +11,10 @@ each micro-batch gives every chip one sequence: 1 micro-batch on v5p-1024 (512 c
 above answers fits, 35.9 GiB per chip (40.4 with float32 moments, --variant full; BUILD.md, "Pod
 plans"). Memory per parameter: bf16 params (2) + float32 gradient accumulator (4) + bf16 Adam
 moments (4) = 10 bytes: 6.7 TB for the model, spread over every chip (fsdp x expert x tensor).
-The mesh comes from mesh.preset for the device count (r1jax/sharding.py: r1-671b-v5p, r1-671b-v6e,
+The mesh comes from mesh.preset for the device count (r1jax/parallel/sharding.py: r1-671b-v5p, r1-671b-v6e,
 r1-671b-gpu; sharding.mesh_sizes). Multi-host launch and pod plans: BUILD.md.
 """
-from r1jax.run_config import defaults
+from r1jax.train.run_config import defaults
 
 
 def get_config():

@@ -8,12 +8,12 @@
 Measured plan (BUILD.md, "Pod plans", LoRA table): v5p-32 (16 chips, mesh fsdp 2 x expert 8),
 512 x 4096 tokens per step in 32 micro-batches (grad_accum 0: auto, 512 / 16 chips): **fits**, 81.3
 GiB per chip of 95.74 (arguments 42.9: the FP8 base's share; temporaries 38.3). The adapters
-(attention, dense MLP, shared experts: 126.4M parameters, r1jax.plan.adapter_counts) with float32
+(attention, dense MLP, shared experts: 126.4M parameters, r1jax.train.plan.adapter_counts) with float32
 Adam moments are 1.4 GiB for the whole slice. The base's memory layout is the compiler's choice
 (train.jit_train_step): in the default layout the micro-batch loop held a second copy of it and the
 same plan needed >= 155 GiB per chip.
 """
-from r1jax.run_config import defaults
+from r1jax.train.run_config import defaults
 
 
 def get_config():

@@ -5,7 +5,7 @@
 
 tokens/step = batch_size * seq_len * grad_accum = 4 * 128 = 512, on one device (mesh.data=1).
 """
-from r1jax.run_config import defaults
+from r1jax.train.run_config import defaults
 
 
 def get_config():

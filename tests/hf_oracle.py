@@ -9,10 +9,10 @@ import numpy as np
 import torch
 import transformers
 
-from r1jax import layout
-from r1jax.convert import fill_params
-from r1jax.checkpoint import unflatten
-from r1jax.model.config import ModelConfig, to_hf_dict
+from r1jax.interop import layout
+from r1jax.interop.convert import fill_params
+from r1jax.models.checkpoint import unflatten
+from r1jax.models.deepseek_v3.config import ModelConfig, to_hf_dict
 
 
 def hf_config(cfg: ModelConfig) -> transformers.DeepseekV3Config:

@@ -141,7 +141,7 @@ def fp8_release(root, cfg, *, seed: int = 3, shards: int = 3, fp8_suffixes=("_pr
     import torch
 
     from hf_oracle import hf_state, random_hf_model
-    from r1jax.model.config import to_hf_dict
+    from r1jax.models.deepseek_v3.config import to_hf_dict
     model = random_hf_model(cfg, seed=seed)
     state = hf_state(model)
     mtp = mtp_layer(state, cfg, np.random.RandomState(seed))

@@ -34,9 +34,9 @@ def test_bench_cpu_side_by_side(tmp_path):
 
 def test_parts_cover_every_model_flop_of_a_step(tmp_path):
     """tools/bench_parts.py on CPU: each part timed, counted as often as a step runs it, and the
-    parts' FLOPs together are the whole step's (r1jax.flops' formula for the model)."""
-    from r1jax.flops import train_flops_per_token
-    from r1jax.model import preset
+    parts' FLOPs together are the whole step's (r1jax.models.deepseek_v3.flops' formula for the model)."""
+    from r1jax.models.deepseek_v3.flops import train_flops_per_token
+    from r1jax.models import preset
     sys.path.insert(0, str(ROOT / "tools"))
     from bench import SMALL
 
@@ -90,14 +90,14 @@ def test_kernel_probe_runs_every_variant_a_cpu_has(tmp_path):
 def test_bench_lora_times_the_lora_step_next_to_the_full_step(tmp_path):
     """tools/bench.py --lora on CPU: the LoRA step (rank-16 adapters, base frozen) timed next to the
     full step on the same model and batch. Oracles: the ratio is the two medians' quotient; the
-    adapter count is r1jax.plan.adapter_counts' (the abstract model's, itself checked against a
+    adapter count is r1jax.train.plan.adapter_counts' (the abstract model's, itself checked against a
     hand formula in tests/test_plan.py). The ratio itself is a measurement (BUILD.md), not a test
     (speed targets live in the benchmarks). Two CPU compiles: minutes."""
     sys.path.insert(0, str(ROOT / "tools"))
     from bench import SMALL
-    from r1jax import plan
-    from r1jax.model import preset
-    from r1jax.model.config import LoraConfig
+    from r1jax.train import plan
+    from r1jax.models import preset
+    from r1jax.models.deepseek_v3.config import LoraConfig
     out = tmp_path / "bench.json"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     r = subprocess.run([sys.executable, "tools/bench.py", "--small", "--batch", "2", "--seq", "128",

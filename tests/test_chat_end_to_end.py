@@ -10,9 +10,9 @@ import json
 
 import pytest
 
-from r1jax import generate
+from r1jax.inference import generate
 from r1jax.data import load_tokenizer
-from r1jax.train import run
+from r1jax.train.loop import run
 from train_fixtures import config
 
 WORDS = ["apple", "river", "stone", "cloud", "green", "piano", "tiger", "lemon"]

@@ -344,7 +344,7 @@ def test_generation_feeds_the_ids_training_rows_start_with(tok, monkeypatch, nam
     rendered generation prompt, and the training row of the full conversation starts with them
     followed by only trained tokens. With all_turns, the same holds for every turn example
     (`chat.turn_examples`, --train_all_turns' rows): its history is what generation is given."""
-    from r1jax import generate
+    from r1jax.inference import generate
     row = BOUNDARY[name][0] if name in BOUNDARY else CASES[name].row
     example = formats.parse_row(row, "x:1")
     for ex in chat.turn_examples(example) if all_turns else [example]:

@@ -10,9 +10,9 @@ import pytest
 import transformers
 from flax import nnx
 
-from r1jax.model import Transformer
-from r1jax.model.config import ConfigError, from_hf_dict, load_hf_config, preset, to_hf_dict
-from r1jax.model.params import RouterBias
+from r1jax.models import Transformer
+from r1jax.models.deepseek_v3.config import ConfigError, from_hf_dict, load_hf_config, preset, to_hf_dict
+from r1jax.models.common.params import RouterBias
 
 DATA = Path(__file__).resolve().parent / "data"
 R1_CONFIG = DATA / "deepseek-r1-config.json"

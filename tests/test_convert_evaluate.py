@@ -15,9 +15,9 @@ from safetensors.numpy import save_file
 
 from hf_oracle import hf_loss_and_logits, hf_state, random_hf_model
 from release_writer import per_expert
-from r1jax import convert
+from r1jax.interop import convert
 from r1jax.data import encode, load_tokenizer
-from r1jax.model import preset
+from r1jax.models import preset
 
 # The real R1 vocabulary, so {"text": ...} rows go through the R1 tokenizer.
 CFG = preset("tiny", dtype="float32", num_hidden_layers=3, first_k_dense_replace=1, n_routed_experts=8,
@@ -225,7 +225,7 @@ def _add_mtp_shard(d, cfg):
 
 
 def test_mtp_layer_kept_by_default_and_dropped_on_request(hf_dirs, tmp_path):
-    from r1jax import checkpoint
+    from r1jax.models import checkpoint
     added = {}
     d = _edited_copy(hf_dirs, tmp_path, lambda d: added.update(_add_mtp_shard(d, CFG)))
     quiet = lambda s: None
@@ -247,9 +247,9 @@ def test_mtp_layer_kept_by_default_and_dropped_on_request(hf_dirs, tmp_path):
 
 def test_batching_does_not_change_the_score(hf_dirs, data, tmp_path):
     """Rows of different lengths scored one by one, or padded together in one batch, agree."""
-    from r1jax import checkpoint
+    from r1jax.models import checkpoint
     from r1jax.data import read_scoring_rows
-    from r1jax.evaluate import score
+    from r1jax.eval.evaluate import score
     convert.convert(str(hf_dirs / "hf_release"), str(tmp_path / "ckpt"), dtype="float32",
                     log=lambda s: None)
     model = checkpoint.load_model(str(tmp_path / "ckpt"))

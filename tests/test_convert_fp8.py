@@ -18,8 +18,10 @@ from flax import nnx
 from hf_oracle import hf_loss_and_logits
 from release_writer import fp8_release
 from task_calls import TaskCalls
-from r1jax import checkpoint, convert, layout, resumable, safetensors_io, sharding
-from r1jax.model import preset
+from r1jax.models import checkpoint
+from r1jax.interop import convert, layout, resumable, safetensors_io
+from r1jax.parallel import sharding
+from r1jax.models import preset
 
 # Dimensions with several FP8 blocks per matrix and partial edge blocks (200 = 128 + 72, 300, 136,
 # 160, 144); all even, so every axis splits over a mesh of 2 x 2 x 2.
@@ -78,7 +80,7 @@ def test_fp8_release_converted_and_scored_equals_transformers(release, tmp_path)
 
 
 def _shardings(cfg, mesh):
-    """Target shardings from each variable's logical axes through r1jax.sharding's table."""
+    """Target shardings from each variable's logical axes through r1jax.parallel.sharding's table."""
     state = nnx.state(checkpoint.abstract_model(cfg))
     specs = nnx.to_pure_dict(jax.tree.map(
         lambda v: sharding.logical_to_spec(v.get_metadata()["axes"]), state,
@@ -212,7 +214,7 @@ def test_fused_fp8_experts_as_transformers_saves_them(tmp_path):
 
     from hf_oracle import hf_state, random_hf_model
     from release_writer import dequantize_ref, quantize_blocks
-    from r1jax.model.config import to_hf_dict
+    from r1jax.models.deepseek_v3.config import to_hf_dict
     state = hf_state(random_hf_model(CFG, seed=4))
     rng = np.random.RandomState(4)
     stored, values = {}, {}

@@ -14,8 +14,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from r1jax import checkpoint, convert, fp8, layout, resumable, safetensors_io, streaming
-from r1jax.model import preset
+from r1jax.models import checkpoint
+from r1jax.interop import convert, fp8, layout, resumable, safetensors_io, streaming
+from r1jax.models import preset
 
 CFG = preset("tiny", vocab_size=96, num_hidden_layers=3, first_k_dense_replace=1, with_mtp=True)
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -160,7 +161,7 @@ def test_fill_params_equals_the_streamed_conversion(tmp_path):
     d = tmp_path / "hf"
     d.mkdir()
     save_file(state, str(d / "model.safetensors"))
-    from r1jax.model.config import to_hf_dict
+    from r1jax.models.deepseek_v3.config import to_hf_dict
     (d / "config.json").write_text(json.dumps(to_hf_dict(cfg)))
     convert.convert(str(d), str(tmp_path / "ckpt"), dtype="float32", log=lambda s: None)
     model = checkpoint.load_model(str(tmp_path / "ckpt"))

@@ -21,7 +21,7 @@ BYTES_PER_TENSOR = 900  # budget, see the test's docstring
 _HELD_AFTER_WRITING = """
 import gc, sys, tracemalloc
 import numpy as np
-from r1jax import convert, resumable, streaming
+from r1jax.interop import convert, resumable, streaming
 resumable.SYNC_TASKS = 64  # journal lines waiting for their sync: bounded, not per tensor; keep few
 held, execute = [], streaming.execute
 objects_only = [tracemalloc.DomainFilter(False, np.lib.tracemalloc_domain)]
@@ -86,7 +86,7 @@ def test_memory_held_per_input_tensor_stays_under_a_kilobyte(tmp_path):
 
 _RESIDENT_AFTER = """
 import ctypes, sys
-from r1jax import convert
+from r1jax.interop import convert
 convert.convert(sys.argv[1], sys.argv[2], workers=2, log=lambda s: None)
 ctypes.CDLL("libc.so.6").malloc_trim(0)
 print(next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("RssAnon")))

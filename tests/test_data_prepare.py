@@ -424,7 +424,7 @@ def test_train_prepares_again_under_a_new_format_version(tmp_path, monkeypatch):
     import sys
     from pathlib import Path
 
-    from r1jax import train_data
+    from r1jax.train import run_data as train_data
     from r1jax.data import token_store
     from r1jax.data.formats import DataError
     sys.path.insert(0, str(Path(__file__).parent))

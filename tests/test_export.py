@@ -17,10 +17,11 @@ from safetensors import safe_open
 
 from hf_oracle import hf_loss_and_logits
 from release_writer import fp8_release
-from r1jax import checkpoint, convert, export
+from r1jax.models import checkpoint
+from r1jax.interop import convert, export
 from r1jax.data.tokenizer import packaged_tokenizer_dir
-from r1jax.evaluate import score
-from r1jax.model import Transformer
+from r1jax.eval.evaluate import score
+from r1jax.models import Transformer
 from task_calls import TaskCalls
 from test_convert_fp8 import CFG
 
@@ -109,7 +110,7 @@ def test_bf16_export_loads_in_transformers_and_scores_as_r1jax(converted, tmp_pa
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A trainer's state item written by plain Orbax ({"params", "rest", "opt_state"} as
-    r1jax/train_checkpoint.py saves it, with Orbax's own chunking and compression): random params,
+    r1jax/train/checkpoints.py saves it, with Orbax's own chunking and compression): random params,
     MTP included."""
     cfg = CFG.replace(with_mtp=True, param_dtype="float32")
     _, params, rest = nnx.split(Transformer(cfg, rngs=nnx.Rngs(5)), nnx.Param, ...)

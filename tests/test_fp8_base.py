@@ -20,11 +20,14 @@ from safetensors.torch import save_file
 
 from hf_oracle import hf_loss_and_logits, hf_state, r1jax_params, random_hf_model
 from release_writer import dequantize_ref, fp8_release, quantize_blocks, write_release
-from r1jax import checkpoint, convert, evaluate, export, generate, resumable, safetensors_io
+from r1jax.models import checkpoint
+from r1jax.interop import convert, export, resumable, safetensors_io
+from r1jax.eval import evaluate
+from r1jax.inference import generate
 from r1jax.data import load_tokenizer
-from r1jax.generate import GenerationSettings, generate_texts
-from r1jax.model import Transformer, preset
-from r1jax.model.config import to_hf_dict as to_hf
+from r1jax.inference.generate import GenerationSettings, generate_texts
+from r1jax.models import Transformer, preset
+from r1jax.models.deepseek_v3.config import to_hf_dict as to_hf
 from test_convert_fp8 import CFG
 from task_calls import TaskCalls
 from test_export import tensors_of

@@ -28,11 +28,13 @@ import torch
 from flax import nnx
 
 from hf_oracle import hf_state, r1jax_params, random_hf_model
-from r1jax import checkpoint, generate, sharding
+from r1jax.models import checkpoint
+from r1jax.inference import generate
+from r1jax.parallel import sharding
 from r1jax.data import load_tokenizer
-from r1jax.generate import GenerationSettings, generate_ids, generate_texts
-from r1jax.model import Transformer, preset
-from r1jax.model.latent_cache import bytes_per_token, init_cache
+from r1jax.inference.generate import GenerationSettings, generate_ids, generate_texts
+from r1jax.models import Transformer, preset
+from r1jax.models.deepseek_v3.latent_cache import bytes_per_token, init_cache
 
 # Both LoRAs, grouped routing with a router bias, YaRN past its original length, 1 dense + 2 MoE.
 CFG = preset("tiny", dtype="float32", vocab_size=512, rope_factor=4.0,
@@ -267,7 +269,7 @@ def test_prompt_streams_the_same_text(tiny_ckpt, cli_out, capsys):
 
 def test_training_run_generates_like_its_params(tiny_ckpt, cli_out, tmp_path):
     """A trainer's checkpoint (RUN/checkpoints/STEP/state, RUN/model) resolves as export does."""
-    from r1jax.train_checkpoint import RunCheckpoints
+    from r1jax.train.checkpoints import RunCheckpoints
     model, _ = generate.load(tiny_ckpt, "float32")
     _, params, rest = nnx.split(model, nnx.Param, ...)
     checkpoint.write_meta(str(tmp_path / "run" / "model"), TINY)

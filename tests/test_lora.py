@@ -1,4 +1,4 @@
-"""Adapters on a frozen base (r1jax/model/lora.py) through the model, the train step and the trainer.
+"""Adapters on a frozen base (r1jax/models/lora.py) through the model, the train step and the trainer.
 
 Oracles: the plain model (no adapters) with the same base weights; the plain model holding weights
 merged in NumPy, W + s A B computed here from the adapters' arrays; a single device for a sharded
@@ -17,15 +17,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from r1jax import checkpoint, sharding
-from r1jax.model import Transformer, preset
-from r1jax.model.config import LoraConfig
-from r1jax.model.params import Adapter
-from r1jax.optim import OptimConfig, make_optimizer
-from r1jax.run_config import RunConfigError, validate
-from r1jax.step import StepConfig, split_trained
-from r1jax.train import TrainingError, frozen_format, jit_train_step, opt_state_shardings, run
-from r1jax.train_checkpoint import abstract_of
+from r1jax.models import checkpoint
+from r1jax.parallel import sharding
+from r1jax.models import Transformer, preset
+from r1jax.models.deepseek_v3.config import LoraConfig
+from r1jax.models.common.params import Adapter
+from r1jax.train.optim import OptimConfig, make_optimizer
+from r1jax.train.run_config import RunConfigError, validate
+from r1jax.train.step import StepConfig, split_trained
+from r1jax.train.loop import TrainingError, frozen_format, jit_train_step, opt_state_shardings, run
+from r1jax.train.checkpoints import abstract_of
 from train_fixtures import config as base_config, synthetic
 
 CFG = preset("tiny", dtype="float32", vocab_size=256)
@@ -284,11 +285,12 @@ def test_lora_config_errors_name_the_key(data, tmp_path):
 
 
 def test_evaluate_and_generate_apply_a_runs_adapters_to_its_base(data, bases, tmp_path):
-    """r1jax.sources.load (what evaluate, generate and the task metrics load) on a LoRA run: its
+    """r1jax.models.sources.load (what evaluate, generate and the task metrics load) on a LoRA run: its
     logits equal a plain model holding base + s A B merged in NumPy from the base checkpoint's and
     the run checkpoint's arrays (the oracle); evaluate's loss equals that model's loss."""
-    from r1jax import evaluate, sources
-    from r1jax.losses import next_token_loss_sums
+    from r1jax.eval import evaluate
+    from r1jax.models import sources
+    from r1jax.models.losses import next_token_loss_sums
     out = tmp_path / "run"
     run(lora_config(data, out, bases[0], train__steps=3, lora__targets=",".join(ALL)))
     _, tree = _state(out, 3)

@@ -20,10 +20,11 @@ from flax import nnx
 from safetensors import safe_open
 
 from hf_oracle import hf_loss_and_logits, hf_state, r1jax_params, random_hf_model
-from r1jax import checkpoint, export
-from r1jax.evaluate import score
-from r1jax.model import Transformer
-from r1jax.model.config import ADAPTABLE_GROUPS, LoraConfig, preset
+from r1jax.models import checkpoint
+from r1jax.interop import export
+from r1jax.eval.evaluate import score
+from r1jax.models import Transformer
+from r1jax.models.deepseek_v3.config import ADAPTABLE_GROUPS, LoraConfig, preset
 
 CFG = preset("tiny", vocab_size=256, num_hidden_layers=2, dtype="float32", param_dtype="float32")
 LORA = LoraConfig(rank=2, alpha=6.0, targets=ADAPTABLE_GROUPS)
@@ -238,8 +239,8 @@ def test_fp8_merged_export_keeps_unadapted_codes_and_prints_what_fp8_costs(tmp_p
     from release_writer import fp8_release
     from test_convert_fp8 import CFG as FP8_CFG
     from test_export import tensors_of
-    from r1jax import convert
-    from r1jax.model import lora
+    from r1jax.interop import convert
+    from r1jax.models.common import lora
 
     hf_dir, _ = fp8_release(tmp_path / "release", FP8_CFG, seed=4)
     base = str(tmp_path / "base")
@@ -302,7 +303,7 @@ def test_peft_factors_multiply_to_the_layout_inverse_of_the_r1jax_delta():
     """Oracle: layout.py's own inverse transform (Slot.inv, what export applies to weights) of the
     r1jax delta A B [in..., out...], per slot rows; PEFT's product lora_B @ lora_A (per expert e:
     rows e*R.. of lora_A, columns k*E + e of lora_B) must equal it for every target of the model."""
-    from r1jax import peft_adapter
+    from r1jax.interop import peft_adapter
     rng = np.random.RandomState(0)
     shapes = {p: s.shape for p, s in checkpoint.param_shapes(CFG.replace(lora=LORA)).items()}
     adapted = {p[:-len("_lora.a")] for p in shapes if p.endswith("_lora.a")}

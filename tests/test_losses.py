@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax.losses import next_token_loss_sums, shifted_targets
+from r1jax.models.losses import next_token_loss_sums, shifted_targets
 
 
 def _reference(logits, tokens, segment_ids, k, loss_mask):
@@ -72,7 +72,7 @@ def test_chunked_loss_equals_full_logits_and_saves_memory():
     """The chunked LM head + cross-entropy gives the same sums and gradients as full logits, and
     the compiled step needs less temporary memory (no [B, T, V] float32 logits)."""
     import jax
-    from r1jax.losses import chunked_loss_sums
+    from r1jax.models.losses import chunked_loss_sums
     rng = np.random.RandomState(0)
     b, t, d, v = 2, 96, 16, 4096
     h = jnp.asarray(rng.randn(b, t, d), jnp.float32)

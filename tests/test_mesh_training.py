@@ -21,12 +21,13 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "configs"))
 import tiny  # noqa: E402  (configs/tiny.py)
 
-from r1jax import run_config, sharding, train  # noqa: E402
-from r1jax.model import Transformer, preset  # noqa: E402
-from r1jax.optim import OptimConfig, make_optimizer, path_str  # noqa: E402
-from r1jax.step import StepConfig, split_model  # noqa: E402
-from r1jax.train import jit_train_step, opt_state_shardings  # noqa: E402
-from r1jax.train_checkpoint import RunCheckpoints, abstract_of  # noqa: E402
+from r1jax.train import run_config, loop as train  # noqa: E402
+from r1jax.parallel import sharding
+from r1jax.models import Transformer, preset  # noqa: E402
+from r1jax.train.optim import OptimConfig, make_optimizer, path_str  # noqa: E402
+from r1jax.train.step import StepConfig, split_model  # noqa: E402
+from r1jax.train.loop import jit_train_step, opt_state_shardings  # noqa: E402
+from r1jax.train.checkpoints import RunCheckpoints, abstract_of  # noqa: E402
 
 CFG = preset("tiny", dtype="float32", vocab_size=256, num_attention_heads=4, n_routed_experts=8)
 MESHES = {"single": dict(data=1), "data8": dict(data=8), "fsdp8": dict(fsdp=8),

@@ -10,11 +10,11 @@ from flax import nnx
 from transformers.models.deepseek_v3 import modeling_deepseek_v3 as hf_mod
 
 from hf_oracle import hf_config, hf_state, random_hf_model
-from r1jax import layout
-from r1jax.checkpoint import unflatten
-from r1jax.convert import fill_params
-from r1jax.losses import next_token_loss_sums
-from r1jax.model import Transformer, preset
+from r1jax.interop import layout
+from r1jax.models.checkpoint import unflatten
+from r1jax.interop.convert import fill_params
+from r1jax.models.losses import next_token_loss_sums
+from r1jax.models import Transformer, preset
 
 CFG = preset("tiny", dtype="float32", vocab_size=256, with_mtp=True, rope_factor=4.0,
              rope_original_max_position_embeddings=32)

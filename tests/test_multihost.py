@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-from r1jax import distributed, run_config  # noqa: E402
-from r1jax.train import run  # noqa: E402
-from r1jax.train_data import prepare_data  # noqa: E402
+from r1jax.parallel import distributed  # noqa: E402
+from r1jax.train import run_config
+from r1jax.train.loop import run  # noqa: E402
+from r1jax.train.run_data import prepare_data  # noqa: E402
 from train_fixtures import config, synthetic  # noqa: E402
 
 STEPS = 4
@@ -134,7 +135,8 @@ def test_two_processes_equal_one(runs):
 VOTE = """
 import json, sys
 import jax
-from r1jax import distributed, run_config
+from r1jax.parallel import distributed
+from r1jax.train import run_config
 c = run_config.defaults()
 c.dist.coordinator, c.dist.num_processes, c.dist.process_id = sys.argv[1], 2, int(sys.argv[2])
 print(distributed.initialize(c.dist), file=sys.stderr)
@@ -190,7 +192,7 @@ def test_a_held_run_directory_stops_every_process(tmp_path):
     process 1, which does not take the lock, stops with it instead of waiting for process 0 forever.
     Oracle: this process's pid in process 0's message; the lock file left as it was."""
     import socket
-    from r1jax.run_lock import LOCK_NAME
+    from r1jax.train.run_lock import LOCK_NAME
     data, out = tmp_path / "data", tmp_path / "run"
     data.mkdir()
     out.mkdir()

@@ -9,9 +9,9 @@ import optax
 import pytest
 from flax import nnx
 
-from r1jax.model import Transformer, preset
-from r1jax.optim import OptimConfig, group_of, make_optimizer, parse_stages, path_str, schedule, StageError
-from r1jax.step import loss_fn, split_model
+from r1jax.models import Transformer, preset
+from r1jax.train.optim import OptimConfig, group_of, make_optimizer, parse_stages, path_str, schedule, StageError
+from r1jax.train.step import loss_fn, split_model
 
 CFG = preset("tiny", dtype="float32", vocab_size=128, num_hidden_layers=4, first_k_dense_replace=1)
 EPS = 1e-8

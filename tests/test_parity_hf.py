@@ -13,8 +13,8 @@ import torch
 from flax import nnx
 
 from hf_oracle import hf_loss_and_logits, hf_state, r1jax_params, random_hf_model
-from r1jax.losses import next_token_loss_sums
-from r1jax.model import Transformer, preset
+from r1jax.models.losses import next_token_loss_sums
+from r1jax.models import Transformer, preset
 
 CONFIGS = {
     # 1 dense layer, 1 shared expert, normalized top-k, 4 groups keep 2, YaRN x4 past 128 tokens.

@@ -1,7 +1,7 @@
 """The parameter -> PartitionSpec map of the r1-671b preset (with MTP) on its v5p-1024 mesh preset,
 against the reviewed golden file tests/data/r1_671b_partition.json, and the sharding's balance.
 
-The map is rebuilt from nnx.eval_shape (no memory) and r1jax.sharding.variable_shardings on an
+The map is rebuilt from nnx.eval_shape (no memory) and r1jax.parallel.sharding.variable_shardings on an
 abstract mesh of the preset's shape (no devices). After a deliberate change to the table or the
 model, regenerate and review the diff:
 
@@ -16,9 +16,9 @@ import sys
 import jax
 from flax import nnx
 
-from r1jax import sharding
-from r1jax.model import Transformer, preset
-from r1jax.optim import path_str
+from r1jax.parallel import sharding
+from r1jax.models import Transformer, preset
+from r1jax.train.optim import path_str
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "r1_671b_partition.json")
 PRESET, CHIPS = "r1-671b-v5p", 512   # v5p-1024

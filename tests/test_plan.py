@@ -16,9 +16,9 @@ import jax
 import pytest
 from flax import nnx
 
-from r1jax import plan
-from r1jax.model import Transformer, preset
-from r1jax.run_config import defaults
+from r1jax.train import plan
+from r1jax.models import Transformer, preset
+from r1jax.train.run_config import defaults
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 1024 ** 3
@@ -70,7 +70,7 @@ def test_plan_compiles_fits_and_memory_matches_the_analytic_count(fitted):
     assert m["aliased"] >= 0.95 * m["outputs"]
     # The whole step needs at least the state and no more than a few times it at this small batch.
     assert per_chip_state / GIB <= r["per_device_memory_gib"] <= 4 * per_chip_state / GIB + 0.5, r
-    # FLOPs: the compiler's count for the slice against 6 N_active + attention (r1jax/flops.py).
+    # FLOPs: the compiler's count for the slice against 6 N_active + attention (r1jax/models/deepseek_v3/flops.py).
     assert 0.7 < r["flops"] * r["chips"] / r["model_flops"] < 3.0, r
 
 
@@ -151,7 +151,7 @@ def test_auto_grad_accum_gives_the_table_column():
     before the auto value existed) for each slice's chip count; on these meshes (tensor 1) the
     batch shards are the chips. Also: an explicit value wins, and a batch the shards do not divide
     is refused naming train.grad_accum."""
-    from r1jax import run_config
+    from r1jax.train import run_config
     table = _pod_plan_table()
     assert len(table) >= 5, table
     for row in table.values():
@@ -207,7 +207,7 @@ def test_small_slices_have_presets_with_the_degree_the_torus_forms():
     """Oracle: by hand from sharding.py's stated rule (the smallest expert degree >= 8 dividing 256
     that is a product of whole physical axes): v5p 2x2x2 / 2x2x4 / 2x4x4 and v6e 2x4 / 4x8 hold a
     whole 8; v6e 4x4 has 4 and 16, so 16. fsdp takes the rest. Before, these sizes were refused."""
-    from r1jax import sharding
+    from r1jax.parallel import sharding
     want = {("r1-671b-v5p", 8): 8, ("r1-671b-v5p", 16): 8, ("r1-671b-v5p", 32): 8,
             ("r1-671b-v6e", 8): 8, ("r1-671b-v6e", 16): 16, ("r1-671b-v6e", 32): 8}
     for (name, chips), expert in want.items():
@@ -239,7 +239,7 @@ def test_adapter_counts_match_the_architecture_formula():
     """plan.adapter_counts (the abstract model's Adapter variables) against _adapter_formula (a
     hand count from ModelConfig's shapes), for the tiny preset and R1-671B, with and without
     routed-expert adapters."""
-    from r1jax.model.config import LoraConfig
+    from r1jax.models.deepseek_v3.config import LoraConfig
     every = ("attention", "dense_mlp", "shared_experts", "routed_experts")
     for name in ("tiny", "r1-671b"):
         for targets in (every[:3], every):

@@ -1,6 +1,6 @@
 """What a layer keeps for its backward pass: no float32 copy of a large activation.
 
-r1jax.residuals lists the residuals autodiff saves between the forward and the backward pass of a
+r1jax.train.residuals lists the residuals autodiff saves between the forward and the backward pass of a
 function (JAX's own accounting, before any compiler). For a bf16 dense block and an MoE block, none
 may be a float32 array of a token-sized activation ([tokens, D] or larger):
 RMSNorm's statistics input, the router's input and the MoE combine's [N, K, D] are recomputed from
@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from r1jax import residuals
-from r1jax.model import kernels, preset
-from r1jax.model.mla import attention_mask
-from r1jax.model.rope import rope_tables
-from r1jax.model.transformer import Block
+from r1jax.train import residuals
+from r1jax.models.common import kernels
+from r1jax.models import preset
+from r1jax.models.deepseek_v3.mla import attention_mask
+from r1jax.models.deepseek_v3.rope import rope_tables
+from r1jax.models.deepseek_v3.transformer import Block
 
 CFG = preset("tiny", dtype="bfloat16", param_dtype="float32")
 B, T = 2, 32

@@ -1,4 +1,4 @@
-"""The run configuration's validation (r1jax/run_config.py) and the one-line errors of the trainer's
+"""The run configuration's validation (r1jax/train/run_config.py) and the one-line errors of the trainer's
 and the data preparer's command lines for bad keys, values and paths.
 
 The command-line tests start the real CLIs in a subprocess; each fails before anything compiles.
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from r1jax import run_config
+from r1jax.train import run_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,7 +81,7 @@ def _with(key: str, value):
     return c
 
 
-# Values at the edges that are meant (defaults()' comments, r1jax/optim.py): 0 = off / auto / all,
+# Values at the edges that are meant (defaults()' comments, r1jax/train/optim.py): 0 = off / auto / all,
 # -1 = the rest / from the launcher, and the closed ends of [0, 1) and (0, 1].
 ACCEPTED = {"optim.clip_norm": 0.0, "train.grad_accum": 0, "mesh.fsdp": -1, "dist.process_id": -1,
             "optim.lr": 0.0, "optim.b1": 0.0, "task.top_p": 1.0, "optim.min_lr_ratio": 1.0,
@@ -188,7 +188,7 @@ def test_train_resolves_auto_grad_accum_on_its_mesh(tmp_path):
     data 8): 12 rows cannot be 8-row micro-batches, and the error says so before any data or
     compile. Oracle: 12 % 8 != 0 (hand arithmetic)."""
     import importlib.util
-    from r1jax import train
+    from r1jax.train import loop as train
     spec = importlib.util.spec_from_file_location("tiny_config", ROOT / "configs" / "tiny.py")
     tiny = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tiny)

@@ -1,4 +1,4 @@
-"""The run's JSON files (r1jax/run_json.py, r1jax/monitor.py): strict JSON out, a torn last line of
+"""The run's JSON files (r1jax/train/run_json.py, r1jax/train/monitor.py): strict JSON out, a torn last line of
 metrics.jsonl tolerated on the way in. Oracles: files written by hand, and a strict parser
 (parse_constant raising on NaN/Infinity, as RFC 8259 readers do)."""
 import json
@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from r1jax.monitor import Monitor
-from r1jax.run_json import JsonlError, dumps, read_jsonl
+from r1jax.train.monitor import Monitor
+from r1jax.train.run_json import JsonlError, dumps, read_jsonl
 
 
 def strict(line: str):

@@ -1,4 +1,4 @@
-"""r1jax/run_lock.py: one trainer per run directory. Oracles: the lock file's JSON written by hand
+"""r1jax/train/run_lock.py: one trainer per run directory. Oracles: the lock file's JSON written by hand
 (a holder on this host with a pid known dead, one on another host), this process's own host and pid,
 and the file's presence after a child process ends in each way."""
 import json
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from r1jax.run_lock import LOCK_NAME, RunLock, RunLockError, held
+from r1jax.train.run_lock import LOCK_NAME, RunLock, RunLockError, held
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def test_release_leaves_a_lock_that_is_not_ours(tmp_path):
 
 HOLD = """
 import sys, time
-from r1jax.run_lock import held
+from r1jax.train.run_lock import held
 with held(sys.argv[1]):
     print("held", flush=True)
     if sys.argv[2] == "raise":

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax.sampling import SamplingSettings, cut_at_stop, filter_logits, row_keys, sample
+from r1jax.inference.sampling import SamplingSettings, cut_at_stop, filter_logits, row_keys, sample
 
 # A known distribution, shuffled so that vocab order is not probability order.
 PROBS = np.array([0.05, 0.4, 0.1, 0.03, 0.25, 0.02, 0.15])

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from r1jax.tasks import confine, sandbox
+from r1jax.eval.tasks import confine, sandbox
 
 OPEN = sandbox.Limits(timeout_s=1.5, guard=False)
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from r1jax import sharding
-from r1jax.model import Transformer, preset
-from r1jax.step import loss_fn, split_model
+from r1jax.parallel import sharding
+from r1jax.models import Transformer, preset
+from r1jax.train.step import loss_fn, split_model
 
 CFG = preset("tiny", dtype="float32", vocab_size=256, num_attention_heads=4, n_routed_experts=8)
 # moe_chunk_tokens 24: each device's 64 tokens in 3 chunks of 22 (the last padded by 2)
@@ -107,9 +107,9 @@ def test_expert_parallel_experts_equal_single_program_at_the_dropless_bound():
     in one exchange and in chunks (moe_chunk_tokens: a scan of rematerialized chunks, the last one
     padded), equals the single-program dropless_experts, values and gradients, for random routing
     and for every copy on one shard (its receive buffer exactly full: the last row counts here)."""
-    from r1jax.model import expert_parallel
-    from r1jax.model.mlp import pair_columns
-    from r1jax.model.moe import Routing, dropless_experts, grouped_swiglu
+    from r1jax.models.deepseek_v3 import expert_parallel
+    from r1jax.models.common.mlp import pair_columns
+    from r1jax.models.deepseek_v3.moe import Routing, dropless_experts, grouped_swiglu
 
     rng = np.random.default_rng(9)
     n, d, f, e, k = 32, 16, 8, 8, 2

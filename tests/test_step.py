@@ -9,9 +9,9 @@ import optax
 import pytest
 from flax import nnx
 
-from r1jax.losses import token_nll
-from r1jax.model import Transformer, preset
-from r1jax.step import StepConfig, loss_fn, split_model, train_step
+from r1jax.models.losses import token_nll
+from r1jax.models import Transformer, preset
+from r1jax.train.step import StepConfig, loss_fn, split_model, train_step
 
 CFG = preset("tiny", dtype="float32", vocab_size=256)
 
@@ -102,8 +102,8 @@ def test_grad_accumulation_equals_one_larger_batch():
 def test_micro_batches_span_every_device():
     """On a data mesh each micro-batch is spread over all devices (rows i, i+k, ...), not a block of
     rows held by a subset of them."""
-    from r1jax import sharding
-    from r1jax.step import micro_batches
+    from r1jax.parallel import sharding
+    from r1jax.train.step import micro_batches
     mesh = sharding.make_mesh(data=8)
     x = jax.device_put(jnp.arange(32 * 3, dtype=jnp.int32).reshape(32, 3), sharding.batch_sharding(mesh))
     with jax.set_mesh(mesh):
@@ -169,7 +169,7 @@ def test_frozen_groups_get_no_gradient_and_the_same_update():
     optimizer (clipping off: the one place the two differ), the frozen ones stay, grad_norm is the
     norm of the trained parameters' gradients by jax.grad of the loss, and the compiled step skips
     the frozen weights' gradient matmuls."""
-    from r1jax.optim import OptimConfig, group_of, make_optimizer, path_str
+    from r1jax.train.optim import OptimConfig, group_of, make_optimizer, path_str
     graphdef, params, rest = split_model(Transformer(CFG, rngs=nnx.Rngs(4)))
     frozen = ("routed_experts",)
     tx, _, _ = make_optimizer(OptimConfig(lr=1e-2, schedule="constant", clip_norm=0.0, freeze_groups=frozen),

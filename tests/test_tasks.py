@@ -8,8 +8,9 @@ from fractions import Fraction
 
 import pytest
 
-from r1jax import evaluate, run_config, task_eval
-from r1jax.tasks import answers, humaneval, runner, sandbox
+from r1jax.eval import evaluate, task_eval
+from r1jax.train import run_config
+from r1jax.eval.tasks import answers, humaneval, runner, sandbox
 
 
 @pytest.fixture(scope="module")
@@ -277,9 +278,10 @@ def test_evaluate_task_end_to_end_on_a_tiny_checkpoint(problems, tmp_path, capsy
     import numpy as np
     from flax import nnx
 
-    from r1jax import checkpoint, generate
+    from r1jax.models import checkpoint
+    from r1jax.inference import generate
     from r1jax.data import load_tokenizer
-    from r1jax.model import Transformer, preset
+    from r1jax.models import Transformer, preset
     cfg = preset("tiny", dtype="float32", num_hidden_layers=2, n_routed_experts=4, n_group=2, topk_group=1)
     # random weights drawn by NumPy: 10x faster than the model's own init on CPU (129,280-row tables)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))

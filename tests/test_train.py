@@ -15,10 +15,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from r1jax import run_config  # noqa: E402
-from r1jax.run_lock import LOCK_NAME  # noqa: E402
-from r1jax.train import TrainingError, _check_finite, run  # noqa: E402
-from r1jax.train_checkpoint import ERRORS_LOG, RunCheckpoints  # noqa: E402
+from r1jax.train import run_config  # noqa: E402
+from r1jax.train.run_lock import LOCK_NAME  # noqa: E402
+from r1jax.train.loop import TrainingError, _check_finite, run  # noqa: E402
+from r1jax.train.checkpoints import ERRORS_LOG, RunCheckpoints  # noqa: E402
 from train_fixtures import config as base_config, synthetic  # noqa: E402
 
 STEPS = 8
@@ -100,7 +100,7 @@ def test_learns_synthetic_task(data, tmp_path):
     assert [r["reference"] for r in logged] == ["e", "a", "i", "s"]  # an even spread of 4 of 8
     assert task[40]["task/contains_accuracy"] == sum(r["passed"] for r in logged) / 4
     # the same items generated from the final checkpoint by the generate CLI's loader
-    from r1jax import generate
+    from r1jax.inference import generate
     from r1jax.data import load_tokenizer
     model, _ = generate.load(str(tmp_path), dtype="float32")
     settings = generate.GenerationSettings(temperature=0.6, top_p=0.95, max_new_tokens=12, seed=0)
@@ -294,8 +294,9 @@ def test_trained_run_exports_to_transformers(data, reference, tmp_path):
     """The run's latest checkpoint exported (bf16) loads in transformers and gives r1jax's loss."""
     import torch
     import transformers
-    from r1jax import checkpoint, export
-    from r1jax.losses import next_token_loss_sums
+    from r1jax.models import checkpoint
+    from r1jax.interop import export
+    from r1jax.models.losses import next_token_loss_sums
     ref, _ = reference
     assert export.main(["--checkpoint", str(ref), "--out", str(tmp_path / "hf")]) == 0
     hf = transformers.DeepseekV3ForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32)
@@ -307,7 +308,7 @@ def test_trained_run_exports_to_transformers(data, reference, tmp_path):
     _, flat = final_params(ref)
     import jax.numpy as jnp
     from flax import nnx
-    from r1jax.model import Transformer
+    from r1jax.models import Transformer
     model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
     pure = nnx.to_pure_dict(state)
@@ -328,7 +329,7 @@ def test_orbax_log_lines_held_during_a_restore_attempt_and_replayed_after_a_good
     """Oracle: records logged through absl inside the block reach no handler there, and reach the
     root logger's handlers (caplog) exactly once after replay."""
     from absl import logging as absl_logging
-    from r1jax.train_checkpoint import _orbax_logs
+    from r1jax.train.checkpoints import _orbax_logs
     with caplog.at_level("WARNING"):
         with _orbax_logs() as held:
             absl_logging.warning("metadata of step %d missing", 4)

@@ -9,12 +9,12 @@ implementations are compared on the same config on a CPU too (tests/test_bench.p
 
 Times the full r1jax train step (forward, backward, AdamW update; bf16 compute, float32 master
 params) after warm-up, median of --steps; checks the bf16 loss against a float32-compute forward on
-the same batch; prints tokens/s, model TFLOP/s (r1jax.flops), MFU against the device's bf16 peak,
+the same batch; prints tokens/s, model TFLOP/s (r1jax.models.deepseek_v3.flops), MFU against the device's bf16 peak,
 peak device memory next to the analytic need of params + grads + Adam state, and compile time.
 With --peer, runs tools/hf_peer.py (HF transformers' DeepseekV3ForCausalLM on the same config,
 forward + backward only) in a subprocess first and prints our tokens/s over its.
-With --lora RANK, also times the LoRA step (r1jax/model/lora.py adapters of that rank on
---lora_targets, trained as r1jax/train.py trains them: split_trained, the base an undonated frozen
+With --lora RANK, also times the LoRA step (r1jax/models/lora.py adapters of that rank on
+--lora_targets, trained as r1jax/train/loop.py trains them: split_trained, the base an undonated frozen
 input; --fp8_base holds its projections as FP8 codes + scales) on the same model, batch and step
 options, and prints its step time over the full step's (below 1: the LoRA step is cheaper).
 """
@@ -36,10 +36,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from r1jax.flops import PEAK_TFLOPS, train_flops_per_token
-from r1jax.model import Transformer, preset
-from r1jax.model.config import LoraConfig
-from r1jax.step import StepConfig, loss_fn, split_trained, train_step
+from r1jax.models.deepseek_v3.flops import train_flops_per_token
+from r1jax.train.monitor import PEAK_TFLOPS
+from r1jax.models import Transformer, preset
+from r1jax.models.deepseek_v3.config import LoraConfig
+from r1jax.train.step import StepConfig, loss_fn, split_trained, train_step
 
 
 

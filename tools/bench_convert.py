@@ -35,8 +35,9 @@ import time
 
 import numpy as np
 
-from r1jax import checkpoint, fp8, layout, safetensors_io
-from r1jax.model.config import ModelConfig, to_hf_dict
+from r1jax.models import checkpoint
+from r1jax.interop import fp8, layout, safetensors_io
+from r1jax.models.deepseek_v3.config import ModelConfig, to_hf_dict
 
 SHARD_BYTES = 200 << 20
 

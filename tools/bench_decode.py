@@ -9,7 +9,7 @@ warm-up call that compiles, the same jitted functions r1jax.generate runs: the p
 left-padded prompts (prompt tokens/s) and decode calls of --steps_per_call steps each (sampling with
 --temperature and top-p 0.95 included; generated tokens/s over the batch), median of --repeats.
 Random weights give near-flat next-token distributions (top-p keeps most of the vocabulary; its
-cost does not depend on that, r1jax/sampling.py); --temperature 0 times greedy decoding.
+cost does not depend on that, r1jax/inference/sampling.py); --temperature 0 times greedy decoding.
 Reports the decode cache per token over all layers, latent (kv_lora_rank + qk_rope_head_dim values)
 against what per-head K/V would hold (heads * (qk_head_dim + v_head_dim)), and the cache's total.
 The last line of stdout is one JSON object.
@@ -27,9 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from r1jax import generate, sampling
-from r1jax.model import Transformer, preset
-from r1jax.model.latent_cache import bytes_per_token
+from r1jax.inference import generate, sampling
+from r1jax.models import Transformer, preset
+from r1jax.models.deepseek_v3.latent_cache import bytes_per_token
 
 
 def init_model(cfg, seed: int = 0):

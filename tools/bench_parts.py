@@ -15,7 +15,7 @@ Each part is one jitted function returning the gradients of its output (a fixed 
 respect to its parameters and its input, which is what the step's backward pass computes for it.
 Prints the median ms of --steps calls after warm-up, the ms it costs per step, its share of the
 full step (tools/bench.py's measurement, in the same run unless --no_full) and the model TFLOP/s of
-the matmul parts (r1jax.flops, per part). What the parts do not add up to is the rest: scan, remat,
+the matmul parts (r1jax.models.deepseek_v3.flops, per part). What the parts do not add up to is the rest: scan, remat,
 the embedding, moving activations between layers. The last line of stdout is one JSON object.
 """
 from __future__ import annotations
@@ -35,12 +35,12 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench as step_bench  # noqa: E402  (tools/bench.py: the full step, and its shrunken config)
 
-from r1jax import flops  # noqa: E402
-from r1jax.losses import chunked_loss_sums, next_token_loss_sums  # noqa: E402
-from r1jax.model import preset  # noqa: E402
-from r1jax.model.norm import RMSNorm  # noqa: E402
-from r1jax.model.rope import rope_tables  # noqa: E402
-from r1jax.model.transformer import Block  # noqa: E402
+from r1jax.models.deepseek_v3 import flops  # noqa: E402
+from r1jax.models.losses import chunked_loss_sums, next_token_loss_sums  # noqa: E402
+from r1jax.models import preset  # noqa: E402
+from r1jax.models.common.norm import RMSNorm  # noqa: E402
+from r1jax.models.deepseek_v3.rope import rope_tables  # noqa: E402
+from r1jax.models.deepseek_v3.transformer import Block  # noqa: E402
 
 
 def median_ms(fn, args, steps: int, warmup: int) -> tuple[float, float]:

@@ -4,14 +4,14 @@
     python tools/hf_peer.py --small --batch 2 --seq 128                               # a CPU
 
 The model is r1jax's own preset (`--small`: tools/bench.py's CPU shrink of v3-small) written in HF's
-config layout by `r1jax.model.config.to_hf_dict`, so both implementations build the same
+config layout by `r1jax.models.deepseek_v3.config.to_hf_dict`, so both implementations build the same
 architecture from one definition. Random init, bf16 weights, SDPA attention, training mode. For
 each expert implementation transformers offers this model (`grouped_mm`, then `eager`) it times one
 forward pass with the language-model loss and its backward pass: no optimizer update, so the peer's
 step is lighter than r1jax's full train step, and a ratio of our tokens/s over its understates us.
 
     tokens/s      = batch * seq / median step time (2 warm-up steps, then --steps timed)
-    model TFLOP/s = r1jax.flops.train_flops_per_token(cfg, seq) * tokens/s / 1e12
+    model TFLOP/s = r1jax.models.deepseek_v3.flops.train_flops_per_token(cfg, seq) * tokens/s / 1e12
 
 (the same formula tools/bench.py uses, on the same config). Prints one JSON row per implementation
 and writes the list to --out; an implementation that fails is reported on stderr and left out.
@@ -30,8 +30,8 @@ import transformers
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import SMALL  # noqa: E402  (tools/bench.py: the --small shrink of v3-small)
-from r1jax.flops import train_flops_per_token  # noqa: E402
-from r1jax.model.config import preset, to_hf_dict  # noqa: E402
+from r1jax.models.deepseek_v3.flops import train_flops_per_token  # noqa: E402
+from r1jax.models.deepseek_v3.config import preset, to_hf_dict  # noqa: E402
 
 EXPERT_IMPLEMENTATIONS = ("grouped_mm", "eager")
 

@@ -21,7 +21,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-import r1jax.model.kernels  # noqa: F401  (marks absl flags parsed before tokamax reads them)
+import r1jax.models.common.kernels  # noqa: F401  (marks absl flags parsed before tokamax reads them)
 import tokamax
 
 
@@ -81,8 +81,8 @@ def packed_rows(b=4, s=4096, h=16, qk=192, v=128, docs=4):
     the mask. TFLOP/s count the full causal square, as the model FLOPs do."""
     import warnings
 
-    from r1jax.model import kernels
-    from r1jax.model.mla import attention_mask, segment_starts
+    from r1jax.models.common import kernels
+    from r1jax.models.deepseek_v3.mla import attention_mask, segment_starts
     ks = jax.random.split(jax.random.key(2), 4)
     q = jax.random.normal(ks[0], (b, s, h, qk), jnp.bfloat16)
     k = jax.random.normal(ks[1], (b, s, h, qk), jnp.bfloat16)
@@ -141,8 +141,8 @@ def ragged_rows(m=131072, e=64, d=2048, f=1408):
 def gate_up_rows(m=65536, e=64, d=2048, f=1024):
     """SwiGLU(x W_gate, x W_up) per expert, fwd + bwd: two grouped matmuls vs one against the pairs.
     The weights come in float32 and are cast to bf16 inside, as the model's parameters are."""
-    from r1jax.model import kernels
-    from r1jax.model.mlp import pair_columns, swiglu, swiglu_pairs
+    from r1jax.models.common import kernels
+    from r1jax.models.common.mlp import pair_columns, swiglu, swiglu_pairs
     ks = jax.random.split(jax.random.key(2), 4)
     x = jax.random.normal(ks[0], (m, d), jnp.bfloat16)
     gate, up = (jax.random.normal(k, (e, d, f), jnp.float32) * d ** -0.5 for k in ks[1:3])

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # sbatch script: `python -m r1jax.train` on every node of a GPU allocation, one process per node
-# (default) or one per GPU, started by srun. JAX joins the processes (r1jax/distributed.py): the
+# (default) or one per GPU, started by srun. JAX joins the processes (r1jax/parallel/distributed.py): the
 # coordinator is the allocation's first node, the process count and ids come from SLURM_NTASKS /
 # SLURM_PROCID. Not run on a real SLURM cluster while it was written; see BUILD.md "Multi-host".
 #

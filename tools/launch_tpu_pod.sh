@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs `python -m r1jax.train` on every worker of a Cloud TPU VM slice: the same command on all hosts
-# (gcloud compute tpus tpu-vm ssh --worker=all); JAX joins them (r1jax/distributed.py asks the VM's
+# (gcloud compute tpus tpu-vm ssh --worker=all); JAX joins them (r1jax/parallel/distributed.py asks the VM's
 # metadata for the coordinator and each worker's id). Setup included: the code is cloned (--repo) or
 # copied from this checkout (git archive of HEAD), then `pip install -e ".[tpu]"` on every worker.
 # Not run on real TPU hardware while it was written; see BUILD.md "Multi-host".

@@ -11,11 +11,11 @@ shared-expert, embedding and head weights WHOLE: an upper bound on the resting b
 (the tool prints the amount). FSDP gathers one layer's weights at a time anyway, so the whole
 weights stand in for the gathered layer too. Two things of the real node are missing and printed
 as analytic corrections: the resting base minus 7/8 of the non-expert weights, and the expert-
-parallel dropless receive buffers (r1jax/model/expert_parallel.py: ep = 8 times the balanced rows of
+parallel dropless receive buffers (r1jax/models/expert_parallel.py: ep = 8 times the balanced rows of
 one chunk of moe_chunk_tokens, in [R, D] and [R, 2F] buffers; one device runs no exchange).
 
-The step is the real LoRA step (r1jax/step.py train_step with the base as the frozen input, split as
-r1jax/train.py splits it: split_trained), FP8 base (ModelConfig.fp8_weights), rank-16 adapters on
+The step is the real LoRA step (r1jax/train/step.py train_step with the base as the frozen input, split as
+r1jax/train/loop.py splits it: split_trained), FP8 base (ModelConfig.fp8_weights), rank-16 adapters on
 the default targets, remat full, one sequence of --seq tokens, AdamW with float32 moments. Weights
 are filled without the model's initializer (whose float32 temporaries of a [58, 32, 7168, 2048]
 stack would not fit): FP8 codes from random bytes with the top exponent bit cleared (|w| <= 1.875,
@@ -38,10 +38,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from r1jax.model import Transformer, preset
-from r1jax.model.config import LoraConfig
-from r1jax.optim import group_of, path_str
-from r1jax.step import StepConfig, split_trained, train_step
+from r1jax.models import Transformer, preset
+from r1jax.models.deepseek_v3.config import LoraConfig
+from r1jax.train.optim import group_of, path_str
+from r1jax.train.step import StepConfig, split_trained, train_step
 
 GIB = 1024 ** 3
 EP = 8   # GPUs per node = expert-parallel degree of mesh preset r1-671b-gpu
@@ -94,7 +94,7 @@ def non_expert_bytes(frozen) -> int:
 
 def ep_buffer_bytes(cfg, chunk: int) -> int:
     """Extra bytes of the node's dropless expert-parallel buffers over one device's balanced ones
-    (r1jax/model/expert_parallel.py): R = EP * C * min(K, El) rows instead of C * K, in the receive
+    (r1jax/models/expert_parallel.py): R = EP * C * min(K, El) rows instead of C * K, in the receive
     [R, D] bf16, the SwiGLU [R, 2F] bf16 and the returned [R, D] bf16 buffers of one chunk."""
     k, el = cfg.num_experts_per_tok, cfg.n_routed_experts
     rows_node, rows_here = EP * chunk * min(k, el), chunk * k

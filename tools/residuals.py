@@ -3,12 +3,12 @@
     python tools/residuals.py --preset v3-small --batch 2 --seq 4096 --loss_chunk 4096
 
 Abstract shapes only (nothing is allocated or run, any machine). Totals the residuals of the loss's
-gradient (r1jax.residuals) by dtype and lists the largest, twice: with attention as a fused kernel
+gradient (r1jax.train.residuals) by dtype and lists the largest, twice: with attention as a fused kernel
 keeps it (the GPU: tokamax's flash kernels keep q, k, v, the output and the softmax's float32
 log-sum-exp), modelled by a stand-in with exactly those residuals; and with the attention this
 machine's tokamax runs (on a CPU, and on a TPU where its Mosaic kernel declines MLA's batched mask,
 the chunked XLA implementation, which keeps float32 running sums per block of keys). The first is
-the figure for a GPU (r1jax.residuals.fused_attention); the difference is what the XLA attention adds. This is the activation part of
+the figure for a GPU (r1jax.train.residuals.fused_attention); the difference is what the XLA attention adds. This is the activation part of
 a step's memory before the compiler's own choices; peak device memory is that plus parameters,
 gradients, optimizer state and temporaries. The last line of stdout is one JSON object.
 """
@@ -26,9 +26,9 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import SMALL, shape_arguments  # noqa: E402  (tools/bench.py)
 
-from r1jax import residuals  # noqa: E402
-from r1jax.model import Transformer, preset  # noqa: E402
-from r1jax.step import StepConfig, loss_fn  # noqa: E402
+from r1jax.train import residuals  # noqa: E402
+from r1jax.models import Transformer, preset  # noqa: E402
+from r1jax.train.step import StepConfig, loss_fn  # noqa: E402
 
 GIB = 2 ** 30
 

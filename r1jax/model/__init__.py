@@ -1,5 +1,0 @@
-"""The DeepSeek-V3/R1 model in Flax NNX."""
-from r1jax.model.config import ConfigError, ModelConfig, load_hf_config, preset
-from r1jax.model.transformer import Transformer
-
-__all__ = ["ConfigError", "ModelConfig", "Transformer", "load_hf_config", "preset"]

@@ -1,0 +1,230 @@
+"""The DeepSeek-V3/R1 decoder: embeddings, scanned stacks of dense and MoE blocks, final norm, head.
+
+Axis legend: B batch, T time, D model, V vocab, L layers (of one stack), E routed experts.
+
+Layers are stacked: every parameter of a stack has a leading L axis (logical name "layers") and the
+stack runs under `jax.lax.scan`, so compile time does not grow with depth. The first
+`first_k_dense_replace` layers form the dense stack, the rest the MoE stack.
+
+Generation: `prefill` runs left-padded prompts through the training forward and fills MLA's latent
+cache (r1jax/models/latent_cache.py); `decode` runs the next tokens against it (MLA.decode).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from r1jax.parallel import sharding
+from r1jax.models.common import lora, params
+from r1jax.models.deepseek_v3.config import ModelConfig
+from r1jax.models.deepseek_v3.latent_cache import LatentCache
+from r1jax.models.deepseek_v3.mla import MLA
+from r1jax.models.common.mlp import MLP
+from r1jax.models.deepseek_v3.moe import MoE
+from r1jax.models.common.norm import RMSNorm
+from r1jax.models.deepseek_v3.rope import rope_tables
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole layer in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Block(nnx.Module):
+    """Pre-norm decoder layer: x + MLA(norm(x)), then h + MLP-or-MoE(norm(h))."""
+
+    def __init__(self, cfg: ModelConfig, moe: bool, *, rngs: nnx.Rngs):
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype)
+        self.attn = MLA(cfg, rngs=rngs)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype)
+        if moe:
+            self.mlp = MoE(cfg, rngs=rngs)
+        else:
+            self.mlp = MLP(cfg, cfg.hidden_size, cfg.intermediate_size, "dense_mlp", rngs=rngs)
+        self.moe = moe
+
+    def __call__(self, x, cos, sin, segment_ids):
+        """x [B, T, D] -> (x' [B, T, D], stats: {} or MoE stats)."""
+        h = x + self.attn(self.attn_norm(x), cos, sin, segment_ids)
+        return self.feed_forward(h, segment_ids > 0)
+
+    def feed_forward(self, h, token_mask):
+        """The second half: h [B, T, D] after attention -> (h + MLP-or-MoE(norm(h)), stats)."""
+        h = sharding.constrain(h, ("batch", "seq", "embed"))
+        if self.moe:
+            y, stats = self.mlp(self.mlp_norm(h), token_mask)
+        else:
+            y, stats = self.mlp(self.mlp_norm(h)), {}
+        return sharding.constrain(h + y, ("batch", "seq", "embed")), stats
+
+    def prefill(self, x, cos, sin, segment_ids):
+        """The training forward, also returning this layer's decode-cache entries:
+        x [B, T, D] -> (x' [B, T, D], (latent [B, T, C], k_rope [B, T, R]))."""
+        a, latent, k_rope = self.attn.forward_with_latent(self.attn_norm(x), cos, sin, segment_ids)
+        x, _ = self.feed_forward(x + a, segment_ids > 0)
+        return x, (latent, k_rope)
+
+    def decode(self, x, cos, sin, cache, layer, slot, mask):
+        """x [B, T, D] at cache slots slot..slot+T-1 -> (x' [B, T, D], cache with layer `layer`
+        written); attention against the latent cache (MLA.decode), mask [B, T, S]."""
+        a, cache = self.attn.decode(self.attn_norm(x), cos, sin, cache, layer, slot, mask)
+        x, _ = self.feed_forward(x + a, jnp.ones(x.shape[:2], bool))
+        return x, cache
+
+
+def stacked_blocks(cfg: ModelConfig, n: int, moe: bool, rngs: nnx.Rngs) -> Block:
+    """n Blocks as one Block whose every variable has a leading [n] axis named "layers"."""
+    @nnx.split_rngs(splits=n)
+    @nnx.vmap(in_axes=(0,), out_axes=0, axis_size=n)
+    def make(r):
+        return Block(cfg, moe, rngs=r)
+
+    blocks = make(rngs)
+    for _, var in nnx.iter_graph(blocks):
+        if isinstance(var, nnx.Variable):
+            var.set_metadata("axes", ("layers",) + params.axes_of(var))
+    return blocks
+
+
+def scan_blocks(blocks: Block, x, cos, sin, segment_ids, remat: str, first_layer: int = 0):
+    """Runs a stacked Block over its layer axis: x [B, T, D] -> (x', stats with a leading [L]).
+    first_layer: the decoder-layer index of the stack's first layer (each layer's adapter dropout
+    masks differ: lora.layer)."""
+    graphdef, state = nnx.split(blocks)
+    n = jax.tree.leaves(state)[0].shape[0]
+
+    def body(h, xs):
+        layer_state, index = xs
+        with lora.layer(index):
+            return nnx.merge(graphdef, layer_state)(h, cos, sin, segment_ids)
+
+    if remat != "none":
+        body = jax.checkpoint(body, policy=_REMAT_POLICIES[remat], prevent_cse=False)
+    return jax.lax.scan(body, x, (state, first_layer + jnp.arange(n, dtype=jnp.int32)))
+
+
+def scan_prefill(blocks: Block, x, cos, sin, segment_ids):
+    """Stacked Block.prefill: x [B, T, D] -> (x', (latent [L, B, T, C], k_rope [L, B, T, R]))."""
+    graphdef, state = nnx.split(blocks)
+
+    def body(h, layer_state):
+        return nnx.merge(graphdef, layer_state).prefill(h, cos, sin, segment_ids)
+
+    return jax.lax.scan(body, x, state)
+
+
+def scan_decode(blocks: Block, first_layer: int, x, cos, sin, cache, slot, mask):
+    """Stacked Block.decode over cache layers first_layer..: x [B, T, D] -> (x', cache)."""
+    graphdef, state = nnx.split(blocks)
+    n = jax.tree.leaves(state)[0].shape[0]
+
+    def body(carry, xs):
+        h, cache = carry
+        layer_state, layer = xs
+        return nnx.merge(graphdef, layer_state).decode(h, cos, sin, cache, layer, slot, mask), None
+
+    (x, cache), _ = jax.lax.scan(body, (x, cache), (state, first_layer + jnp.arange(n, dtype=jnp.int32)))
+    return x, cache
+
+
+def default_positions(tokens: jnp.ndarray) -> jnp.ndarray:
+    return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+
+
+class Transformer(nnx.Module):
+    """DeepseekV3ForCausalLM in Flax NNX (plus the MTP module when cfg.with_mtp)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, v, pd = cfg.hidden_size, cfg.vocab_size, cfg.param_dtype
+        self.cfg = cfg
+        self.embed = params.normal(rngs, (v, d), ("vocab", "embed"), pd)
+        if cfg.first_k_dense_replace:
+            self.dense_layers = stacked_blocks(cfg, cfg.first_k_dense_replace, False, rngs)
+        if cfg.num_moe_layers:
+            self.moe_layers = stacked_blocks(cfg, cfg.num_moe_layers, True, rngs)
+        self.final_norm = RMSNorm(d, cfg.rms_norm_eps, pd)
+        self.lm_head = params.normal(rngs, (d, v), ("embed", "vocab"), pd)
+        if cfg.with_mtp:
+            from r1jax.models.deepseek_v3.mtp import MTP  # the MTP block is a Block: import here to avoid a cycle
+            self.mtp = MTP(cfg, rngs=rngs)
+
+    def embed_tokens(self, tokens: jnp.ndarray) -> jnp.ndarray:
+        """tokens [B, T] int -> [B, T, D] in the compute dtype."""
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.dtype)
+        return sharding.constrain(x, ("batch", "seq", "embed"))
+
+    def hidden_states(self, tokens, positions=None, segment_ids=None):
+        """Final-normed hidden states [B, T, D] and stats {"load": [L_moe, E], "aux_loss": [L_moe]}.
+
+        tokens [B, T] int; positions [B, T] int (default 0..T-1); segment_ids [B, T] int, 0 for
+        padding (default all 1). Tokens attend causally within their segment only.
+        """
+        cfg = self.cfg
+        positions = default_positions(tokens) if positions is None else positions
+        segment_ids = jnp.ones_like(tokens, jnp.int32) if segment_ids is None else segment_ids
+        cos, sin = rope_tables(cfg, positions)
+        x = self.embed_tokens(tokens)
+        stats: dict[str, Any] = {}
+        if cfg.first_k_dense_replace:
+            x, _ = scan_blocks(self.dense_layers, x, cos, sin, segment_ids, cfg.remat)
+        if cfg.num_moe_layers:
+            x, stats = scan_blocks(self.moe_layers, x, cos, sin, segment_ids, cfg.remat,
+                                   cfg.first_k_dense_replace)
+        return self.final_norm(x), stats
+
+    def logits(self, h: jnp.ndarray) -> jnp.ndarray:
+        """h [B, T, D] -> float32 logits [B, T, V]."""
+        out = jnp.einsum("btd,dv->btv", h, self.lm_head[...].astype(h.dtype),
+                         preferred_element_type=jnp.float32)
+        return sharding.constrain(out, ("batch", "seq", "vocab"))
+
+    def __call__(self, tokens, positions=None, segment_ids=None):
+        """tokens [B, T] -> (float32 logits [B, T, V], stats)."""
+        h, stats = self.hidden_states(tokens, positions, segment_ids)
+        return self.logits(h), stats
+
+    def prefill(self, tokens, cache: LatentCache):
+        """Runs LEFT-padded prompts tokens [B, T] (row b real from slot cache.start[b]) through the
+        training forward, filling cache slots 0..T-1: -> (float32 logits [B, V] at the last slot,
+        cache). Padding is its own segment, so it never reaches a real token."""
+        cfg = self.cfg
+        slots = jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
+        segment_ids = (slots >= cache.start[:, None]).astype(jnp.int32)  # [B, T], 0 for padding
+        positions = jnp.maximum(slots - cache.start[:, None], 0)
+        cos, sin = rope_tables(cfg, positions)
+        x = self.embed_tokens(tokens)
+        if cfg.first_k_dense_replace:
+            x, (latent, k_rope) = scan_prefill(self.dense_layers, x, cos, sin, segment_ids)
+            cache = cache.write_layers(0, latent, k_rope)
+        if cfg.num_moe_layers:
+            x, (latent, k_rope) = scan_prefill(self.moe_layers, x, cos, sin, segment_ids)
+            cache = cache.write_layers(cfg.first_k_dense_replace, latent, k_rope)
+        return self.logits(self.final_norm(x[:, -1:]))[:, 0], cache
+
+    def decode(self, tokens, slot, cache: LatentCache):
+        """tokens [B, T] at cache slots slot..slot+T-1 (every row's next tokens) -> (float32 logits
+        [B, T, V], cache with them written). T is 1 for a decode step."""
+        cfg, t = self.cfg, tokens.shape[1]
+        slot = jnp.asarray(slot, jnp.int32)
+        cos, sin = rope_tables(cfg, cache.positions(slot, t))
+        mask = cache.key_mask(slot, t)
+        x = self.embed_tokens(tokens)
+        if cfg.first_k_dense_replace:
+            x, cache = scan_decode(self.dense_layers, 0, x, cos, sin, cache, slot, mask)
+        if cfg.num_moe_layers:
+            x, cache = scan_decode(self.moe_layers, cfg.first_k_dense_replace, x, cos, sin, cache, slot, mask)
+        return self.logits(self.final_norm(x)), cache
+
+    def mtp_logits(self, h, tokens, positions=None, segment_ids=None):
+        """The MTP module's float32 logits [B, T, V] (position t predicts tokens[t+2]) and its MoE
+        stats, from the main model's final-normed hidden states h [B, T, D] (hidden_states)."""
+        if not self.cfg.with_mtp:
+            raise ValueError("this model has no MTP module; build it with with_mtp=True")
+        positions = default_positions(tokens) if positions is None else positions
+        segment_ids = jnp.ones_like(tokens, jnp.int32) if segment_ids is None else segment_ids
+        cos, sin = rope_tables(self.cfg, positions)
+        return self.mtp(h, tokens, cos, sin, segment_ids)

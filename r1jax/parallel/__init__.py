@@ -1,0 +1,1 @@
+"""Parallelism: the one logical-axis -> mesh-axis table, meshes, and joining processes."""
