@@ -1,4 +1,4 @@
-"""Adapters on a frozen base (r1jax/models/lora.py) through the model, the train step and the trainer.
+"""Adapters on a frozen base (r1jax/models/common/lora.py) through the model, the train step and the trainer.
 
 Oracles: the plain model (no adapters) with the same base weights; the plain model holding weights
 merged in NumPy, W + s A B computed here from the adapters' arrays; a single device for a sharded

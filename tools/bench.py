@@ -13,7 +13,7 @@ the same batch; prints tokens/s, model TFLOP/s (r1jax.models.deepseek_v3.flops),
 peak device memory next to the analytic need of params + grads + Adam state, and compile time.
 With --peer, runs tools/hf_peer.py (HF transformers' DeepseekV3ForCausalLM on the same config,
 forward + backward only) in a subprocess first and prints our tokens/s over its.
-With --lora RANK, also times the LoRA step (r1jax/models/lora.py adapters of that rank on
+With --lora RANK, also times the LoRA step (r1jax/models/common/lora.py adapters of that rank on
 --lora_targets, trained as r1jax/train/loop.py trains them: split_trained, the base an undonated frozen
 input; --fp8_base holds its projections as FP8 codes + scales) on the same model, batch and step
 options, and prints its step time over the full step's (below 1: the LoRA step is cheaper).

@@ -11,7 +11,7 @@ shared-expert, embedding and head weights WHOLE: an upper bound on the resting b
 (the tool prints the amount). FSDP gathers one layer's weights at a time anyway, so the whole
 weights stand in for the gathered layer too. Two things of the real node are missing and printed
 as analytic corrections: the resting base minus 7/8 of the non-expert weights, and the expert-
-parallel dropless receive buffers (r1jax/models/expert_parallel.py: ep = 8 times the balanced rows of
+parallel dropless receive buffers (r1jax/models/deepseek_v3/expert_parallel.py: ep = 8 times the balanced rows of
 one chunk of moe_chunk_tokens, in [R, D] and [R, 2F] buffers; one device runs no exchange).
 
 The step is the real LoRA step (r1jax/train/step.py train_step with the base as the frozen input, split as
@@ -94,7 +94,7 @@ def non_expert_bytes(frozen) -> int:
 
 def ep_buffer_bytes(cfg, chunk: int) -> int:
     """Extra bytes of the node's dropless expert-parallel buffers over one device's balanced ones
-    (r1jax/models/expert_parallel.py): R = EP * C * min(K, El) rows instead of C * K, in the receive
+    (r1jax/models/deepseek_v3/expert_parallel.py): R = EP * C * min(K, El) rows instead of C * K, in the receive
     [R, D] bf16, the SwiGLU [R, 2F] bf16 and the returned [R, D] bf16 buffers of one chunk."""
     k, el = cfg.num_experts_per_tok, cfg.n_routed_experts
     rows_node, rows_here = EP * chunk * min(k, el), chunk * k

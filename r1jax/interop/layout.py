@@ -19,7 +19,7 @@ from r1jax.models.deepseek_v3.config import ModelConfig
 # kv_a_proj_with_mqa among them).
 FP8_SUFFIXES = ("_proj.weight", "_proj_with_mqa.weight")
 # r1jax path suffix of the block scales of a projection held as FP8 codes (ModelConfig.fp8_weights):
-# "moe_layers.mlp.gate" holds codes, "moe_layers.mlp.gate_scale" their scales (r1jax/models/params.py).
+# "moe_layers.mlp.gate" holds codes, "moe_layers.mlp.gate_scale" their scales (r1jax/models/common/params.py).
 SCALE_PATH_SUFFIX = "_scale"
 
 

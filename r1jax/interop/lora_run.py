@@ -9,7 +9,7 @@ The base's weights are not in the run: they are read from "base"."path" (r1jax/m
 through `BaseReader`, the one place base arrays come from.
 
 `MergedStore` reads like checkpoint.ParamStore over the plain model (no adapters): every adapted
-projection is W + s A B (r1jax/models/lora.py's merged weight), float32; the router bias is the run's.
+projection is W + s A B (r1jax/models/common/lora.py's merged weight), float32; the router bias is the run's.
 """
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ class KeptScale:
 
 def projection_fans(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
     """{dotted path: (fan_in, fan_out)} of every projection of the model of `cfg` (its `projection`
-    metadata, r1jax/models/params.py)."""
+    metadata, r1jax/models/common/params.py)."""
     state = nnx.state(checkpoint.abstract_model(cfg.replace(lora=LoraConfig())))
     return {".".join(map(str, p)): tuple(v.get_metadata()["projection"])
             for p, v in nnx.to_flat_state(state) if "projection" in v.get_metadata()}

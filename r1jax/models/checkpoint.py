@@ -12,7 +12,7 @@ weights it holds dequantized, under their release names, which let export re-qua
 release's exact codes (r1jax/interop/fp8.py).
 
 With fp8_weights, the decoder layers' projections are float8_e4m3fn codes, each with its float32
-block scales at PATH_scale (r1jax/models/params.py), and everything else is `param_dtype`.
+block scales at PATH_scale (r1jax/models/common/params.py), and everything else is `param_dtype`.
 """
 from __future__ import annotations
 

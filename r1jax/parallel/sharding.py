@@ -1,6 +1,6 @@
 """Logical axis names -> mesh axes: the one table, and the helpers that apply it.
 
-Every parameter carries logical axis names in its `axes` metadata (see r1jax/models/params.py), and the
+Every parameter carries logical axis names in its `axes` metadata (see r1jax/models/common/params.py), and the
 main activations are constrained with `constrain`. Only this module knows mesh axis names.
 Mesh axes: data, fsdp, expert, tensor.
 """
@@ -137,7 +137,7 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
 #   bytes, and MLA's 128 heads need no splitting to fit.
 # - expert: the routed experts are 97% of the 671B. Splitting them over `expert` (each shard owns
 #   256 / expert whole experts) replaces most of their per-layer FSDP all-gather by moving token
-#   copies. The dropless receive buffer of expert parallelism (r1jax/models/expert_parallel.py) grows
+#   copies. The dropless receive buffer of expert parallelism (r1jax/models/deepseek_v3/expert_parallel.py) grows
 #   with the degree, so it is the smallest degree >= 8 that divides the 256 experts and that the
 #   slice's physical torus can form: on a TPU a mesh axis must be a product of whole physical axes
 #   (jax.make_mesh), and v5p 4x4x4 or v6e 16x16 cannot form 8.

@@ -148,7 +148,7 @@ def with_variant(c, variant: str | None):
 def adapter_counts(model_cfg) -> dict[str, int]:
     """{optimizer group: adapter parameters} of model_cfg's adapters (its section lora), counted
     from the abstract model (nnx.eval_shape: no memory); {} without adapters. The MTP block carries
-    none (r1jax/models/mtp.py)."""
+    none (r1jax/models/deepseek_v3/mtp.py)."""
     abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
     counts: dict[str, int] = {}
     for path, x in jax.tree_util.tree_flatten_with_path(nnx.state(abstract, Adapter))[0]:

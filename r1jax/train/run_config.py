@@ -37,10 +37,10 @@ def defaults() -> ml_collections.ConfigDict:
     c.model.param_dtype = "float32"    # master parameter dtype
     c.model.remat = "none"             # none | full | dots | dots_no_batch
     c.model.moe_chunk_tokens = 0       # routed experts over a device's tokens this many at a time; 0 = all
-    c.model.attention_mask = "dense"   # dense | ranges: how packed attention is masked (r1jax/models/mla.py)
+    c.model.attention_mask = "dense"   # dense | ranges: how packed attention is masked (r1jax/models/deepseek_v3/mla.py)
     c.model.with_mtp = False
 
-    c.lora = ml_collections.ConfigDict()  # adapters on a frozen base (r1jax/models/lora.py)
+    c.lora = ml_collections.ConfigDict()  # adapters on a frozen base (r1jax/models/common/lora.py)
     lc = LoraConfig()
     c.lora.rank = lc.rank              # 0 = off (full fine-tuning); > 0: train only adapters of this rank
     c.lora.alpha = lc.alpha            # scale alpha / rank (alpha / sqrt(rank) with rslora)

@@ -3,7 +3,7 @@
 A batch is a dict of int32 [B, T] arrays: `tokens`, `positions`, `segment_ids` (0 on padding) and
 optionally `loss_mask` (1 = training target; without it every next token of a segment is one).
 Parameters are the trained variables: the model's nnx.Param leaves, or, in a model with adapters
-(r1jax/models/lora.py), the adapters alone, the rest of the weights (and FP8 scales) then being
+(r1jax/models/common/lora.py), the adapters alone, the rest of the weights (and FP8 scales) then being
 `frozen`, an input of the step that is neither differentiated, updated, donated nor saved.
 Everything else (the router bias) is `rest`, state that gradients never touch.
 

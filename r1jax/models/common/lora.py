@@ -12,7 +12,7 @@ zero. Training keeps the product unmerged: the gradients of A and B then cost O(
 tokens, never the O(N I O) of W's own gradient. `weight(..., merged=True)` gives W + s A B, for
 decoding (where nothing is differentiated) and for exports of merged weights. Routed experts carry
 one pair per expert, A [E, D, r] and B [E, r, F], applied with the experts' grouped matmuls
-(r1jax/models/moe.py). Adapters are nnx Variables of type params.Adapter, stacked over layers like
+(r1jax/models/deepseek_v3/moe.py). Adapters are nnx Variables of type params.Adapter, stacked over layers like
 their weights and sharded like them (A as W's inputs, B as W's outputs; r replicated).
 
 Dropout (ModelConfig.lora.dropout) applies only inside `dropout(key)` (the train step), to the input

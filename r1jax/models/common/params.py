@@ -2,8 +2,8 @@
 
 Variable types say what a variable is, so that code splitting a model reads types, never names:
     nnx.Param    a weight (trained in full fine-tuning, the frozen base under adapters)
-    Adapter      a low-rank adapter's A or B (r1jax/models/lora.py): what a LoRA run trains
-    Fp8Scale     the block scales of a weight held as FP8 codes (r1jax/models/quantized.py)
+    Adapter      a low-rank adapter's A or B (r1jax/models/common/lora.py): what a LoRA run trains
+    Fp8Scale     the block scales of a weight held as FP8 codes (r1jax/models/common/quantized.py)
     RouterBias   the aux-loss-free routing bias: state, never a gradient parameter
 
 A projection (a weight x -> y of a decoder layer) is laid out [stack..., in..., out...] and records

@@ -50,7 +50,7 @@ ADAPTABLE_GROUPS = ("attention", "dense_mlp", "shared_experts", "routed_experts"
 
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
-    """Low-rank adapters on frozen projections (r1jax/models/lora.py): W x + scale B A x.
+    """Low-rank adapters on frozen projections (r1jax/models/common/lora.py): W x + scale B A x.
 
     rank 0 turns them off; scale = alpha / rank, or alpha / sqrt(rank) with rslora; dropout on the
     adapters' input while training; targets: groups of ADAPTABLE_GROUPS whose projections get one."""
@@ -115,8 +115,8 @@ class ModelConfig:
                                             # key range (its segment's start .. itself), no mask array
     fp8_weights: bool = False               # the decoder layers' projections held as the release's
                                             # e4m3 codes + 128x128 scales, dequantized per layer
-                                            # (r1jax/models/params.py); frozen: a base for adapters
-    lora: LoraConfig = LoraConfig()         # adapters on the projections (r1jax/models/lora.py)
+                                            # (r1jax/models/common/params.py); frozen: a base for adapters
+    lora: LoraConfig = LoraConfig()         # adapters on the projections (r1jax/models/common/lora.py)
 
     def __post_init__(self):
         validate(self)

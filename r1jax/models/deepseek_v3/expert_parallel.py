@@ -61,7 +61,7 @@ from r1jax.parallel import sharding
 
 AXIS = "expert"          # the mesh axis the experts are split over (r1jax.parallel.sharding.RULES["expert"])
 TENSOR, FSDP = "tensor", "fsdp"
-# Expert matrices [E, ., .] by name (r1jax/models/moe.py expert_weights): (the axis split over fsdp,
+# Expert matrices [E, ., .] by name (r1jax/models/deepseek_v3/moe.py expert_weights): (the axis split over fsdp,
 # all-gathered inside the layer; the axis split over tensor), None where not split. A split of the
 # width F over tensor leaves partial sums of the down projection (and of its adapter, whose A
 # contracts F), summed once at the end.

@@ -8,7 +8,7 @@ N qk_nope_head_dim, R qk_rope_head_dim, V v_head_dim.
     k_n, v = split(kv_b(rmsnorm(c)))                   [B, T, H, N], [B, T, H, V]
     attn   = softmax(q.k * scale, causal & same segment) v
 
-Decode (`decode`, `attend_latent`) caches only c and kr (r1jax/models/latent_cache.py) and absorbs
+Decode (`decode`, `attend_latent`) caches only c and kr (r1jax/models/deepseek_v3/latent_cache.py) and absorbs
 kv_b: scores = (q_nope W_k^T).c + q_rope.kr, out = (softmax . c) W_v, never forming per-head K/V.
 """
 from __future__ import annotations

@@ -81,7 +81,7 @@ def sequence_aux_loss(r: Routing, token_mask: jnp.ndarray, batch: int, cfg: Mode
 
 def expert_weights(moe: "MoE", dtype) -> dict[str, jnp.ndarray]:
     """The routed experts' matrices in `dtype` for grouped_swiglu: "gate_up" [E, D, 2F]
-    (`pair_columns(gate, up)`), "down" [E, F, D] and, with adapters (r1jax/models/lora.py),
+    (`pair_columns(gate, up)`), "down" [E, F, D] and, with adapters (r1jax/models/common/lora.py),
     "a_gate_up" [E, D, 2r] (gate's A, then up's), "b_gate_up" [E, 2r, 2F] (s B, gate's rows on
     gate's columns and up's on up's, paired like gate_up), "a_down" [E, F, r], "b_down" [E, r, D]."""
     w = {"gate_up": pair_columns(lora.base_weight(moe, "gate", dtype), lora.base_weight(moe, "up", dtype)),

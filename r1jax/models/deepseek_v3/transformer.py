@@ -7,7 +7,7 @@ stack runs under `jax.lax.scan`, so compile time does not grow with depth. The f
 `first_k_dense_replace` layers form the dense stack, the rest the MoE stack.
 
 Generation: `prefill` runs left-padded prompts through the training forward and fills MLA's latent
-cache (r1jax/models/latent_cache.py); `decode` runs the next tokens against it (MLA.decode).
+cache (r1jax/models/deepseek_v3/latent_cache.py); `decode` runs the next tokens against it (MLA.decode).
 """
 from __future__ import annotations
 
