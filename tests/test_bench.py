@@ -36,7 +36,7 @@ def test_parts_cover_every_model_flop_of_a_step(tmp_path):
     """tools/bench_parts.py on CPU: each part timed, counted as often as a step runs it, and the
     parts' FLOPs together are the whole step's (r1jax.models.deepseek_v3.flops' formula for the model)."""
     from r1jax.models.deepseek_v3.flops import train_flops_per_token
-    from r1jax.models import preset
+    from r1jax.models.registry import preset
     sys.path.insert(0, str(ROOT / "tools"))
     from bench import SMALL
 
@@ -96,8 +96,8 @@ def test_bench_lora_times_the_lora_step_next_to_the_full_step(tmp_path):
     sys.path.insert(0, str(ROOT / "tools"))
     from bench import SMALL
     from r1jax.train import plan
-    from r1jax.models import preset
-    from r1jax.models.deepseek_v3.config import LoraConfig
+    from r1jax.models.registry import preset
+    from r1jax.models.common.config import LoraConfig
     out = tmp_path / "bench.json"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     r = subprocess.run([sys.executable, "tools/bench.py", "--small", "--batch", "2", "--seq", "128",

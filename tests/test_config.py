@@ -10,8 +10,10 @@ import pytest
 import transformers
 from flax import nnx
 
-from r1jax.models import Transformer
-from r1jax.models.deepseek_v3.config import ConfigError, from_hf_dict, load_hf_config, preset, to_hf_dict
+from r1jax.models.deepseek_v3.transformer import Transformer
+from r1jax.models.common.config import ConfigError
+from r1jax.models.deepseek_v3.config import from_hf_dict, to_hf_dict
+from r1jax.models.registry import load_hf_config, preset
 from r1jax.models.common.params import RouterBias
 
 DATA = Path(__file__).resolve().parent / "data"

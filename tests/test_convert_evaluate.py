@@ -17,7 +17,7 @@ from hf_oracle import hf_loss_and_logits, hf_state, random_hf_model
 from release_writer import per_expert
 from r1jax.interop import convert
 from r1jax.data import encode, load_tokenizer
-from r1jax.models import preset
+from r1jax.models.registry import preset
 
 # The real R1 vocabulary, so {"text": ...} rows go through the R1 tokenizer.
 CFG = preset("tiny", dtype="float32", num_hidden_layers=3, first_k_dense_replace=1, n_routed_experts=8,

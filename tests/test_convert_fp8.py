@@ -21,7 +21,7 @@ from task_calls import TaskCalls
 from r1jax.models import checkpoint
 from r1jax.interop import convert, layout, resumable, safetensors_io
 from r1jax.parallel import sharding
-from r1jax.models import preset
+from r1jax.models.registry import preset
 
 # Dimensions with several FP8 blocks per matrix and partial edge blocks (200 = 128 + 72, 300, 136,
 # 160, 144); all even, so every axis splits over a mesh of 2 x 2 x 2.

@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 from r1jax.models import checkpoint
 from r1jax.interop import convert, fp8, layout, resumable, safetensors_io, streaming
-from r1jax.models import preset
+from r1jax.models.registry import preset
 
 CFG = preset("tiny", vocab_size=96, num_hidden_layers=3, first_k_dense_replace=1, with_mtp=True)
 BF16 = np.dtype(ml_dtypes.bfloat16)

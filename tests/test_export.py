@@ -21,7 +21,7 @@ from r1jax.models import checkpoint
 from r1jax.interop import convert, export
 from r1jax.data.tokenizer import packaged_tokenizer_dir
 from r1jax.eval.evaluate import score
-from r1jax.models import Transformer
+from r1jax.models.deepseek_v3.transformer import Transformer
 from task_calls import TaskCalls
 from test_convert_fp8 import CFG
 

@@ -9,7 +9,7 @@ import pytest
 from r1jax.models.deepseek_v3 import flops
 from r1jax.models.checkpoint import param_shapes
 from r1jax.models.common import kernels
-from r1jax.models import preset
+from r1jax.models.registry import preset
 
 
 def _active_from_shapes(cfg):
@@ -72,7 +72,7 @@ SEGMENTS = np.array([[1, 1, 1, 2, 2, 3, 3, 3, 3, 0, 0, 0],
 
 
 def test_segment_starts_are_where_each_run_begins():
-    from r1jax.models.deepseek_v3.mla import segment_starts
+    from r1jax.models.common.masks import segment_starts
     want = np.zeros_like(SEGMENTS)
     for b, row in enumerate(SEGMENTS):
         for t in range(len(row)):
@@ -91,7 +91,7 @@ def _attention_inputs(dtype, b=3, t=12, h=2, qk=24, v=16):
 
 @pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-6), (jnp.bfloat16, 2e-2)])
 def test_attention_over_key_ranges_equals_the_same_segment_mask(dtype, tol, monkeypatch):
-    from r1jax.models.deepseek_v3.mla import attention_mask, segment_starts
+    from r1jax.models.common.masks import attention_mask, segment_starts
     q, k, v = _attention_inputs(dtype)
     seg = jnp.asarray(SEGMENTS)
     want = kernels.attention(q, k, v, attention_mask(seg), 0.2)
@@ -114,7 +114,7 @@ def test_bf16_attention_on_long_packed_rows_keeps_no_score_matrix():
     several blocks of queries and keys (the last one partial) of packed rows it equals the float32
     attention, values and gradients, and keeps no [.., T, S] scores for the backward pass."""
     from r1jax.train import residuals
-    from r1jax.models.deepseek_v3.mla import attention_mask
+    from r1jax.models.common.masks import attention_mask
     t = 1536  # tokamax's XLA chunks: 512 queries x 1024 keys
     q, k, v = _attention_inputs(jnp.float32, b=1, t=t, h=2, qk=16, v=8)
     seg = jnp.asarray(np.repeat([[1, 2, 3]], [700, 600, 236], axis=1).astype(np.int32))
@@ -132,8 +132,8 @@ def test_bf16_attention_on_long_packed_rows_keeps_no_score_matrix():
 def test_model_with_key_ranges_equals_dense_mask_forward_and_gradients():
     import jax
     from flax import nnx
-    from r1jax.models import Transformer
-    from r1jax.models.deepseek_v3.config import ConfigError
+    from r1jax.models.deepseek_v3.transformer import Transformer
+    from r1jax.models.common.config import ConfigError
     tokens = jnp.asarray(np.random.RandomState(1).randint(0, 256, SEGMENTS.shape))
     outs = {}
     for mode in ("dense", "ranges"):

@@ -26,7 +26,8 @@ from r1jax.eval import evaluate
 from r1jax.inference import generate
 from r1jax.data import load_tokenizer
 from r1jax.inference.generate import GenerationSettings, generate_texts
-from r1jax.models import Transformer, preset
+from r1jax.models.deepseek_v3.transformer import Transformer
+from r1jax.models.registry import preset
 from r1jax.models.deepseek_v3.config import to_hf_dict as to_hf
 from test_convert_fp8 import CFG
 from task_calls import TaskCalls

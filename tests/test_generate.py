@@ -33,7 +33,8 @@ from r1jax.inference import generate
 from r1jax.parallel import sharding
 from r1jax.data import load_tokenizer
 from r1jax.inference.generate import GenerationSettings, generate_ids, generate_texts
-from r1jax.models import Transformer, preset
+from r1jax.models.deepseek_v3.transformer import Transformer
+from r1jax.models.registry import preset
 from r1jax.models.deepseek_v3.latent_cache import bytes_per_token, init_cache
 
 # Both LoRAs, grouped routing with a router bias, YaRN past its original length, 1 dense + 2 MoE.

@@ -19,8 +19,9 @@ from flax import nnx
 
 from r1jax.models import checkpoint
 from r1jax.parallel import sharding
-from r1jax.models import Transformer, preset
-from r1jax.models.deepseek_v3.config import LoraConfig
+from r1jax.models.deepseek_v3.transformer import Transformer
+from r1jax.models.registry import preset
+from r1jax.models.common.config import LoraConfig
 from r1jax.models.common.params import Adapter
 from r1jax.train.optim import OptimConfig, make_optimizer
 from r1jax.train.run_config import RunConfigError, validate

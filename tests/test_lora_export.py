@@ -23,8 +23,9 @@ from hf_oracle import hf_loss_and_logits, hf_state, r1jax_params, random_hf_mode
 from r1jax.models import checkpoint
 from r1jax.interop import export
 from r1jax.eval.evaluate import score
-from r1jax.models import Transformer
-from r1jax.models.deepseek_v3.config import ADAPTABLE_GROUPS, LoraConfig, preset
+from r1jax.models.deepseek_v3.transformer import Transformer
+from r1jax.models.common.config import ADAPTABLE_GROUPS, LoraConfig
+from r1jax.models.registry import preset
 
 CFG = preset("tiny", vocab_size=256, num_hidden_layers=2, dtype="float32", param_dtype="float32")
 LORA = LoraConfig(rank=2, alpha=6.0, targets=ADAPTABLE_GROUPS)

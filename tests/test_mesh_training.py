@@ -23,7 +23,8 @@ import tiny  # noqa: E402  (configs/tiny.py)
 
 from r1jax.train import run_config, loop as train  # noqa: E402
 from r1jax.parallel import sharding
-from r1jax.models import Transformer, preset  # noqa: E402
+from r1jax.models.deepseek_v3.transformer import Transformer  # noqa: E402
+from r1jax.models.registry import preset
 from r1jax.train.optim import OptimConfig, make_optimizer, path_str  # noqa: E402
 from r1jax.train.step import StepConfig, split_model  # noqa: E402
 from r1jax.train.loop import jit_train_step, opt_state_shardings  # noqa: E402

@@ -5,7 +5,7 @@ import pytest
 
 import jax.numpy as jnp
 
-from r1jax.models.deepseek_v3.config import preset
+from r1jax.models.registry import preset
 from r1jax.models.common.mlp import pair_columns
 from r1jax.models.deepseek_v3.moe import Routing, dropless_experts, expert_load, route, sequence_aux_loss
 
@@ -285,7 +285,7 @@ def test_moe_chunk_tokens_split_and_bad_values_named():
     """A device's n tokens in chunks of at most C (as even as possible, the last padded); C 0 or
     >= n is one chunk; a negative C is an error naming the key, in the model and the run config."""
     from r1jax.train import run_config
-    from r1jax.models.deepseek_v3.config import ConfigError
+    from r1jax.models.common.config import ConfigError
     from r1jax.models.deepseek_v3.expert_parallel import chunk_size
     assert chunk_size(64, 24) == (3, 22) and chunk_size(4096, 512) == (8, 512)
     assert chunk_size(8, 0) == chunk_size(8, 8) == chunk_size(8, 100) == (1, 8)

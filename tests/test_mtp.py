@@ -14,7 +14,8 @@ from r1jax.interop import layout
 from r1jax.models.checkpoint import unflatten
 from r1jax.interop.convert import fill_params
 from r1jax.models.losses import next_token_loss_sums
-from r1jax.models import Transformer, preset
+from r1jax.models.deepseek_v3.transformer import Transformer
+from r1jax.models.registry import preset
 
 CFG = preset("tiny", dtype="float32", vocab_size=256, with_mtp=True, rope_factor=4.0,
              rope_original_max_position_embeddings=32)

@@ -9,7 +9,8 @@ import optax
 import pytest
 from flax import nnx
 
-from r1jax.models import Transformer, preset
+from r1jax.models.deepseek_v3.transformer import Transformer
+from r1jax.models.registry import preset
 from r1jax.train.optim import OptimConfig, group_of, make_optimizer, parse_stages, path_str, schedule, StageError
 from r1jax.train.step import loss_fn, split_model
 

@@ -14,7 +14,8 @@ from flax import nnx
 
 from hf_oracle import hf_loss_and_logits, hf_state, r1jax_params, random_hf_model
 from r1jax.models.losses import next_token_loss_sums
-from r1jax.models import Transformer, preset
+from r1jax.models.deepseek_v3.transformer import Transformer
+from r1jax.models.registry import preset
 
 CONFIGS = {
     # 1 dense layer, 1 shared expert, normalized top-k, 4 groups keep 2, YaRN x4 past 128 tokens.

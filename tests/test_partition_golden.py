@@ -17,7 +17,8 @@ import jax
 from flax import nnx
 
 from r1jax.parallel import sharding
-from r1jax.models import Transformer, preset
+from r1jax.models.deepseek_v3.transformer import Transformer
+from r1jax.models.registry import preset
 from r1jax.train.optim import path_str
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "r1_671b_partition.json")

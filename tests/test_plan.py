@@ -17,7 +17,8 @@ import pytest
 from flax import nnx
 
 from r1jax.train import plan
-from r1jax.models import Transformer, preset
+from r1jax.models.deepseek_v3.transformer import Transformer
+from r1jax.models.registry import preset
 from r1jax.train.run_config import defaults
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -239,7 +240,7 @@ def test_adapter_counts_match_the_architecture_formula():
     """plan.adapter_counts (the abstract model's Adapter variables) against _adapter_formula (a
     hand count from ModelConfig's shapes), for the tiny preset and R1-671B, with and without
     routed-expert adapters."""
-    from r1jax.models.deepseek_v3.config import LoraConfig
+    from r1jax.models.common.config import LoraConfig
     every = ("attention", "dense_mlp", "shared_experts", "routed_experts")
     for name in ("tiny", "r1-671b"):
         for targets in (every[:3], every):

@@ -18,8 +18,8 @@ from flax import nnx
 
 from r1jax.train import residuals
 from r1jax.models.common import kernels
-from r1jax.models import preset
-from r1jax.models.deepseek_v3.mla import attention_mask
+from r1jax.models.registry import preset
+from r1jax.models.common.masks import attention_mask
 from r1jax.models.deepseek_v3.rope import rope_tables
 from r1jax.models.deepseek_v3.transformer import Block
 

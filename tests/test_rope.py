@@ -9,7 +9,7 @@ from transformers.models.deepseek_v3 import modeling_deepseek_v3 as hf_ds
 
 import jax.numpy as jnp
 
-from r1jax.models.deepseek_v3.config import preset
+from r1jax.models.registry import preset
 from r1jax.models.deepseek_v3.rope import apply_rope, rope_attention_factor, rope_tables, yarn_inv_freq
 
 # (our config, the same numbers as transformers' rope_parameters)

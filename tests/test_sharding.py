@@ -13,7 +13,8 @@ import pytest
 from flax import nnx
 
 from r1jax.parallel import sharding
-from r1jax.models import Transformer, preset
+from r1jax.models.deepseek_v3.transformer import Transformer
+from r1jax.models.registry import preset
 from r1jax.train.step import loss_fn, split_model
 
 CFG = preset("tiny", dtype="float32", vocab_size=256, num_attention_heads=4, n_routed_experts=8)

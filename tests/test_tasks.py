@@ -281,7 +281,8 @@ def test_evaluate_task_end_to_end_on_a_tiny_checkpoint(problems, tmp_path, capsy
     from r1jax.models import checkpoint
     from r1jax.inference import generate
     from r1jax.data import load_tokenizer
-    from r1jax.models import Transformer, preset
+    from r1jax.models.deepseek_v3.transformer import Transformer
+    from r1jax.models.registry import preset
     cfg = preset("tiny", dtype="float32", num_hidden_layers=2, n_routed_experts=4, n_group=2, topk_group=1)
     # random weights drawn by NumPy: 10x faster than the model's own init on CPU (129,280-row tables)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))

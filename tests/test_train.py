@@ -308,7 +308,7 @@ def test_trained_run_exports_to_transformers(data, reference, tmp_path):
     _, flat = final_params(ref)
     import jax.numpy as jnp
     from flax import nnx
-    from r1jax.models import Transformer
+    from r1jax.models.deepseek_v3.transformer import Transformer
     model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
     pure = nnx.to_pure_dict(state)

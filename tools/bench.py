@@ -38,8 +38,9 @@ from flax import nnx
 
 from r1jax.models.deepseek_v3.flops import train_flops_per_token
 from r1jax.train.monitor import PEAK_TFLOPS
-from r1jax.models import Transformer, preset
-from r1jax.models.deepseek_v3.config import LoraConfig
+from r1jax.models.deepseek_v3.transformer import Transformer
+from r1jax.models.registry import preset
+from r1jax.models.common.config import LoraConfig
 from r1jax.train.step import StepConfig, loss_fn, split_trained, train_step
 
 

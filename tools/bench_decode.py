@@ -28,7 +28,8 @@ import numpy as np
 from flax import nnx
 
 from r1jax.inference import generate, sampling
-from r1jax.models import Transformer, preset
+from r1jax.models.deepseek_v3.transformer import Transformer
+from r1jax.models.registry import preset
 from r1jax.models.deepseek_v3.latent_cache import bytes_per_token
 
 

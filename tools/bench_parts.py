@@ -37,7 +37,7 @@ import bench as step_bench  # noqa: E402  (tools/bench.py: the full step, and it
 
 from r1jax.models.deepseek_v3 import flops  # noqa: E402
 from r1jax.models.losses import chunked_loss_sums, next_token_loss_sums  # noqa: E402
-from r1jax.models import preset  # noqa: E402
+from r1jax.models.registry import preset  # noqa: E402
 from r1jax.models.common.norm import RMSNorm  # noqa: E402
 from r1jax.models.deepseek_v3.rope import rope_tables  # noqa: E402
 from r1jax.models.deepseek_v3.transformer import Block  # noqa: E402

@@ -31,7 +31,8 @@ import transformers
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import SMALL  # noqa: E402  (tools/bench.py: the --small shrink of v3-small)
 from r1jax.models.deepseek_v3.flops import train_flops_per_token  # noqa: E402
-from r1jax.models.deepseek_v3.config import preset, to_hf_dict  # noqa: E402
+from r1jax.models.deepseek_v3.config import to_hf_dict  # noqa: E402
+from r1jax.models.registry import preset
 
 EXPERT_IMPLEMENTATIONS = ("grouped_mm", "eager")
 

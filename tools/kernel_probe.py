@@ -82,7 +82,7 @@ def packed_rows(b=4, s=4096, h=16, qk=192, v=128, docs=4):
     import warnings
 
     from r1jax.models.common import kernels
-    from r1jax.models.deepseek_v3.mla import attention_mask, segment_starts
+    from r1jax.models.common.masks import attention_mask, segment_starts
     ks = jax.random.split(jax.random.key(2), 4)
     q = jax.random.normal(ks[0], (b, s, h, qk), jnp.bfloat16)
     k = jax.random.normal(ks[1], (b, s, h, qk), jnp.bfloat16)

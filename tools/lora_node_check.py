@@ -38,8 +38,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from r1jax.models import Transformer, preset
-from r1jax.models.deepseek_v3.config import LoraConfig
+from r1jax.models.deepseek_v3.transformer import Transformer
+from r1jax.models.registry import preset
+from r1jax.models.common.config import LoraConfig
 from r1jax.train.optim import group_of, path_str
 from r1jax.train.step import StepConfig, split_trained, train_step
 

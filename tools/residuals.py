@@ -27,7 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import SMALL, shape_arguments  # noqa: E402  (tools/bench.py)
 
 from r1jax.train import residuals  # noqa: E402
-from r1jax.models import Transformer, preset  # noqa: E402
+from r1jax.models.deepseek_v3.transformer import Transformer  # noqa: E402
+from r1jax.models.registry import preset
 from r1jax.train.step import StepConfig, loss_fn  # noqa: E402
 
 GIB = 2 ** 30

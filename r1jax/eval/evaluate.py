@@ -25,7 +25,7 @@ from flax import nnx
 from r1jax.models import checkpoint, sources
 from r1jax.data import DataError, load_tokenizer, read_scoring_rows
 from r1jax.models.losses import next_token_loss_sums
-from r1jax.models.deepseek_v3.config import ConfigError
+from r1jax.models.common.config import ConfigError
 from r1jax.eval.tasks import cli as task_cli
 from r1jax.eval.tasks.humaneval import HumanEvalError
 from r1jax.eval.tasks.runner import TaskError

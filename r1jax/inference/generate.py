@@ -67,7 +67,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -80,8 +80,7 @@ from r1jax.parallel import sharding
 from r1jax.data.chat import generation_prompt, prompt_ids
 from r1jax.data.formats import DataError, Example, json_objects, parse_row, split_reasoning
 from r1jax.data.tokenizer import load_tokenizer
-from r1jax.models.deepseek_v3.config import ConfigError
-from r1jax.models.deepseek_v3.latent_cache import LatentCache, init_cache
+from r1jax.models.common.config import ConfigError
 from r1jax.models.deepseek_v3.transformer import Transformer
 
 PROMPT_BUCKET = 64  # prompts are left-padded to a multiple of this: few shapes to compile
@@ -132,7 +131,7 @@ def length_problem(n_prompt: int, max_new_tokens: int, max_positions: int) -> st
 
 class Decoding(NamedTuple):
     """The decode loop's state (a pytree)."""
-    cache: LatentCache
+    cache: Any           # the model's decode cache (its init_cache)
     logits: jnp.ndarray   # [B, V] float32: next-token logits of every row
     slot: jnp.ndarray     # () int32: the cache slot the next token goes to
     done: jnp.ndarray     # [B] bool: row finished (emits -1 from now on)
@@ -146,7 +145,7 @@ class Decoding(NamedTuple):
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_len"))
 def _prefill(graphdef, state, tokens, start, rows, done, seed, max_len: int) -> Decoding:
     model = nnx.merge(graphdef, state)
-    cache = init_cache(model.cfg, tokens.shape[0], max_len, start)
+    cache = model.init_cache(tokens.shape[0], max_len, start)
     logits, cache = model.prefill(tokens, cache)
     return Decoding(cache, logits, jnp.asarray(tokens.shape[1], jnp.int32), done, rows,
                     jnp.zeros((), jnp.int32), seed)

@@ -29,7 +29,9 @@ import numpy as np
 
 from r1jax.models import checkpoint
 from r1jax.interop import fp8, layout, resumable, safetensors_io, streaming
-from r1jax.models.deepseek_v3.config import ConfigError, ModelConfig, load_hf_config, to_hf_dict
+from r1jax.models.common.config import ConfigError
+from r1jax.models.deepseek_v3.config import ModelConfig, to_hf_dict
+from r1jax.models.registry import load_hf_config
 
 SCALE_SUFFIX = "_scale_inv"  # "<name>.weight" has its block scales in "<name>.weight_scale_inv"
 READ_AHEAD_BYTES = 256 << 20  # the kernel reads this far ahead of the tensors being converted

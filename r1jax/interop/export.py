@@ -35,7 +35,8 @@ from r1jax.interop import fp8, layout, lora_run, peft_adapter, resumable, safete
 from r1jax.interop.convert import SCALE_SUFFIX
 from r1jax.data import DataError, load_tokenizer, read_scoring_rows
 from r1jax.data.tokenizer import packaged_tokenizer_dir
-from r1jax.models.deepseek_v3.config import ConfigError, LoraConfig, ModelConfig, to_hf_dict
+from r1jax.models.common.config import ConfigError, LoraConfig
+from r1jax.models.deepseek_v3.config import ModelConfig, to_hf_dict
 from r1jax.models.sources import training_step_dir
 
 QUANTIZATION_CONFIG = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",

@@ -21,7 +21,8 @@ from flax import nnx
 from r1jax.models import checkpoint
 from r1jax.interop import fp8, layout
 from r1jax.interop.convert import SCALE_SUFFIX
-from r1jax.models.deepseek_v3.config import LoraConfig, ModelConfig, to_hf_dict
+from r1jax.models.common.config import LoraConfig
+from r1jax.models.deepseek_v3.config import ModelConfig, to_hf_dict
 
 ADAPTER_SUFFIX = "_lora"
 

@@ -1,5 +1,3 @@
-"""The DeepSeek-V3/R1 model in Flax NNX."""
-from r1jax.models.deepseek_v3.config import ConfigError, ModelConfig, load_hf_config, preset
-from r1jax.models.deepseek_v3.transformer import Transformer
-
-__all__ = ["ConfigError", "ModelConfig", "Transformer", "load_hf_config", "preset"]
+"""Model families (deepseek_v3/, ...) over shared building blocks (common/), found by model_type in
+registry.py; the model checkpoint format (checkpoint.py), the --checkpoint resolver (sources.py) and
+the next-token losses training and evaluation share (losses.py)."""

@@ -30,7 +30,8 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 from flax import nnx
 
-from r1jax.models.deepseek_v3.config import LoraConfig, ModelConfig, from_hf_dict, to_hf_dict
+from r1jax.models.common.config import LoraConfig
+from r1jax.models.deepseek_v3.config import ModelConfig, from_hf_dict, to_hf_dict
 from r1jax.models.deepseek_v3.transformer import Transformer
 
 META_NAME = "r1jax.json"

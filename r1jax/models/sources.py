@@ -20,7 +20,8 @@ from flax import nnx
 
 from r1jax.models import checkpoint
 from r1jax.parallel import sharding
-from r1jax.models.deepseek_v3.config import LoraConfig, ModelConfig
+from r1jax.models.common.config import LoraConfig
+from r1jax.models.deepseek_v3.config import ModelConfig
 from r1jax.models.common.params import Fp8Scale
 from r1jax.models.deepseek_v3.transformer import Transformer
 from r1jax.train.step import split_trained

@@ -36,11 +36,11 @@ from r1jax.data.loader import make_loader
 from r1jax.data.tokenizer import load_tokenizer
 from r1jax.data.token_store import TokenStore
 from r1jax.models.deepseek_v3.flops import train_flops_per_token
-from r1jax.models import Transformer
+from r1jax.models.deepseek_v3.transformer import Transformer
 from r1jax.train.monitor import Monitor, device_memory, peak_tflops
 from r1jax.train.optim import make_optimizer, path_str
 from r1jax.train.run_json import JsonlError, dumps
-from r1jax.models.deepseek_v3.config import LoraConfig
+from r1jax.models.common.config import LoraConfig
 from r1jax.train.step import StepConfig, loss_fn, merge, split_adapters, split_model, split_trained, train_step
 from r1jax.eval.task_eval import TaskEval
 from r1jax.eval.tasks.runner import TaskError

@@ -37,7 +37,7 @@ from flax import nnx
 from r1jax.train import run_config
 from r1jax.parallel import sharding
 from r1jax.models.deepseek_v3.flops import train_flops_per_token
-from r1jax.models import Transformer
+from r1jax.models.deepseek_v3.transformer import Transformer
 from r1jax.models.common.params import Adapter
 from r1jax.train.optim import group_of, make_optimizer, path_str
 from r1jax.train.step import split_trained

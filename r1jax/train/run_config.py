@@ -15,7 +15,9 @@ import os
 
 import ml_collections
 
-from r1jax.models.deepseek_v3.config import ADAPTABLE_GROUPS, LoraConfig, ModelConfig, preset
+from r1jax.models.common.config import ADAPTABLE_GROUPS, LoraConfig
+from r1jax.models.deepseek_v3.config import ModelConfig
+from r1jax.models.registry import preset
 from r1jax.train.optim import OptimConfig
 from r1jax.parallel.sharding import MESH_PRESETS
 from r1jax.train.step import StepConfig
@@ -31,7 +33,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.model = ml_collections.ConfigDict()
-    c.model.preset = "small"           # r1jax.models.deepseek_v3.config.PRESETS, or the checkpoint's own config
+    c.model.preset = "small"           # a preset of any family (r1jax.models.registry.preset), or the checkpoint's own config
     c.model.checkpoint = ""            # r1jax model checkpoint (python -m r1jax.convert); "" = random init
     c.model.dtype = "bfloat16"         # compute dtype
     c.model.param_dtype = "float32"    # master parameter dtype

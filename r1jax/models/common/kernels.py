@@ -90,7 +90,7 @@ def _tokamax_ranges(q, k, v, k_start, scale, implementation):
 
 def attention_ranges(q, k, v, k_start, scale):
     """Causal attention where query t of row b sees keys k_start[b, t]..t: q, k [B, T, H, K],
-    v [B, T, H, V], k_start [B, T] int -> [B, T, H, V] (mla.segment_starts gives the ranges of packed
+    v [B, T, H, V], k_start [B, T] int -> [B, T, H, V] (masks.segment_starts gives the ranges of packed
     segments). When no tokamax kernel takes ranges, the same mask as a [B, 1, T, S] array."""
     try:
         return _first_that_traces("attention", lambda impl: _tokamax_ranges(q, k, v, k_start, scale, impl),

@@ -1,16 +1,16 @@
 """The frozen model configuration of the DeepSeek-V3 / R1 family, its presets, and HF config.json I/O.
 
 Field names follow the released `config.json` so a reader can hold the two side by side. YaRN's
-`rope_scaling` dict is flattened into `rope_*` fields. Fields below the "run-time" marker are ours: they
-choose numerics and optional modules, never the architecture.
+`rope_scaling` dict is flattened into `rope_*` fields. The run-time fields every family shares (dtype,
+remat, adapters, ...) come from RuntimeConfig (r1jax/models/common/config.py).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-from typing import Any
+from typing import Any, ClassVar
+
+from r1jax.models.common.config import ConfigError, RuntimeConfig, validate_runtime
 
 # Keys of a config.json that carry no architecture (bookkeeping written by transformers or the
 # release). Anything else we do not know is an error: a silently ignored key could change the model.
@@ -40,38 +40,12 @@ _ROPE_KEYS = frozenset({"type", "rope_type", "factor", "beta_fast", "beta_slow",
                         "truncate", "attention_factor"})
 
 
-class ConfigError(ValueError):
-    """A model configuration that is malformed or contradicts itself; the message names the key."""
-
-
-# The optimizer groups (r1jax/train/optim.py GROUPS) whose weights are projections an adapter can sit on.
-ADAPTABLE_GROUPS = ("attention", "dense_mlp", "shared_experts", "routed_experts")
-
-
 @dataclasses.dataclass(frozen=True)
-class LoraConfig:
-    """Low-rank adapters on frozen projections (r1jax/models/common/lora.py): W x + scale B A x.
+class ModelConfig(RuntimeConfig):
+    """Architecture of a DeepSeek-V3-family model (names as in the released config.json), and the
+    run-time choices every family shares (RuntimeConfig)."""
 
-    rank 0 turns them off; scale = alpha / rank, or alpha / sqrt(rank) with rslora; dropout on the
-    adapters' input while training; targets: groups of ADAPTABLE_GROUPS whose projections get one."""
-    rank: int = 0
-    alpha: float = 16.0
-    dropout: float = 0.0
-    targets: tuple[str, ...] = ("attention", "dense_mlp", "shared_experts")
-    rslora: bool = False
-
-    @property
-    def scale(self) -> float:
-        return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
-
-    def on(self, group: str) -> bool:
-        """Whether projections of optimizer group `group` carry adapters."""
-        return self.rank > 0 and group in self.targets
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of a DeepSeek-V3-family model (names as in the released config.json)."""
+    model_type: ClassVar[str] = "deepseek_v3"   # the registry key (r1jax/models/registry.py)
 
     vocab_size: int = 129280
     hidden_size: int = 7168
@@ -103,20 +77,6 @@ class ModelConfig:
     rope_mscale: float = 1.0
     rope_mscale_all_dim: float = 1.0
     num_nextn_predict_layers: int = 1
-    # ---- run-time choices (not in config.json) ----
-    dtype: str = "bfloat16"                 # compute dtype of matmuls and activations
-    param_dtype: str = "float32"            # storage dtype of parameters
-    with_mtp: bool = False                  # instantiate the multi-token-prediction module
-    remat: str = "none"                     # rematerialization policy of a scanned layer, see transformer.py
-    moe_chunk_tokens: int = 0               # routed experts over a device's tokens this many at a time
-                                            # (expert_parallel.py: bounds the dropless buffers); 0 = all
-    attention_mask: str = "dense"           # how packed attention is masked (mla.py): "dense", a
-                                            # [B, 1, T, S] same-segment mask; "ranges", each query's
-                                            # key range (its segment's start .. itself), no mask array
-    fp8_weights: bool = False               # the decoder layers' projections held as the release's
-                                            # e4m3 codes + 128x128 scales, dequantized per layer
-                                            # (r1jax/models/common/params.py); frozen: a base for adapters
-    lora: LoraConfig = LoraConfig()         # adapters on the projections (r1jax/models/common/lora.py)
 
     def __post_init__(self):
         validate(self)
@@ -143,8 +103,6 @@ class ModelConfig:
             scale *= m * m
         return scale
 
-    def replace(self, **kw) -> "ModelConfig":
-        return dataclasses.replace(self, **kw)
 
 
 def yarn_mscale(factor: float, mscale: float) -> float:
@@ -152,11 +110,6 @@ def yarn_mscale(factor: float, mscale: float) -> float:
     if factor <= 1.0:
         return 1.0
     return 0.1 * mscale * math.log(factor) + 1.0
-
-
-_DTYPES = ("float32", "bfloat16", "float16")
-_REMAT = ("none", "full", "dots", "dots_no_batch")
-_ATTENTION_MASKS = ("dense", "ranges")
 
 
 def validate(c: ModelConfig) -> None:
@@ -198,30 +151,7 @@ def validate(c: ModelConfig) -> None:
         bad("rope_factor", "YaRN factor must be >= 1")
     if c.uses_yarn and c.rope_original_max_position_embeddings <= 0:
         bad("rope_original_max_position_embeddings", "must be positive with YaRN")
-    if c.dtype not in _DTYPES:
-        bad("dtype", f"must be one of {_DTYPES}")
-    if c.param_dtype not in _DTYPES:
-        bad("param_dtype", f"must be one of {_DTYPES}")
-    if c.remat not in _REMAT:
-        bad("remat", f"must be one of {_REMAT}")
-    if not isinstance(c.moe_chunk_tokens, int) or isinstance(c.moe_chunk_tokens, bool) or \
-            c.moe_chunk_tokens < 0:
-        bad("moe_chunk_tokens", "must be a non-negative integer (0 = one chunk)")
-    if c.attention_mask not in _ATTENTION_MASKS:
-        bad("attention_mask", f"must be one of {_ATTENTION_MASKS}")
-    lora = c.lora
-    if not isinstance(lora.rank, int) or isinstance(lora.rank, bool) or lora.rank < 0:
-        raise ConfigError(f"model config: lora.rank={lora.rank!r}: must be an integer >= 0 (0 = off)")
-    if lora.rank and not lora.alpha > 0:
-        raise ConfigError(f"model config: lora.alpha={lora.alpha!r}: must be > 0")
-    if not 0 <= lora.dropout < 1:
-        raise ConfigError(f"model config: lora.dropout={lora.dropout!r}: must be in [0, 1)")
-    bad = [t for t in lora.targets if t not in ADAPTABLE_GROUPS]
-    if bad:
-        raise ConfigError(f"model config: lora.targets={','.join(lora.targets)!r}: {bad[0]!r} is not a "
-                          f"group with projections to adapt; choose from {','.join(ADAPTABLE_GROUPS)}")
-    if lora.rank and not lora.targets:
-        raise ConfigError("model config: lora.targets is empty with lora.rank > 0")
+    validate_runtime(c)
     if c.with_mtp and c.num_nextn_predict_layers != 1:
         bad("with_mtp", f"needs num_nextn_predict_layers == 1 (the released depth), "
                         f"got {c.num_nextn_predict_layers}")
@@ -311,22 +241,6 @@ def from_hf_dict(d: dict[str, Any], *, source: str = "config", **runtime) -> Mod
         raise ConfigError(f"{source}: {e}") from None
 
 
-def load_hf_config(path: str, **runtime) -> ModelConfig:
-    """Reads `path` (a config.json or a directory holding one)."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "config.json")
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
-    return from_hf_dict(d, source=path, **runtime)
-
-
 def to_hf_dict(c: ModelConfig) -> dict[str, Any]:
     """The release-style config.json for `c` (what transformers' DeepseekV3Config reads)."""
     d: dict[str, Any] = {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3"}
@@ -388,14 +302,3 @@ PRESETS = {
     "small": _small,
     "tiny": _tiny,
 }
-
-
-def preset(name: str, **overrides) -> ModelConfig:
-    """A named preset, with run-time (or architecture) fields overridden."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
-    c = PRESETS[name]()
-    try:
-        return c.replace(**overrides)
-    except TypeError as e:
-        raise ConfigError(f"preset {name!r}: {e}") from None

@@ -19,30 +19,10 @@ from flax import nnx
 
 from r1jax.parallel import sharding
 from r1jax.models.common import kernels, lora, params
+from r1jax.models.common.masks import attention_mask, segment_starts
 from r1jax.models.deepseek_v3.config import ModelConfig
 from r1jax.models.common.norm import RMSNorm
 from r1jax.models.deepseek_v3.rope import apply_rope
-
-
-def attention_mask(segment_ids: jnp.ndarray) -> jnp.ndarray:
-    """Same-segment mask [B, 1, T, S] from segment_ids [B, T]; causality is applied separately.
-
-    Padding has segment id 0: pad queries see only pad keys, so no row is empty and none leaks.
-    """
-    return segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
-
-
-def segment_starts(segment_ids: jnp.ndarray) -> jnp.ndarray:
-    """segment_ids [B, T] -> [B, T] int32: where the run of equal ids holding each position begins.
-
-    With causality, query t attending to keys segment_starts[t]..t is the same-segment mask
-    (attention_mask) whenever each segment is one contiguous run, as packed rows and left or right
-    padding are; ModelConfig.attention_mask "ranges" passes these ranges instead of the mask array.
-    """
-    t = jnp.arange(segment_ids.shape[1], dtype=jnp.int32)
-    new = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
-                           segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
-    return jax.lax.cummax(jnp.where(new, t, 0), axis=1)
 
 
 class MLA(nnx.Module):

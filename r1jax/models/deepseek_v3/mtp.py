@@ -14,7 +14,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from r1jax.models.common import params
-from r1jax.models.deepseek_v3.config import LoraConfig, ModelConfig
+from r1jax.models.common.config import LoraConfig
+from r1jax.models.deepseek_v3.config import ModelConfig
 from r1jax.models.common.norm import RMSNorm
 from r1jax.models.deepseek_v3.transformer import Block
 

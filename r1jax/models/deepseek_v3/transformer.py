@@ -20,7 +20,7 @@ from flax import nnx
 from r1jax.parallel import sharding
 from r1jax.models.common import lora, params
 from r1jax.models.deepseek_v3.config import ModelConfig
-from r1jax.models.deepseek_v3.latent_cache import LatentCache
+from r1jax.models.deepseek_v3.latent_cache import LatentCache, init_cache
 from r1jax.models.deepseek_v3.mla import MLA
 from r1jax.models.common.mlp import MLP
 from r1jax.models.deepseek_v3.moe import MoE
@@ -186,6 +186,11 @@ class Transformer(nnx.Module):
         """tokens [B, T] -> (float32 logits [B, T, V], stats)."""
         h, stats = self.hidden_states(tokens, positions, segment_ids)
         return self.logits(h), stats
+
+    def init_cache(self, batch: int, max_len: int, start) -> LatentCache:
+        """An empty decode cache of max_len slots for `batch` rows whose real tokens begin at
+        start [B] (left padding): MLA's latent cache."""
+        return init_cache(self.cfg, batch, max_len, start)
 
     def prefill(self, tokens, cache: LatentCache):
         """Runs LEFT-padded prompts tokens [B, T] (row b real from slot cache.start[b]) through the

@@ -1,0 +1,39 @@
+"""What a model family plugs in: one `Family` record per family, found by `model_type`
+(r1jax/models/registry.py). Code outside a family's folder asks the record (or reads parameter
+metadata) and never tests which family it holds.
+
+A family's model is an nnx.Module built as `model(cfg, rngs=nnx.Rngs(...))` with:
+    cfg                                   its config (a RuntimeConfig subclass with `model_type`)
+    hidden_states(tokens, positions=None, segment_ids=None) -> (h [B, T, D], stats dict)
+    logits(h) -> float32 [B, T, V]
+    __call__(tokens, positions=None, segment_ids=None) -> (logits, stats)
+    init_cache(batch, max_len, start [B]) -> its decode cache (a pytree)
+    prefill(tokens [B, T] left-padded, cache) -> (logits [B, V] at the last slot, cache)
+    decode(tokens [B, T], slot, cache) -> (logits [B, T, V], cache)
+stats: {} for a dense model; {"load": [L, E], "aux_loss": [L]} for routed experts.
+
+Every projection is made by r1jax/models/common/params.py `projection`, so optimizer groups,
+adapters and FP8-held weights are read from its metadata. Decoder layers are stacked with a leading
+"layers" axis.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    name: str                                   # the folder under r1jax/models/
+    model_types: tuple[str, ...]                # config.json `model_type` values it reads
+    # (d: a parsed config.json, *, source: str (named in errors), **runtime fields) -> config
+    config_from_hf: Callable[..., Any]
+    config_to_hf: Callable[[Any], dict]         # config -> the config.json transformers reads
+    presets: Mapping[str, Callable[[], Any]]    # name -> config with the published shapes
+    model: type                                 # the nnx.Module (module docstring)
+    # (cfg, names=frozenset() (tensor names present), *, with_mtp) -> list[interop.layout.HFTensor]
+    hf_tensors: Callable[..., list]
+    active_matmul_params: Callable[[Any], int]  # matmul parameters one token passes through
+    # (cfg, seq_len) -> forward + backward FLOPs per trained token
+    train_flops_per_token: Callable[[Any, int], float]
