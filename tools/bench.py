@@ -5,7 +5,7 @@
     python tools/bench.py --small --batch 2 --seq 128 --steps 3 --lora 16  # LoRA step vs full step
 
 --small shrinks v3-small (SMALL below) for CPU runs; the peer gets the same flags, so the two
-implementations are compared on the same config on a CPU too (tests/test_bench.py runs it).
+implementations are compared on the same config on a CPU too (tests/tools/test_bench.py runs it).
 
 Times the full r1jax train step (forward, backward, AdamW update; bf16 compute, float32 master
 params) after warm-up, median of --steps; checks the bf16 loss against a float32-compute forward on

@@ -3,7 +3,7 @@
 `jax.ad_checkpoint.print_saved_residuals` lists every residual (before any compiler) with its dtype,
 shape and the operation that made it; `saved` returns those rows, the function's own arguments
 excluded (parameters and inputs exist anyway). tools/residuals.py totals them for a train step;
-tests/test_residuals.py checks that no float32 copy of a large activation is among them.
+tests/train/test_residuals.py checks that no float32 copy of a large activation is among them.
 
 What attention keeps depends on the machine: a GPU's fused (flash) kernel keeps q, k, v, its output
 and the float32 log-sum-exp [B, H, T]; XLA's implementations on a CPU keep more. Inside

@@ -21,7 +21,7 @@ Never executes the program in the evaluator's process. Each sample gets:
 raises SandboxError when a trivial passing program does not pass (task evaluation calls it first
 and reports no score then).
 
-What is contained (tests/test_sandbox.py shows each): infinite loops, fork bombs, huge allocations,
+What is contained (tests/eval/test_sandbox.py shows each): infinite loops, fork bombs, huge allocations,
 deleting, overwriting or reading files outside its directory (the evaluator's environment in /proc
 included), signalling the evaluator, huge output, network traffic (UDP, TCP, IPv6, raw and packet
 sockets: socket creation is refused).

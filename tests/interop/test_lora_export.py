@@ -27,6 +27,8 @@ from r1jax.models.deepseek_v3.transformer import Transformer
 from r1jax.models.common.config import ADAPTABLE_GROUPS, LoraConfig
 from r1jax.models.registry import preset
 
+pytestmark = pytest.mark.parity
+
 CFG = preset("tiny", vocab_size=256, num_hidden_layers=2, dtype="float32", param_dtype="float32")
 LORA = LoraConfig(rank=2, alpha=6.0, targets=ADAPTABLE_GROUPS)
 QUIET = lambda s: None

@@ -16,7 +16,7 @@ from r1jax.models.deepseek_v3.config import from_hf_dict, to_hf_dict
 from r1jax.models.registry import load_hf_config, preset
 from r1jax.models.common.params import RouterBias
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "fixtures"
 R1_CONFIG = DATA / "deepseek-r1-config.json"
 # A byte-for-byte copy of the released DeepSeek-R1 config.json.
 

@@ -199,7 +199,7 @@ def test_only_adapters_train_and_frozen_layers_keep_theirs():
 def test_sharded_adapters_equal_one_device():
     """fsdp 2 x expert 2 x tensor 2 (routed-expert adapters through the expert-parallel exchange,
     the fsdp gathers and the tensor partial sums) against one device, with adapter dropout on.
-    Oracle: the single device. Tolerance: float32 sums in another order, as tests/test_mesh_training.py."""
+    Oracle: the single device. Tolerance: float32 sums in another order, as tests/parallel/test_mesh_training.py."""
     one = _train({}, dropout=0.1)
     many = _train(dict(fsdp=2, expert=2, tensor=2), dropout=0.1)
     np.testing.assert_allclose(many[0], one[0], rtol=1e-5)

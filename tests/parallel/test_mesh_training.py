@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "configs"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "configs"))
 import tiny  # noqa: E402  (configs/tiny.py)
 
 from r1jax.train import run_config, loop as train  # noqa: E402

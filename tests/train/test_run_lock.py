@@ -15,7 +15,7 @@ import pytest
 
 from r1jax.train.run_lock import LOCK_NAME, RunLock, RunLockError, held
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _dead_pid() -> int:

@@ -408,7 +408,7 @@ def test_input_row_with_the_generation_key_is_refused_then_renamed(tiny_ckpt, cl
 def test_bench_decode_runs_on_cpu(greedy):
     import importlib.util
     import pathlib
-    path = pathlib.Path(__file__).parent.parent / "tools" / "bench_decode.py"
+    path = pathlib.Path(__file__).parents[2] / "tools" / "bench_decode.py"
     spec = importlib.util.spec_from_file_location("bench_decode", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 from r1jax.train import run_config  # noqa: E402
 from r1jax.train.run_lock import LOCK_NAME  # noqa: E402

@@ -13,7 +13,7 @@ import pytest
 
 from r1jax.train import run_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # An independent, hand-written list: for every numeric key of defaults(), one value the code that
 # reads the key cannot mean (from the key's comment in defaults() and its use), so that a new

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 from r1jax.parallel import distributed  # noqa: E402
 from r1jax.train import run_config
 from r1jax.train.loop import run  # noqa: E402
@@ -110,6 +110,7 @@ def runs(tmp_path_factory):
     return one, two, summary, errs
 
 
+@pytest.mark.multihost
 def test_two_processes_equal_one(runs):
     one, two, summary, (err_p0, err_p1) = runs
     assert "over 4 of 4 cpu device(s) in 2 process(es)" in err_p0, err_p0[-2000:]
@@ -146,6 +147,7 @@ print(json.dumps([vote.poll(jax.process_index() == 1 and i == 3) for i in range(
 """
 
 
+@pytest.mark.multihost
 def test_a_flag_on_one_process_is_seen_by_all_at_the_same_poll():
     port = _free_port()
     cmd = lambda i: [sys.executable, "-c", VOTE, f"127.0.0.1:{port}", str(i)]
@@ -187,6 +189,7 @@ def test_launcher_detection_and_init_args():
             run_config.validate(c)
 
 
+@pytest.mark.multihost
 def test_a_held_run_directory_stops_every_process(tmp_path):
     """The run directory is locked by a live process (this test's): process 0 refuses naming it, and
     process 1, which does not take the lock, stops with it instead of waiting for process 0 forever.

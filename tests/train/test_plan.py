@@ -21,7 +21,7 @@ from r1jax.models.deepseek_v3.transformer import Transformer
 from r1jax.models.registry import preset
 from r1jax.train.run_config import defaults
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GIB = 1024 ** 3
 
 
@@ -52,6 +52,7 @@ def fitted():
     return plan.plan(tiny_config(), "v5p-8", "full")
 
 
+@pytest.mark.tpu_compile
 def test_plan_compiles_fits_and_memory_matches_the_analytic_count(fitted):
     r = fitted
     assert r["compiled"] and r["fits"] and r["chips"] == 4
@@ -75,6 +76,7 @@ def test_plan_compiles_fits_and_memory_matches_the_analytic_count(fitted):
     assert 0.7 < r["flops"] * r["chips"] / r["model_flops"] < 3.0, r
 
 
+@pytest.mark.tpu_compile
 def test_cli_reports_a_slice_too_small_as_not_fitting():
     # 256 x 2048 tokens with the whole [B, T, V] logits in float32 (loss_chunk 0): 63 GiB of logits
     # per chip on 4 v6e chips (31.25 GiB usable): the compiler cannot place it, and says so early.
@@ -147,6 +149,7 @@ def _slice_table(which: int) -> dict[str, dict[str, str]]:
     return table
 
 
+@pytest.mark.tpu_compile
 def test_auto_grad_accum_gives_the_table_column():
     """Oracle: BUILD.md's grad_accum column (made as 512 / chips by tools/plan_table.py at f8606f4,
     before the auto value existed) for each slice's chip count; on these meshes (tensor 1) the
@@ -166,6 +169,7 @@ def test_auto_grad_accum_gives_the_table_column():
     assert run_config.with_grad_accum(c, 4).train.grad_accum == 4 and c.train.grad_accum == 0
 
 
+@pytest.mark.tpu_compile
 @pytest.mark.slow
 def test_documented_r1_plan_command_gives_the_documented_answer():
     """configs/r1_671b.py's docstring says its plan command tells the memory before renting; the
@@ -272,6 +276,7 @@ def test_lora_variants_set_rank_targets_and_the_fp8_base():
         assert {x.dtype for x in jax.tree.leaves(params)} == {jax.numpy.dtype("float32")}
 
 
+@pytest.mark.tpu_compile
 def test_lora_plan_on_a_small_slice_with_the_preset_mesh():
     """A LoRA plan on an 8-chip slice (v5p-16) with the R1 preset mesh (refused before: "covers
     64..1024 chips"): compiles and fits; the trained state is the adapters in float32 and two float32
@@ -291,6 +296,7 @@ def _lora_plan_table() -> dict[str, dict[str, str]]:
     return _slice_table(1)
 
 
+@pytest.mark.tpu_compile
 @pytest.mark.slow
 def test_documented_lora_plan_command_gives_the_documented_answer():
     """configs/r1_671b_lora.py's docstring plan command (read from it) must answer what BUILD.md's

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_bench_cpu_side_by_side(tmp_path):
@@ -91,7 +91,7 @@ def test_bench_lora_times_the_lora_step_next_to_the_full_step(tmp_path):
     """tools/bench.py --lora on CPU: the LoRA step (rank-16 adapters, base frozen) timed next to the
     full step on the same model and batch. Oracles: the ratio is the two medians' quotient; the
     adapter count is r1jax.train.plan.adapter_counts' (the abstract model's, itself checked against a
-    hand formula in tests/test_plan.py). The ratio itself is a measurement (BUILD.md), not a test
+    hand formula in tests/train/test_plan.py). The ratio itself is a measurement (BUILD.md), not a test
     (speed targets live in the benchmarks). Two CPU compiles: minutes."""
     sys.path.insert(0, str(ROOT / "tools"))
     from bench import SMALL

@@ -173,7 +173,7 @@ def test_fill_params_equals_the_streamed_conversion(tmp_path):
 
 
 def test_bench_tool_runs_tiny():
-    tool = os.path.join(os.path.dirname(__file__), "..", "tools", "bench_convert.py")
+    tool = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "bench_convert.py")
     r = subprocess.run([sys.executable, tool, "--layers", "1", "2", "--hidden", "256", "--experts", "8",
                         "--moe_inter", "128", "--workers", "2", "--json"], capture_output=True,
                        text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))

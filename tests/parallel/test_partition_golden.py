@@ -1,11 +1,11 @@
 """The parameter -> PartitionSpec map of the r1-671b preset (with MTP) on its v5p-1024 mesh preset,
-against the reviewed golden file tests/data/r1_671b_partition.json, and the sharding's balance.
+against the reviewed golden file tests/fixtures/r1_671b_partition.json, and the sharding's balance.
 
 The map is rebuilt from nnx.eval_shape (no memory) and r1jax.parallel.sharding.variable_shardings on an
 abstract mesh of the preset's shape (no devices). After a deliberate change to the table or the
 model, regenerate and review the diff:
 
-    python tests/test_partition_golden.py
+    python tests/parallel/test_partition_golden.py
 """
 import functools
 import json
@@ -21,7 +21,7 @@ from r1jax.models.deepseek_v3.transformer import Transformer
 from r1jax.models.registry import preset
 from r1jax.train.optim import path_str
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "data", "r1_671b_partition.json")
+GOLDEN = os.path.join(os.path.dirname(__file__), "..", "fixtures", "r1_671b_partition.json")
 PRESET, CHIPS = "r1-671b-v5p", 512   # v5p-1024
 
 
@@ -55,7 +55,7 @@ def test_partition_map_matches_golden():
     assert golden["mesh"] == sizes, f"mesh preset {PRESET} on {CHIPS} chips changed: {sizes}"
     diff = _diff(golden["params"], got)
     assert not diff, ("parameter -> PartitionSpec map differs from " + GOLDEN + " (if intended, "
-                      "regenerate with `python tests/test_partition_golden.py` and review):\n" + diff)
+                      "regenerate with `python tests/parallel/test_partition_golden.py` and review):\n" + diff)
 
 
 def test_every_large_parameter_is_sharded_and_the_split_is_balanced():

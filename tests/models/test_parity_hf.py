@@ -17,6 +17,8 @@ from r1jax.models.losses import next_token_loss_sums
 from r1jax.models.deepseek_v3.transformer import Transformer
 from r1jax.models.registry import preset
 
+pytestmark = pytest.mark.parity
+
 CONFIGS = {
     # 1 dense layer, 1 shared expert, normalized top-k, 4 groups keep 2, YaRN x4 past 128 tokens.
     "a": dict(vocab_size=512, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
