@@ -2,8 +2,9 @@
 
 Axis legend: B batch, T time, D model, V vocab, L layers (of one stack), E routed experts.
 
-Layers are stacked: every parameter of a stack has a leading L axis (logical name "layers") and the
-stack runs under `jax.lax.scan`, so compile time does not grow with depth. The first
+Layers are stacked (r1jax/models/common/stack.py): every parameter of a stack has a leading L axis
+(logical name "layers") and the stack runs under `jax.lax.scan`, so compile time does not grow with
+depth. The first
 `first_k_dense_replace` layers form the dense stack, the rest the MoE stack.
 
 Generation: `prefill` runs left-padded prompts through the training forward and fills MLA's latent
@@ -13,12 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from r1jax.parallel import sharding
-from r1jax.models.common import lora, params
+from r1jax.models.common import params, stack
 from r1jax.models.deepseek_v3.config import ModelConfig
 from r1jax.models.deepseek_v3.latent_cache import LatentCache, init_cache
 from r1jax.models.deepseek_v3.mla import MLA
@@ -26,13 +26,6 @@ from r1jax.models.common.mlp import MLP
 from r1jax.models.deepseek_v3.moe import MoE
 from r1jax.models.common.norm import RMSNorm
 from r1jax.models.deepseek_v3.rope import rope_tables
-
-_REMAT_POLICIES = {
-    "full": None,  # save nothing: recompute the whole layer in the backward pass
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
 
 class Block(nnx.Module):
     """Pre-norm decoder layer: x + MLA(norm(x)), then h + MLP-or-MoE(norm(h))."""
@@ -76,61 +69,6 @@ class Block(nnx.Module):
         return x, cache
 
 
-def stacked_blocks(cfg: ModelConfig, n: int, moe: bool, rngs: nnx.Rngs) -> Block:
-    """n Blocks as one Block whose every variable has a leading [n] axis named "layers"."""
-    @nnx.split_rngs(splits=n)
-    @nnx.vmap(in_axes=(0,), out_axes=0, axis_size=n)
-    def make(r):
-        return Block(cfg, moe, rngs=r)
-
-    blocks = make(rngs)
-    for _, var in nnx.iter_graph(blocks):
-        if isinstance(var, nnx.Variable):
-            var.set_metadata("axes", ("layers",) + params.axes_of(var))
-    return blocks
-
-
-def scan_blocks(blocks: Block, x, cos, sin, segment_ids, remat: str, first_layer: int = 0):
-    """Runs a stacked Block over its layer axis: x [B, T, D] -> (x', stats with a leading [L]).
-    first_layer: the decoder-layer index of the stack's first layer (each layer's adapter dropout
-    masks differ: lora.layer)."""
-    graphdef, state = nnx.split(blocks)
-    n = jax.tree.leaves(state)[0].shape[0]
-
-    def body(h, xs):
-        layer_state, index = xs
-        with lora.layer(index):
-            return nnx.merge(graphdef, layer_state)(h, cos, sin, segment_ids)
-
-    if remat != "none":
-        body = jax.checkpoint(body, policy=_REMAT_POLICIES[remat], prevent_cse=False)
-    return jax.lax.scan(body, x, (state, first_layer + jnp.arange(n, dtype=jnp.int32)))
-
-
-def scan_prefill(blocks: Block, x, cos, sin, segment_ids):
-    """Stacked Block.prefill: x [B, T, D] -> (x', (latent [L, B, T, C], k_rope [L, B, T, R]))."""
-    graphdef, state = nnx.split(blocks)
-
-    def body(h, layer_state):
-        return nnx.merge(graphdef, layer_state).prefill(h, cos, sin, segment_ids)
-
-    return jax.lax.scan(body, x, state)
-
-
-def scan_decode(blocks: Block, first_layer: int, x, cos, sin, cache, slot, mask):
-    """Stacked Block.decode over cache layers first_layer..: x [B, T, D] -> (x', cache)."""
-    graphdef, state = nnx.split(blocks)
-    n = jax.tree.leaves(state)[0].shape[0]
-
-    def body(carry, xs):
-        h, cache = carry
-        layer_state, layer = xs
-        return nnx.merge(graphdef, layer_state).decode(h, cos, sin, cache, layer, slot, mask), None
-
-    (x, cache), _ = jax.lax.scan(body, (x, cache), (state, first_layer + jnp.arange(n, dtype=jnp.int32)))
-    return x, cache
-
-
 def default_positions(tokens: jnp.ndarray) -> jnp.ndarray:
     return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
 
@@ -143,9 +81,11 @@ class Transformer(nnx.Module):
         self.cfg = cfg
         self.embed = params.normal(rngs, (v, d), ("vocab", "embed"), pd)
         if cfg.first_k_dense_replace:
-            self.dense_layers = stacked_blocks(cfg, cfg.first_k_dense_replace, False, rngs)
+            self.dense_layers = stack.stacked(lambda r: Block(cfg, False, rngs=r),
+                                              cfg.first_k_dense_replace, rngs)
         if cfg.num_moe_layers:
-            self.moe_layers = stacked_blocks(cfg, cfg.num_moe_layers, True, rngs)
+            self.moe_layers = stack.stacked(lambda r: Block(cfg, True, rngs=r), cfg.num_moe_layers,
+                                            rngs, first_layer=cfg.first_k_dense_replace)
         self.final_norm = RMSNorm(d, cfg.rms_norm_eps, pd)
         self.lm_head = params.normal(rngs, (d, v), ("embed", "vocab"), pd)
         if cfg.with_mtp:
@@ -168,12 +108,13 @@ class Transformer(nnx.Module):
         segment_ids = jnp.ones_like(tokens, jnp.int32) if segment_ids is None else segment_ids
         cos, sin = rope_tables(cfg, positions)
         x = self.embed_tokens(tokens)
+        layer_call = lambda block, h: block(h, cos, sin, segment_ids)  # noqa: E731
         stats: dict[str, Any] = {}
         if cfg.first_k_dense_replace:
-            x, _ = scan_blocks(self.dense_layers, x, cos, sin, segment_ids, cfg.remat)
+            x, _ = stack.scan_layers(self.dense_layers, x, layer_call, cfg.remat)
         if cfg.num_moe_layers:
-            x, stats = scan_blocks(self.moe_layers, x, cos, sin, segment_ids, cfg.remat,
-                                   cfg.first_k_dense_replace)
+            x, stats = stack.scan_layers(self.moe_layers, x, layer_call, cfg.remat,
+                                         cfg.first_k_dense_replace)
         return self.final_norm(x), stats
 
     def logits(self, h: jnp.ndarray) -> jnp.ndarray:
@@ -202,11 +143,12 @@ class Transformer(nnx.Module):
         positions = jnp.maximum(slots - cache.start[:, None], 0)
         cos, sin = rope_tables(cfg, positions)
         x = self.embed_tokens(tokens)
+        layer_call = lambda block, h: block.prefill(h, cos, sin, segment_ids)  # noqa: E731
         if cfg.first_k_dense_replace:
-            x, (latent, k_rope) = scan_prefill(self.dense_layers, x, cos, sin, segment_ids)
+            x, (latent, k_rope) = stack.scan_layers(self.dense_layers, x, layer_call)
             cache = cache.write_layers(0, latent, k_rope)
         if cfg.num_moe_layers:
-            x, (latent, k_rope) = scan_prefill(self.moe_layers, x, cos, sin, segment_ids)
+            x, (latent, k_rope) = stack.scan_layers(self.moe_layers, x, layer_call)
             cache = cache.write_layers(cfg.first_k_dense_replace, latent, k_rope)
         return self.logits(self.final_norm(x[:, -1:]))[:, 0], cache
 
@@ -218,10 +160,11 @@ class Transformer(nnx.Module):
         cos, sin = rope_tables(cfg, cache.positions(slot, t))
         mask = cache.key_mask(slot, t)
         x = self.embed_tokens(tokens)
+        layer_call = lambda block, h, c, layer: block.decode(h, cos, sin, c, layer, slot, mask)  # noqa: E731
         if cfg.first_k_dense_replace:
-            x, cache = scan_decode(self.dense_layers, 0, x, cos, sin, cache, slot, mask)
+            x, cache = stack.scan_with_cache(self.dense_layers, x, cache, layer_call)
         if cfg.num_moe_layers:
-            x, cache = scan_decode(self.moe_layers, cfg.first_k_dense_replace, x, cos, sin, cache, slot, mask)
+            x, cache = stack.scan_with_cache(self.moe_layers, x, cache, layer_call, cfg.first_k_dense_replace)
         return self.logits(self.final_norm(x)), cache
 
     def mtp_logits(self, h, tokens, positions=None, segment_ids=None):
