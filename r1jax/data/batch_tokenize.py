@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from r1jax.data.chat import join_runs, render_messages, runs, text_ids_and_mask, tokenize_example
+from r1jax.data.chat import check_markers, join_runs, render_messages, runs, text_ids_and_mask, tokenize_example
 from r1jax.data.formats import Example
 
 Tokenized = tuple[np.ndarray, np.ndarray]  # (int32 ids [T], uint8 loss_mask [T])
 
 
 def tokenize_batch(examples: list[Example], tokenizer) -> list[Tokenized]:
-    """`chat.tokenize_example` of many examples, as (int32 ids, uint8 loss_mask) pairs."""
+    """`chat.tokenize_example` of many examples, as (int32 ids, uint8 loss_mask) pairs; its
+    DataError (naming the first chat example) when the tokenizer lacks a chat marker."""
     out: list = [None] * len(examples)
     todo = []     # (example index, its runs or None for a text row, first text, number of texts)
     texts: list[str] = []
@@ -27,6 +28,7 @@ def tokenize_batch(examples: list[Example], tokenizer) -> list[Tokenized]:
             todo.append((i, None, len(texts), 1))
             texts.append(ex.text)
         else:
+            check_markers(tokenizer, ex.source)
             joined = runs(render_messages(ex))
             todo.append((i, joined, len(texts), len(joined)))
             texts += [text for text, _ in joined]

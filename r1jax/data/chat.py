@@ -17,19 +17,49 @@ are never trained in the row. `turn_examples` makes `--train_all_turns`' example
 k assistant turns becomes k examples, example j the conversation up to and including turn j, each a
 chat row like any other, so every trained turn starts where generation's prompt for its history ends
 (`<｜Assistant｜><think>\\n`) and is preceded by exactly that prompt's ids.
+
+The markers (`CHAT_MARKERS`) are written as text and become the loaded tokenizer's ids for them: R1's,
+or an R1-Distill tokenizer's (other ids, same strings). A tokenizer that does not encode each of them
+as one token cannot carry the format: `check_markers` makes that a DataError for chat rows (text and
+input_ids rows need no marker).
 """
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Sequence
 
 from r1jax.data.formats import DataError, Example, Message, parse_row
-from r1jax.data.tokenizer import BOS_TOKEN, EOS_TOKEN, encode
+from r1jax.data.tokenizer import BOS_TOKEN, EOS_TOKEN, encode, tokenizer_dir
 
 USER, ASSISTANT = "<｜User｜>", "<｜Assistant｜>"
 THINK_OPEN, THINK_CLOSE = "<think>\n", "\n</think>\n\n"
+CHAT_MARKERS = (BOS_TOKEN, USER, ASSISTANT, "<think>", "</think>", EOS_TOKEN)
+_CHECKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer -> its marker ids
 
 Segments = list[tuple[str, bool]]  # (text, trained)
+
+
+def marker_ids(tokenizer) -> dict[str, int | None]:
+    """{marker: its id} for each of CHAT_MARKERS; None for a marker the tokenizer does not encode
+    as exactly one token (absent, or split into pieces). Computed once per tokenizer."""
+    if tokenizer not in _CHECKED:
+        found = {}
+        for marker in CHAT_MARKERS:
+            ids = encode(tokenizer, marker, add_bos=False)
+            found[marker] = ids[0] if len(ids) == 1 and tokenizer.convert_ids_to_tokens(ids[0]) == marker else None
+        _CHECKED[tokenizer] = found
+    return _CHECKED[tokenizer]
+
+
+def check_markers(tokenizer, where: str) -> None:
+    """Raises DataError naming `where` (the chat row), the first marker the tokenizer lacks and the
+    tokenizer's directory, unless every CHAT_MARKERS string is one token of it."""
+    missing = [m for m, i in marker_ids(tokenizer).items() if i is None]
+    if missing:
+        raise DataError(f"{where}: the R1 chat format needs the token {missing[0]!r}, which the tokenizer "
+                        f"{tokenizer_dir(tokenizer) or '?'} lacks (missing: {', '.join(missing)}); use a "
+                        "tokenizer with the R1 chat markers, or text / input_ids rows")
 
 
 def prompt_segments(messages: Sequence[Message]) -> Segments:
@@ -115,7 +145,9 @@ def segment_ids(segs: Segments, tokenizer) -> tuple[list[int], list[int]]:
 
 def prompt_ids(example: Example, tokenizer) -> list[int]:
     """Ids of the generation prompt for an example's conversation without its final assistant turn:
-    [T] ints, BOS first, ending `<｜Assistant｜>`, `<think>`, `\\n`. Training rows start with them."""
+    [T] ints, BOS first, ending `<｜Assistant｜>`, `<think>`, `\\n`. Training rows start with them.
+    DataError (`check_markers`) when the tokenizer lacks a chat marker."""
+    check_markers(tokenizer, example.source)
     return segment_ids(prompt_segments(example.messages[:-1]), tokenizer)[0]
 
 
@@ -133,10 +165,11 @@ def tokenize_example(example: dict | Example, tokenizer, *, where: str = "exampl
     loss_mask is 1 where the token is a training target. Chat rows: `segment_ids` of
     `render_messages` (the prompt's ids, then the target's). `text` rows train on every token after
     BOS; `input_ids` rows are taken as given, with their own loss_mask (default: every token after
-    the first).
+    the first). A chat row with a tokenizer that lacks a chat marker is a DataError (`check_markers`).
     """
     ex = example if isinstance(example, Example) else parse_row(example, where)
     if ex.kind == "messages":
+        check_markers(tokenizer, ex.source)
         ids, mask = segment_ids(render_messages(ex), tokenizer)
         return {"input_ids": ids, "loss_mask": mask}
     if ex.kind == "text":

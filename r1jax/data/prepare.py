@@ -52,7 +52,7 @@ import numpy as np
 from r1jax.data import batch_tokenize, chat, clean, split, token_store
 from r1jax.data import report as report_lib
 from r1jax.data.formats import FORMATS, DataError, Example, LineTooLong, read_jsonl
-from r1jax.data.tokenizer import load_tokenizer
+from r1jax.data.tokenizer import describe, load_tokenizer, tokenizer_dir
 
 SPLITS = ("train", "val", "test")
 REPORT_FILES = ("report.json", "summary.txt", "token_lengths.png")
@@ -66,7 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", nargs="+", required=True, metavar="FILE", help="JSONL input file(s)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--format", default="auto", choices=FORMATS, help="row format (default: detected)")
-    p.add_argument("--tokenizer", metavar="DIR", help="directory with tokenizer.json (default: packaged)")
+    p.add_argument("--tokenizer", metavar="DIR",
+                   help="directory with tokenizer.json, e.g. the model's checkpoint (default: the "
+                        "packaged DeepSeek-V3/R1 tokenizer)")
     p.add_argument("--train_all_turns", action="store_true",
                    help="one training example per assistant turn (the conversation up to it), "
                         "not only the final turn")
@@ -383,8 +385,14 @@ def run(args: argparse.Namespace) -> int:
     tally = report_lib.Tally()
     seconds = {"tokenize": 0.0, "near_duplicates": 0.0}
     try:
-        records = clean_stream(args, load_tokenizer(args.tokenizer), tally, seconds)
-    except DataError as e:  # --strict, or an input that cannot be read
+        tokenizer = load_tokenizer(args.tokenizer)
+    except (OSError, ValueError) as e:  # no tokenizer.json there, or one that cannot be read
+        print(f"error: --tokenizer {args.tokenizer}: {e}", file=sys.stderr)
+        return 2
+    print(f"tokenizer: {describe(tokenizer)}", file=sys.stderr)
+    try:
+        records = clean_stream(args, tokenizer, tally, seconds)
+    except DataError as e:  # --strict, an input that cannot be read, chat rows the tokenizer cannot carry
         print(str(e), file=sys.stderr)
         return 2
     seconds["read_and_clean"] = time.perf_counter() - t0 - seconds["tokenize"] - seconds["near_duplicates"]
@@ -409,6 +417,7 @@ def run(args: argparse.Namespace) -> int:
     trained = np.asarray([int(k.mask.sum()) for k in kept], np.int64)
     categories = [k.example.category for k in kept]
     options = {k: v for k, v in vars(args).items() if k not in ("input", "out", "command")}
+    options["tokenizer"] = tokenizer_dir(tokenizer)  # the directory used, also when packaged
     rep = report_lib.build(
         tally, parts, lengths, trained, categories,
         inputs=[{"path": p, "bytes": os.path.getsize(p)} for p in args.input], out=args.out,

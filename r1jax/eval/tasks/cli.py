@@ -43,16 +43,18 @@ def settings_from_args(a) -> runner.TaskSettings:
 
 
 def model_generate_fn(checkpoint_dir: str, dtype: str, temperature: float, top_p: float,
-                      max_new_tokens: int, seed: int, batch_size: int) -> runner.GenerateFn:
+                      max_new_tokens: int, seed: int, batch_size: int,
+                      log=lambda s: None) -> runner.GenerateFn:
     """generate_fn backed by r1jax.generate on a checkpoint or training run (loaded once), with the
     checkpoint's own tokenizer when it has one, else the packaged R1 one."""
     from r1jax.inference import generate
-    from r1jax.data import load_tokenizer
+    from r1jax.data import tokenizer as tokenizer_lib
     model, meta_dir = generate.load(checkpoint_dir, dtype)
-    own_tok = os.path.exists(os.path.join(meta_dir, "tokenizer.json"))
-    tokenizer = load_tokenizer(meta_dir if own_tok else None)
+    tokenizer = tokenizer_lib.load_checkpoint_tokenizer(meta_dir, log)
+    tokenizer_lib.check_fits(tokenizer, model.cfg.vocab_size, checkpoint_dir)
     settings = generate.GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature,
-                                           top_p=top_p, seed=seed, batch_size=batch_size)
+                                           top_p=top_p, seed=seed, batch_size=batch_size,
+                                           eos_token_ids=generate.eos_ids_of(tokenizer, meta_dir))
     return lambda prompts: generate.generate_texts(model, tokenizer, prompts, settings)
 
 
@@ -63,7 +65,7 @@ def run(a, generate_fn: runner.GenerateFn | None = None, log=lambda s: None) -> 
     log(f"evaluate: task {a.task}, {len(items)} items x {settings.n_samples} samples")
     if generate_fn is None:
         generate_fn = model_generate_fn(a.checkpoint, a.dtype, a.temperature, a.top_p,
-                                        a.max_new_tokens, a.seed, a.batch_size)
+                                        a.max_new_tokens, a.seed, a.batch_size, log)
     records, summary = runner.evaluate(a.task, items, generate_fn, settings)
     summary.update(checkpoint=a.checkpoint, data=a.data or "", n_samples=settings.n_samples,
                    temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens)
