@@ -192,7 +192,7 @@ def test_trainer_data_step_uses_the_checkpoint_tokenizer(tmp_path):
 
 
 def test_tokenizer_must_fit_the_model_vocabulary(tmp_path):
-    """Oracle: the largest id by hand (the last added token's: the BPE size + 6); vocab_size at it
+    """Oracle: the largest id by hand (the last added token's, by token_to_id); vocab_size at it
     is an error naming the tokenizer's directory, the id, the vocab_size and the model; above passes."""
     d = make_tokenizer_dir(tmp_path / "tok", QWEN_LIKE)
     tok = tokenizer_lib.load_tokenizer(str(d))
@@ -236,3 +236,23 @@ def test_prepare_logs_and_records_the_tokenizer_it_used(tmp_path, capsys):
         assert ("packaged" in logged[0]) == (name == "packaged")
         assert json.loads((out / "report.json").read_text())["options"]["tokenizer"] == where
     assert TokenStore(str(tmp_path / "own" / "train")).ids.tolist() == hand_ids(d, PROMPT_PIECES + TARGET_PIECES)
+
+
+def test_evaluate_refuses_a_checkpoint_tokenizer_larger_than_the_model(tmp_path, capsys):
+    """Oracle: the numbers by hand: a checkpoint of vocab_size 300 whose tokenizer.json reaches the
+    id of its last added token (`</think>`, by token_to_id: above 300) stops `python -m
+    r1jax.evaluate` with status 2 and one line naming the tokenizer's directory, that id and the
+    vocab_size, before any weights are read."""
+    from r1jax.eval import evaluate
+    from r1jax.models import checkpoint
+    from r1jax.models.registry import preset
+    ckpt = make_tokenizer_dir(tmp_path / "ckpt", QWEN_LIKE)
+    top = Tokenizer.from_file(str(ckpt / "tokenizer.json")).token_to_id(UNTHINK)
+    assert top >= 300
+    checkpoint.write_meta(str(ckpt), preset("tiny", vocab_size=300))  # config only: no params/
+    (tmp_path / "eval.jsonl").write_text(json.dumps(TEXT_ROW) + "\n", encoding="utf-8")
+    assert evaluate.main(["--checkpoint", str(ckpt), "--data", str(tmp_path / "eval.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: tokenizer ") and "Traceback" not in err
+    for part in (str(ckpt), f"token id {top}", "vocab_size 300"):
+        assert part in err
