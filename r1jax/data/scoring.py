@@ -2,7 +2,8 @@
 
 Each non-blank line is a JSON object with exactly one of
   `"input_ids": [int, ...]`  pre-tokenized, used as is, or
-  `"text": str`              encoded with the DeepSeek-V3/R1 tokenizer (`tokenizer.encode`).
+  `"text": str`              encoded with the model's tokenizer (`tokenizer.encode`): the checkpoint's
+                             own, else the packaged DeepSeek-V3/R1 one.
 Every sequence needs at least 2 tokens: the loss predicts tokens 1..n-1 from their prefix.
 """
 from __future__ import annotations
