@@ -201,6 +201,8 @@ def read_hf_dict(d: dict[str, Any], dialect: HFDialect, *, source: str, **runtim
     for k in _INT_KEYS:
         if kw.get(k) is not None and (not isinstance(kw[k], int) or isinstance(kw[k], bool)):
             raise ConfigError(f"{source}: {k}={kw[k]!r} must be an integer")
+    if kw["head_dim"] is not None and kw["head_dim"] * kw["num_attention_heads"] == kw["hidden_size"]:
+        kw["head_dim"] = None  # the derived width, stated: the same config as without it
     if isinstance(kw.get("rms_norm_eps"), int):
         kw["rms_norm_eps"] = float(kw["rms_norm_eps"])
     kw.update(_rope_fields(d, source))
