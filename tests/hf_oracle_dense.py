@@ -7,7 +7,6 @@ table (r1jax/models/llama/layout.py), the table convert and export use.
 """
 from __future__ import annotations
 
-
 import jax.numpy as jnp
 import numpy as np
 import torch
@@ -92,5 +91,3 @@ def hf_param_count_of(cfg, keep) -> int:
     with torch.device("meta"):
         model = model_cls(hf_config(cfg))
     return sum(p.numel() for n, p in model.named_parameters() if keep(n))
-
-

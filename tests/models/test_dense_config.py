@@ -6,6 +6,7 @@ import copy
 
 import numpy as np
 import pytest
+import torch
 from flax import nnx
 
 from hf_oracle_dense import HF_CLASSES, hf_config, hf_param_count, hf_param_count_of
@@ -159,7 +160,6 @@ def test_layout_refuses_mtp():
 def test_layout_names_every_tensor_of_the_transformers_model(name):
     """Oracle: the parameter names and shapes of transformers' model (meta device)."""
     cfg = registry.preset(name, tie_word_embeddings=(name == "tiny-qwen2"))
-    import torch
     with torch.device("meta"):
         model = HF_CLASSES[cfg.model_type][1](hf_config(cfg))
     hf = {n: tuple(p.shape) for n, p in model.named_parameters()}  # tied: no lm_head.weight
