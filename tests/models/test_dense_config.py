@@ -123,6 +123,7 @@ def _bad_json(family, **changes):
     ("llama", {"num_key_value_heads": 5}, "num_key_value_heads"),
     ("llama", {"vocab_size": None}, "vocab_size"),
     ("qwen2", {"hidden_size": 1536.0}, "hidden_size"),
+    ("llama", {"tie_word_embeddings": "false"}, "tie_word_embeddings"),
     ("qwen2", {"model_type": "llama"}, "model_type"),
 ])
 def test_config_json_errors_name_the_key_and_file(model_type, changes, key):

@@ -92,6 +92,9 @@ def validate(c: DenseConfig) -> None:
         bad("head_dim", f"the head width {c.head_size} must be even (rope rotates two halves)")
     if c.num_attention_heads % c.num_key_value_heads:
         bad("num_key_value_heads", f"must divide num_attention_heads={c.num_attention_heads}")
+    for key in ("tie_word_embeddings", "attention_bias"):
+        if not isinstance(getattr(c, key), bool):
+            bad(key, "must be true or false")
     if not c.rms_norm_eps > 0:
         bad("rms_norm_eps", "must be > 0")
     if not c.rope_theta > 0:
