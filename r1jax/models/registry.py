@@ -13,8 +13,10 @@ from typing import Any
 from r1jax.models.common.config import ConfigError
 from r1jax.models.deepseek_v3.family import FAMILY as DEEPSEEK_V3
 from r1jax.models.family import Family
+from r1jax.models.llama.family import FAMILY as LLAMA
+from r1jax.models.qwen2.family import FAMILY as QWEN2
 
-FAMILIES: tuple[Family, ...] = (DEEPSEEK_V3,)
+FAMILIES: tuple[Family, ...] = (DEEPSEEK_V3, LLAMA, QWEN2)
 
 _BY_TYPE = {t: f for f in FAMILIES for t in f.model_types}
 DEFAULT_MODEL_TYPE = "deepseek_v3"   # a config.json without model_type is read as R1's

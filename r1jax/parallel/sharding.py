@@ -24,6 +24,7 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
     "embed": ("fsdp", "expert"),
     "vocab": "tensor",
     "heads": "tensor",
+    "kv_heads": "tensor",            # K/V heads of grouped-query attention (r1jax/models/llama/)
     "head_dim": None,
     "q_lora": ("fsdp", "expert"),    # q_b / kv_b have no embed dim: split along their LoRA rank
     "kv_lora": ("fsdp", "expert"),
