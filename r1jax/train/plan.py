@@ -72,7 +72,7 @@ VARIANTS = {
     "lora_experts": {**_LORA, "lora.targets": "attention,dense_mlp,shared_experts,routed_experts"},
 }
 # Variants whose frozen base is the release's FP8 (`python -m r1jax.convert --dtype float8_e4m3fn`).
-# A plan has no checkpoint, whose r1jax.json is what sets ModelConfig.fp8_weights in a run, so the
+# A plan has no checkpoint, whose r1jax.json is what sets RuntimeConfig.fp8_weights in a run, so the
 # plan sets it on the preset's config itself (build_step's fp8_base): no user config key.
 FP8_BASE = frozenset({"lora", "lora_experts"})
 
@@ -148,8 +148,7 @@ def with_variant(c, variant: str | None):
 def adapter_counts(model_cfg) -> dict[str, int]:
     """{optimizer group: adapter parameters} of model_cfg's adapters (its section lora), counted
     from the abstract model (nnx.eval_shape: no memory), each adapter in its `group` metadata
-    (r1jax/models/common/groups.py); {} without adapters. An MTP module carries none
-    (r1jax/models/deepseek_v3/mtp.py)."""
+    (r1jax/models/common/groups.py); {} without adapters. An MTP module carries none."""
     abstract = nnx.eval_shape(lambda: registry.build(model_cfg, nnx.Rngs(0)))
     adapters = nnx.state(abstract, Adapter)
     places = groups.placements(adapters)
@@ -173,7 +172,7 @@ def build_step(c, mesh, fp8_base: bool = False):
     adapters (section lora) params are the adapters and frozen the base weights (and FP8 scales),
     sharded by their own axes and not donated; without, frozen is None. key is the adapter-dropout
     key (None without dropout). fp8_base: the base's projections as FP8 codes + scales
-    (ModelConfig.fp8_weights), as an FP8 checkpoint would load.
+    (RuntimeConfig.fp8_weights), as an FP8 checkpoint would load.
 
     The step must be lowered under jax.set_mesh(mesh), as train.py runs it. make_optimizer runs
     outside the mesh: its constants are host arrays, and a compile-only TPU device cannot hold them.
