@@ -117,3 +117,26 @@ def test_a_group_the_model_lacks_is_an_error_naming_the_key():
     # the default targets (attention, dense_mlp, shared_experts) adapt the ones the model has
     lora = _abstract(cfg.replace(lora=LoraConfig(rank=2)))
     make_optimizer(OptimConfig(), lora, nnx.state(lora, nnx.Param))
+
+
+def test_mtp_fp8_and_export_config_are_per_family_answers(monkeypatch):
+    """Oracle, by hand: R1's MTP module is decoder layer num_hidden_layers (3 in tiny), so of these
+    names exactly model.layers.3.* are MTP tensors; its release stores FP8 blocks and its export
+    config says no MTP follows (num_nextn_predict_layers 0) and carries the release's
+    quantization_config. A family that declares none of these (the stand-in) has no MTP tensors, no
+    FP8 blocks, and exports its own config.json unchanged."""
+    names = {"model.layers.2.mlp.gate.weight", "model.layers.3.eh_proj.weight",
+             "model.layers.3.self_attn.o_proj.weight", "model.norm.weight"}
+    assert registry.mtp_tensors(TINY, names) == {"model.layers.3.eh_proj.weight",
+                                                 "model.layers.3.self_attn.o_proj.weight"}
+    assert registry.fp8_blocks(TINY)
+    d = registry.export_hf_config(TINY, with_mtp=False, fp8=True)
+    assert d["num_nextn_predict_layers"] == 0 and d["model_type"] == "deepseek_v3"
+    assert d["quantization_config"] == {"activation_scheme": "dynamic", "fmt": "e4m3",
+                                        "quant_method": "fp8", "weight_block_size": [128, 128]}
+
+    monkeypatch.setattr(registry, "_BY_TYPE", {**registry._BY_TYPE, "fake_lm": _fake_family()})
+    fake = _FakeConfig({"model_type": "fake_lm", "hidden_size": 8}, "x", {})
+    assert not registry.has_mtp_tensors(fake, {"model.layers.3.eh_proj.weight"})
+    assert not registry.fp8_blocks(fake)
+    assert registry.export_hf_config(fake, with_mtp=False, fp8=False) == {"model_type": "fake_lm", "hidden_size": 8}
