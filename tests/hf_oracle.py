@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import transformers
 
-from r1jax.interop import layout
+from r1jax.models import registry
 from r1jax.interop.convert import fill_params
 from r1jax.models.checkpoint import unflatten
 from r1jax.models.deepseek_v3.config import ModelConfig, to_hf_dict
@@ -45,7 +45,7 @@ def hf_state(model) -> dict[str, np.ndarray]:
 
 def r1jax_params(cfg: ModelConfig, state: dict[str, np.ndarray]) -> dict:
     """Nested params dict for r1jax from an HF state dict (fused or per-expert names)."""
-    expected = layout.hf_tensors(cfg, set(state), with_mtp=False)
+    expected = registry.hf_tensors(cfg, set(state), with_mtp=False)
     missing = {t.name for t in expected} - set(state)
     assert not missing, missing
     return unflatten(fill_params(cfg, expected, lambda name, i: state[name]))

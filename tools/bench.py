@@ -9,7 +9,7 @@ implementations are compared on the same config on a CPU too (tests/tools/test_b
 
 Times the full r1jax train step (forward, backward, AdamW update; bf16 compute, float32 master
 params) after warm-up, median of --steps; checks the bf16 loss against a float32-compute forward on
-the same batch; prints tokens/s, model TFLOP/s (r1jax.models.deepseek_v3.flops), MFU against the device's bf16 peak,
+the same batch; prints tokens/s, model TFLOP/s (the family's, r1jax.models.registry.train_flops_per_token), MFU against the device's bf16 peak,
 peak device memory next to the analytic need of params + grads + Adam state, and compile time.
 With --peer, runs tools/hf_peer.py (HF transformers' DeepseekV3ForCausalLM on the same config,
 forward + backward only) in a subprocess first and prints our tokens/s over its.
@@ -36,9 +36,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from r1jax.models.deepseek_v3.flops import train_flops_per_token
 from r1jax.train.monitor import PEAK_TFLOPS
-from r1jax.models.deepseek_v3.transformer import Transformer
+from r1jax.models import registry
 from r1jax.models.registry import preset
 from r1jax.models.common.config import LoraConfig
 from r1jax.train.step import StepConfig, loss_fn, split_trained, train_step
@@ -64,11 +63,11 @@ def shape_arguments(p, loss_chunk: int = 4096) -> None:
 
 def init_state(cfg):
     """(graphdef, params, rest) of a randomly initialized model, created on the default device."""
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: registry.build(cfg, nnx.Rngs(0))))
 
     @jax.jit
     def init():
-        _, params, rest = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
+        _, params, rest = nnx.split(registry.build(cfg, nnx.Rngs(0)), nnx.Param, ...)
         return params, rest
 
     params, rest = init()
@@ -107,7 +106,7 @@ def bench(args) -> dict:
                  attention_mask=args.attention_mask, **(SMALL if args.small else {}))
     if args.experts:  # same active parameters per token, more (or fewer) routed experts
         cfg = cfg.replace(n_routed_experts=args.experts)
-    fpt = train_flops_per_token(cfg, args.seq)
+    fpt = registry.train_flops_per_token(cfg, args.seq)
     device = jax.devices()[0]
     graphdef, params, rest = init_state(cfg)
     n_params = sum(x.size for x in jax.tree.leaves(params))
@@ -116,8 +115,8 @@ def bench(args) -> dict:
     batch = make_batch(cfg, args.batch, args.seq)
 
     # Correctness: the run's loss against a float32-compute forward of the same params and batch.
-    graphdef32 = nnx.graphdef(nnx.eval_shape(lambda: Transformer(cfg.replace(dtype="float32"),
-                                                                 rngs=nnx.Rngs(0))))
+    graphdef32 = nnx.graphdef(nnx.eval_shape(lambda: registry.build(cfg.replace(dtype="float32"),
+                                                                    nnx.Rngs(0))))
     loss16 = float(jax.jit(loss_fn, static_argnums=2)(params, rest, graphdef, batch)[0])
     loss32 = float(jax.jit(loss_fn, static_argnums=2)(params, rest, graphdef32, batch)[0])
 
@@ -134,7 +133,7 @@ def bench(args) -> dict:
     return {
         "impl": "r1jax", "preset": args.preset + ("/small" if args.small else ""),
         "batch": args.batch, "seq": args.seq,
-        "n_routed_experts": cfg.n_routed_experts, "loss_chunk": args.loss_chunk, "remat": args.remat, "dtype": args.dtype,
+        "n_routed_experts": getattr(cfg, "n_routed_experts", 0), "loss_chunk": args.loss_chunk, "remat": args.remat, "dtype": args.dtype,
         "attention_mask": args.attention_mask,
         "device": device.device_kind, "jax": jax.__version__, "params_B": n_params / 1e9,
         "step_ms": sec * 1e3, "tokens_per_s": tok_s, "model_tflops": tflops,
@@ -174,8 +173,8 @@ def bench_lora(args, full: dict) -> dict:
                  lora=LoraConfig(rank=args.lora, targets=targets), **(SMALL if args.small else {}))
     if args.experts:
         cfg = cfg.replace(n_routed_experts=args.experts)
-    graphdef = split_trained(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))[0]
-    params, rest, frozen = jax.jit(lambda: split_trained(Transformer(cfg, rngs=nnx.Rngs(0)))[1:])()
+    graphdef = split_trained(nnx.eval_shape(lambda: registry.build(cfg, nnx.Rngs(0))))[0]
+    params, rest, frozen = jax.jit(lambda: split_trained(registry.build(cfg, nnx.Rngs(0)))[1:])()
     optimizer = optax.adamw(1e-5, weight_decay=0.1)
     opt_state = jax.jit(optimizer.init)(params)
     batch = make_batch(cfg, args.batch, args.seq)
@@ -191,7 +190,7 @@ def bench_lora(args, full: dict) -> dict:
             "fp8_base": args.fp8_base, "adapter_params": sum(x.size for x in jax.tree.leaves(params)),
             "frozen_params": sum(x.size for x in jax.tree.leaves(frozen)),
             "step_ms": sec * 1e3, "tokens_per_s": args.batch * args.seq / sec,
-            "model_tflops": train_flops_per_token(cfg, args.seq) * args.batch * args.seq / sec / 1e12,
+            "model_tflops": registry.train_flops_per_token(cfg, args.seq) * args.batch * args.seq / sec / 1e12,
             "peak_mem_gib": peak_memory_gib(), "compile_s": compile_s,
             "final_loss": float(m["loss"]), "step_times_ms": [t * 1e3 for t in times],
             "step_time_over_full": sec * 1e3 / full["step_ms"]}

@@ -35,8 +35,9 @@ import time
 
 import numpy as np
 
+from r1jax.models import registry
 from r1jax.models import checkpoint
-from r1jax.interop import fp8, layout, safetensors_io
+from r1jax.interop import fp8, safetensors_io
 from r1jax.models.deepseek_v3.config import ModelConfig, to_hf_dict
 
 SHARD_BYTES = 200 << 20
@@ -69,7 +70,7 @@ def write_synthetic(cfg: ModelConfig, out_dir: str, seed: int = 0) -> int:
     """Writes a release-layout checkpoint of `cfg` with random values; returns its tensor bytes."""
     os.makedirs(out_dir)
     tensors = []
-    for t in layout.hf_tensors(cfg, with_mtp=False):
+    for t in registry.hf_tensors(cfg, with_mtp=False):
         if t.fp8_in_release:
             tensors.append(safetensors_io.OutTensor(t.name, fp8.E4M3, t.shape))
             tensors.append(safetensors_io.OutTensor(t.name + "_scale_inv", np.dtype(np.float32),

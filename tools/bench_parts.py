@@ -1,5 +1,6 @@
 """Where a train step's time goes: each part of the model timed alone, forward + backward, at the
-benchmark's shapes, times how often one step runs it, next to the full step.
+benchmark's shapes, times how often one step runs it, next to the full step. DeepSeek-V3 / R1 only
+(its MLA, MoE and FLOP parts, r1jax/models/deepseek_v3/): a preset of another family is refused.
 
     python tools/bench_parts.py --preset v3-small --batch 2 --seq 4096 --loss_chunk 4096 \
         --out tools/results/parts_h200.json                                     # one GPU
@@ -37,6 +38,7 @@ import bench as step_bench  # noqa: E402  (tools/bench.py: the full step, and it
 
 from r1jax.models.deepseek_v3 import flops  # noqa: E402
 from r1jax.models.losses import chunked_loss_sums, next_token_loss_sums  # noqa: E402
+from r1jax.models import registry  # noqa: E402
 from r1jax.models.registry import preset  # noqa: E402
 from r1jax.models.common.norm import RMSNorm  # noqa: E402
 from r1jax.models.deepseek_v3.rope import rope_tables  # noqa: E402
@@ -140,6 +142,9 @@ def main(argv=None) -> dict:
     p.add_argument("--no_full", action="store_true", help="skip timing the full step (tools/bench.py)")
     p.add_argument("--out", help="also write the JSON here")
     a = p.parse_args(argv)
+    if registry.presets().get(a.preset, (None,))[0] is not registry.family("deepseek_v3"):
+        p.error(f"--preset {a.preset}: bench_parts times DeepSeek-V3 / R1 parts only; choose one of "
+                f"{sorted(registry.family('deepseek_v3').presets)} (tools/bench.py times any family)")
     cfg = preset(a.preset, dtype="bfloat16", param_dtype="float32", **(step_bench.SMALL if a.small else {}))
     device = jax.devices()[0]
     full = None

@@ -41,7 +41,8 @@ from flax import nnx
 from r1jax.models.deepseek_v3.transformer import Transformer
 from r1jax.models.registry import preset
 from r1jax.models.common.config import LoraConfig
-from r1jax.train.optim import group_of, path_str
+from r1jax.models.common import groups
+from r1jax.train.optim import path_str
 from r1jax.train.step import StepConfig, split_trained, train_step
 
 GIB = 1024 ** 3
@@ -88,9 +89,10 @@ def nbytes(tree) -> int:
 
 def non_expert_bytes(frozen) -> int:
     """Bytes of the frozen weights outside the routed experts (whole here, 1/8 per GPU on the node)."""
+    places = groups.placements(frozen)
     return sum(x.size * jnp.dtype(x.dtype).itemsize
                for p, x in jax.tree_util.tree_flatten_with_path(frozen)[0]
-               if group_of(path_str(p)) != "routed_experts")
+               if places[path_str(p)].group != "routed_experts")
 
 
 def ep_buffer_bytes(cfg, chunk: int) -> int:

@@ -26,7 +26,7 @@ of the text is reasoning, and `answer` empty, when `</think>` never came).
 
 Python API (what other code calls; HumanEval evaluation builds on it):
 
-    generate_texts(model: Transformer, tokenizer, prompts: list[str | list[dict]],
+    generate_texts(model: nnx.Module, tokenizer, prompts: list[str | list[dict]],
                    settings: GenerationSettings = GenerationSettings(), *, mesh=None,
                    on_text=None, skip_too_long=False) -> list[dict]
 
@@ -43,7 +43,7 @@ None for one device.
 GenerationSettings(max_new_tokens=1024, temperature=0.6, top_p=0.95, top_k=0, seed=0, stop=(),
 eos_token_ids=() [the tokenizer's], batch_size=8, steps_per_call=8). Also:
 
-    load(path: str, dtype="bfloat16", mesh=None) -> (Transformer, meta_dir: str)
+    load(path: str, dtype="bfloat16", mesh=None) -> (model, meta_dir: str)
     generate_ids(model, prompts: list[list[int]], settings, *, eos_token_ids=None, mesh=None,
                  detokenize=None, on_text=None, skip_too_long=False) -> list[dict]  # on token ids
 
@@ -81,7 +81,6 @@ from r1jax.data.chat import generation_prompt, prompt_ids
 from r1jax.data.formats import DataError, Example, json_objects, parse_row, split_reasoning
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.models.common.config import ConfigError
-from r1jax.models.deepseek_v3.transformer import Transformer
 
 PROMPT_BUCKET = 64  # prompts are left-padded to a multiple of this: few shapes to compile
 
@@ -222,7 +221,7 @@ class _Row:
             self.emitted = end
 
 
-def generate_ids(model: Transformer, prompts: Sequence[Sequence[int]],
+def generate_ids(model: nnx.Module, prompts: Sequence[Sequence[int]],
                  settings: GenerationSettings = GenerationSettings(), *,
                  eos_token_ids: Sequence[int] | None = None, mesh=None,
                  detokenize: Callable[[list[int]], str] | None = None,
@@ -358,7 +357,7 @@ def eos_ids_of(tokenizer, meta_dir: str | None = None) -> tuple[int, ...]:
     return tokenizer_lib.eos_token_ids(tokenizer, meta_dir)
 
 
-def generate_texts(model: Transformer, tokenizer, prompts: Sequence[str | Sequence[dict]],
+def generate_texts(model: nnx.Module, tokenizer, prompts: Sequence[str | Sequence[dict]],
                    settings: GenerationSettings = GenerationSettings(), *, mesh=None,
                    on_text: Callable[[int, str], None] | None = None,
                    skip_too_long: bool = False) -> list[dict]:

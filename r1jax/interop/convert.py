@@ -11,7 +11,7 @@ host memory holds a few tensors per worker, never the model. The output appears 
 (built in CKPT.partial, then renamed); an interrupted run continues with --resume.
 
 --dtype float8_e4m3fn keeps the decoder layers' projections as block-scaled FP8 (the model's
-ModelConfig.fp8_weights: codes at their path, scales at PATH_scale): FP8 source tensors are copied
+RuntimeConfig.fp8_weights: codes at their path, scales at PATH_scale): FP8 source tensors are copied
 as codes and scales, never dequantized; float sources are quantized on the host (r1jax/interop/fp8.py). The
 rest (embeddings, norms, router, head, the MTP block) is bf16, the router bias float32.
 """
@@ -29,8 +29,8 @@ import numpy as np
 
 from r1jax.models import checkpoint
 from r1jax.interop import fp8, layout, resumable, safetensors_io, streaming
-from r1jax.models.common.config import ConfigError
-from r1jax.models.deepseek_v3.config import ModelConfig, to_hf_dict
+from r1jax.models import registry
+from r1jax.models.common.config import ConfigError, RuntimeConfig
 from r1jax.models.registry import load_hf_config
 
 SCALE_SUFFIX = "_scale_inv"  # "<name>.weight" has its block scales in "<name>.weight_scale_inv"
@@ -52,17 +52,16 @@ def _listing(names, limit=12) -> str:
     return ", ".join(names[:limit]) + more
 
 
-def plan(cfg: ModelConfig, tensors: dict[str, safetensors_io.TensorInfo], with_mtp: bool):
+def plan(cfg: RuntimeConfig, tensors: dict[str, safetensors_io.TensorInfo], with_mtp: bool):
     """Checks names, shapes, dtypes and scales against the layout; returns the HF tensors to read.
 
     Raises ConversionError listing every missing, unexpected, mis-shaped or mis-typed tensor at once.
     """
     names = set(tensors)
-    expected = layout.hf_tensors(cfg, names, with_mtp=with_mtp)
+    expected = registry.hf_tensors(cfg, names, with_mtp=with_mtp)
     want = {t.name for t in expected}
     scales = {n for n in names if n.endswith(SCALE_SUFFIX)}
-    mtp_prefix = f"model.layers.{cfg.num_hidden_layers}."
-    ignored = {n for n in names if not with_mtp and n.startswith(mtp_prefix)}
+    ignored = set() if with_mtp else registry.mtp_tensors(cfg, names)  # the MTP module's, dropped
     problems = []
     missing = want - names
     if missing:
@@ -98,11 +97,11 @@ def plan(cfg: ModelConfig, tensors: dict[str, safetensors_io.TensorInfo], with_m
     return expected
 
 
-def fill_params(cfg: ModelConfig, expected, read) -> dict[str, np.ndarray]:
+def fill_params(cfg: RuntimeConfig, expected, read) -> dict[str, np.ndarray]:
     """{dotted path: array} of every model variable, filled from HF tensors, all in memory (for small
     models and tests; `convert` streams instead).
 
-    expected: layout.hf_tensors(...); read(name, i) -> the i-th HF tensor's float32 data.
+    expected: registry.hf_tensors(...); read(name, i) -> the i-th HF tensor's float32 data.
     """
     shapes = checkpoint.param_shapes(cfg)
     arrays = {p: np.zeros(s.shape, s.dtype) for p, s in shapes.items()}
@@ -274,7 +273,7 @@ class SourceDigests:
 @dataclasses.dataclass(frozen=True)
 class Job:
     """Everything a conversion decides before writing anything."""
-    cfg: ModelConfig
+    cfg: RuntimeConfig
     tensors: dict                      # HF name -> safetensors_io.TensorInfo
     expected: list                     # layout.HFTensor, every one present and checked
     shapes: dict                       # r1jax path -> (shape, dtype)
@@ -296,7 +295,10 @@ def plan_job(hf_dir: str, dtype: str, drop_mtp: bool, block_bytes: int) -> Job:
     tensors = safetensors_io.index_checkpoint(hf_dir)
     base = load_hf_config(hf_dir, param_dtype="bfloat16" if dtype == FP8_DTYPE else dtype,
                           fp8_weights=dtype == FP8_DTYPE)
-    with_mtp = (not drop_mtp) and layout.has_mtp_tensors(base, tensors)
+    if dtype == FP8_DTYPE and not registry.fp8_blocks(base):
+        raise ConversionError(f"--dtype {FP8_DTYPE}: model_type {base.model_type!r} has no block-scaled "
+                              "FP8 layout; choose a float dtype")
+    with_mtp = (not drop_mtp) and registry.has_mtp_tensors(base, tensors)
     cfg = base.replace(with_mtp=with_mtp)
     expected = plan(cfg, tensors, with_mtp)
     shapes = {p: (tuple(s.shape), np.dtype(s.dtype)) for p, s in checkpoint.param_shapes(cfg).items()}
@@ -308,7 +310,7 @@ def plan_job(hf_dir: str, dtype: str, drop_mtp: bool, block_bytes: int) -> Job:
     chunks = chunk_shapes(tasks, shapes)
     files = {f: safetensors_io.identity(f) for f in {i.file for i in tensors.values()}}
     spec = {"job": "r1jax.convert", "format": checkpoint.FORMAT_VERSION, "dtype": dtype,
-            "with_mtp": with_mtp, "config": resumable.digest(json.dumps(to_hf_dict(cfg), sort_keys=True)),
+            "with_mtp": with_mtp, "config": resumable.digest(json.dumps(registry.to_hf_dict(cfg), sort_keys=True)),
             "tasks": resumable.digest(*(k.key for k in tasks))}
     # fp8_scales.safetensors keeps the scales of FP8 sources that are dequantized (all of them, or
     # with fp8_weights those outside the decoder layers' projections, e.g. the MTP block's).
@@ -321,7 +323,7 @@ def plan_job(hf_dir: str, dtype: str, drop_mtp: bool, block_bytes: int) -> Job:
 
 def convert(hf_dir: str, out: str, *, dtype: str = "bfloat16", drop_mtp: bool = False,
             workers: int = 1, resume: bool = False, log=print, block_bytes: int = streaming.BLOCK_BYTES,
-            ) -> ModelConfig:
+            ) -> RuntimeConfig:
     """Converts the HF checkpoint in `hf_dir` into an r1jax model checkpoint at `out`.
 
     workers: threads dequantizing and writing; resume: continue `out`.partial left by an interrupted

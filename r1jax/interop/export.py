@@ -35,12 +35,10 @@ from r1jax.interop import fp8, layout, lora_run, peft_adapter, resumable, safete
 from r1jax.interop.convert import SCALE_SUFFIX
 from r1jax.data import DataError, load_tokenizer, read_scoring_rows
 from r1jax.data.tokenizer import packaged_tokenizer_dir
-from r1jax.models.common.config import ConfigError, LoraConfig
-from r1jax.models.deepseek_v3.config import ModelConfig, to_hf_dict
+from r1jax.models import registry
+from r1jax.models.common.config import ConfigError, LoraConfig, RuntimeConfig
 from r1jax.models.sources import training_step_dir
 
-QUANTIZATION_CONFIG = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
-                       "weight_block_size": [fp8.BLOCK, fp8.BLOCK]}  # the release's config.json
 MAX_SHARD_BYTES = 5 * 10**9
 BF16 = safetensors_io.DTYPES["BF16"]
 F32 = np.dtype(np.float32)
@@ -64,17 +62,13 @@ def out_tensors(expected, fp8_names) -> list[safetensors_io.OutTensor]:
     return out
 
 
-def hf_config(cfg: ModelConfig, with_mtp: bool, fp8_weights: bool) -> dict:
-    """config.json of the export: the model's, saying whether MTP weights and FP8 are present."""
-    d = to_hf_dict(cfg)
-    if not with_mtp:
-        d["num_nextn_predict_layers"] = 0  # no MTP weights follow; readers must not look for them
-    if fp8_weights:
-        d["quantization_config"] = dict(QUANTIZATION_CONFIG)
-    return d
+def hf_config(cfg: RuntimeConfig, with_mtp: bool, fp8_weights: bool) -> dict:
+    """config.json of the export: the model's, from its family (registry.export_hf_config), saying
+    whether MTP weights and FP8 are present."""
+    return registry.export_hf_config(cfg, with_mtp=with_mtp, fp8=fp8_weights)
 
 
-def _check_arrays(store: checkpoint.ParamStore, cfg: ModelConfig, expected) -> None:
+def _check_arrays(store: checkpoint.ParamStore, cfg: RuntimeConfig, expected) -> None:
     want = {p: tuple(s.shape) for p, s in checkpoint.param_shapes(cfg).items()}
     used = {slot.path for t in expected for slot in t.slots}
     problems = [f"{p} missing" for p in sorted(used - set(store.shapes))]
@@ -196,7 +190,7 @@ def fp8_tensors(expected, fp8_weights: bool, scales: dict, held=frozenset()) -> 
     return set(held) | {t.name for t in expected if t.fp8_in_release}
 
 
-def export_params(params_dir: str, cfg: ModelConfig, out: str, *, fp8_weights: bool = False,
+def export_params(params_dir: str, cfg: RuntimeConfig, out: str, *, fp8_weights: bool = False,
                   drop_mtp: bool = False, scales_path: str | None = None,
                   side_dir: str | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
                   workers: int = 1, resume: bool = False, log=print,
@@ -211,8 +205,11 @@ def export_params(params_dir: str, cfg: ModelConfig, out: str, *, fp8_weights: b
     store: what the variables are read from (shapes, read(path, index)), instead of params_dir's
     arrays (lora_run.MergedStore for a LoRA run).
     """
+    if fp8_weights and not registry.fp8_blocks(cfg):
+        raise ExportError(f"--fp8: model_type {cfg.model_type!r} has no block-scaled FP8 layout; "
+                          "export without --fp8")
     with_mtp = cfg.with_mtp and not drop_mtp
-    expected = layout.hf_tensors(cfg, with_mtp=with_mtp)
+    expected = registry.hf_tensors(cfg, with_mtp=with_mtp)
     if store is None:
         store = checkpoint.ParamStore(params_dir, cache_bytes=256 << 20, roots=roots)
         if cfg.fp8_weights:  # codes and scales as the model holds them, else a CheckpointError
@@ -232,7 +229,7 @@ def export_params(params_dir: str, cfg: ModelConfig, out: str, *, fp8_weights: b
     tasks = streaming.make_tasks(expected, shapes, block_bytes, fp8_names | held)
     digest = _source_digest(params_dir, scales_path)
     spec = {"job": "r1jax.export", "fp8": fp8_weights, "with_mtp": with_mtp, "roots": list(roots),
-            "config": resumable.digest(json.dumps(to_hf_dict(cfg), sort_keys=True)),
+            "config": resumable.digest(json.dumps(registry.to_hf_dict(cfg), sort_keys=True)),
             "shards": files, "max_shard_bytes": max_shard_bytes,
             "tasks": resumable.digest(*(k.key for k in tasks))}
 
@@ -271,7 +268,7 @@ def export_params(params_dir: str, cfg: ModelConfig, out: str, *, fp8_weights: b
     return files
 
 
-def export_lora_merged(step_dir: str, run_model: str, cfg: ModelConfig, out: str, **kw) -> list[str]:
+def export_lora_merged(step_dir: str, run_model: str, cfg: RuntimeConfig, out: str, **kw) -> list[str]:
     """Exports a LoRA run's training checkpoint `step_dir` as the plain model: every adapted
     projection W + s A B over the run's base checkpoint, the run's router bias; `kw` as
     export_params (with --fp8 the base's kept FP8 scales are reused where blocks did not change)."""
@@ -300,7 +297,7 @@ def export_adapter(checkpoint_dir: str, out: str, log=print) -> list[str]:
                           "writes the model's weights")
     base = lora_run.open_base(run_model, cfg)
     routers = {}  # layers whose router bias the run changed: PEFT's modules_to_save carries them
-    tensors = {t.name: t for t in layout.hf_tensors(cfg, with_mtp=False)}
+    tensors = {t.name: t for t in registry.hf_tensors(cfg, with_mtp=False)}
     for name, t in tensors.items():
         if name.endswith(".e_score_correction_bias"):
             slot = t.slots[0]
@@ -319,7 +316,7 @@ def export_adapter(checkpoint_dir: str, out: str, log=print) -> list[str]:
     return names
 
 
-def source_variables(checkpoint_dir: str) -> tuple[ModelConfig, object]:
+def source_variables(checkpoint_dir: str) -> tuple[RuntimeConfig, object]:
     """(the plain model's config, a store reading its variables: shapes, read(path, index)) of what
     `export` exports from `checkpoint_dir`; a LoRA run's merged over its base."""
     step_dir = training_step_dir(checkpoint_dir)

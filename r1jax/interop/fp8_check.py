@@ -15,20 +15,21 @@ import numpy as np
 from flax import nnx
 
 from r1jax.models import checkpoint
-from r1jax.interop import fp8, layout, safetensors_io, streaming
+from r1jax.interop import fp8, safetensors_io, streaming
 from r1jax.interop.convert import SCALE_SUFFIX, fill_params
 from r1jax.eval.evaluate import score
-from r1jax.models.deepseek_v3.config import ModelConfig
+from r1jax.models import registry
+from r1jax.models.common.config import RuntimeConfig
 
 
-def _model(cfg: ModelConfig, flat: dict[str, np.ndarray]):
+def _model(cfg: RuntimeConfig, flat: dict[str, np.ndarray]):
     """The plain model of `cfg` holding the variables `flat` ({dotted path: array})."""
     graphdef, state = nnx.split(checkpoint.abstract_model(cfg))
     nnx.replace_by_pure_dict(state, checkpoint.unflatten(flat))
     return nnx.merge(graphdef, state)
 
 
-def bf16_variables(cfg: ModelConfig, store) -> dict[str, np.ndarray]:
+def bf16_variables(cfg: RuntimeConfig, store) -> dict[str, np.ndarray]:
     """{path: float32 array} of the model's variables as a BF16 export holds them: every HF tensor
     read from `store` (shapes, read(path, index)) in bf16, the router bias float32."""
     from r1jax.interop.export import _read_tensor  # noqa: PLC0415 - export imports this module
@@ -39,11 +40,11 @@ def bf16_variables(cfg: ModelConfig, store) -> dict[str, np.ndarray]:
             return data
         return data.astype(ml_dtypes.bfloat16).astype(np.float32)
 
-    expected = layout.hf_tensors(cfg, with_mtp=False)
+    expected = registry.hf_tensors(cfg, with_mtp=False)
     return fill_params(cfg, expected, read)
 
 
-def exported_variables(cfg: ModelConfig, hf_dir: str) -> dict[str, np.ndarray]:
+def exported_variables(cfg: RuntimeConfig, hf_dir: str) -> dict[str, np.ndarray]:
     """{path: float32 array} of the model's variables read back from the export `hf_dir`, FP8
     tensors dequantized with their scales (r1jax/interop/fp8.py)."""
     infos = safetensors_io.index_checkpoint(hf_dir)
@@ -54,10 +55,10 @@ def exported_variables(cfg: ModelConfig, hf_dir: str) -> dict[str, np.ndarray]:
             return fp8.dequantize(data, safetensors_io.load(infos[name + SCALE_SUFFIX]))
         return np.asarray(data, np.float32)
 
-    return fill_params(cfg, layout.hf_tensors(cfg, set(infos), with_mtp=False), read)
+    return fill_params(cfg, registry.hf_tensors(cfg, set(infos), with_mtp=False), read)
 
 
-def losses(cfg: ModelConfig, store, hf_dir: str, rows: list[list[int]], batch_size: int = 4) -> dict:
+def losses(cfg: RuntimeConfig, store, hf_dir: str, rows: list[list[int]], batch_size: int = 4) -> dict:
     """{"bf16": loss, "fp8": loss, "tokens": n}: the mean next-token loss over `rows` of the BF16
     variables from `store` and of the FP8 export in `hf_dir`, both in float32 compute."""
     cfg = cfg.replace(dtype="float32", param_dtype="float32", with_mtp=False)

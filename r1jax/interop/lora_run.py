@@ -1,9 +1,9 @@
 """A LoRA training run read for export: its adapters, its router bias, and the base model they sit on.
 
-A run RUN trained with adapters (ModelConfig.lora.rank > 0) holds
+A run RUN trained with adapters (RuntimeConfig.lora.rank > 0) holds
     RUN/model/r1jax.json      besides format/with_mtp/param_dtype: "lora" {rank, alpha, dropout,
                               targets, rslora} and "base" {"path": the base model checkpoint, "digest"}
-    RUN/checkpoints/STEP/state  Orbax {"params": the adapters only (e.g. dense_layers.attn.q_a_lora.a),
+    RUN/checkpoints/STEP/state  Orbax {"params": the adapters only (e.g. layers.attn.q_lora.a),
                               "rest": {..., router_bias}, "opt_state": ...}
 The base's weights are not in the run: they are read from "base"."path" (r1jax/models/checkpoint.py format)
 through `BaseReader`, the one place base arrays come from.
@@ -21,8 +21,8 @@ from flax import nnx
 from r1jax.models import checkpoint
 from r1jax.interop import fp8, layout
 from r1jax.interop.convert import SCALE_SUFFIX
-from r1jax.models.common.config import LoraConfig
-from r1jax.models.deepseek_v3.config import ModelConfig, to_hf_dict
+from r1jax.models import registry
+from r1jax.models.common.config import LoraConfig, RuntimeConfig
 
 ADAPTER_SUFFIX = "_lora"
 
@@ -31,8 +31,8 @@ class LoraRunError(ValueError):
     """A LoRA run (or its base) that cannot be read as asked; the message names the path or key."""
 
 
-def run_config(model_dir: str) -> ModelConfig:
-    """The ModelConfig of a run's model directory, with its adapters (`lora`) set."""
+def run_config(model_dir: str) -> RuntimeConfig:
+    """The RuntimeConfig of a run's model directory, with its adapters (`lora`) set."""
     return checkpoint.read_config(model_dir)
 
 
@@ -110,7 +110,7 @@ class KeptScale:
         return scale.inv(self.store.read(scale.path, self.slot.index), contiguous=True)[rows]
 
 
-def projection_fans(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
+def projection_fans(cfg: RuntimeConfig) -> dict[str, tuple[int, int]]:
     """{dotted path: (fan_in, fan_out)} of every projection of the model of `cfg` (its `projection`
     metadata, r1jax/models/common/params.py)."""
     state = nnx.state(checkpoint.abstract_model(cfg.replace(lora=LoraConfig())))
@@ -118,12 +118,12 @@ def projection_fans(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
             for p, v in nnx.to_flat_state(state) if "projection" in v.get_metadata()}
 
 
-def open_base(model_dir: str, cfg: ModelConfig) -> BaseReader:
+def open_base(model_dir: str, cfg: RuntimeConfig) -> BaseReader:
     """The base checkpoint of the LoRA run whose model directory is `model_dir` and config `cfg`,
     checked to hold the same architecture."""
     base = BaseReader(base_dir(model_dir))
-    if to_hf_dict(base.cfg) != to_hf_dict(cfg):
-        diff = sorted(k for k, v in to_hf_dict(cfg).items() if to_hf_dict(base.cfg).get(k) != v)
+    if registry.to_hf_dict(base.cfg) != registry.to_hf_dict(cfg):
+        diff = sorted(k for k, v in registry.to_hf_dict(cfg).items() if registry.to_hf_dict(base.cfg).get(k) != v)
         raise LoraRunError(f"{base.directory}: not the architecture of the run {model_dir} "
                            f"(config.json differs in {', '.join(diff) or 'its keys'})")
     return base
@@ -131,7 +131,7 @@ def open_base(model_dir: str, cfg: ModelConfig) -> BaseReader:
 
 def adapter_paths(shapes) -> dict[str, str]:
     """{projection path: its adapter's path prefix} for every adapter in `shapes` (dotted paths:
-    "dense_layers.attn.q_a" -> "dense_layers.attn.q_a_lora", whose ".a" and ".b" exist)."""
+    "layers.attn.q" -> "layers.attn.q_lora", whose ".a" and ".b" exist)."""
     out = {}
     for p in shapes:
         if p.endswith(ADAPTER_SUFFIX + ".a") and p[:-2] + ".b" in shapes:
@@ -155,7 +155,7 @@ class MergedStore:
     base projections with their adapters merged (W + s A B, float32), the run's router bias, the
     rest from the base."""
 
-    def __init__(self, state_dir: str, cfg: ModelConfig, base: BaseReader):
+    def __init__(self, state_dir: str, cfg: RuntimeConfig, base: BaseReader):
         self.params_dir = os.path.abspath(state_dir)
         self.run = checkpoint.ParamStore(self.params_dir, cache_bytes=256 << 20, roots=("params", "rest"))
         self.base = base

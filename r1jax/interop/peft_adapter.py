@@ -36,7 +36,8 @@ import os
 import numpy as np
 
 from r1jax.interop import layout, safetensors_io
-from r1jax.models.deepseek_v3.config import ModelConfig
+from r1jax.models import registry
+from r1jax.models.common.config import RuntimeConfig
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -62,13 +63,13 @@ class Target:
         return self.tensor.name.removesuffix(".weight")
 
 
-def fused_layout(cfg: ModelConfig) -> list[layout.HFTensor]:
+def fused_layout(cfg: RuntimeConfig) -> list[layout.HFTensor]:
     """The HF tensors of transformers' DeepseekV3ForCausalLM (fused experts, no MTP)."""
     fused = {f"model.layers.{n}.{FUSED_EXPERTS}" for n in range(cfg.num_hidden_layers)}
-    return layout.hf_tensors(cfg, fused, with_mtp=False)
+    return registry.hf_tensors(cfg, fused, with_mtp=False)
 
 
-def targets(cfg: ModelConfig, adapted: set[str]) -> list[Target]:
+def targets(cfg: RuntimeConfig, adapted: set[str]) -> list[Target]:
     """PEFT targets of the HF tensors any of whose slot paths is in `adapted` (r1jax projection
     paths carrying an adapter). Raises AdapterExportError for a tensor PEFT cannot adapt."""
     out = []
@@ -121,7 +122,7 @@ def lora_pair(t: layout.HFTensor, pairs: list[tuple[np.ndarray, np.ndarray]]) ->
     return lora_a, lora_b
 
 
-def adapter_config(cfg: ModelConfig, found: list[Target], routers: list[str]) -> dict:
+def adapter_config(cfg: RuntimeConfig, found: list[Target], routers: list[str]) -> dict:
     """adapter_config.json for PEFT's LoraConfig: r, lora_alpha, use_rslora as trained; fused
     gate_up_proj at rank 2r with the alpha that keeps the scaling."""
     lc = cfg.lora
@@ -143,7 +144,7 @@ def adapter_config(cfg: ModelConfig, found: list[Target], routers: list[str]) ->
     return d
 
 
-def write_adapter(out: str, cfg: ModelConfig, read, adapters: dict[str, str],
+def write_adapter(out: str, cfg: RuntimeConfig, read, adapters: dict[str, str],
                   routers: dict[str, tuple[np.ndarray, np.ndarray]], dtype, log=print) -> list[str]:
     """Writes the PEFT adapter into the new directory `out`; returns the saved tensor names.
 

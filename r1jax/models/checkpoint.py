@@ -2,7 +2,7 @@
 their arrays streamed slice by slice (tensorstore) for conversion and export.
 
 A model checkpoint directory holds
-    config.json       the HF-style model config (r1jax.models.deepseek_v3.config.to_hf_dict)
+    config.json       the HF-style model config (its family's, r1jax/models/registry.py to_hf_dict)
     r1jax.json        what the params hold: {"with_mtp": bool, "param_dtype": str, "format": 1,
                       "fp8_weights": bool (absent: false)}
     params/           an Orbax PyTree checkpoint of the model's variables as a nested dict
@@ -30,9 +30,8 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 from flax import nnx
 
+from r1jax.models import registry
 from r1jax.models.common.config import LoraConfig
-from r1jax.models.deepseek_v3.config import ModelConfig, from_hf_dict, to_hf_dict
-from r1jax.models.deepseek_v3.transformer import Transformer
 
 META_NAME = "r1jax.json"
 SCALES_NAME = "fp8_scales.safetensors"
@@ -47,12 +46,13 @@ class CheckpointError(ValueError):
     """A checkpoint directory that is missing, incomplete or corrupt; the message names the path."""
 
 
-def abstract_model(cfg: ModelConfig) -> Transformer:
-    """The model with ShapeDtypeStruct leaves: no memory is used."""
-    return nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+def abstract_model(cfg) -> nnx.Module:
+    """The model of `cfg` (its family's, registry.build) with ShapeDtypeStruct leaves: no memory
+    is used."""
+    return nnx.eval_shape(lambda: registry.build(cfg, nnx.Rngs(0)))
 
 
-def param_shapes(cfg: ModelConfig) -> dict[str, jax.ShapeDtypeStruct]:
+def param_shapes(cfg) -> dict[str, jax.ShapeDtypeStruct]:
     """Flat {dotted path: ShapeDtypeStruct} of every model variable (params and router bias)."""
     state = nnx.to_pure_dict(nnx.state(abstract_model(cfg)))
     return {".".join(map(str, k)): v for k, v in _flatten(state)}
@@ -78,15 +78,15 @@ def unflatten(flat: dict[str, object]) -> dict:
     return out
 
 
-def write_meta(directory: str, cfg: ModelConfig, base: dict | None = None) -> None:
+def write_meta(directory: str, cfg, base: dict | None = None) -> None:
     """Writes config.json and r1jax.json of a model checkpoint of `cfg` into `directory`.
 
     r1jax.json: format, with_mtp, param_dtype; fp8_weights when the projections are FP8-held;
-    for a run with adapters, "lora" (ModelConfig.lora's fields) and "base" (what the adapters sit
+    for a run with adapters, "lora" (cfg.lora's fields) and "base" (what the adapters sit
     on: base_record)."""
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(to_hf_dict(cfg), f, indent=2)
+        json.dump(registry.to_hf_dict(cfg), f, indent=2)
     meta = {"format": FORMAT_VERSION, "with_mtp": cfg.with_mtp, "param_dtype": cfg.param_dtype}
     if cfg.fp8_weights:
         meta["fp8_weights"] = True
@@ -110,13 +110,13 @@ def read_meta(directory: str) -> dict:
         raise CheckpointError(f"{path}: corrupt metadata: {e}") from None
 
 
-def base_record(directory: str | None, cfg: ModelConfig, seed: int) -> dict:
+def base_record(directory: str | None, cfg, seed: int) -> dict:
     """What a run's adapters sit on: {"path", "digest"} of a model checkpoint (the digest of its
     config.json, r1jax.json and Orbax tree metadata and manifest: any rewrite changes it), or for a
     randomly initialized base {"path": "", "digest"} of its architecture and seed."""
     if not directory:
         return {"path": "", "seed": seed,
-                "digest": _digest(json.dumps(to_hf_dict(cfg), sort_keys=True).encode(), str(seed).encode())}
+                "digest": _digest(json.dumps(registry.to_hf_dict(cfg), sort_keys=True).encode(), str(seed).encode())}
     directory = os.path.abspath(directory)
     parts = []
     for name in ("config.json", META_NAME, "params/_METADATA", "params/manifest.ocdbt"):
@@ -135,7 +135,7 @@ def _digest(*parts: bytes) -> str:
     return h.hexdigest()[:32]
 
 
-def save_model(directory: str, cfg: ModelConfig, params: dict) -> None:
+def save_model(directory: str, cfg, params: dict) -> None:
     """Writes cfg and the nested dict `params` (arrays) as a model checkpoint into `directory`."""
     directory = os.path.abspath(directory)
     write_meta(directory, cfg)
@@ -144,8 +144,9 @@ def save_model(directory: str, cfg: ModelConfig, params: dict) -> None:
     ckptr.wait_until_finished()
 
 
-def read_config(directory: str, **runtime) -> ModelConfig:
-    """The ModelConfig a checkpoint was saved with; `runtime` overrides dtype/remat (not with_mtp;
+def read_config(directory: str, **runtime):
+    """The config a checkpoint was saved with (its config.json read by the family its model_type
+    names: registry.from_hf_dict); `runtime` overrides dtype/remat (not with_mtp;
     fp8_weights defaults to what r1jax.json records, false when absent)."""
     meta_path = os.path.join(directory, META_NAME)
     cfg_path = os.path.join(directory, "config.json")
@@ -173,10 +174,10 @@ def read_config(directory: str, **runtime) -> ModelConfig:
             runtime["lora"] = LoraConfig(**{**lc, "targets": tuple(lc["targets"])})
         except (TypeError, KeyError) as e:
             raise CheckpointError(f"{meta_path}: bad \"lora\" entry {lc!r}: {e}") from None
-    return from_hf_dict(hf, source=cfg_path, with_mtp=meta["with_mtp"], **runtime)
+    return registry.from_hf_dict(hf, source=cfg_path, with_mtp=meta["with_mtp"], **runtime)
 
 
-def load_model(directory: str, cfg: ModelConfig | None = None, shardings=None) -> Transformer:
+def load_model(directory: str, cfg=None, shardings=None) -> nnx.Module:
     """Restores a model checkpoint. `cfg` (default: read_config) may change dtype/param_dtype/remat;
     `shardings` (a nested dict like the params, of jax.sharding.Sharding) places every array directly
     where it belongs; without it everything goes to the default device."""
@@ -204,7 +205,7 @@ def load_model(directory: str, cfg: ModelConfig | None = None, shardings=None) -
     return nnx.merge(graphdef, state)
 
 
-def check_arrays(params_dir: str, stored: dict[str, tuple[tuple, np.dtype]], cfg: ModelConfig) -> None:
+def check_arrays(params_dir: str, stored: dict[str, tuple[tuple, np.dtype]], cfg) -> None:
     """Checks the arrays of a params checkpoint, {dotted path: (shape, dtype)}, against the variables
     of model `cfg`: each present, of its shape, FP8 codes exactly where the model holds codes (a
     float is restored into another float's dtype, never into codes or out of them).
@@ -230,7 +231,7 @@ def check_arrays(params_dir: str, stored: dict[str, tuple[tuple, np.dtype]], cfg
                               (f" ... and {len(problems) - 12} more" if len(problems) > 12 else ""))
 
 
-def numpy_params(model: Transformer) -> dict:
+def numpy_params(model: nnx.Module) -> dict:
     """The model's variables as a nested dict of host numpy arrays."""
     return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model)))
 

@@ -19,7 +19,7 @@ adapters and FP8-held weights are read from its metadata. Decoder layers are sta
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 
@@ -37,3 +37,12 @@ class Family:
     active_matmul_params: Callable[[Any], int]  # matmul parameters one token passes through
     # (cfg, seq_len) -> forward + backward FLOPs per trained token
     train_flops_per_token: Callable[[Any, int], float]
+    # Per-family answers whose defaults mean "none":
+    # (cfg, names) -> the names (of a checkpoint's tensors) that are its MTP module's; none without one
+    mtp_tensors: Callable[[Any, Iterable[str]], frozenset] = lambda cfg, names: frozenset()
+    # whether its release stores projections block-scaled FP8 (r1jax/interop/fp8.py), so that convert
+    # may keep FP8 codes and export may write them
+    fp8_blocks: bool = False
+    # (cfg, *, with_mtp, fp8) -> the config.json of an export: to_hf_dict's, saying whether MTP weights
+    # and FP8 blocks follow; None: config_to_hf as is (a family without either)
+    export_config: Callable[..., dict] | None = None

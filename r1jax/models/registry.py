@@ -89,3 +89,27 @@ def hf_tensors(cfg, names=frozenset(), *, with_mtp: bool) -> list:
 
 def train_flops_per_token(cfg, seq_len: int) -> float:
     return family_of(cfg).train_flops_per_token(cfg, seq_len)
+
+
+def mtp_tensors(cfg, names) -> frozenset:
+    """The names among a checkpoint's tensor `names` that are its MTP module's (none for a family
+    without one)."""
+    return family_of(cfg).mtp_tensors(cfg, names)
+
+
+def has_mtp_tensors(cfg, names) -> bool:
+    return bool(mtp_tensors(cfg, names))
+
+
+def fp8_blocks(cfg) -> bool:
+    """Whether cfg's family stores projections block-scaled FP8 (convert keeps, export writes them)."""
+    return family_of(cfg).fp8_blocks
+
+
+def export_hf_config(cfg, *, with_mtp: bool, fp8: bool) -> dict:
+    """The config.json of an export of `cfg`: its family's, saying whether MTP weights and FP8
+    blocks follow."""
+    f = family_of(cfg)
+    if f.export_config is None:
+        return f.config_to_hf(cfg)
+    return f.export_config(cfg, with_mtp=with_mtp, fp8=fp8)

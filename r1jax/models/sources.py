@@ -20,10 +20,9 @@ from flax import nnx
 
 from r1jax.models import checkpoint
 from r1jax.parallel import sharding
-from r1jax.models.common.config import LoraConfig
-from r1jax.models.deepseek_v3.config import ModelConfig
+from r1jax.models import registry
+from r1jax.models.common.config import LoraConfig, RuntimeConfig
 from r1jax.models.common.params import Fp8Scale
-from r1jax.models.deepseek_v3.transformer import Transformer
 from r1jax.train.step import split_trained
 
 
@@ -56,7 +55,7 @@ def _placements(model, mesh):
     return nnx.to_pure_dict(sharding.variable_shardings(nnx.state(model), mesh))
 
 
-def base_model(run_meta: str, cfg: ModelConfig, mesh=None) -> Transformer:
+def base_model(run_meta: str, cfg: RuntimeConfig, mesh=None) -> nnx.Module:
     """The base a run's adapters sit on (RUN/model/r1jax.json "base"), as a model without adapters;
     CheckpointError when it is missing or is no longer what the run was trained on."""
     base = checkpoint.read_meta(run_meta).get("base")
@@ -66,7 +65,7 @@ def base_model(run_meta: str, cfg: ModelConfig, mesh=None) -> Transformer:
                                          "must name its base (\"base\"); it does not")
     if not base["path"]:
         # a random-init base is its seed's initialization, made again
-        return jax.jit(lambda: Transformer(plain, rngs=nnx.Rngs(base["seed"])))()
+        return jax.jit(lambda: registry.build(plain, nnx.Rngs(base["seed"])))()
     now = checkpoint.base_record(base["path"], plain, 0)
     if not os.path.isdir(base["path"]) or now["digest"] != base["digest"]:
         raise checkpoint.CheckpointError(
@@ -75,7 +74,7 @@ def base_model(run_meta: str, cfg: ModelConfig, mesh=None) -> Transformer:
     return checkpoint.load_model(base["path"], plain, _placements(checkpoint.abstract_model(plain), mesh))
 
 
-def load(path: str, dtype: str = "bfloat16", mesh=None) -> tuple[Transformer, str]:
+def load(path: str, dtype: str = "bfloat16", mesh=None) -> tuple[nnx.Module, str]:
     """(model, directory of its config and side files) from what `path` names (module docstring);
     params are placed by r1jax.parallel.sharding.variable_shardings on `mesh` (None: the default device)."""
     step_dir = training_step_dir(path)

@@ -36,8 +36,7 @@ from r1jax.data.formats import DataError
 from r1jax.data.loader import make_loader
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.data.token_store import TokenStore
-from r1jax.models.deepseek_v3.flops import train_flops_per_token
-from r1jax.models.deepseek_v3.transformer import Transformer
+from r1jax.models import registry
 from r1jax.train.monitor import Monitor, device_memory, peak_tflops
 from r1jax.train.optim import make_optimizer, path_str
 from r1jax.train.run_json import JsonlError, dumps
@@ -181,7 +180,7 @@ def _train(c, mesh, is_main: bool, log) -> dict:
                             "for full fine-tuning")
     base = checkpoint.base_record(c.model.checkpoint, model_cfg, c.seed) if model_cfg.lora.rank else None
     _check_same_base(c.output_dir, base)
-    abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(c.seed)))
+    abstract = nnx.eval_shape(lambda: registry.build(model_cfg, nnx.Rngs(c.seed)))
     graphdef, abs_params, abs_rest, abs_frozen = split_trained(abstract)
     p_shard = sharding.variable_shardings(abs_params, mesh)
     r_shard = sharding.variable_shardings(abs_rest, mesh)
@@ -206,7 +205,7 @@ def _train(c, mesh, is_main: bool, log) -> dict:
             f"{'; routed-expert adapters take no dropout' if lc.dropout and 'routed_experts' in lc.targets else ''}")
 
     # ---- step
-    tx, lr_by_group, stage_at = make_optimizer(run_config.optim_config(c, total_steps), model_cfg, params)
+    tx, lr_by_group, stage_at = make_optimizer(run_config.optim_config(c, total_steps), abstract, params)
     o_shard = opt_state_shardings(jax.eval_shape(tx.init, params), params, mesh)
     opt_state = jax.jit(tx.init, out_shardings=o_shard)(params)
     sc = run_config.step_config(c)
@@ -217,7 +216,7 @@ def _train(c, mesh, is_main: bool, log) -> dict:
         lambda p, r, b, f: {k: v for k, v in loss_fn(p, r, graphdef, b, eval_sc, frozen=f)[1].items()
                             if k in ("nll", "tokens", "correct")},
         out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    flops_per_token = train_flops_per_token(model_cfg, c.train.seq_len)
+    flops_per_token = registry.train_flops_per_token(model_cfg, c.train.seq_len)
 
     # ---- checkpoint: resume if this output_dir has one
     ckpts = RunCheckpoints(c.output_dir, c.train.keep_checkpoints, log)
@@ -381,7 +380,7 @@ def _place_model(c, model_cfg, abstract, shardings, mesh):
     adapters): restored from model.checkpoint (a model checkpoint holds no adapters: they start
     fresh, A random and B zero) or randomly initialized from the seed."""
     p_shard, r_shard, f_shard = shardings
-    init = lambda: split_trained(Transformer(model_cfg, rngs=nnx.Rngs(c.seed)))[1:]
+    init = lambda: split_trained(registry.build(model_cfg, nnx.Rngs(c.seed)))[1:]
     if not c.model.checkpoint:
         params, rest, frozen = jax.jit(init, out_shardings=(p_shard, r_shard, f_shard))()
         return params, rest, frozen

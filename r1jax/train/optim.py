@@ -25,10 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from r1jax.models.deepseek_v3.config import ModelConfig
-
-GROUPS = ("embeddings", "attention", "dense_mlp", "routed_experts", "shared_experts", "router",
-          "norms", "head", "mtp")
+from r1jax.models.common import groups
+from r1jax.models.common.config import LoraConfig
+from r1jax.models.common.groups import GROUPS, GroupError, path_str  # noqa: F401 - the optimizer's names
 SCHEDULES = ("constant", "cosine", "linear", "wsd")
 
 
@@ -58,44 +57,27 @@ class StageError(ValueError):
     """A malformed layer range or unfreezing stage; the message names the offending text."""
 
 
-# Parameter groups --------------------------------------------------------------------------------
-
-def path_str(path) -> str:
-    """Dotted name of a pytree path of a params State (the trailing `.value` dropped)."""
-    keys = [getattr(k, "key", getattr(k, "name", getattr(k, "idx", None))) for k in path]
-    return ".".join(str(k) for k in keys if k != "value")
+# Parameter groups ---------------------------------------------------------------------------------
+# A variable's group and decoder-layer rows are its metadata (r1jax/models/common/groups.py).
 
 
-def group_of(name: str) -> str:
-    """The parameter group of a dotted parameter name."""
-    if name.startswith("mtp."):
-        return "mtp"
-    if name == "embed":
-        return "embeddings"
-    if name == "lm_head":
-        return "head"
-    if name.endswith(".scale"):
-        return "norms"
-    if ".attn." in name:
-        return "attention"
-    if name.endswith("mlp.router"):
-        return "router"
-    if ".mlp.shared." in name:
-        return "shared_experts"
-    if name.startswith("moe_layers.mlp."):
-        return "routed_experts"
-    if name.startswith("dense_layers.mlp."):
-        return "dense_mlp"
-    raise ValueError(f"parameter {name!r} has no optimizer group; add it to r1jax.train.optim.group_of")
-
-
-def layer_offset(name: str, cfg: ModelConfig) -> int | None:
-    """Decoder-layer index of row 0 of a stacked parameter; None for unstacked parameters."""
-    if name.startswith("dense_layers."):
-        return 0
-    if name.startswith("moe_layers."):
-        return cfg.first_k_dense_replace
-    return None
+def check_groups(c: OptimConfig, model) -> None:
+    """Every group the config names (optim.group_lr, optim.group_wd, optim.freeze_groups and, when
+    they are not the default, lora.targets) is one the model has: ValueError naming the key for a
+    group outside GROUPS, GroupError naming the key and the model's groups for one it lacks (e.g.
+    routed_experts on a model without experts)."""
+    named = (("optim.group_lr", tuple(c.group_lr)), ("optim.group_wd", tuple(c.group_wd)),
+             ("optim.freeze_groups", tuple(c.freeze_groups)))
+    for key, names in named:
+        for g in names:
+            if g not in GROUPS:
+                raise ValueError(f"config key {key}: optimizer group {g!r} unknown; groups are {GROUPS}")
+    have = groups.present(groups.placements(model))
+    for key, names in named:
+        groups.check_named(key, names, have)
+    lora = model.cfg.lora
+    if lora.rank and lora.targets != LoraConfig().targets:  # the default adapts what the model has
+        groups.check_named("lora.targets", lora.targets, have)
 
 
 def parse_layers(text: str, n_layers: int) -> np.ndarray:
@@ -204,22 +186,26 @@ def adam_with_dtype(b1, b2, eps, dtype) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
-def make_optimizer(c: OptimConfig, model_cfg: ModelConfig, params):
+def make_optimizer(c: OptimConfig, model, params):
     """(optax transformation, lr_by_group(step) -> {group: lr}, stage_at(step) -> stage index).
 
-    `params` (a params State or pytree of arrays with dotted names) fixes the groups and the layer
-    rows of each stacked parameter.
+    `model`: the nnx.Module (concrete or from nnx.eval_shape) whose variables `params` are (a params
+    State or pytree of arrays, named by their paths in the model); its variables' metadata fixes
+    each parameter's group and the layer rows of each stacked one (r1jax/models/common/groups.py),
+    model.cfg.num_hidden_layers the layer count. Config keys naming groups the model lacks are
+    errors (check_groups).
     """
-    n = model_cfg.num_hidden_layers
-    for g in list(c.group_lr) + list(c.group_wd) + list(c.freeze_groups):
-        if g not in GROUPS:
-            raise ValueError(f"optimizer group {g!r} unknown; groups are {GROUPS}")
+    check_groups(c, model)
+    n = model.cfg.num_hidden_layers
+    places = groups.placements(model)
     rows = {}
     for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
         name = path_str(p)
-        off = layer_offset(name, model_cfg)
-        rows[name] = ("stacked", off) if off is not None else \
-            ("fixed", 0 if group_of(name) == "embeddings" else n + 1)
+        if name not in places:
+            raise GroupError(f"parameter {name!r} is not a variable of the model")
+        first = places[name].first_layer
+        rows[name] = ("stacked", first) if first is not None else \
+            ("fixed", 0 if places[name].group == "embeddings" else n + 1)
 
     frozen_layers = parse_layers(c.freeze_layers, n)
     stages = parse_stages(c.stages, n)
@@ -257,7 +243,7 @@ def make_optimizer(c: OptimConfig, model_cfg: ModelConfig, params):
         parts.append(optax.scale_by_schedule(lambda t: -lr_fn(t) * mult))
         return optax.chain(*parts)
 
-    labels = _per_param(params, lambda name, _: group_of(name))
+    labels = _per_param(params, lambda name, _: places[name].group)
     used = sorted(set(jax.tree.leaves(labels)))
     tx = optax.chain(
         layer_gate(trainable_at, rows),                         # zero frozen layers' gradients

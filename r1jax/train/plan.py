@@ -36,10 +36,10 @@ from flax import nnx
 
 from r1jax.train import run_config
 from r1jax.parallel import sharding
-from r1jax.models.deepseek_v3.flops import train_flops_per_token
-from r1jax.models.deepseek_v3.transformer import Transformer
+from r1jax.models import registry
+from r1jax.models.common import groups
 from r1jax.models.common.params import Adapter
-from r1jax.train.optim import group_of, make_optimizer, path_str
+from r1jax.train.optim import make_optimizer, path_str
 from r1jax.train.step import split_trained
 # The trainer's own step builders (and its --config flag, which the CLI below shares).
 from r1jax.train.loop import jit_train_step, opt_state_shardings, parse_flags
@@ -72,7 +72,7 @@ VARIANTS = {
     "lora_experts": {**_LORA, "lora.targets": "attention,dense_mlp,shared_experts,routed_experts"},
 }
 # Variants whose frozen base is the release's FP8 (`python -m r1jax.convert --dtype float8_e4m3fn`).
-# A plan has no checkpoint, whose r1jax.json is what sets ModelConfig.fp8_weights in a run, so the
+# A plan has no checkpoint, whose r1jax.json is what sets RuntimeConfig.fp8_weights in a run, so the
 # plan sets it on the preset's config itself (build_step's fp8_base): no user config key.
 FP8_BASE = frozenset({"lora", "lora_experts"})
 
@@ -147,12 +147,14 @@ def with_variant(c, variant: str | None):
 
 def adapter_counts(model_cfg) -> dict[str, int]:
     """{optimizer group: adapter parameters} of model_cfg's adapters (its section lora), counted
-    from the abstract model (nnx.eval_shape: no memory); {} without adapters. The MTP block carries
-    none (r1jax/models/deepseek_v3/mtp.py)."""
-    abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
+    from the abstract model (nnx.eval_shape: no memory), each adapter in its `group` metadata
+    (r1jax/models/common/groups.py); {} without adapters. An MTP module carries none."""
+    abstract = nnx.eval_shape(lambda: registry.build(model_cfg, nnx.Rngs(0)))
+    adapters = nnx.state(abstract, Adapter)
+    places = groups.placements(adapters)
     counts: dict[str, int] = {}
-    for path, x in jax.tree_util.tree_flatten_with_path(nnx.state(abstract, Adapter))[0]:
-        group = group_of(path_str(path))
+    for path, x in jax.tree_util.tree_flatten_with_path(adapters)[0]:
+        group = places[path_str(path)].group
         counts[group] = counts.get(group, 0) + math.prod(x.shape)
     return counts
 
@@ -170,7 +172,7 @@ def build_step(c, mesh, fp8_base: bool = False):
     adapters (section lora) params are the adapters and frozen the base weights (and FP8 scales),
     sharded by their own axes and not donated; without, frozen is None. key is the adapter-dropout
     key (None without dropout). fp8_base: the base's projections as FP8 codes + scales
-    (ModelConfig.fp8_weights), as an FP8 checkpoint would load.
+    (RuntimeConfig.fp8_weights), as an FP8 checkpoint would load.
 
     The step must be lowered under jax.set_mesh(mesh), as train.py runs it. make_optimizer runs
     outside the mesh: its constants are host arrays, and a compile-only TPU device cannot hold them.
@@ -178,7 +180,7 @@ def build_step(c, mesh, fp8_base: bool = False):
     model_cfg = run_config.model_config(c)
     if fp8_base:
         model_cfg = model_cfg.replace(fp8_weights=True)
-    abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(c.seed)))
+    abstract = nnx.eval_shape(lambda: registry.build(model_cfg, nnx.Rngs(c.seed)))
     graphdef, abs_params, abs_rest, abs_frozen = split_trained(abstract)
     p_shard = sharding.variable_shardings(abs_params, mesh)
     r_shard = sharding.variable_shardings(abs_rest, mesh)
@@ -187,7 +189,7 @@ def build_step(c, mesh, fp8_base: bool = False):
     frozen = None if abs_frozen is None else _abstract(abs_frozen, f_shard)
 
     total_steps = c.train.steps or 1
-    tx, _, _ = make_optimizer(run_config.optim_config(c, total_steps), model_cfg, params)
+    tx, _, _ = make_optimizer(run_config.optim_config(c, total_steps), abstract, params)
     opt_state = jax.eval_shape(tx.init, params)
     o_shard = opt_state_shardings(opt_state, params, mesh)
     opt_state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
@@ -268,7 +270,7 @@ def plan(c, topology: str, variant: str | None = None) -> dict:
         report["lower_s"] = round(time.perf_counter() - t0, 2)
         report["state_gib"] = {k: v / GIB for k, v in state_bytes(args).items()}
         tokens = c.train.batch_size * c.train.seq_len
-        report["model_flops"] = train_flops_per_token(model_cfg, c.train.seq_len) * tokens
+        report["model_flops"] = registry.train_flops_per_token(model_cfg, c.train.seq_len) * tokens
         t1 = time.perf_counter()
         try:
             compiled = lowered.compile()

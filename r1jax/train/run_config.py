@@ -15,8 +15,7 @@ import os
 
 import ml_collections
 
-from r1jax.models.common.config import ADAPTABLE_GROUPS, LoraConfig
-from r1jax.models.deepseek_v3.config import ModelConfig
+from r1jax.models.common.config import ADAPTABLE_GROUPS, LoraConfig, RuntimeConfig
 from r1jax.models.registry import preset
 from r1jax.train.optim import OptimConfig
 from r1jax.parallel.sharding import MESH_PRESETS
@@ -39,7 +38,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.model.param_dtype = "float32"    # master parameter dtype
     c.model.remat = "none"             # none | full | dots | dots_no_batch
     c.model.moe_chunk_tokens = 0       # routed experts over a device's tokens this many at a time; 0 = all
-    c.model.attention_mask = "dense"   # dense | ranges: how packed attention is masked (r1jax/models/deepseek_v3/mla.py)
+    c.model.attention_mask = "dense"   # dense | ranges: how packed attention is masked (r1jax/models/common/masks.py)
     c.model.with_mtp = False
 
     c.lora = ml_collections.ConfigDict()  # adapters on a frozen base (r1jax/models/common/lora.py)
@@ -407,7 +406,7 @@ def step_config(c: ml_collections.ConfigDict) -> StepConfig:
                       loss_chunk=c.train.loss_chunk, frozen_groups=optim_config(c, 1).freeze_groups)
 
 
-def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
+def model_config(c: ml_collections.ConfigDict) -> RuntimeConfig:
     """The run's model: the checkpoint's own architecture (model.checkpoint) or the preset's, with
     the run's numerics (dtype, param_dtype, remat, moe_chunk_tokens, attention_mask) and adapters
     (section lora); an FP8 checkpoint's projections stay FP8 (its r1jax.json)."""

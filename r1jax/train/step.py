@@ -26,7 +26,8 @@ from r1jax.parallel import sharding
 from r1jax.models.losses import chunked_loss_sums, next_token_loss_sums, shifted_targets
 from r1jax.models.common import lora
 from r1jax.models.common.params import Adapter, Fp8Scale
-from r1jax.train.optim import group_of, path_str
+from r1jax.models.common import groups
+from r1jax.models.common.groups import path_str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,13 +132,15 @@ def _bias_update(rest, sums, rate):
 
 
 def split_frozen(params, frozen_groups):
-    """(trainable leaves, frozen leaves, whole): the params' leaves in groups (r1jax.train.optim.group_of)
-    outside / inside `frozen_groups`, each a list in tree order, and whole(trainable, frozen) -> the
-    params tree again. Differentiating with respect to the trainable leaves only, autodiff never
+    """(trainable leaves, frozen leaves, whole): the params' leaves in groups (their `group`
+    metadata, r1jax/models/common/groups.py: params is an nnx.State of Variables when `frozen_groups`
+    is not empty) outside / inside `frozen_groups`, each a list in tree order, and
+    whole(trainable, frozen) -> the params tree again. Differentiating with respect to the trainable leaves only, autodiff never
     computes the frozen ones' gradients: for frozen routed experts, 95% of R1's parameters, that is
     their weight-gradient matmuls and a float32 accumulator of their size skipped."""
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-    is_frozen = [group_of(path_str(p)) in frozen_groups for p, _ in flat]
+    places = groups.placements(params) if frozen_groups else {}
+    is_frozen = [bool(frozen_groups) and places[path_str(p)].group in frozen_groups for p, _ in flat]
     trainable = [x for (_, x), f in zip(flat, is_frozen) if not f]
     frozen = [x for (_, x), f in zip(flat, is_frozen) if f]
 

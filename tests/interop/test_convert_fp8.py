@@ -18,8 +18,9 @@ from flax import nnx
 from hf_oracle import hf_loss_and_logits
 from release_writer import fp8_release
 from task_calls import TaskCalls
+from r1jax.models import registry
 from r1jax.models import checkpoint
-from r1jax.interop import convert, layout, resumable, safetensors_io
+from r1jax.interop import convert, resumable, safetensors_io
 from r1jax.parallel import sharding
 from r1jax.models.registry import preset
 
@@ -242,7 +243,7 @@ def test_fused_fp8_experts_as_transformers_saves_them(tmp_path):
                     log=QUIET)
     model = checkpoint.load_model(str(tmp_path / "ckpt"))
     got = dict(checkpoint._flatten(checkpoint.numpy_params(model)))
-    expected = layout.hf_tensors(CFG, set(values), with_mtp=False)
+    expected = registry.hf_tensors(CFG, set(values), with_mtp=False)
     want = convert.fill_params(CFG.replace(param_dtype="float32"), expected, lambda n, i: values[n])
     for path, w in want.items():
         np.testing.assert_array_equal(got[tuple(path.split("."))], w, err_msg=path)

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from r1jax.models import registry
 from r1jax.models import checkpoint
 from r1jax.interop import convert, fp8, layout, resumable, safetensors_io, streaming
 from r1jax.models.registry import preset
@@ -30,7 +31,7 @@ def _names(fused: bool):
 def test_layout_covers_every_parameter_element_once(fused):
     shapes = checkpoint.param_shapes(CFG)
     count = {p: np.zeros(s.shape, np.int32) for p, s in shapes.items()}
-    for t in layout.hf_tensors(CFG, _names(fused), with_mtp=True):
+    for t in registry.hf_tensors(CFG, _names(fused), with_mtp=True):
         for slot in t.slots:
             count[slot.path][slot.index] += slot.fn(np.ones(t.shape, np.int32))
     for p, c in count.items():
@@ -40,7 +41,7 @@ def test_layout_covers_every_parameter_element_once(fused):
 @pytest.mark.parametrize("fused", [False, True])
 def test_inverse_transposed_and_blocked_paths_agree(fused):
     rng = np.random.RandomState(0)
-    for t in layout.hf_tensors(CFG, _names(fused), with_mtp=True):
+    for t in registry.hf_tensors(CFG, _names(fused), with_mtp=True):
         w = rng.randn(*t.shape).astype(np.float32)
         rebuilt = np.full_like(w, np.nan)
         for slot in t.slots:
@@ -156,7 +157,7 @@ def test_fill_params_equals_the_streamed_conversion(tmp_path):
     from safetensors.numpy import save_file
     rng = np.random.RandomState(4)
     cfg = CFG.replace(with_mtp=False, param_dtype="float32")
-    expected = layout.hf_tensors(cfg, with_mtp=False)
+    expected = registry.hf_tensors(cfg, with_mtp=False)
     state = {t.name: rng.randn(*t.shape).astype(np.float32) for t in expected}
     d = tmp_path / "hf"
     d.mkdir()

@@ -155,7 +155,7 @@ def _train(mesh_sizes, steps=3, optim=OptimConfig(lr=1e-2, total_steps=3), dropo
     frozen_before = jax.tree.map(np.asarray, nnx.to_pure_dict(frozen))
     with jax.set_mesh(mesh):
         params, rest, frozen = (jax.device_put(t, shard(t)) for t in (params, rest, frozen))
-        tx, _, _ = make_optimizer(optim, cfg, params)
+        tx, _, _ = make_optimizer(optim, nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))), params)
         o_sh = opt_state_shardings(jax.eval_shape(tx.init, params), params, mesh)
         opt_state = jax.jit(tx.init, out_shardings=o_sh)(params)
         step = jit_train_step(graphdef, tx, StepConfig(grad_accum=2), (shard(params), shard(rest), o_sh),

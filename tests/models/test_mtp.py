@@ -10,7 +10,7 @@ from flax import nnx
 from transformers.models.deepseek_v3 import modeling_deepseek_v3 as hf_mod
 
 from hf_oracle import hf_config, hf_state, random_hf_model
-from r1jax.interop import layout
+from r1jax.models import registry
 from r1jax.models.checkpoint import unflatten
 from r1jax.interop.convert import fill_params
 from r1jax.models.losses import next_token_loss_sums
@@ -57,8 +57,8 @@ def test_mtp_logits_and_loss_match_torch_composition():
                   m + "shared_head.norm.weight": norm.weight.detach().numpy(),
                   m + "shared_head.head.weight": head.weight.detach().numpy(),
                   m + "embed_tokens.weight": embed.weight.detach().numpy()})
-    assert layout.has_mtp_tensors(CFG, state)
-    expected = layout.hf_tensors(CFG, set(state), with_mtp=True)
+    assert registry.has_mtp_tensors(CFG, state)
+    expected = registry.hf_tensors(CFG, set(state), with_mtp=True)
     assert {t.name for t in expected} == set(state)  # the layout names every tensor, MTP included
     params = unflatten(fill_params(CFG, expected, lambda name, i: state[name]))
     graphdef, st = nnx.split(nnx.eval_shape(lambda: Transformer(CFG, rngs=nnx.Rngs(0))))

@@ -77,7 +77,8 @@ def compiled(name):
     graphdef, params, rest = initial()
     p_sh = sharding.variable_shardings(params, mesh)
     r_sh = sharding.variable_shardings(rest, mesh)
-    tx, _, _ = make_optimizer(OptimConfig(lr=3e-3, warmup_steps=2, total_steps=STEPS), CFG, params)
+    tx, _, _ = make_optimizer(OptimConfig(lr=3e-3, warmup_steps=2, total_steps=STEPS),
+                              nnx.merge(graphdef, params, rest), params)
     o_sh = opt_state_shardings(jax.eval_shape(tx.init, params), jax.device_put(params, p_sh), mesh)
     step_fn = jit_train_step(graphdef, tx, SC, (p_sh, r_sh, o_sh), mesh)
     return mesh, (p_sh, r_sh), jax.jit(tx.init, out_shardings=o_sh), step_fn, sharding.batch_sharding(mesh)

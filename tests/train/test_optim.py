@@ -11,7 +11,8 @@ from flax import nnx
 
 from r1jax.models.deepseek_v3.transformer import Transformer
 from r1jax.models.registry import preset
-from r1jax.train.optim import OptimConfig, group_of, make_optimizer, parse_stages, path_str, schedule, StageError
+from r1jax.models.common import groups
+from r1jax.train.optim import OptimConfig, make_optimizer, parse_stages, path_str, schedule, StageError
 from r1jax.train.step import loss_fn, split_model
 
 CFG = preset("tiny", dtype="float32", vocab_size=128, num_hidden_layers=4, first_k_dense_replace=1)
@@ -24,12 +25,14 @@ _SETUP = {}
 def _setup():
     """Params and a jitted gradient function, built once for the module (compiles are the cost)."""
     if not _SETUP:
-        graphdef, params, rest = split_model(Transformer(CFG, rngs=nnx.Rngs(0)))
+        model = Transformer(CFG, rngs=nnx.Rngs(0))
+        graphdef, params, rest = split_model(model)
         t = 16
         toks = jnp.asarray(np.random.RandomState(0).randint(0, CFG.vocab_size, (2, t)), jnp.int32)
         batch = {"tokens": toks, "positions": jnp.broadcast_to(jnp.arange(t), (2, t)),
                  "segment_ids": jnp.ones((2, t), jnp.int32)}
         _SETUP["v"] = params, jax.jit(jax.grad(lambda p: loss_fn(p, rest, graphdef, batch)[0]))
+        _SETUP["model"] = nnx.eval_shape(lambda: Transformer(CFG, rngs=nnx.Rngs(0)))
     return _SETUP["v"]
 
 
@@ -40,7 +43,7 @@ def _flat(tree):
 def _steps(c, n=1):
     """Parameter deltas after n optimizer steps (one batch), and the gradients of each step."""
     params, grad_fn = _setup()
-    tx, lr_by_group, stage_at = make_optimizer(c, CFG, params)
+    tx, lr_by_group, stage_at = make_optimizer(c, _SETUP["model"], params)
     state = tx.init(params)
     update = jax.jit(tx.update)
     p0, grads = params, []
@@ -102,7 +105,7 @@ def test_frozen_layers_and_groups_get_exactly_zero_updates():
 def test_progressive_stages_unfreeze_on_schedule():
     params, grad_fn = _setup()
     c = OptimConfig(lr=1e-3, schedule="constant", clip_norm=0.0, stages=("0:3", "2:1-3", "4:0-3"))
-    tx, _, stage_at = make_optimizer(c, CFG, params)
+    tx, _, stage_at = make_optimizer(c, _SETUP["model"], params)
     state = tx.init(params)
     update = jax.jit(tx.update)
     changed = []
@@ -148,6 +151,5 @@ def test_schedules_match_closed_forms(kind):
 def test_every_parameter_has_a_group():
     model = Transformer(CFG.replace(with_mtp=True), rngs=nnx.Rngs(0))
     _, params, _ = split_model(model)
-    groups = {group_of(n) for n in _flat(params)}
-    assert groups == {"embeddings", "attention", "dense_mlp", "routed_experts", "shared_experts",
+    assert set(groups.present(groups.placements(params))) == {"embeddings", "attention", "dense_mlp", "routed_experts", "shared_experts",
                       "router", "norms", "head", "mtp"}

@@ -48,7 +48,7 @@ class RuntimeConfig:
     with_mtp: bool = False                  # instantiate the multi-token-prediction module (a family
                                             # without one refuses True)
     remat: str = "none"                     # rematerialization policy of a scanned layer
-                                            # (r1jax/models/deepseek_v3/transformer.py)
+                                            # (r1jax/models/common/stack.py)
     moe_chunk_tokens: int = 0               # routed experts over a device's tokens this many at a time
                                             # (expert_parallel.py: bounds the dropless buffers); 0 = all
     attention_mask: str = "dense"           # how packed attention is masked (r1jax/models/common/

@@ -34,19 +34,22 @@ from r1jax.models.common.params import Adapter, Fp8Scale, fans, split_dims
 
 class LoRA(nnx.Module):
     """The A [stack..., in..., r] and B [stack..., r, out...] of one projection of `shape`, float32
-    always (the trained master copy; the frozen base keeps its own dtype)."""
+    always (the trained master copy; the frozen base keeps its own dtype); both in the projection's
+    optimizer `group`."""
 
-    def __init__(self, shape: tuple, axes: tuple, projection: tuple[int, int], cfg, rngs: nnx.Rngs):
+    def __init__(self, shape: tuple, axes: tuple, projection: tuple[int, int], cfg, rngs: nnx.Rngs,
+                 *, group: str | None = None):
         fan_in, fan_out = projection
+        meta = {} if group is None else {"group": group}  # the adapted projection's optimizer group
         r = cfg.lora.rank
         stack, i, _ = split_dims(shape, fan_in, fan_out)
         n = len(stack)
         a_shape = shape[:n + fan_in] + (r,)
         bound = i ** -0.5
         a = jax.random.uniform(rngs.params(), a_shape, jnp.float32, -bound, bound)
-        self.a = Adapter(a, axes=axes[:n + fan_in] + (None,), projection=(fan_in, 1))
+        self.a = Adapter(a, axes=axes[:n + fan_in] + (None,), projection=(fan_in, 1), **meta)
         self.b = Adapter(jnp.zeros(shape[:n] + (r,) + shape[n + fan_in:], jnp.float32),
-                         axes=axes[:n] + (None,) + axes[n + fan_in:], projection=(1, fan_out))
+                         axes=axes[:n] + (None,) + axes[n + fan_in:], projection=(1, fan_out), **meta)
         self.scale = cfg.lora.scale
         self.rate = cfg.lora.dropout
 

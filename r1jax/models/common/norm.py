@@ -22,8 +22,10 @@ def rms_norm(x: jnp.ndarray, scale: jnp.ndarray, eps: float) -> jnp.ndarray:
 
 
 class RMSNorm(nnx.Module):
-    def __init__(self, dim: int, eps: float, param_dtype):
-        self.scale = params.ones((dim,), ("norm",), param_dtype)
+    """scale [D] ones, in optimizer `group` ("norms")."""
+
+    def __init__(self, dim: int, eps: float, param_dtype, *, group: str = "norms"):
+        self.scale = params.ones((dim,), ("norm",), param_dtype, group=group)
         self.eps = eps
 
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:

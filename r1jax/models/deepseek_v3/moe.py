@@ -140,7 +140,7 @@ class MoE(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, e, f, pd = cfg.hidden_size, cfg.n_routed_experts, cfg.moe_intermediate_size, cfg.param_dtype
         self.cfg = cfg
-        self.router = params.normal(rngs, (d, e), ("embed", "router_experts"), pd)
+        self.router = params.normal(rngs, (d, e), ("embed", "router_experts"), pd, group="router")
         self.router_bias = params.router_bias(e)
         for name, shape, axes in (("gate", (e, d, f), ("expert", "embed", "moe_mlp")),
                                   ("up", (e, d, f), ("expert", "embed", "moe_mlp")),

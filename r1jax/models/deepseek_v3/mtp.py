@@ -37,6 +37,7 @@ class MTP(nnx.Module):
         self.block = Block(cfg.replace(fp8_weights=False, lora=LoraConfig()), moe=True, rngs=rngs)
         self.norm = RMSNorm(d, cfg.rms_norm_eps, pd)
         self.head = params.normal(rngs, (d, v), ("embed", "vocab"), pd)
+        params.set_group(self, "mtp")  # one optimizer group for the whole module, its block included
 
     def __call__(self, h, tokens, cos, sin, segment_ids):
         """h [B, T, D] (main model, final-normed), tokens/segment_ids [B, T], cos/sin from rope_tables

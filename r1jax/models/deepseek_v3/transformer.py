@@ -79,7 +79,7 @@ class Transformer(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, v, pd = cfg.hidden_size, cfg.vocab_size, cfg.param_dtype
         self.cfg = cfg
-        self.embed = params.normal(rngs, (v, d), ("vocab", "embed"), pd)
+        self.embed = params.normal(rngs, (v, d), ("vocab", "embed"), pd, group="embeddings")
         if cfg.first_k_dense_replace:
             self.dense_layers = stack.stacked(lambda r: Block(cfg, False, rngs=r),
                                               cfg.first_k_dense_replace, rngs)
@@ -87,7 +87,7 @@ class Transformer(nnx.Module):
             self.moe_layers = stack.stacked(lambda r: Block(cfg, True, rngs=r), cfg.num_moe_layers,
                                             rngs, first_layer=cfg.first_k_dense_replace)
         self.final_norm = RMSNorm(d, cfg.rms_norm_eps, pd)
-        self.lm_head = params.normal(rngs, (d, v), ("embed", "vocab"), pd)
+        self.lm_head = params.normal(rngs, (d, v), ("embed", "vocab"), pd, group="head")
         if cfg.with_mtp:
             from r1jax.models.deepseek_v3.mtp import MTP  # the MTP block is a Block: import here to avoid a cycle
             self.mtp = MTP(cfg, rngs=rngs)
