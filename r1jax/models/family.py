@@ -5,6 +5,7 @@ metadata) and never tests which family it holds.
 A family's model is an nnx.Module built as `model(cfg, rngs=nnx.Rngs(...))` with:
     cfg                                   its config (a RuntimeConfig subclass with `model_type`)
     hidden_states(tokens, positions=None, segment_ids=None) -> (h [B, T, D], stats dict)
+    head_weight() -> the LM head [D, V] (the tied embedding transposed, where tied)
     logits(h) -> float32 [B, T, V]
     __call__(tokens, positions=None, segment_ids=None) -> (logits, stats)
     init_cache(batch, max_len, start [B]) -> its decode cache (a pytree)

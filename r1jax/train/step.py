@@ -88,7 +88,7 @@ def _loss(model, batch, sc, norm, mtp_norm):
     tokens, seg, lm = batch["tokens"], batch["segment_ids"], batch.get("loss_mask")
     h, stats = model.hidden_states(tokens, batch["positions"], seg)
     if sc.loss_chunk:
-        nll, count, correct = chunked_loss_sums(h, model.lm_head[...], tokens, seg, loss_mask=lm,
+        nll, count, correct = chunked_loss_sums(h, model.head_weight(), tokens, seg, loss_mask=lm,
                                                 chunk=sc.loss_chunk)
     else:
         nll, count, correct = next_token_loss_sums(model.logits(h), tokens, seg, loss_mask=lm)

@@ -117,9 +117,13 @@ class Transformer(nnx.Module):
                                          cfg.first_k_dense_replace)
         return self.final_norm(x), stats
 
+    def head_weight(self) -> jnp.ndarray:
+        """The LM head [D, V]."""
+        return self.lm_head[...]
+
     def logits(self, h: jnp.ndarray) -> jnp.ndarray:
         """h [B, T, D] -> float32 logits [B, T, V]."""
-        out = jnp.einsum("btd,dv->btv", h, self.lm_head[...].astype(h.dtype),
+        out = jnp.einsum("btd,dv->btv", h, self.head_weight().astype(h.dtype),
                          preferred_element_type=jnp.float32)
         return sharding.constrain(out, ("batch", "seq", "vocab"))
 

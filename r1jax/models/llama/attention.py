@@ -42,11 +42,11 @@ class Attention(nnx.Module):
         proj("v", (d, g, k), ("embed", "kv_heads", "head_dim"))
         proj("o", (h, k, d), ("heads", "head_dim", "embed"), fan_in=2)
         if cfg.qkv_bias:
-            self.q_bias = nnx.Param(jnp.zeros((h, k), pd), axes=("heads", "head_dim"))
-            self.k_bias = nnx.Param(jnp.zeros((g, k), pd), axes=("kv_heads", "head_dim"))
-            self.v_bias = nnx.Param(jnp.zeros((g, k), pd), axes=("kv_heads", "head_dim"))
+            self.q_bias = nnx.Param(jnp.zeros((h, k), pd), axes=("heads", "head_dim"), group="attention")
+            self.k_bias = nnx.Param(jnp.zeros((g, k), pd), axes=("kv_heads", "head_dim"), group="attention")
+            self.v_bias = nnx.Param(jnp.zeros((g, k), pd), axes=("kv_heads", "head_dim"), group="attention")
         if cfg.o_bias:
-            self.o_bias = nnx.Param(jnp.zeros((d,), pd), axes=("embed",))
+            self.o_bias = nnx.Param(jnp.zeros((d,), pd), axes=("embed",), group="attention")
 
     def _project(self, name: str, eq: str, x, axes):
         """Projection owner.NAME of x (lora.project) plus its bias NAME_bias when it has one."""

@@ -68,11 +68,11 @@ class Transformer(nnx.Module):
     def __init__(self, cfg: DenseConfig, *, rngs: nnx.Rngs):
         d, v, pd = cfg.hidden_size, cfg.vocab_size, cfg.param_dtype
         self.cfg = cfg
-        self.embed = params.normal(rngs, (v, d), ("vocab", "embed"), pd)
+        self.embed = params.normal(rngs, (v, d), ("vocab", "embed"), pd, group="embeddings")
         self.layers = stack.stacked(lambda r: Block(cfg, rngs=r), cfg.num_hidden_layers, rngs)
         self.final_norm = RMSNorm(d, cfg.rms_norm_eps, pd)
         if not cfg.tie_word_embeddings:
-            self.lm_head = params.normal(rngs, (d, v), ("embed", "vocab"), pd)
+            self.lm_head = params.normal(rngs, (d, v), ("embed", "vocab"), pd, group="head")
 
     def embed_tokens(self, tokens: jnp.ndarray) -> jnp.ndarray:
         """tokens [B, T] int -> [B, T, D] in the compute dtype."""
@@ -93,14 +93,14 @@ class Transformer(nnx.Module):
         x, _ = stack.scan_layers(self.layers, self.embed_tokens(tokens), layer_call, cfg.remat)
         return self.final_norm(x), {}
 
+    def head_weight(self) -> jnp.ndarray:
+        """The LM head [D, V]: lm_head, or embed.T when the embeddings are tied."""
+        return self.embed[...].T if self.cfg.tie_word_embeddings else self.lm_head[...]
+
     def logits(self, h: jnp.ndarray) -> jnp.ndarray:
-        """h [B, T, D] -> float32 logits [B, T, V] (the head: lm_head, or embed.T when tied)."""
-        if self.cfg.tie_word_embeddings:
-            out = jnp.einsum("btd,vd->btv", h, self.embed[...].astype(h.dtype),
-                             preferred_element_type=jnp.float32)
-        else:
-            out = jnp.einsum("btd,dv->btv", h, self.lm_head[...].astype(h.dtype),
-                             preferred_element_type=jnp.float32)
+        """h [B, T, D] -> float32 logits [B, T, V] (head_weight)."""
+        out = jnp.einsum("btd,dv->btv", h, self.head_weight().astype(h.dtype),
+                         preferred_element_type=jnp.float32)
         return sharding.constrain(out, ("batch", "seq", "vocab"))
 
     def __call__(self, tokens, positions=None, segment_ids=None):
