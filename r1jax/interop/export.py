@@ -392,7 +392,7 @@ def main(argv=None) -> int:
                         "whole model in this host's memory)")
     p.add_argument("--adapter", action="store_true",
                    help="a LoRA run's adapters as a PEFT adapter (adapter_config.json, "
-                        "adapter_model.safetensors) for transformers' DeepseekV3ForCausalLM; without "
+                        "adapter_model.safetensors) for the model's transformers class; without "
                         "it a LoRA run exports merged weights")
     a = p.parse_args(argv)
     if a.workers < 1 or a.max_shard_gb <= 0:
