@@ -284,6 +284,7 @@ class Job:
     scales: list                       # safetensors_io.OutTensor of the kept FP8 scales
     digests: SourceDigests             # task key -> digest of the files it reads
     spec: dict                         # what the output directory's manifest records
+    token_ids: dict                    # the source config.json's bos/eos/pad ids (checkpoint.token_ids)
 
     def scaled(self, task: streaming.Task) -> bool:
         return task.tensor.name in self.fp8_names
@@ -318,7 +319,7 @@ def plan_job(hf_dir: str, dtype: str, drop_mtp: bool, block_bytes: int) -> Job:
                {p: (shape, dt, chunks[p]) for p, (shape, dt) in shapes.items()},
                [safetensors_io.OutTensor(i.name, i.dtype, i.shape) for i in
                 (tensors[t.name + SCALE_SUFFIX] for t in expected if t.name in fp8_names - held)],
-               SourceDigests(tensors, files, fp8_names), spec)
+               SourceDigests(tensors, files, fp8_names), spec, checkpoint.token_ids(hf_dir))
 
 
 def convert(hf_dir: str, out: str, *, dtype: str = "bfloat16", drop_mtp: bool = False,
@@ -336,7 +337,7 @@ def convert(hf_dir: str, out: str, *, dtype: str = "bfloat16", drop_mtp: bool = 
     scales_path = os.path.join(out_dir.path, checkpoint.SCALES_NAME)
     with out_dir.keeping_work("convert", log):
         if not out_dir.resumed:
-            checkpoint.write_meta(out_dir.path, j.cfg)
+            checkpoint.write_meta(out_dir.path, j.cfg, token_ids=j.token_ids)
             _copy_side_files(hf_dir, out_dir.path)
             checkpoint.create_params(params_dir, j.arrays)
             if j.scales:

@@ -62,10 +62,11 @@ def out_tensors(expected, fp8_names) -> list[safetensors_io.OutTensor]:
     return out
 
 
-def hf_config(cfg: RuntimeConfig, with_mtp: bool, fp8_weights: bool) -> dict:
+def hf_config(cfg: RuntimeConfig, with_mtp: bool, fp8_weights: bool, token_ids: dict | None = None) -> dict:
     """config.json of the export: the model's, from its family (registry.export_hf_config), saying
-    whether MTP weights and FP8 are present."""
-    return registry.export_hf_config(cfg, with_mtp=with_mtp, fp8=fp8_weights)
+    whether MTP weights and FP8 are present, with `token_ids` (the source checkpoint's bos/eos/pad
+    ids, checkpoint.token_ids) over the family's own."""
+    return {**registry.export_hf_config(cfg, with_mtp=with_mtp, fp8=fp8_weights), **(token_ids or {})}
 
 
 def _check_arrays(store: checkpoint.ParamStore, cfg: RuntimeConfig, expected) -> None:
@@ -201,7 +202,8 @@ def export_params(params_dir: str, cfg: RuntimeConfig, out: str, *, fp8_weights:
     returns the shard file names.
 
     scales_path: FP8 scales kept by convert (checkpoint.SCALES_NAME), reused where they fit;
-    side_dir: where tokenizer and generation config come from (else the packaged tokenizer);
+    side_dir: where tokenizer, generation config and the config.json token ids come from (else the
+    packaged tokenizer, and the family's ids);
     store: what the variables are read from (shapes, read(path, index)), instead of params_dir's
     arrays (lora_run.MergedStore for a LoRA run).
     """
@@ -210,6 +212,7 @@ def export_params(params_dir: str, cfg: RuntimeConfig, out: str, *, fp8_weights:
                           "export without --fp8")
     with_mtp = cfg.with_mtp and not drop_mtp
     expected = registry.hf_tensors(cfg, with_mtp=with_mtp)
+    token_ids = checkpoint.token_ids(side_dir)
     if store is None:
         store = checkpoint.ParamStore(params_dir, cache_bytes=256 << 20, roots=roots)
         if cfg.fp8_weights:  # codes and scales as the model holds them, else a CheckpointError
@@ -240,7 +243,7 @@ def export_params(params_dir: str, cfg: RuntimeConfig, out: str, *, fp8_weights:
                 safetensors_io.ShardWriter(os.path.join(job.path, f), g, create=True).close()
             safetensors_io.write_index(job.path, where, sum(t.nbytes for t in tensors))
             with open(os.path.join(job.path, "config.json"), "w") as fh:
-                json.dump(hf_config(cfg, with_mtp, bool(fp8_names)), fh, indent=2)
+                json.dump(hf_config(cfg, with_mtp, bool(fp8_names), token_ids), fh, indent=2)
             _write_side_files(side_dir, job.path)
             job.mark_ready()
         shard_writers = {f: safetensors_io.ShardWriter(os.path.join(job.path, f), g, create=False)
@@ -389,7 +392,7 @@ def main(argv=None) -> int:
                         "whole model in this host's memory)")
     p.add_argument("--adapter", action="store_true",
                    help="a LoRA run's adapters as a PEFT adapter (adapter_config.json, "
-                        "adapter_model.safetensors) for transformers' DeepseekV3ForCausalLM; without "
+                        "adapter_model.safetensors) for the model's transformers class; without "
                         "it a LoRA run exports merged weights")
     a = p.parse_args(argv)
     if a.workers < 1 or a.max_shard_gb <= 0:

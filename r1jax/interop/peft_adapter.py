@@ -1,5 +1,6 @@
 """A LoRA run's adapters as a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) for
-transformers' DeepseekV3ForCausalLM (transformers >= 5: fused routed experts), loadable with
+transformers' DeepseekV3ForCausalLM (transformers >= 5: fused routed experts), or the dense families'
+LlamaForCausalLM / Qwen2ForCausalLM (the same attention and MLP tensor names), loadable with
 `peft.PeftModel.from_pretrained(model, DIR)` (peft >= 0.17 for `target_parameters`).
 
 Names and layouts come from r1jax/interop/layout.py: each HF tensor whose slots carry an adapter becomes one

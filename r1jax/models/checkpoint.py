@@ -31,7 +31,7 @@ import tensorstore as ts
 from flax import nnx
 
 from r1jax.models import registry
-from r1jax.models.common.config import LoraConfig
+from r1jax.models.common.config import ConfigError, LoraConfig
 
 META_NAME = "r1jax.json"
 SCALES_NAME = "fp8_scales.safetensors"
@@ -39,6 +39,10 @@ SCALES_NAME = "fp8_scales.safetensors"
 # export copies them out): the tokenizer, and the release's default sampling settings.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 SIDE_FILES = TOKENIZER_FILES + ("generation_config.json",)
+# config.json keys naming token ids: no architecture (the families' configs drop them), but what
+# transformers' generation defaults to. Carried from an HF checkpoint's config.json through convert,
+# a run's model directory and export unchanged (`token_ids`, write_meta).
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 FORMAT_VERSION = 1
 
 
@@ -78,15 +82,40 @@ def unflatten(flat: dict[str, object]) -> dict:
     return out
 
 
-def write_meta(directory: str, cfg, base: dict | None = None) -> None:
+def token_ids(directory: str | None) -> dict[str, int | list[int]]:
+    """{key: value} of the TOKEN_ID_KEYS set (not null) in `directory`/config.json: an id, or a list
+    of ids (eos_token_id may be one); {} without a directory or config.json. ConfigError naming the
+    file and key for another value."""
+    path = os.path.join(directory or "", "config.json")
+    if not directory or not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    out = {}
+    for key in TOKEN_ID_KEYS:
+        v = d.get(key) if isinstance(d, dict) else None
+        if v is None:
+            continue
+        ids = v if isinstance(v, list) else [v]
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+            raise ConfigError(f"{path}: {key}={v!r}: expected a token id or a list of token ids")
+        out[key] = v
+    return out
+
+
+def write_meta(directory: str, cfg, base: dict | None = None, token_ids: dict | None = None) -> None:
     """Writes config.json and r1jax.json of a model checkpoint of `cfg` into `directory`.
 
-    r1jax.json: format, with_mtp, param_dtype; fp8_weights when the projections are FP8-held;
-    for a run with adapters, "lora" (cfg.lora's fields) and "base" (what the adapters sit
+    config.json: the family's (registry.to_hf_dict), with `token_ids` (TOKEN_ID_KEYS: the source
+    checkpoint's, `token_ids()`) over its own. r1jax.json: format, with_mtp, param_dtype;
+    fp8_weights when the projections are FP8-held; for a run with adapters, "lora" (cfg.lora's fields) and "base" (what the adapters sit
     on: base_record)."""
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(registry.to_hf_dict(cfg), f, indent=2)
+        json.dump({**registry.to_hf_dict(cfg), **(token_ids or {})}, f, indent=2)
     meta = {"format": FORMAT_VERSION, "with_mtp": cfg.with_mtp, "param_dtype": cfg.param_dtype}
     if cfg.fp8_weights:
         meta["fp8_weights"] = True

@@ -38,7 +38,7 @@ from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.data.token_store import TokenStore
 from r1jax.models import registry
 from r1jax.train.monitor import Monitor, device_memory, peak_tflops
-from r1jax.train.optim import make_optimizer, path_str
+from r1jax.train.optim import check_groups, make_optimizer, path_str
 from r1jax.train.run_json import JsonlError, dumps
 from r1jax.models.common.config import LoraConfig
 from r1jax.train.step import StepConfig, loss_fn, merge, split_adapters, split_model, split_trained, train_step
@@ -156,6 +156,11 @@ def _run_locked(c, joined: str, is_main: bool, log) -> dict:
 def _train(c, mesh, is_main: bool, log) -> dict:
     batch_sharding = sharding.batch_sharding(mesh)
 
+    # ---- model config, and the config keys naming its groups: checked before data or weights are read
+    model_cfg = run_config.model_config(c)
+    abstract = nnx.eval_shape(lambda: registry.build(model_cfg, nnx.Rngs(c.seed)))
+    check_named_groups(c, abstract)
+
     # ---- data (tokenized with the checkpoint's own tokenizer when it has one, else the packaged R1 one)
     tokenizer = tokenizer_lib.load_checkpoint_tokenizer(c.model.checkpoint, log)
     train_prefix, val_prefix = prepare_data(c, log)
@@ -169,7 +174,6 @@ def _train(c, mesh, is_main: bool, log) -> dict:
         f"{total_steps} steps of {c.train.batch_size} x {c.train.seq_len} tokens")
 
     # ---- model: with adapters (section lora) they are the trained params, the weights `frozen`
-    model_cfg = run_config.model_config(c)
     tokenizer_lib.check_fits(tokenizer, model_cfg.vocab_size, c.model.checkpoint or f"preset {c.model.preset}")
     if int(train_store.ids.max(initial=0)) >= model_cfg.vocab_size:
         raise TrainingError(f"{train_prefix}: token id {int(train_store.ids.max())} >= the model's "
@@ -180,7 +184,6 @@ def _train(c, mesh, is_main: bool, log) -> dict:
                             "for full fine-tuning")
     base = checkpoint.base_record(c.model.checkpoint, model_cfg, c.seed) if model_cfg.lora.rank else None
     _check_same_base(c.output_dir, base)
-    abstract = nnx.eval_shape(lambda: registry.build(model_cfg, nnx.Rngs(c.seed)))
     graphdef, abs_params, abs_rest, abs_frozen = split_trained(abstract)
     p_shard = sharding.variable_shardings(abs_params, mesh)
     r_shard = sharding.variable_shardings(abs_rest, mesh)
@@ -191,7 +194,8 @@ def _train(c, mesh, is_main: bool, log) -> dict:
     log(f"model: {c.model.checkpoint}" if c.model.checkpoint else
         f"model: preset {c.model.preset}, random init (seed {c.seed})")
     if is_main:  # what export and evaluate need to read this run's checkpoints
-        checkpoint.write_meta(os.path.join(c.output_dir, "model"), model_cfg, base=base)
+        checkpoint.write_meta(os.path.join(c.output_dir, "model"), model_cfg, base=base,
+                             token_ids=checkpoint.token_ids(c.model.checkpoint))
         _copy_side_files(c.model.checkpoint, os.path.join(c.output_dir, "model"))
     n_params = sum(x.size for x in jax.tree.leaves(params))
     log(f"model: {n_params:,} trained parameters, compute {model_cfg.dtype}, params "
@@ -394,6 +398,16 @@ def _place_model(c, model_cfg, abstract, shardings, mesh):
     params = jax.jit(lambda: init()[0], out_shardings=p_shard)()
     _, _, frozen, rest = split_adapters(nnx.merge(split_trained(abstract)[0], params, nnx.state(loaded)))
     return params, rest, frozen
+
+
+def check_named_groups(c, abstract) -> None:
+    """The groups config keys name (optim.group_lr, optim.group_wd, optim.freeze_groups, lora.targets)
+    are groups of the run's model `abstract` (optim.check_groups); else a RunConfigError naming the
+    key and the model's groups, e.g. lora.targets=routed_experts on a dense model."""
+    try:
+        check_groups(run_config.optim_config(c, 1), abstract)
+    except ValueError as e:  # GroupError, or a name outside GROUPS: both name the key
+        raise run_config.RunConfigError(str(e)) from None
 
 
 def _check_same_base(output_dir: str, base: dict | None) -> None:
