@@ -140,9 +140,11 @@ def reference(data):
     return losses, t.flat_params()
 
 
-def _assert_close(losses, params, ref_losses, ref_params):
+def _assert_close(losses, params, ref_losses, ref_params, skip=()):
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     for k, want in ref_params.items():
+        if k in skip:
+            continue
         err = np.linalg.norm(params[k] - want) / max(np.linalg.norm(want), 1e-30)
         assert err < 1e-5, (k, err)
 
@@ -170,12 +172,15 @@ def test_twenty_steps_equal_single_device(data, reference, name):
 def test_dense_family_on_a_data_fsdp_tensor_mesh_equals_single_device(data):
     """The dense family trains the same on a data 2 x fsdp 2 x tensor 2 mesh as on one device.
     Oracle: the single device, as above (same tolerance); its K/V heads really are split over
-    `tensor`."""
+    `tensor`. Not compared: the key bias. It adds q.b_k to every score of a query alike, which
+    softmax cancels: its gradient is zero but for rounding, so Adam's normalized steps follow
+    rounding noise, which any change of summation order changes."""
     ref = Trainer("single", "qwen2")
     ref_losses = ref.run(data)
     assert ref_losses[-1] < 0.8 * ref_losses[0]
     t = Trainer("data2,fsdp2,tensor2", "qwen2")
-    _assert_close(t.run(data), t.flat_params(), ref_losses, ref.flat_params())
+    _assert_close(t.run(data), t.flat_params(), ref_losses, ref.flat_params(),
+                  skip={"['layers']['attn']['k_bias']"})
     k = t.params["layers"]["attn"]["k"][...]  # [L, D, G, K]
     assert k.sharding.spec[2] == "tensor" and not k.is_fully_replicated
 
