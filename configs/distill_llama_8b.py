@@ -3,29 +3,33 @@
     python -m r1jax.convert --hf_dir /data/DeepSeek-R1-Distill-Llama-8B --out ckpt/r1-distill-llama-8b
     XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 python -m r1jax.train --config=configs/distill_llama_8b.py \\
         --config.data.train=/data/mine.jsonl          # default: the bundled code dataset
-    python -m r1jax.plan --config=configs/distill_llama_8b.py --topology=v5p-8   # a TPU slice instead
+    python -m r1jax.plan --config=configs/distill_llama_8b.py --topology=v5p-8 \\
+        --config.mesh.data=1 --config.mesh.fsdp=-1   # a TPU slice instead (BUILD.md)
 
 Data: "" is the bundled code-instruction dataset (HumanEval-decontaminated); the tokenizer is the
 checkpoint's own (convert copies it). tokens/step = batch_size * seq_len = 32 * 4096 = 131,072, in
-grad_accum = 4 micro-batches of 8 sequences.
+grad_accum = 8 micro-batches of 4 sequences.
 
 Memory on one H200 (141 GB = 131 GiB; JAX takes 75% of it unless XLA_PYTHON_CLIENT_MEM_FRACTION
-says more, hence the 0.95 above). N = 8,030,261,248 parameters (the preset's; the release's count):
+says more, hence the 0.95 above: 124.8 GiB). N = 8,030,261,248 parameters (the preset's; the release's):
     state     float32 master params (4) + float32 gradient accumulator (4, train/step.py) + bfloat16
               Adam moments (2 + 2) = 12 bytes x N = 89.7 GiB
-    activations, remat full, micro-batch 8 x 4096 = 32,768 tokens (bytes per token from
+    activations, remat full, micro-batch 4 x 4096 = 16,384 tokens (bytes per token from
               r1jax/train/residuals.py with a fused attention kernel; method: BUILD.md, "R1-Distill:
               what fits where"): layer inputs kept for the backward pass, 270,852 B per token
-              (32 layers x 2 x 4096, + the final hidden states) = 8.3 GiB; one layer recomputed in
-              the backward pass, 139,552 B per token = 4.3 GiB; LM head + cross-entropy over 4096
-              positions at a time, float32 logits and their gradient 2 x 4096 x 128,256 x 4 B =
-              3.9 GiB: 16.5 GiB
-    total ~106 GiB of the 125 GiB JAX may take at 0.95 (measure: tools/gpu_check.sh distill).
+              = 4.1 GiB; one layer recomputed in the backward pass, 139,552 B per token =
+              2.1 GiB; LM head + cross-entropy over 4096 positions at a time, float32 logits and
+              their gradient 2 x 4096 x 128,256 x 4 B = 3.9 GiB: 10.2 GiB
+    total ~100 GiB when the compiler updates parameters and moments in place. The CPU
+              compiler's schedule of the same step (plan.build_step on one CPU device, its
+              memory_analysis) needs 145.5 GiB (arguments 59.8, temporaries 85.6): besides the
+              gradient accumulator it holds about one more parameter-sized float32 tree while it
+              updates. Which an H200 gets is what tools/gpu_check.sh distill measures (peak memory);
+              if the second, use a node: --config.mesh.data=1 --config.mesh.fsdp=-1 (1/8 each).
 Why float32 master params with bfloat16 moments, not all-bfloat16 (8 bytes x N = 60 GiB): an update
 smaller than half a bfloat16 step of its weight is lost (lr 1e-5 against |w| ~ 0.02, whose half
 step is 0.02 x 2^-9 = 3.9e-5), so bfloat16 params stop learning at fine-tuning rates; float32
-moments too (16 bytes x N = 120 GiB) leave no room for activations. Several GPUs: the same config
-with --config.mesh.data=1 --config.mesh.fsdp=-1 shards the state over them.
+moments too (16 bytes x N = 120 GiB) leave no room for activations.
 
 LoRA instead (rank 16 on attention and the MLP; a frozen bfloat16 base of 15.0 GiB, adapters
 41.9M parameters with float32 Adam moments: 0.5 GiB):
@@ -51,7 +55,7 @@ def get_config():
     c.train.steps = 500
     c.train.batch_size = 32
     c.train.seq_len = 4096
-    c.train.grad_accum = 4                   # micro-batches of 8 x 4096
+    c.train.grad_accum = 8                   # micro-batches of 4 x 4096
     c.train.loss_chunk = 4096
     c.train.log_every = 10
     c.train.eval_every = 100
