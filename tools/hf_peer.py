@@ -35,6 +35,9 @@ import time
 import torch
 import transformers
 
+# JAX here only reads shapes (registry.build under nnx.eval_shape); on the CPU, so that it never
+# takes the GPU memory torch measures in.
+os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import SMALL  # noqa: E402  (tools/bench.py: the --small shrink of v3-small)
 from flax import nnx  # noqa: E402
