@@ -3,16 +3,23 @@
     python tools/bench.py --preset v3-small --batch 2 --seq 4096 --peer --out tools/results/bench_h200.json
     python tools/bench.py --small --batch 2 --seq 128 --steps 3 --peer     # CPU
     python tools/bench.py --small --batch 2 --seq 128 --steps 3 --lora 16  # LoRA step vs full step
+    python tools/bench.py --preset r1-distill-qwen-7b --batch 8 --seq 4096 --remat full --loss_chunk 4096 \
+        --state_dtype bfloat16 --peer                                       # 7B full fine-tuning, one H200
+    python tools/bench.py --preset tiny-qwen2 --batch 2 --seq 128 --steps 3 --peer   # the same, CPU
 
---small shrinks v3-small (SMALL below) for CPU runs; the peer gets the same flags, so the two
-implementations are compared on the same config on a CPU too (tests/tools/test_bench.py runs it).
+--small shrinks v3-small (SMALL below) for CPU runs; the tiny-llama and tiny-qwen2 presets are the
+dense families' CPU sizes. The peer gets the same flags, so the two implementations are compared on
+the same config on a CPU too (tests/tools/test_bench.py runs it).
 
-Times the full r1jax train step (forward, backward, AdamW update; bf16 compute, float32 master
-params) after warm-up, median of --steps; checks the bf16 loss against a float32-compute forward on
-the same batch; prints tokens/s, model TFLOP/s (the family's, r1jax.models.registry.train_flops_per_token), MFU against the device's bf16 peak,
-peak device memory next to the analytic need of params + grads + Adam state, and compile time.
-With --peer, runs tools/hf_peer.py (HF transformers' DeepseekV3ForCausalLM on the same config,
-forward + backward only) in a subprocess first and prints our tokens/s over its.
+Times the full r1jax train step (forward, backward, AdamW update; bf16 compute, --param_dtype master
+params, default float32, and --state_dtype Adam moments, default float32) after warm-up, median of
+--steps; checks the bf16 loss against a float32-compute forward on the same batch; prints tokens/s,
+model TFLOP/s (the family's, r1jax.models.registry.train_flops_per_token), MFU against the device's
+bf16 peak, peak device memory next to the analytic need of params + the float32 gradient
+accumulator (r1jax/train/step.py) + Adam state at those dtypes, and compile time.
+With --peer, runs tools/hf_peer.py (HF transformers' model of the same config, any family: forward +
+backward only, gradient checkpointing with --remat full) in a subprocess first and prints our
+tokens/s over its.
 With --lora RANK, also times the LoRA step (r1jax/models/common/lora.py adapters of that rank on
 --lora_targets, trained as r1jax/train/loop.py trains them: split_trained, the base an undonated frozen
 input; --fp8_base holds its projections as FP8 codes + scales) on the same model, batch and step
@@ -40,6 +47,7 @@ from r1jax.train.monitor import PEAK_TFLOPS
 from r1jax.models import registry
 from r1jax.models.registry import preset
 from r1jax.models.common.config import LoraConfig
+from r1jax.train.optim import adam_with_dtype
 from r1jax.train.step import StepConfig, loss_fn, split_trained, train_step
 
 
@@ -94,15 +102,31 @@ def run_peer(args) -> list[dict]:
     with tempfile.TemporaryDirectory() as out:
         result = os.path.join(out, "hf_peer.json")
         cmd = [sys.executable, PEER, "--preset", args.preset, "--batch", str(args.batch),
-               "--seq", str(args.seq), "--experts", str(args.experts), "--out", result]
+               "--seq", str(args.seq), "--experts", str(args.experts), "--out", result,
+               "--remat", "full" if args.remat == "full" else "none"]
         r = subprocess.run(cmd + (["--small"] if args.small else []), capture_output=True, text=True,
                            timeout=1200)
         print(r.stdout + r.stderr[-2000:], file=sys.stderr)
         return json.load(open(result)) if os.path.exists(result) else []
 
 
+def adamw(state_dtype: str) -> optax.GradientTransformation:
+    """optax.adamw(1e-5, weight_decay=0.1) with its moments stored in `state_dtype`
+    (r1jax.train.optim.adam_with_dtype: bfloat16 halves them, as optim.state_dtype does)."""
+    if state_dtype == "float32":
+        return optax.adamw(1e-5, weight_decay=0.1)
+    return optax.chain(adam_with_dtype(0.9, 0.999, 1e-8, state_dtype), optax.add_decayed_weights(0.1),
+                       optax.scale(-1e-5))
+
+
+def state_bytes_per_param(param_dtype: str, state_dtype: str) -> int:
+    """Bytes of training state per parameter: the parameter, the train step's float32 gradient
+    accumulator (r1jax/train/step.py) and two Adam moments."""
+    return jnp.dtype(param_dtype).itemsize + 4 + 2 * jnp.dtype(state_dtype).itemsize
+
+
 def bench(args) -> dict:
-    cfg = preset(args.preset, dtype=args.dtype, param_dtype="float32", remat=args.remat,
+    cfg = preset(args.preset, dtype=args.dtype, param_dtype=args.param_dtype, remat=args.remat,
                  attention_mask=args.attention_mask, **(SMALL if args.small else {}))
     if args.experts:  # same active parameters per token, more (or fewer) routed experts
         cfg = cfg.replace(n_routed_experts=args.experts)
@@ -110,15 +134,16 @@ def bench(args) -> dict:
     device = jax.devices()[0]
     graphdef, params, rest = init_state(cfg)
     n_params = sum(x.size for x in jax.tree.leaves(params))
-    optimizer = optax.adamw(1e-5, weight_decay=0.1)
+    optimizer = adamw(args.state_dtype)
     opt_state = jax.jit(optimizer.init)(params)
     batch = make_batch(cfg, args.batch, args.seq)
 
     # Correctness: the run's loss against a float32-compute forward of the same params and batch.
     graphdef32 = nnx.graphdef(nnx.eval_shape(lambda: registry.build(cfg.replace(dtype="float32"),
                                                                     nnx.Rngs(0))))
-    loss16 = float(jax.jit(loss_fn, static_argnums=2)(params, rest, graphdef, batch)[0])
-    loss32 = float(jax.jit(loss_fn, static_argnums=2)(params, rest, graphdef32, batch)[0])
+    sc = StepConfig(loss_chunk=args.loss_chunk)   # chunked as the step: no whole-batch logits
+    loss16 = float(jax.jit(loss_fn, static_argnums=(2, 4))(params, rest, graphdef, batch, sc)[0])
+    loss32 = float(jax.jit(loss_fn, static_argnums=(2, 4))(params, rest, graphdef32, batch, sc)[0])
 
     step = jax.jit(functools.partial(train_step, graphdef, optimizer, StepConfig(loss_chunk=args.loss_chunk)),
                    donate_argnums=(0, 1, 2))
@@ -133,12 +158,14 @@ def bench(args) -> dict:
     return {
         "impl": "r1jax", "preset": args.preset + ("/small" if args.small else ""),
         "batch": args.batch, "seq": args.seq,
-        "n_routed_experts": getattr(cfg, "n_routed_experts", 0), "loss_chunk": args.loss_chunk, "remat": args.remat, "dtype": args.dtype,
+        "n_routed_experts": getattr(cfg, "n_routed_experts", 0), "loss_chunk": args.loss_chunk,
+        "remat": args.remat, "dtype": args.dtype, "param_dtype": args.param_dtype,
+        "state_dtype": args.state_dtype,
         "attention_mask": args.attention_mask,
         "device": device.device_kind, "jax": jax.__version__, "params_B": n_params / 1e9,
         "step_ms": sec * 1e3, "tokens_per_s": tok_s, "model_tflops": tflops,
         "mfu": None if peak is None else tflops / peak, "peak_mem_gib": peak_memory_gib(),
-        "analytic_state_gib": n_params * (4 + 4 + 8) / 2**30,  # f32 params + grads + Adam mu, nu
+        "analytic_state_gib": n_params * state_bytes_per_param(args.param_dtype, args.state_dtype) / 2**30,
         "compile_s": compile_s, "loss_bf16": loss16, "loss_f32": loss32,
         "loss_rel_diff": abs(loss16 - loss32) / abs(loss32), "final_loss": float(m["loss"]),
         "step_times_ms": [t * 1e3 for t in times],
@@ -168,7 +195,7 @@ def bench_lora(args, full: dict) -> dict:
     args.lora_targets, float32 adapters and AdamW moments, the base (frozen) in the full step's
     parameter dtype, or FP8 with args.fp8_base; same batch, StepConfig and optimizer."""
     targets = tuple(t for t in args.lora_targets.split(",") if t)
-    cfg = preset(args.preset, dtype=args.dtype, param_dtype="float32", remat=args.remat,
+    cfg = preset(args.preset, dtype=args.dtype, param_dtype=args.param_dtype, remat=args.remat,
                  attention_mask=args.attention_mask, fp8_weights=args.fp8_base,
                  lora=LoraConfig(rank=args.lora, targets=targets), **(SMALL if args.small else {}))
     if args.experts:
@@ -202,6 +229,10 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="compute dtype")
+    p.add_argument("--param_dtype", default="float32", choices=["bfloat16", "float32"],
+                   help="master parameters (model.param_dtype)")
+    p.add_argument("--state_dtype", default="float32", choices=["bfloat16", "float32"],
+                   help="Adam moments (optim.state_dtype)")
     p.add_argument("--remat", default="none", choices=["none", "full", "dots", "dots_no_batch"])
     p.add_argument("--attention_mask", default="dense", choices=["dense", "ranges"],
                    help="packed attention as a [B, 1, T, S] mask or as key ranges (ModelConfig.attention_mask)")
@@ -230,9 +261,10 @@ def main(argv=None) -> int:
         mem = r.get("peak_mem_gib")
         print(f"{r['impl']:<16}{r['tokens_per_s']:>12.0f}{r['model_tflops']:>10.1f}"
               f"{(mem or 0):>10.1f}{r['step_ms']:>10.1f}")
-    peers = [r for r in rows[1:] if r["impl"] == "hf-grouped_mm"]
+    peers = [r for r in rows[1:] if r["impl"] in ("hf-grouped_mm", "hf")]
     if peers:
-        print(f"r1jax full train step / HF grouped_mm fwd+bwd tokens/s: "
+        name = "HF grouped_mm" if peers[0]["impl"] == "hf-grouped_mm" else "HF"
+        print(f"r1jax full train step / {name} fwd+bwd tokens/s: "
               f"{ours['tokens_per_s'] / peers[0]['tokens_per_s']:.2f}x")
     for r in lora_rows:
         print(f"LoRA step (rank {r['rank']} on {r['targets']}, {r['adapter_params']:,} adapter "

@@ -14,6 +14,16 @@
 #             (tools/lora_node_check.py; its docstring says what is approximated), then the LoRA
 #             step next to the full step on v3-small (tools/bench.py --lora 16)    (~8 min)
 #             CPU check of the same script: LORA_NODE_ARGS="--preset tiny --experts 8 --seq 64"
+#   distill   R1-Distill-Qwen-7B full fine-tuning on one H200 as configs/distill_qwen_7b.py runs it
+#             (float32 params, bf16 Adam moments, remat full, its micro-batch 4 x 4096, LM head in
+#             4096-position chunks): tokens/s, MFU, peak memory against the config's estimates (~95
+#             GiB with an in-place update, 136 GiB by the CPU compiler's schedule), with the
+#             transformers peer (Qwen2ForCausalLM, gradient checkpointing) in the same run
+#             (tools/bench.py --peer). Estimate: a step is 8 x 7.07e9 x 16,384 = 0.93 PFLOP (remat
+#             full: 8 N instead of 6 N), ~2.5 s at 40% of 989 TFLOP/s; peer ~2 min (init, 7 steps),
+#             r1jax ~3 min (init, two loss checks, compile, 7 steps)                      (~6 min)
+#             CPU check of the same command line:
+#             DISTILL_ARGS="--preset tiny-qwen2 --batch 2 --seq 128 --steps 2 --warmup 1" bash tools/gpu_check.sh distill
 #   usage (device machine, repo root): bash tools/gpu_check.sh [STAGE]
 # Missing packages travel as wheels in .whl/ (installed into /tmp/site when present).
 set -uo pipefail
@@ -60,5 +70,11 @@ case "$STAGE" in
     timeout 400 python3 tools/lora_node_check.py ${LORA_NODE_ARGS:-} --out "$OUT/lora_node.json" 2>&1 \
       | grep -v Warning | tee "$OUT/lora_node.log"
     bench bench_lora 150 --loss_chunk 4096 --lora 16 ;;
-  *) echo "unknown stage $STAGE (main, variants, kernels, parts, scaling, convert, lora_node)" >&2; exit 2 ;;
+  distill)
+    # shellcheck disable=SC2086  # DISTILL_ARGS is a list of flags (later flags win)
+    XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 timeout 540 python3 tools/bench.py --preset r1-distill-qwen-7b \
+      --batch 4 --seq 4096 --steps 5 --warmup 2 --remat full --loss_chunk 4096 --param_dtype float32 \
+      --state_dtype bfloat16 --peer ${DISTILL_ARGS:-} --out "$OUT/distill.json" 2>&1 | grep -v Warning \
+      | tee "$OUT/distill.log" ;;
+  *) echo "unknown stage $STAGE (main, variants, kernels, parts, scaling, convert, lora_node, distill)" >&2; exit 2 ;;
 esac

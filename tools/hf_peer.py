@@ -1,17 +1,24 @@
-"""The peer that tools/bench.py measures against: transformers' DeepseekV3ForCausalLM (PyTorch).
+"""The peer that tools/bench.py measures against: transformers' own model of the same config (PyTorch).
 
-    python tools/hf_peer.py --preset v3-small --batch 2 --seq 4096 --out FILE.json   # one GPU
-    python tools/hf_peer.py --small --batch 2 --seq 128                               # a CPU
+    python tools/hf_peer.py --preset v3-small --batch 2 --seq 4096 --out FILE.json          # one GPU
+    python tools/hf_peer.py --preset r1-distill-qwen-7b --batch 2 --seq 4096 --remat full   # one GPU
+    python tools/hf_peer.py --small --batch 2 --seq 128                                      # a CPU
+    python tools/hf_peer.py --preset tiny-qwen2 --batch 2 --seq 128                          # a CPU
 
-The model is r1jax's own preset (`--small`: tools/bench.py's CPU shrink of v3-small) written in HF's
-config layout by `r1jax.models.deepseek_v3.config.to_hf_dict`, so both implementations build the same
-architecture from one definition. Random init, bf16 weights, SDPA attention, training mode. For
-each expert implementation transformers offers this model (`grouped_mm`, then `eager`) it times one
-forward pass with the language-model loss and its backward pass: no optimizer update, so the peer's
-step is lighter than r1jax's full train step, and a ratio of our tokens/s over its understates us.
+The model is r1jax's own preset of any family (`--small`: tools/bench.py's CPU shrink of v3-small)
+written as its family's config.json (`r1jax.models.registry.to_hf_dict`) and built by transformers'
+AutoConfig / AutoModelForCausalLM.from_config (DeepseekV3ForCausalLM, Qwen2ForCausalLM,
+LlamaForCausalLM), so both implementations build the same architecture from one definition. Random
+init, bf16 weights, SDPA attention, training mode; `--remat full` turns on transformers' gradient
+checkpointing (each decoder layer recomputed in the backward pass, as r1jax's remat full). For a
+model with routed experts (its r1jax parameters carry the routed_experts group) it times each expert
+implementation transformers offers (`grouped_mm`, then `eager`); a dense model has one. Each row
+times one forward pass with the language-model loss and its backward pass: no optimizer update, so
+the peer's step is lighter than r1jax's full train step, and a ratio of our tokens/s over its
+understates us.
 
     tokens/s      = batch * seq / median step time (2 warm-up steps, then --steps timed)
-    model TFLOP/s = r1jax.models.deepseek_v3.flops.train_flops_per_token(cfg, seq) * tokens/s / 1e12
+    model TFLOP/s = r1jax.models.registry.train_flops_per_token(cfg, seq) * tokens/s / 1e12
 
 (the same formula tools/bench.py uses, on the same config). Prints one JSON row per implementation
 and writes the list to --out; an implementation that fails is reported on stderr and left out.
@@ -28,22 +35,44 @@ import time
 import torch
 import transformers
 
+# JAX here only reads shapes (registry.build under nnx.eval_shape); on the CPU, so that it never
+# takes the GPU memory torch measures in.
+os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import SMALL  # noqa: E402  (tools/bench.py: the --small shrink of v3-small)
-from r1jax.models.deepseek_v3.flops import train_flops_per_token  # noqa: E402
-from r1jax.models.deepseek_v3.config import to_hf_dict  # noqa: E402
-from r1jax.models.registry import preset
+from flax import nnx  # noqa: E402
+from r1jax.models import registry  # noqa: E402
+from r1jax.models.common import groups  # noqa: E402
+from r1jax.models.registry import preset, train_flops_per_token  # noqa: E402
 
 EXPERT_IMPLEMENTATIONS = ("grouped_mm", "eager")
 
 
-def build(cfg, experts: str, device: str) -> torch.nn.Module:
-    """A randomly initialized bf16 HF model of r1jax config `cfg`, in training mode on `device`."""
-    hf = transformers.DeepseekV3Config(**to_hf_dict(cfg))
+def expert_implementations(cfg) -> tuple[str | None, ...]:
+    """The transformers expert implementations to time for r1jax config `cfg`: EXPERT_IMPLEMENTATIONS
+    when its model has routed experts (read from its parameters' group metadata), else (None,):
+    a dense model's one implementation."""
+    abstract = nnx.eval_shape(lambda: registry.build(cfg, nnx.Rngs(0)))
+    has_experts = "routed_experts" in groups.present(groups.placements(abstract))
+    return EXPERT_IMPLEMENTATIONS if has_experts else (None,)
+
+
+def hf_config(cfg) -> transformers.PretrainedConfig:
+    """transformers' config class for r1jax config `cfg`, from its family's config.json."""
+    d = dict(registry.to_hf_dict(cfg))
+    return transformers.AutoConfig.for_model(d.pop("model_type"), **d)
+
+
+def build(cfg, experts: str | None, device: str, remat: bool = False) -> torch.nn.Module:
+    """A randomly initialized bf16 HF model of r1jax config `cfg`, in training mode on `device`;
+    `experts`: the expert implementation (None for a dense model); remat: gradient checkpointing."""
+    kw = {} if experts is None else {"experts_implementation": experts}
     torch.manual_seed(0)
     with torch.device(device):
-        model = transformers.DeepseekV3ForCausalLM._from_config(
-            hf, torch_dtype=torch.bfloat16, attn_implementation="sdpa", experts_implementation=experts)
+        model = transformers.AutoModelForCausalLM.from_config(
+            hf_config(cfg), dtype=torch.bfloat16, attn_implementation="sdpa", **kw)
+    if remat:
+        model.gradient_checkpointing_enable()
     return model.train()
 
 
@@ -68,15 +97,17 @@ def time_steps(model, tokens: torch.Tensor, warmup: int, steps: int) -> list[flo
     return times
 
 
-def measure(cfg, experts: str, batch: int, seq: int, warmup: int, steps: int) -> dict:
+def measure(cfg, experts: str | None, batch: int, seq: int, warmup: int, steps: int,
+            remat: bool = False) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = build(cfg, experts, device)
+    model = build(cfg, experts, device, remat)
     tokens = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)
     sec = statistics.median(time_steps(model, tokens, warmup, steps))
     tok_s = batch * seq / sec
-    return {"impl": f"hf-{experts}", "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+    return {"impl": "hf" if experts is None else f"hf-{experts}", "model": type(model).__name__,
+            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
             "torch": torch.__version__, "transformers": transformers.__version__,
-            "params_B": sum(p.numel() for p in model.parameters()) / 1e9,
+            "params_B": sum(p.numel() for p in model.parameters()) / 1e9, "remat": remat,
             "batch": batch, "seq": seq, "step_ms": sec * 1e3, "tokens_per_s": tok_s,
             "model_tflops": train_flops_per_token(cfg, seq) * tok_s / 1e12,
             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
@@ -91,6 +122,8 @@ def main(argv=None) -> int:
     p.add_argument("--seq", type=int, default=4096)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--remat", default="none", choices=["none", "full"],
+                   help="full: gradient checkpointing of every decoder layer")
     p.add_argument("--out", help="write the result rows (a JSON list) here")
     a = p.parse_args(argv)
     if a.small and a.preset != "v3-small":
@@ -99,12 +132,12 @@ def main(argv=None) -> int:
     if a.experts:
         cfg = cfg.replace(n_routed_experts=a.experts)
     rows = []
-    for experts in EXPERT_IMPLEMENTATIONS:
+    for experts in expert_implementations(cfg):
         try:
-            rows.append(measure(cfg, experts, a.batch, a.seq, a.warmup, a.steps))
+            rows.append(measure(cfg, experts, a.batch, a.seq, a.warmup, a.steps, a.remat == "full"))
             print(json.dumps(rows[-1]), flush=True)
         except Exception as e:  # one implementation failing (a kernel missing here) leaves the other
-            print(f"hf-{experts} failed: {e!r}"[:600], file=sys.stderr, flush=True)
+            print(f"hf-{experts or 'dense'} failed: {e!r}"[:600], file=sys.stderr, flush=True)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     if a.out:

@@ -27,8 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import SMALL, shape_arguments  # noqa: E402  (tools/bench.py)
 
 from r1jax.train import residuals  # noqa: E402
-from r1jax.models.deepseek_v3.transformer import Transformer  # noqa: E402
-from r1jax.models.registry import preset
+from r1jax.models import registry  # noqa: E402
+from r1jax.models.registry import preset  # noqa: E402
 from r1jax.train.step import StepConfig, loss_fn  # noqa: E402
 
 GIB = 2 ** 30
@@ -50,7 +50,7 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     cfg = preset(a.preset, dtype="bfloat16", param_dtype="float32", remat=a.remat,
                  **(SMALL if a.small else {}))
-    graphdef, params, rest = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))),
+    graphdef, params, rest = nnx.split(nnx.eval_shape(lambda: registry.build(cfg, nnx.Rngs(0))),
                                        nnx.Param, ...)
     shape = jax.ShapeDtypeStruct((a.batch, a.seq), jnp.int32)
     batch = {"tokens": shape, "positions": shape, "segment_ids": shape}

@@ -18,7 +18,9 @@ Slice names follow Cloud TPU accelerator types: v5p-N counts TensorCores (2 per 
 Variants (--variant) override config keys (VARIANTS): full / bf16_state / frozen_experts fine-tune
 the weights; lora / lora_experts train rank-16 adapters (lora.targets: attention, dense MLP, shared
 experts; lora_experts adds the routed experts) on a frozen FP8 base, lora_bf16_base the same
-adapters as lora on the config's bf16 base.
+adapters as lora on the config's bf16 base. A dense model (the R1-Distill presets: no experts, no
+FP8 release) takes full, bf16_state and lora_bf16_base; the others are a PlanError naming the ones
+that apply. A config whose model.checkpoint is not converted yet is planned from model.preset.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from r1jax.train import run_config
 from r1jax.parallel import sharding
 from r1jax.models import registry
 from r1jax.models.common import groups
+from r1jax.models.common.config import ConfigError, LoraConfig
 from r1jax.models.common.params import Adapter
 from r1jax.train.optim import make_optimizer, path_str
 from r1jax.train.step import split_trained
@@ -145,6 +148,43 @@ def with_variant(c, variant: str | None):
     return c
 
 
+def variant_groups(variant: str) -> tuple[str, ...]:
+    """The parameter groups `variant` names: its optim.freeze_groups, and its lora.targets where
+    they differ from the default targets (which adapt whatever of them a model has, as
+    r1jax/train/optim.py check_groups reads them)."""
+    keys = VARIANTS[variant]
+    named = [g for g in keys.get("optim.freeze_groups", "").split(",") if g]
+    targets = tuple(t for t in keys.get("lora.targets", "").split(",") if t)
+    if keys.get("lora.rank") and targets != LoraConfig().targets:
+        named += [t for t in targets if t not in named]
+    return tuple(named)
+
+
+def variant_problem(variant: str, model_groups, fp8_blocks: bool) -> str | None:
+    """Why `variant` cannot be planned for a model with parameter groups `model_groups` whose family
+    does (fp8_blocks) or does not store block-scaled FP8 projections; None when it can."""
+    missing = [g for g in variant_groups(variant) if g not in model_groups]
+    if missing:
+        return f"names group(s) {','.join(missing)}, which the model does not have"
+    if variant in FP8_BASE and not fp8_blocks:
+        return "holds the frozen base as block-scaled FP8, which this model family's releases are not"
+    return None
+
+
+def check_variant(variant: str | None, model_cfg, model_groups) -> None:
+    """PlanError naming --variant, the model and the variants that do apply, when `variant` names
+    groups the model lacks (frozen_experts, lora_experts on a dense model) or an FP8 base its family
+    has none of (lora on R1-Distill: lora_bf16_base is the same adapters on its bfloat16 base)."""
+    if variant is None:
+        return
+    fp8 = registry.fp8_blocks(model_cfg)
+    why = variant_problem(variant, model_groups, fp8)
+    if why:
+        ok = [v for v in VARIANTS if variant_problem(v, model_groups, fp8) is None]
+        raise PlanError(f"--variant={variant} {why} ({model_cfg.model_type}: groups "
+                        f"{','.join(model_groups)}); variants for this model: {', '.join(ok)}")
+
+
 def adapter_counts(model_cfg) -> dict[str, int]:
     """{optimizer group: adapter parameters} of model_cfg's adapters (its section lora), counted
     from the abstract model (nnx.eval_shape: no memory), each adapter in its `group` metadata
@@ -239,11 +279,30 @@ def _gib(value: str, unit: str) -> float:
     return float(value) * 1024 ** "KMGT".index(unit) / 1024 ** 2
 
 
+def with_model_source(c):
+    """(config, what the plan builds): a model.checkpoint not converted yet (no config.json there)
+    is planned as model.preset, the architecture the config names; an existing checkpoint as its
+    own config.json says."""
+    path = c.model.checkpoint
+    if not path:
+        return c, f"preset {c.model.preset}"
+    if os.path.exists(os.path.join(path, "config.json")):
+        return c, f"checkpoint {path}"
+    c = c.copy_and_resolve_references()
+    c.model.checkpoint = ""
+    return c, f"preset {c.model.preset} (no checkpoint at {path} yet)"
+
+
 def plan(c, topology: str, variant: str | None = None) -> dict:
     """Compiles config c's train step for a TPU slice; the report dict (see module docstring)."""
     s = parse_slice(topology)
     c = with_variant(c, variant)
     run_config.validate(c)
+    c, model_source = with_model_source(c)
+    model_cfg = run_config.model_config(c)
+    check_variant(variant, model_cfg,
+                  groups.present(groups.placements(nnx.eval_shape(
+                      lambda: registry.build(model_cfg.replace(lora=LoraConfig()), nnx.Rngs(0))))))
     devices = slice_devices(s)
     try:
         sizes = sharding.mesh_sizes(c.mesh, len(devices))
@@ -254,7 +313,8 @@ def plan(c, topology: str, variant: str | None = None) -> dict:
     c = run_config.with_grad_accum(c, math.prod(mesh.shape[a] for a in ("data", "fsdp", "expert")))
     report = {"topology": s.name, "libtpu_topology": s.topology, "chips": len(devices),
               "variant": variant or "config", "mesh": {k: int(v) for k, v in mesh.shape.items()},
-              "mesh_preset": c.mesh.preset, "model": c.model.preset, "hbm_gib": s.hbm_gib,
+              "mesh_preset": c.mesh.preset, "model": c.model.preset, "model_source": model_source,
+              "hbm_gib": s.hbm_gib,
               "headroom": HEADROOM, "batch": [c.train.batch_size, c.train.seq_len],
               "grad_accum": c.train.grad_accum, "param_dtype": c.model.param_dtype,
               "state_dtype": c.optim.state_dtype, "freeze_groups": c.optim.freeze_groups,
@@ -311,6 +371,7 @@ def format_report(r: dict) -> str:
     lines = [f"plan: {r['model']} ({r['variant']}) on {r['topology']} = {r['libtpu_topology']}, "
              f"{r['chips']} chips, mesh {r['mesh']}"
              + (f" (preset {r['mesh_preset']})" if r["mesh_preset"] else ""),
+             f"  model: {r['model_source']}",
              f"  batch {r['batch'][0]} x {r['batch'][1]} in {r['grad_accum']} micro-batch(es); params "
              f"{r['param_dtype']}, Adam moments {r['state_dtype']}, frozen: {r['freeze_groups'] or '-'}"
              + (f"; LoRA rank {r['lora_rank']} on {r['lora_targets']}, "
@@ -346,7 +407,7 @@ def main(argv) -> None:
         raise app.UsageError("--config=configs/NAME.py is required")
     try:
         r = plan(flags.FLAGS.config, f["topology"].value, f["variant"].value)
-    except (PlanError, run_config.RunConfigError) as e:
+    except (PlanError, run_config.RunConfigError, ConfigError, groups.GroupError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(json.dumps(r) if f["json"].value else format_report(r))

@@ -67,8 +67,12 @@ def fused_attention(q, k, v, mask, scale):
 
 
 def _plain_attention(q, k, v, mask, scale):
-    """-> (out [B, T, H, V], log-sum-exp [B, H, T] float32); causal, mask [B, 1, T, S]."""
+    """q [B, T, H, K], k [B, S, G, K], v [B, S, G, V] (G divides H: grouped-query attention, each K/V
+    head serving H / G query heads) -> (out [B, T, H, V], log-sum-exp [B, H, T] float32); causal,
+    mask [B, 1, T, S]."""
     t, s = q.shape[1], k.shape[1]
+    groups = q.shape[2] // k.shape[2]
+    k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
     logits = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) * scale
     allowed = mask & jnp.tril(jnp.ones((t, s), bool))
     logits = jnp.where(allowed, logits, -jnp.inf)

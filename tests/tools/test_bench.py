@@ -110,3 +110,33 @@ def test_bench_lora_times_the_lora_step_next_to_the_full_step(tmp_path):
     cfg = preset("v3-small", **SMALL).replace(lora=LoraConfig(rank=16))
     assert lora["adapter_params"] == sum(plan.adapter_counts(cfg).values())
     assert "/ full step time:" in r.stdout
+
+
+def test_bench_dense_preset_with_its_peer(tmp_path):
+    """tools/bench.py on a dense family (tiny-qwen2) with bfloat16 Adam moments, remat full and the
+    transformers peer (Qwen2ForCausalLM built from the family's config.json). Oracles: the peer's
+    parameter count is transformers' own (a second implementation of the same config.json) and
+    equals ours; both rows' TFLOP/s per token/s are registry.train_flops_per_token (one formula for
+    both); the analytic state is N x (4 float32 params + 4 float32 gradient accumulator + 2 + 2
+    bfloat16 moments) by hand; an untrained model's loss is near ln(256)."""
+    import math
+    from r1jax.models.registry import preset, train_flops_per_token
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    r = subprocess.run([sys.executable, "tools/bench.py", "--preset", "tiny-qwen2", "--batch", "2",
+                        "--seq", "64", "--steps", "1", "--warmup", "1", "--peer", "--remat", "full",
+                        "--loss_chunk", "64", "--state_dtype", "bfloat16", "--out", str(out)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    ours, *peers = json.loads(out.read_text())["results"]
+    assert [p["impl"] for p in peers] == ["hf"], r.stderr[-3000:]
+    peer = peers[0]
+    assert peer["model"] == "Qwen2ForCausalLM" and peer["remat"] is True
+    assert peer["params_B"] == pytest.approx(ours["params_B"], rel=1e-12)
+    n = ours["params_B"] * 1e9
+    assert ours["analytic_state_gib"] == pytest.approx(n * 12 / 2**30)
+    fpt = train_flops_per_token(preset("tiny-qwen2"), 64)
+    for row in (ours, peer):
+        assert row["model_tflops"] * 1e12 / row["tokens_per_s"] == pytest.approx(fpt)
+    assert abs(ours["loss_f32"] - math.log(256)) < 0.3 and ours["loss_rel_diff"] < 1e-2
+    assert "r1jax full train step / HF fwd+bwd tokens/s" in r.stdout

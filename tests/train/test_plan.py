@@ -313,3 +313,64 @@ def test_documented_lora_plan_command_gives_the_documented_answer():
     r = _run_plan(argv)
     assert r["fits"] is True and r["grad_accum"] == int(row["grad_accum"]) and r["fp8_base"] is True, r
     assert abs(r["per_device_memory_gib"] / want - 1) < 0.02, (r["per_device_memory_gib"], want)
+
+
+# Dense (R1-Distill) models --------------------------------------------------------------------------
+
+def _dense_param_count(cfg) -> int:
+    """Parameters of a llama/qwen2 DenseConfig by hand: embedding V D; per layer q, k, v, o
+    (D H K, D G K, D G K, H K D), q/k/v biases where the family has them (H K + 2 G K), o's bias with
+    llama's attention_bias (D), gate/up/down 3 D F and two RMSNorm scales 2 D; the final norm D; the
+    head D V unless tied."""
+    V, D, F, L = cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    H, G, K = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_size
+    layer = D * H * K + 2 * D * G * K + H * K * D + 3 * D * F + 2 * D
+    layer += (H * K + 2 * G * K) if cfg.qkv_bias else 0
+    layer += D if cfg.o_bias else 0
+    return V * D + L * layer + D + (0 if cfg.tie_word_embeddings else D * V)
+
+
+@pytest.mark.tpu_compile
+@pytest.mark.parametrize("name", ["tiny-qwen2", "tiny-llama"])
+def test_dense_plan_state_is_the_parameter_count(name):
+    """A full fine-tuning plan of a tiny dense preset on v5p-8 (4 chips, fsdp 4): compiles and fits;
+    its trained state is the hand parameter count (_dense_param_count) times 4 bytes (float32
+    params) and 8 (two float32 Adam moments), and each chip's inputs hold about a quarter of it."""
+    cfg = preset(name)
+    n = _dense_param_count(cfg)
+    r = plan.plan(tiny_config(**{"model.preset": name}), "v5p-8", "full")
+    assert r["compiled"] and r["fits"] and r["chips"] == 4, r
+    assert r["model_source"] == f"preset {name}"
+    assert r["state_gib"]["params"] * GIB == 4 * n
+    assert 8 * n <= r["state_gib"]["opt_state"] * GIB <= 8 * n + 1024   # + Adam's step counts
+    per_chip = 12 * n / r["chips"] / GIB
+    assert per_chip <= r["memory_gib"]["arguments"] <= 1.25 * per_chip + 0.01, (r["memory_gib"], per_chip)
+
+
+@pytest.mark.parametrize("variant", ["frozen_experts", "lora_experts", "lora"])
+def test_expert_and_fp8_variants_are_a_plan_error_for_a_dense_model(variant):
+    """Oracle, by hand: a dense model has no shared or routed experts (frozen_experts, lora_experts
+    name them) and no FP8 release (lora's base is FP8); the error names the variant, the missing
+    group or the FP8 base, and the variants that apply (full, bf16_state, lora_bf16_base). Raised
+    before the slice is described: no compile."""
+    why = {"frozen_experts": "routed_experts", "lora_experts": "shared_experts,routed_experts",
+           "lora": "block-scaled FP8"}[variant]
+    with pytest.raises(plan.PlanError, match=rf"--variant={variant} .*{why}.*full, bf16_state, "
+                                             r"lora_bf16_base$"):
+        plan.plan(tiny_config(**{"model.preset": "tiny-qwen2"}), "v5p-8", variant)
+    # the R1 preset takes every variant
+    assert all(plan.variant_problem(v, ("attention", "dense_mlp", "shared_experts",
+                                        "routed_experts"), True) is None for v in plan.VARIANTS)
+
+
+def test_a_checkpoint_not_converted_yet_is_planned_from_the_preset(tmp_path):
+    """configs/distill_qwen_7b.py names the checkpoint convert will write; before it exists the plan
+    builds model.preset and says so; once a config.json is there, the checkpoint is what is read."""
+    c = tiny_config(**{"model.preset": "tiny-qwen2", "model.checkpoint": str(tmp_path / "ckpt")})
+    c2, source = plan.with_model_source(c)
+    assert c2.model.checkpoint == "" and c.model.checkpoint == str(tmp_path / "ckpt")
+    assert source == f"preset tiny-qwen2 (no checkpoint at {tmp_path / 'ckpt'} yet)"
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    c3, source = plan.with_model_source(c)
+    assert c3.model.checkpoint == str(tmp_path / "ckpt") and source.startswith("checkpoint ")

@@ -72,3 +72,19 @@ def test_fused_attention_stand_in_is_the_models_attention():
     got, pull_got = jax.vjp(lambda *a: residuals.fused_attention(*a, mask, 0.3), q, k, v)
     for a, b in zip((got, *pull_got(ct)), (want, *pull_want(ct))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_attention_stand_in_takes_grouped_keys_and_values():
+    """Grouped-query attention (the dense families: 6 query heads over 3 K/V heads): the stand-in's
+    output and gradients equal the model's attention (tokamax, float32) on the same grouped
+    inputs (tools/residuals.py accounts the R1-Distill presets through it)."""
+    ks = jax.random.split(jax.random.key(1), 4)
+    q = jax.random.normal(ks[0], (2, 12, 6, 8), jnp.float32)
+    k = jax.random.normal(ks[1], (2, 12, 3, 8), jnp.float32)
+    v = jax.random.normal(ks[2], (2, 12, 3, 5), jnp.float32)
+    ct = jax.random.normal(ks[3], (2, 12, 6, 5), jnp.float32)
+    mask = attention_mask(jnp.array([[1] * 5 + [2] * 7, [1] * 12], jnp.int32))
+    want, pull_want = jax.vjp(lambda *a: kernels.attention(*a, mask, 0.3), q, k, v)
+    got, pull_got = jax.vjp(lambda *a: residuals.fused_attention(*a, mask, 0.3), q, k, v)
+    for a, b in zip((got, *pull_got(ct)), (want, *pull_want(ct))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
