@@ -7,9 +7,7 @@ DeepSeek-V2 paper, sec. 2.1.3: with kv_b absorbed into the query and output proj
 needs per token only c (C values) and the roped key (R values), against H*(N+R) + H*V for per-head
 K/V: 576 against 40,960 values per layer for R1 (71x less).
 
-Rows are LEFT-padded: every row's newest token sits at the same slot, so one dynamic_update_slice
-writes a step for the whole batch. `start[b]` is row b's first real slot; its rope position at slot s
-is s - start[b].
+Rows are LEFT-padded (r1jax/models/common/left_padded.py: `start[b]` is row b's first real slot).
 """
 from __future__ import annotations
 
@@ -18,6 +16,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from r1jax.models.common import left_padded
 from r1jax.parallel import sharding
 from r1jax.models.deepseek_v3.config import ModelConfig
 
@@ -58,13 +57,11 @@ class LatentCache(NamedTuple):
 
     def key_mask(self, slot, t: int) -> jnp.ndarray:
         """[B, T, S] bool: query t (at slot slot+t) sees the row's real slots up to its own."""
-        s = jnp.arange(self.max_len, dtype=jnp.int32)
-        q = slot + jnp.arange(t, dtype=jnp.int32)  # [T]
-        return (s[None, None, :] >= self.start[:, None, None]) & (s[None, None, :] <= q[None, :, None])
+        return left_padded.key_mask(self.start, self.max_len, slot, t)
 
     def positions(self, slot, t: int) -> jnp.ndarray:
         """[B, T] int32 rope positions of the tokens at slots slot..slot+T-1."""
-        return slot + jnp.arange(t, dtype=jnp.int32)[None, :] - self.start[:, None]
+        return left_padded.positions(self.start, slot, t)
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, start: jnp.ndarray) -> LatentCache:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from r1jax.parallel import sharding
-from r1jax.models.common import params, stack
+from r1jax.models.common import left_padded, params, stack
 from r1jax.models.deepseek_v3.config import ModelConfig
 from r1jax.models.deepseek_v3.latent_cache import LatentCache, init_cache
 from r1jax.models.deepseek_v3.mla import MLA
@@ -142,9 +142,7 @@ class Transformer(nnx.Module):
         training forward, filling cache slots 0..T-1: -> (float32 logits [B, V] at the last slot,
         cache). Padding is its own segment, so it never reaches a real token."""
         cfg = self.cfg
-        slots = jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
-        segment_ids = (slots >= cache.start[:, None]).astype(jnp.int32)  # [B, T], 0 for padding
-        positions = jnp.maximum(slots - cache.start[:, None], 0)
+        segment_ids, positions = left_padded.prompt_layout(tokens.shape[1], cache.start)
         cos, sin = rope_tables(cfg, positions)
         x = self.embed_tokens(tokens)
         layer_call = lambda block, h: block.prefill(h, cos, sin, segment_ids)  # noqa: E731

@@ -3,9 +3,8 @@
 Axis legend: L layers, B batch, S cache slots, T new tokens, G K/V heads (num_key_value_heads),
 K head width.
 
-Rows are LEFT-padded: every row's newest token sits at the same slot, so one dynamic_update_slice
-writes a step for the whole batch. `start[b]` is row b's first real slot; its rope position at slot s
-is s - start[b]. Grouped-query attention keeps only the G K/V heads: 2 L G K values per token
+Rows are LEFT-padded (r1jax/models/common/left_padded.py: `start[b]` is row b's first real slot).
+Grouped-query attention keeps only the G K/V heads: 2 L G K values per token
 (R1-Distill-Llama-8B: 128 KiB in bf16).
 """
 from __future__ import annotations
@@ -15,6 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from r1jax.models.common import left_padded
 from r1jax.parallel import sharding
 from r1jax.models.llama.config import DenseConfig
 
@@ -54,13 +54,11 @@ class KVCache(NamedTuple):
 
     def key_mask(self, slot, t: int) -> jnp.ndarray:
         """[B, T, S] bool: query t (at slot slot+t) sees the row's real slots up to its own."""
-        s = jnp.arange(self.max_len, dtype=jnp.int32)
-        q = slot + jnp.arange(t, dtype=jnp.int32)  # [T]
-        return (s[None, None, :] >= self.start[:, None, None]) & (s[None, None, :] <= q[None, :, None])
+        return left_padded.key_mask(self.start, self.max_len, slot, t)
 
     def positions(self, slot, t: int) -> jnp.ndarray:
         """[B, T] int32 rope positions of the tokens at slots slot..slot+T-1."""
-        return slot + jnp.arange(t, dtype=jnp.int32)[None, :] - self.start[:, None]
+        return left_padded.positions(self.start, slot, t)
 
 
 def init_cache(cfg: DenseConfig, batch: int, max_len: int, start: jnp.ndarray) -> KVCache:

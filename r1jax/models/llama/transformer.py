@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from r1jax.parallel import sharding
-from r1jax.models.common import params, stack
+from r1jax.models.common import left_padded, params, stack
 from r1jax.models.common.mlp import MLP
 from r1jax.models.common.norm import RMSNorm
 from r1jax.models.llama.attention import Attention
@@ -117,9 +117,7 @@ class Transformer(nnx.Module):
         """Runs LEFT-padded prompts tokens [B, T] (row b real from slot cache.start[b]) through the
         training forward, filling cache slots 0..T-1: -> (float32 logits [B, V] at the last slot,
         cache). Padding is its own segment, so it never reaches a real token."""
-        slots = jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
-        segment_ids = (slots >= cache.start[:, None]).astype(jnp.int32)  # [B, T], 0 for padding
-        positions = jnp.maximum(slots - cache.start[:, None], 0)
+        segment_ids, positions = left_padded.prompt_layout(tokens.shape[1], cache.start)
         cos, sin = rope_tables(self.cfg, positions)
         layer_call = lambda block, h: block.prefill(h, cos, sin, segment_ids)  # noqa: E731
         x, (k, v) = stack.scan_layers(self.layers, self.embed_tokens(tokens), layer_call)
