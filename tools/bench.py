@@ -48,7 +48,8 @@ from r1jax.models import registry
 from r1jax.models.registry import preset
 from r1jax.models.common.config import LoraConfig
 from r1jax.train.optim import adam_with_dtype
-from r1jax.train.step import StepConfig, loss_fn, split_trained, train_step
+from r1jax.train.step import StepConfig, loss_fn, train_step
+from r1jax.models.common.partition import split_trained
 
 
 

@@ -43,7 +43,8 @@ from r1jax.models.registry import preset
 from r1jax.models.common.config import LoraConfig
 from r1jax.models.common import groups
 from r1jax.train.optim import path_str
-from r1jax.train.step import StepConfig, split_trained, train_step
+from r1jax.train.step import StepConfig, train_step
+from r1jax.models.common.partition import split_trained
 
 GIB = 1024 ** 3
 EP = 8   # GPUs per node = expert-parallel degree of mesh preset r1-671b-gpu

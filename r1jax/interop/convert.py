@@ -28,7 +28,8 @@ import time
 import numpy as np
 
 from r1jax.models import checkpoint
-from r1jax.interop import fp8, layout, resumable, safetensors_io, streaming
+from r1jax.interop import fp8, resumable, safetensors_io, streaming
+from r1jax.models import hf_layout
 from r1jax.models import registry
 from r1jax.models.common.config import ConfigError, RuntimeConfig
 from r1jax.models.registry import load_hf_config
@@ -127,8 +128,8 @@ def chunk_shapes(tasks: list[streaming.Task], shapes: dict) -> dict[str, tuple[i
     for task in tasks:
         for slot in task.tensor.slots:
             writes = [(slot.path, task.rows)]
-            if slot.path + layout.SCALE_PATH_SUFFIX in shapes:
-                writes.append((slot.path + layout.SCALE_PATH_SUFFIX, task.scale_rows))
+            if slot.path + hf_layout.SCALE_PATH_SUFFIX in shapes:
+                writes.append((slot.path + hf_layout.SCALE_PATH_SUFFIX, task.scale_rows))
             for path, rows in writes:
                 if path in chunks:
                     continue
@@ -148,7 +149,7 @@ def _convert_task(task: streaming.Task, tensors, store: checkpoint.ParamStore, s
     until the writes commit. A tensor landing on projections held as FP8 (`shapes` has their
     PATH_scale) goes to `_fp8_task` instead."""
     t = task.tensor
-    if t.slots[0].path + layout.SCALE_PATH_SUFFIX in shapes:
+    if t.slots[0].path + hf_layout.SCALE_PATH_SUFFIX in shapes:
         return _fp8_task(task, tensors, store, pool)
     info = tensors[t.name]
     lo, hi = task.bounds()
@@ -167,7 +168,7 @@ def _convert_task(task: streaming.Task, tensors, store: checkpoint.ParamStore, s
         scales.write(s_info.name, scale, rows.start)
         read += scale.nbytes
     elif swap:
-        data = layout.transpose_last2(data, out=pool.array(out_shape, dtype))
+        data = hf_layout.transpose_last2(data, out=pool.array(out_shape, dtype))
     elif data.dtype != dtype:
         out = pool.array(out_shape, dtype)
         out[...] = data
@@ -198,12 +199,12 @@ def _fp8_task(task: streaming.Task, tensors, store: checkpoint.ParamStore, pool:
         except ValueError as e:
             raise ConversionError(f"{t.name} (rows {lo}:{hi}): {e}") from None
         if slot.swap:
-            q = layout.transpose_last2(q, out=pool.array(q.shape[:-2] + q.shape[:-3:-1], fp8.E4M3))
-            s = layout.transpose_last2(s)
+            q = hf_layout.transpose_last2(q, out=pool.array(q.shape[:-2] + q.shape[:-3:-1], fp8.E4M3))
+            s = hf_layout.transpose_last2(s)
         plain = dataclasses.replace(slot, rows=None)
         futures.append(store.write(slot.path, task.target_index(slot), plain.fn(q, swapped=slot.swap),
                                    reference=True))
-        futures.append(store.write(slot.path + layout.SCALE_PATH_SUFFIX, task.scale_index(slot), s,
+        futures.append(store.write(slot.path + hf_layout.SCALE_PATH_SUFFIX, task.scale_index(slot), s,
                                    reference=True))
         held += q.nbytes + s.nbytes
     return futures, held, read
@@ -275,7 +276,7 @@ class Job:
     """Everything a conversion decides before writing anything."""
     cfg: RuntimeConfig
     tensors: dict                      # HF name -> safetensors_io.TensorInfo
-    expected: list                     # layout.HFTensor, every one present and checked
+    expected: list                     # hf_layout.HFTensor, every one present and checked
     shapes: dict                       # r1jax path -> (shape, dtype)
     fp8_names: frozenset               # HF tensors stored FP8
     fp8_held: frozenset                # HF tensors landing on projections held as FP8 codes
@@ -304,7 +305,7 @@ def plan_job(hf_dir: str, dtype: str, drop_mtp: bool, block_bytes: int) -> Job:
     expected = plan(cfg, tensors, with_mtp)
     shapes = {p: (tuple(s.shape), np.dtype(s.dtype)) for p, s in checkpoint.param_shapes(cfg).items()}
     fp8_names = frozenset(t.name for t in expected if tensors[t.name].dtype == fp8.E4M3)
-    held = layout.fp8_held(expected, shapes)
+    held = hf_layout.fp8_held(expected, shapes)
     # Rows of FP8 tensors, read or written, move in whole 128-row bands.
     tasks = streaming.make_tasks(expected, shapes, block_bytes, fp8_names | held)
     tasks.sort(key=lambda k: (tensors[k.tensor.name].file, tensors[k.tensor.name].offset, k.bounds()))

@@ -31,7 +31,8 @@ import sys
 import numpy as np
 
 from r1jax.models import checkpoint
-from r1jax.interop import fp8, layout, lora_run, peft_adapter, resumable, safetensors_io, streaming
+from r1jax.interop import fp8, lora_run, peft_adapter, resumable, safetensors_io, streaming
+from r1jax.models import hf_layout
 from r1jax.interop.convert import SCALE_SUFFIX
 from r1jax.data import DataError, load_tokenizer, read_scoring_rows
 from r1jax.data.tokenizer import packaged_tokenizer_dir
@@ -105,7 +106,7 @@ def _read_fp8(task: streaming.Task, store: checkpoint.ParamStore) -> tuple[np.nd
     (export writes per-expert tensors: one slot each, no row ranges)."""
     (slot,) = task.tensor.slots
     codes = slot.inv(store.read(slot.path, task.target_index(slot)), contiguous=True)
-    scale = layout.scale_slot(slot)
+    scale = hf_layout.scale_slot(slot)
     return codes, scale.inv(store.read(scale.path, task.scale_index(slot)), contiguous=True)
 
 
@@ -183,7 +184,7 @@ def _source_digest(params_dir: str, scales_path: str | None) -> str:
 def fp8_tensors(expected, fp8_weights: bool, scales: dict, held=frozenset()) -> set[str]:
     """The HF tensors to write as FP8: none without --fp8; those the checkpoint `held` as FP8 codes;
     of the others, with kept source scales exactly the ones the FP8 source had (a release may keep
-    e.g. eh_proj in bf16), else every projection the release stores FP8 (layout.FP8_SUFFIXES)."""
+    e.g. eh_proj in bf16), else every projection the release stores FP8 (hf_layout.FP8_SUFFIXES)."""
     if not fp8_weights:
         return set()
     if scales:
@@ -218,7 +219,7 @@ def export_params(params_dir: str, cfg: RuntimeConfig, out: str, *, fp8_weights:
         if cfg.fp8_weights:  # codes and scales as the model holds them, else a CheckpointError
             checkpoint.check_arrays(store.params_dir, store.shapes, cfg)
     _check_arrays(store, cfg, expected)
-    held = layout.fp8_held(expected, store.shapes) if cfg.fp8_weights else frozenset()
+    held = hf_layout.fp8_held(expected, store.shapes) if cfg.fp8_weights else frozenset()
     scales = _source_scales(scales_path, expected)
     if hasattr(store, "kept_scales"):  # a LoRA run over a base holding FP8 codes: its own scales
         scales.update(store.kept_scales(expected))

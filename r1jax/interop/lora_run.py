@@ -19,7 +19,8 @@ import numpy as np
 from flax import nnx
 
 from r1jax.models import checkpoint
-from r1jax.interop import fp8, layout
+from r1jax.interop import fp8
+from r1jax.models import hf_layout
 from r1jax.interop.convert import SCALE_SUFFIX
 from r1jax.models import registry
 from r1jax.models.common.config import LoraConfig, RuntimeConfig
@@ -72,10 +73,10 @@ class BaseReader:
         self.store = checkpoint.ParamStore(os.path.join(self.directory, "params"), cache_bytes=256 << 20)
         self.scales_path = os.path.join(self.directory, checkpoint.SCALES_NAME)
         self.fans = projection_fans(self.cfg) if self.cfg.fp8_weights else {}
-        held = {p for p in self.fans if p + layout.SCALE_PATH_SUFFIX in self.store.shapes}
+        held = {p for p in self.fans if p + hf_layout.SCALE_PATH_SUFFIX in self.store.shapes}
         self.shapes = {p: (shape, np.dtype(np.float32) if p in held else dtype)
                        for p, (shape, dtype) in self.store.shapes.items()
-                       if p.removesuffix(layout.SCALE_PATH_SUFFIX) not in held or p in held}
+                       if p.removesuffix(hf_layout.SCALE_PATH_SUFFIX) not in held or p in held}
         self.held = frozenset(held)
 
     def read(self, path: str, index: tuple) -> np.ndarray:
@@ -85,7 +86,7 @@ class BaseReader:
         while lead < len(index) and isinstance(index[lead], (int, np.integer)):
             lead += 1
         codes = self.store.read(path, tuple(index[:lead]))
-        scale = self.store.read(path + layout.SCALE_PATH_SUFFIX, tuple(index[:lead]))
+        scale = self.store.read(path + hf_layout.SCALE_PATH_SUFFIX, tuple(index[:lead]))
         fan_in, fan_out = self.fans[path]
         n_stack = codes.ndim - fan_in - fan_out
         i = int(np.prod(codes.shape[n_stack:n_stack + fan_in]))
@@ -94,7 +95,7 @@ class BaseReader:
 
     def kept_scales(self, expected) -> dict:
         """{HF scale name: KeptScale} for the HF tensors of `expected` held as FP8 codes here."""
-        names = layout.fp8_held(expected, self.store.shapes)
+        names = hf_layout.fp8_held(expected, self.store.shapes)
         return {t.name + SCALE_SUFFIX: KeptScale(self.store, t.slots[0]) for t in expected if t.name in names}
 
 
@@ -106,7 +107,7 @@ class KeptScale:
         self.store, self.slot = store, slot
 
     def rows(self, rows: slice) -> np.ndarray:
-        scale = layout.scale_slot(self.slot)
+        scale = hf_layout.scale_slot(self.slot)
         return scale.inv(self.store.read(scale.path, self.slot.index), contiguous=True)[rows]
 
 

@@ -3,7 +3,7 @@ transformers' DeepseekV3ForCausalLM (transformers >= 5: fused routed experts), o
 LlamaForCausalLM / Qwen2ForCausalLM (the same attention and MLP tensor names), loadable with
 `peft.PeftModel.from_pretrained(model, DIR)` (peft >= 0.17 for `target_parameters`).
 
-Names and layouts come from r1jax/interop/layout.py: each HF tensor whose slots carry an adapter becomes one
+Names and layouts come from r1jax/interop/hf_layout.py: each HF tensor whose slots carry an adapter becomes one
 PEFT target. PEFT's orientation is torch's Linear: lora_A.weight [r, In], lora_B.weight [Out, r], In
 and Out flattened as the HF weight [Out, In] flattens them (heads, and o_proj's H*V input, in C
 order, as layout's head splits undo); delta W = scaling lora_B @ lora_A with scaling = lora_alpha / r
@@ -36,7 +36,8 @@ import os
 
 import numpy as np
 
-from r1jax.interop import layout, safetensors_io
+from r1jax.interop import safetensors_io
+from r1jax.models import hf_layout
 from r1jax.models import registry
 from r1jax.models.common.config import RuntimeConfig
 
@@ -55,7 +56,7 @@ class Target:
     """One PEFT target: the HF tensor `tensor` (its layout slots say which r1jax adapters feed it),
     targeted as a module (`parameter` False) or a parameter, whose lora weights are saved under
     `key` + ".lora_A.weight" / ".lora_B.weight"."""
-    tensor: layout.HFTensor
+    tensor: hf_layout.HFTensor
     parameter: bool
     key: str
 
@@ -64,7 +65,7 @@ class Target:
         return self.tensor.name.removesuffix(".weight")
 
 
-def fused_layout(cfg: RuntimeConfig) -> list[layout.HFTensor]:
+def fused_layout(cfg: RuntimeConfig) -> list[hf_layout.HFTensor]:
     """The HF tensors of transformers' DeepseekV3ForCausalLM (fused experts, no MTP)."""
     fused = {f"model.layers.{n}.{FUSED_EXPERTS}" for n in range(cfg.num_hidden_layers)}
     return registry.hf_tensors(cfg, fused, with_mtp=False)
@@ -97,7 +98,7 @@ def targets(cfg: RuntimeConfig, adapted: set[str]) -> list[Target]:
     return out
 
 
-def lora_pair(t: layout.HFTensor, pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+def lora_pair(t: hf_layout.HFTensor, pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """(lora_A.weight, lora_B.weight) of HF tensor `t` from the r1jax (A, B) of each of its slots, in
     slot order: A [E?, in..., r], B [E?, r, out...] (E, the expert axis, for a 3-D `t`).
 

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from r1jax.interop import fp8, layout, resumable
+from r1jax.interop import fp8, resumable
+from r1jax.models import hf_layout
 
 BLOCK_BYTES = 64 << 20  # a tensor bigger than this (as output) is streamed in blocks of rows
 IN_FLIGHT_PER_WORKER = 16 << 20  # written but not yet committed, per worker (see InFlight)
@@ -111,7 +112,7 @@ class BufferPool:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Task:
     """One unit of streamed work: an HF tensor, or the block `rows` of its axis 0."""
-    tensor: layout.HFTensor
+    tensor: hf_layout.HFTensor
     rows: tuple[int, int] | None = None
 
     @property
@@ -121,7 +122,7 @@ class Task:
     def bounds(self) -> tuple[int, int]:
         return self.rows or (0, self.tensor.shape[0])
 
-    def target_index(self, slot: layout.Slot) -> tuple:
+    def target_index(self, slot: hf_layout.Slot) -> tuple:
         """Index of the full target array that this task writes through `slot`."""
         if self.rows is None:
             return slot.index
@@ -135,15 +136,15 @@ class Task:
         rows = fp8.scale_rows(*self.rows, len(self.tensor.shape))
         return rows.start, rows.stop
 
-    def scale_index(self, slot: layout.Slot) -> tuple:
-        """Index of the full PATH_scale array (layout.scale_slot) that this task writes or reads for
+    def scale_index(self, slot: hf_layout.Slot) -> tuple:
+        """Index of the full PATH_scale array (hf_layout.scale_slot) that this task writes or reads for
         `slot`, a path held as FP8 codes."""
         if self.rows is None:
             return slot.index
         return slot.index + slot.block(*self.scale_rows, len(self.tensor.shape))
 
 
-def block_rows(t: layout.HFTensor, row_bytes: int, fp8_rows: bool, block_bytes: int) -> int | None:
+def block_rows(t: hf_layout.HFTensor, row_bytes: int, fp8_rows: bool, block_bytes: int) -> int | None:
     """Rows of axis 0 per block for `t` (row_bytes: bytes one row becomes), or None for one piece:
     small tensors and those whose rows do not land in one box. FP8 matrices keep whole 128-row bands."""
     n = t.shape[0]

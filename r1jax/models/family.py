@@ -33,7 +33,7 @@ class Family:
     config_to_hf: Callable[[Any], dict]         # config -> the config.json transformers reads
     presets: Mapping[str, Callable[[], Any]]    # name -> config with the published shapes
     model: type                                 # the nnx.Module (module docstring)
-    # (cfg, names=frozenset() (tensor names present), *, with_mtp) -> list[interop.layout.HFTensor]
+    # (cfg, names=frozenset() (tensor names present), *, with_mtp) -> list[hf_layout.HFTensor]
     hf_tensors: Callable[..., list]
     active_matmul_params: Callable[[Any], int]  # matmul parameters one token passes through
     # (cfg, seq_len) -> forward + backward FLOPs per trained token

@@ -83,7 +83,7 @@ def build(cfg, rngs):
 
 
 def hf_tensors(cfg, names=frozenset(), *, with_mtp: bool) -> list:
-    """Every HF tensor a checkpoint of `cfg` holds (r1jax/interop/layout.py HFTensor)."""
+    """Every HF tensor a checkpoint of `cfg` holds (r1jax/models/hf_layout.py HFTensor)."""
     return family_of(cfg).hf_tensors(cfg, names, with_mtp=with_mtp)
 
 

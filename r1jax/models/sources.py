@@ -23,7 +23,7 @@ from r1jax.parallel import sharding
 from r1jax.models import registry
 from r1jax.models.common.config import LoraConfig, RuntimeConfig
 from r1jax.models.common.params import Fp8Scale
-from r1jax.train.step import split_trained
+from r1jax.models.common.partition import split_trained
 
 
 def training_step_dir(path: str) -> str | None:
@@ -84,7 +84,7 @@ def load(path: str, dtype: str = "bfloat16", mesh=None) -> tuple[nnx.Module, str
     if step_dir is None:
         return checkpoint.load_model(path, cfg, _placements(abstract, mesh)), meta
     # A trainer's state item is {"params", "rest", "opt_state"}: its trained variables (weights, or
-    # adapters over a base) and state, split as r1jax/train/step.py splits them, in nested dicts.
+    # adapters over a base) and state, split as r1jax/models/common/partition.py splits them, in nested dicts.
     graphdef, params, rest, frozen = split_trained(abstract)
     shard = _placements(abstract, mesh)
     target = {k: jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),

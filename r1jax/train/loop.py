@@ -41,7 +41,8 @@ from r1jax.train.monitor import Monitor, device_memory, peak_tflops
 from r1jax.train.optim import check_groups, make_optimizer, path_str
 from r1jax.train.run_json import JsonlError, dumps
 from r1jax.models.common.config import LoraConfig
-from r1jax.train.step import StepConfig, loss_fn, merge, split_adapters, split_model, split_trained, train_step
+from r1jax.train.step import StepConfig, loss_fn, train_step
+from r1jax.models.common.partition import merge, split_adapters, split_model, split_trained
 from r1jax.eval.task_eval import TaskEval
 from r1jax.eval.tasks.runner import TaskError
 from r1jax.train.checkpoints import RunCheckpoints, abstract_of

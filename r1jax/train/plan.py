@@ -43,7 +43,7 @@ from r1jax.models.common import groups
 from r1jax.models.common.config import ConfigError, LoraConfig
 from r1jax.models.common.params import Adapter
 from r1jax.train.optim import make_optimizer, path_str
-from r1jax.train.step import split_trained
+from r1jax.models.common.partition import split_trained
 # The trainer's own step builders (and its --config flag, which the CLI below shares).
 from r1jax.train.loop import jit_train_step, opt_state_shardings, parse_flags
 

@@ -20,13 +20,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 
 from r1jax.parallel import sharding
 from r1jax.models.losses import chunked_loss_sums, next_token_loss_sums, shifted_targets
 from r1jax.models.common import lora
-from r1jax.models.common.params import Adapter, Fp8Scale
 from r1jax.models.common import groups
+from r1jax.models.common.partition import merge
 from r1jax.models.common.groups import path_str
 
 
@@ -38,31 +37,6 @@ class StepConfig:
     router_bias_rate: float = 0.0     # aux-loss-free balancing (DeepSeek-V3 sec. 2.1.2)
     loss_chunk: int = 0               # > 0: LM head + cross-entropy in chunks of this many positions
     frozen_groups: tuple = ()         # optimizer groups frozen for the whole run: no gradient computed
-
-
-def split_model(model):
-    """(graphdef, params, rest): trainable nnx.Param state and everything else."""
-    return nnx.split(model, nnx.Param, ...)
-
-
-def split_adapters(model):
-    """(graphdef, adapters, frozen, rest) of a model with adapters: the params.Adapter variables
-    (trained), the weights and FP8 scales under them (frozen), and the state (router bias)."""
-    return nnx.split(model, Adapter, (nnx.Param, Fp8Scale), ...)
-
-
-def split_trained(model):
-    """(graphdef, params, rest, frozen): the adapters as params and the weights under them as
-    frozen in a model with adapters (split_adapters); else split_model's parts and None."""
-    if lora.has_adapters(model):
-        graphdef, adapters, frozen, rest = split_adapters(model)
-        return graphdef, adapters, rest, frozen
-    return (*split_model(model), None)
-
-
-def merge(graphdef, params, rest, frozen=None):
-    """The model from split_model's or split_adapters' parts."""
-    return nnx.merge(graphdef, params, rest, *(() if frozen is None else (frozen,)))
 
 
 def target_count(batch, k: int = 1) -> jnp.ndarray:

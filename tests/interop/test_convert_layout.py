@@ -16,7 +16,8 @@ from safetensors import safe_open
 
 from r1jax.models import registry
 from r1jax.models import checkpoint
-from r1jax.interop import convert, fp8, layout, resumable, safetensors_io, streaming
+from r1jax.interop import convert, fp8, resumable, safetensors_io, streaming
+from r1jax.models import hf_layout
 from r1jax.models.registry import preset
 
 CFG = preset("tiny", vocab_size=96, num_hidden_layers=3, first_k_dense_replace=1, with_mtp=True)
@@ -50,7 +51,7 @@ def test_inverse_transposed_and_blocked_paths_agree(fused):
             back = slot.inv(np.array(x), contiguous=True)
             assert back.flags.c_contiguous and np.array_equal(back, w[slot.hf_region(w.ndim)])
             if slot.swap:
-                np.testing.assert_array_equal(slot.fn(layout.transpose_last2(w), swapped=True), x)
+                np.testing.assert_array_equal(slot.fn(hf_layout.transpose_last2(w), swapped=True), x)
             if w.ndim >= 2 and slot.block(0, 1, w.ndim) is not None:
                 pieced = np.full_like(np.asarray(x), np.nan)
                 for lo in range(0, w.shape[0], 3):
@@ -263,7 +264,7 @@ def test_transposes_into_given_buffers_with_dtype_conversion(dtype):
     rng = np.random.RandomState(3)
     x = rng.randn(2, 37, 53).astype(ml_dtypes.bfloat16)
     out = np.empty((2, 53, 37), dtype)
-    assert layout.transpose_last2(x, out=out) is out
+    assert hf_layout.transpose_last2(x, out=out) is out
     assert out.tobytes() == np.ascontiguousarray(np.swapaxes(x, -1, -2)).astype(dtype).tobytes()
     q = rng.randint(0, 256, (3, 260, 130)).astype(np.uint8).view(fp8.E4M3)
     s = np.exp(rng.uniform(-12, 2, fp8.scale_shape(q.shape))).astype(np.float32)

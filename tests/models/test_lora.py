@@ -25,7 +25,8 @@ from r1jax.models.common.config import LoraConfig
 from r1jax.models.common.params import Adapter
 from r1jax.train.optim import OptimConfig, make_optimizer
 from r1jax.train.run_config import RunConfigError, validate
-from r1jax.train.step import StepConfig, split_trained
+from r1jax.train.step import StepConfig
+from r1jax.models.common.partition import split_trained
 from r1jax.train.loop import TrainingError, frozen_format, jit_train_step, opt_state_shardings, run
 from r1jax.train.checkpoints import abstract_of
 from train_fixtures import config as base_config, synthetic

@@ -25,7 +25,8 @@ from r1jax.train import run_config, loop as train  # noqa: E402
 from r1jax.parallel import sharding
 from r1jax.models.registry import build, preset  # noqa: E402
 from r1jax.train.optim import OptimConfig, make_optimizer, path_str  # noqa: E402
-from r1jax.train.step import StepConfig, split_model  # noqa: E402
+from r1jax.train.step import StepConfig  # noqa: E402
+from r1jax.models.common.partition import split_model
 from r1jax.train.loop import jit_train_step, opt_state_shardings  # noqa: E402
 from r1jax.train.checkpoints import RunCheckpoints, abstract_of  # noqa: E402
 

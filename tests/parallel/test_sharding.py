@@ -15,7 +15,8 @@ from flax import nnx
 from r1jax.parallel import sharding
 from r1jax.models.deepseek_v3.transformer import Transformer
 from r1jax.models.registry import preset
-from r1jax.train.step import loss_fn, split_model
+from r1jax.train.step import loss_fn
+from r1jax.models.common.partition import split_model
 
 CFG = preset("tiny", dtype="float32", vocab_size=256, num_attention_heads=4, n_routed_experts=8)
 # moe_chunk_tokens 24: each device's 64 tokens in 3 chunks of 22 (the last padded by 2)

@@ -13,7 +13,8 @@ from r1jax.models.deepseek_v3.transformer import Transformer
 from r1jax.models.registry import preset
 from r1jax.models.common import groups
 from r1jax.train.optim import OptimConfig, make_optimizer, parse_stages, path_str, schedule, StageError
-from r1jax.train.step import loss_fn, split_model
+from r1jax.train.step import loss_fn
+from r1jax.models.common.partition import split_model
 
 CFG = preset("tiny", dtype="float32", vocab_size=128, num_hidden_layers=4, first_k_dense_replace=1)
 EPS = 1e-8

@@ -12,7 +12,8 @@ from flax import nnx
 from r1jax.models.losses import token_nll
 from r1jax.models.deepseek_v3.transformer import Transformer
 from r1jax.models.registry import preset
-from r1jax.train.step import StepConfig, loss_fn, split_model, train_step
+from r1jax.train.step import StepConfig, loss_fn, train_step
+from r1jax.models.common.partition import split_model
 
 CFG = preset("tiny", dtype="float32", vocab_size=256)
 

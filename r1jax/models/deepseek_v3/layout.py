@@ -1,5 +1,5 @@
 """DeepSeek-V3 / R1's HF checkpoint layout: every tensor of the release and where it lands in the
-r1jax model (r1jax/interop/layout.py Slot, HFTensor), in file order of the release.
+r1jax model (r1jax/models/hf_layout.py Slot, HFTensor), in file order of the release.
 
 Decoder layer n < first_k_dense_replace lands in the dense stack at row n, later ones in the MoE
 stack at row n - first_k_dense_replace; layer num_hidden_layers is the MTP module. Routed experts
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import sys
 
-from r1jax.interop import fp8
-from r1jax.interop.layout import HFTensor, Slot
+from r1jax.models.common import quantized
+from r1jax.models.hf_layout import HFTensor, Slot
 from r1jax.models.deepseek_v3.config import ModelConfig, to_hf_dict
 
 
@@ -121,7 +121,7 @@ def has_mtp_tensors(cfg: ModelConfig, names) -> bool:
 
 # The release's config.json quantization_config of its block-scaled FP8 weights.
 QUANTIZATION_CONFIG = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
-                       "weight_block_size": [fp8.BLOCK, fp8.BLOCK]}
+                       "weight_block_size": [quantized.BLOCK, quantized.BLOCK]}
 
 
 def export_config(cfg: ModelConfig, *, with_mtp: bool, fp8: bool) -> dict:

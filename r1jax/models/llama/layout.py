@@ -1,5 +1,5 @@
 """The HF tensors of a Llama / Qwen2 checkpoint and the r1jax variables they fill
-(r1jax/interop/layout.py HFTensor and Slot: convert applies each slot's `fn`, export its `inv`).
+(r1jax/models/hf_layout.py HFTensor and Slot: convert applies each slot's `fn`, export its `inv`).
 
 HF Linear weights are [out, in]; r1jax kernels [in, ...out] with heads split out, layers stacked on a
 leading axis of `layers.*`:
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sys
 
-from r1jax.interop.layout import HFTensor, Slot
+from r1jax.models.hf_layout import HFTensor, Slot
 from r1jax.models.common.config import ConfigError
 from r1jax.models.llama.config import DenseConfig
 
