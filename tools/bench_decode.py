@@ -29,6 +29,7 @@ from flax import nnx
 
 from r1jax.inference import generate, sampling
 from r1jax.models.deepseek_v3.transformer import Transformer
+from r1jax.models import registry
 from r1jax.models.registry import preset
 from r1jax.models.deepseek_v3.latent_cache import bytes_per_token
 
@@ -83,6 +84,9 @@ def main(argv=None) -> dict:
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--out", help="also write the JSON here")
     a = p.parse_args(argv)
+    if registry.presets().get(a.preset, (None,))[0] is not registry.family("deepseek_v3"):
+        p.error(f"--preset {a.preset}: bench_decode measures MLA's latent cache (DeepSeek-V3 / R1 only); "
+                f"choose one of {sorted(registry.family('deepseek_v3').presets)}")
     over = {}
     for item in a.set:
         key, _, value = item.partition("=")
