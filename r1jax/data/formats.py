@@ -1,23 +1,64 @@
 """Training-data row formats, read into one canonical `Example`.
 
-A JSONL row is one of:
-  {"messages": [{"role": "system"|"user"|"assistant", "content": str, "reasoning_content"?: str}]}
-  {"prompt": str, "completion": str}       {"input": str, "output": str}
-  {"text": str}                            {"input_ids": [int, ...], "loss_mask"?: [0|1, ...]}
-Assistant reasoning is either a `reasoning_content` field or a leading `<think>...</think>` block in
-the content. An optional `category` (str) feeds stratified splits and per-category reports; other keys
-are ignored.
+A row (a dict: one JSONL line) is one of these shapes (`FORMATS`, detected by its keys):
+  messages           {"messages": [{"role": "system"|"user"|"assistant", "content": str,
+                                    "reasoning_content"?: str}, ...]}
+  sharegpt           {"conversations": [{"from": "system"|"human"|"gpt", "value": str}, ...], "system"?: str}
+  alpaca             {"instruction": str, "input"?: str, "output": str, "system"?: str, "reasoning"?: str}
+  prompt_completion  {"prompt": str, "completion": str, "system"?: str, "reasoning"?: str}
+  input_output       {"input": str, "output": str, "system"?: str, "reasoning"?: str}
+  text               {"text": str}
+  input_ids          {"input_ids": [int, ...], "loss_mask"?: [0|1, ...]}
+Every shape but text and input_ids is a chat: it becomes the same Example as the `messages` row
+written by hand for it.
+
+- Reasoning of an assistant turn is a `reasoning_content` field (messages, ShareGPT turns), a
+  `reasoning` field (alpaca, prompt_completion, input_output), or a leading `<think>...</think>`
+  block of its content (also R1's tagless "...</think>answer", `split_reasoning`); not both.
+- ShareGPT: `from` is also spelled `role`, and `value` `content`, as some exports write them (one
+  spelling of each per turn); `human`/`user` is the user, `gpt`/`assistant` the assistant. Tool,
+  function and observation turns cannot be trained as R1 chat: a DataError. A top-level `system`
+  is a leading system message (a row with a system turn as well is a DataError).
+- Alpaca: the user message is the instruction, then, when `input` is non-empty, a blank line and
+  the input (`instruction + "\\n\\n" + input`; an empty instruction gives the input alone). A row
+  with `instruction` is Alpaca although it has `input`/`output` too; input_output is the shape of
+  rows without one.
+- `system` of the flat shapes (alpaca, prompt_completion, input_output): a leading system message
+  when non-empty.
+- Chat rules, for every chat shape: a system message only first, at least one user message, the
+  last message the assistant's (the trained turn).
+An optional `category` (str; a number or bool is written as a string; a list or object is a
+DataError) feeds stratified splits and per-category reports; other keys are ignored.
+
+Column maps (`parse_columns`, `--columns prompt=problem,completion=solution`) read a row's column
+under a field's name: `parse_row(row, where, columns={"prompt": "problem"})` reads column `problem`
+as `prompt` (a column already named `prompt` is then ignored; unmapped columns keep their names).
+A mapped column missing from a row is a DataError naming the column and the mapping; errors about a
+mapped field name its column too.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import re
-from collections.abc import Iterator, Sequence
+import types
+from collections.abc import Iterator, Mapping, Sequence
 
-FORMATS = ("auto", "messages", "prompt_completion", "input_output", "text", "input_ids")
+FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "input_output", "text",
+           "input_ids")
 ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
+                  "assistant": "assistant"}
+MAPPABLE = ("prompt", "completion", "reasoning", "system", "category", "messages", "conversations",
+            "instruction", "input", "output", "text", "input_ids", "loss_mask")
 _THINK = re.compile(r"^\s*<think>(.*?)</think>", re.DOTALL)
+# (shape, the keys that mark it), in detection order.
+_SHAPE_KEYS = (("messages", ("messages",)), ("sharegpt", ("conversations",)), ("alpaca", ("instruction",)),
+               ("prompt_completion", ("prompt", "completion")), ("input_output", ("input", "output")),
+               ("input_ids", ("input_ids",)), ("text", ("text",)))
+_NO_NAMES: Mapping[str, str] = types.MappingProxyType({})  # no column map
+_FLAT = {"alpaca": ("instruction", "output"), "prompt_completion": ("prompt", "completion"),
+         "input_output": ("input", "output")}  # shape -> (user field, assistant field)
 
 
 class DataError(ValueError):
@@ -46,19 +87,68 @@ class Example:
         return "messages" if self.messages is not None else "text" if self.text is not None else "input_ids"
 
 
+def _shapes(row: dict) -> list[str]:
+    """The shapes whose marking keys a row has, in detection order; Alpaca's `input`/`output` do not
+    also count as input_output."""
+    found = [shape for shape, keys in _SHAPE_KEYS if any(k in row for k in keys)]
+    if "alpaca" in found and "input_output" in found:
+        found.remove("input_output")
+    return found
+
+
 def detect_format(row: dict) -> str:
     """The format of a parsed row, by its keys; "" when none fits."""
-    if "messages" in row:
-        return "messages"
-    if "prompt" in row or "completion" in row:
-        return "prompt_completion"
-    if "input" in row or "output" in row:
-        return "input_output"
-    if "input_ids" in row:
-        return "input_ids"
-    if "text" in row:
-        return "text"
-    return ""
+    found = _shapes(row)
+    return found[0] if found else ""
+
+
+def parse_columns(spec: str) -> dict[str, str]:
+    """A `--columns` value -> {field: column}.
+
+    spec: comma-separated FIELD=COLUMN entries, e.g. "prompt=problem,completion=solution"; FIELD is
+    one of MAPPABLE, COLUMN any non-empty name without a comma (spaces around either are dropped; an
+    "=" after the first belongs to the column). "" maps nothing. DataError naming the entry for a
+    malformed entry, an unknown field, an empty column, a field mapped twice or a column mapped to
+    two fields.
+    """
+    out: dict[str, str] = {}
+    if not spec.strip():
+        return out
+    for entry in spec.split(","):
+        field, sep, column = (s.strip() for s in entry.partition("="))
+        if not sep:
+            raise DataError(f"--columns entry {entry!r}: expected FIELD=COLUMN")
+        if field not in MAPPABLE:
+            raise DataError(f"--columns entry {entry!r}: unknown field {field!r}; "
+                            f"fields: {', '.join(MAPPABLE)}")
+        if not column:
+            raise DataError(f"--columns entry {entry!r}: empty column name")
+        if field in out:
+            raise DataError(f"--columns entry {entry!r}: field {field!r} is already mapped "
+                            f"(to {out[field]!r})")
+        other = next((f for f, c in out.items() if c == column), None)
+        if other is not None:
+            raise DataError(f"--columns entry {entry!r}: column {column!r} is already mapped (to {other!r})")
+        out[field] = column
+    return out
+
+
+def _mapped(row: dict, columns: Mapping[str, str], where: str) -> dict:
+    """The row as its fields: each mapped column under its field's name; the mapped columns and
+    the columns named like a mapped field dropped; others as they are. DataError naming the column
+    and its mapping when the row lacks a mapped column."""
+    for field, column in columns.items():
+        if column not in row:
+            raise DataError(f"{where}: no column {column!r} (--columns {field}={column}); "
+                            f"columns: {sorted(row)}")
+    out = {k: v for k, v in row.items() if k not in columns and k not in columns.values()}
+    out.update((field, row[column]) for field, column in columns.items())
+    return out
+
+
+def _label(key: str, names: Mapping[str, str]) -> str:
+    """How errors name a field: 'prompt', or 'prompt' (column 'problem') when mapped from one."""
+    return f"{key!r} (column {names[key]!r})" if key in names else repr(key)
 
 
 def split_reasoning(content: str) -> tuple[str | None, str]:
@@ -76,95 +166,183 @@ def split_reasoning(content: str) -> tuple[str | None, str]:
     return None, content
 
 
-def _str_field(row: dict, key: str, where: str) -> str:
+def _str_field(row: dict, key: str, where: str, names: Mapping[str, str] = _NO_NAMES) -> str:
     if key not in row or row[key] is None:
-        raise DataError(f"{where}: missing field {key!r}")
+        raise DataError(f"{where}: missing field {_label(key, names)}")
     if not isinstance(row[key], str):
-        raise DataError(f"{where}: field {key!r} must be a string, got {type(row[key]).__name__}")
+        raise DataError(f"{where}: field {_label(key, names)} must be a string, "
+                        f"got {type(row[key]).__name__}")
     return row[key]
 
 
-def _assistant(content: str, reasoning, where: str) -> Message:
+def _opt_str(row: dict, key: str, where: str, names: Mapping[str, str] = _NO_NAMES) -> str | None:
+    """An optional string field: None when absent or null."""
+    return None if row.get(key) is None else _str_field(row, key, where, names)
+
+
+def _category(row: dict, where: str, names: Mapping[str, str]) -> str | None:
+    """`category` as a string (None when absent or null); a number or bool as its str()."""
+    category = row.get("category")
+    if category is None or isinstance(category, str):
+        return category
+    if isinstance(category, (int, float)):  # bool is an int
+        return str(category)
+    raise DataError(f"{where}: field {_label('category', names)} must be a string or a number, "
+                    f"got {type(category).__name__}")
+
+
+def _assistant(content: str, reasoning, where: str, field: str = "reasoning_content") -> Message:
+    """An assistant turn: `reasoning` (the `field` it came from, for errors) or the content's
+    leading <think> block as its reasoning, not both."""
     if reasoning is not None and not isinstance(reasoning, str):
-        raise DataError(f"{where}: reasoning_content must be a string")
+        raise DataError(f"{where}: {field} must be a string")
     think, answer = split_reasoning(content)
     if think is not None and reasoning is not None:
-        raise DataError(f"{where}: assistant turn has both reasoning_content and a <think> block")
+        raise DataError(f"{where}: assistant turn has both {field} and a <think> block")
     return Message("assistant", answer, reasoning if reasoning is not None else think)
 
 
-def _messages(row: dict, where: str) -> tuple[Message, ...]:
-    msgs = row["messages"]
-    if not isinstance(msgs, list) or not msgs:
-        raise DataError(f"{where}: 'messages' must be a non-empty list")
-    out = []
-    for i, m in enumerate(msgs):
-        at = f"{where}: messages[{i}]"
-        if not isinstance(m, dict):
-            raise DataError(f"{at} must be an object")
-        role = m.get("role")
-        if role not in ROLES:
-            raise DataError(f"{at}: role {role!r} is not one of {ROLES}")
-        content = _str_field(m, "content", at)
-        if role == "assistant":
-            out.append(_assistant(content, m.get("reasoning_content"), at))
-        else:
-            if role == "system" and i != 0:
-                raise DataError(f"{at}: a system message may only come first")
-            out.append(Message(role, content))
-    if out[-1].role != "assistant":
+def _conversation(msgs: Sequence[Message], where: str) -> tuple[Message, ...]:
+    """The chat rules on a conversation's messages (a system message only first is `_turns`'
+    check) -> them as a tuple."""
+    if msgs[-1].role != "assistant":
         raise DataError(f"{where}: the last message must be the assistant's (the trained turn)")
-    if not any(m.role == "user" for m in out):
+    if not any(m.role == "user" for m in msgs):
         raise DataError(f"{where}: no user message")
-    return tuple(out)
+    return tuple(msgs)
 
 
-def _ids(row: dict, where: str) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+def _turn_list(row: dict, key: str, where: str, names: Mapping[str, str]) -> list:
+    turns = row[key]
+    if not isinstance(turns, list) or not turns:
+        raise DataError(f"{where}: {_label(key, names)} must be a non-empty list")
+    return turns
+
+
+def _message_turn(m: dict, at: str) -> tuple[str, str]:
+    """(role, content) of a `messages` item."""
+    role = m.get("role")
+    if role not in ROLES:
+        raise DataError(f"{at}: role {role!r} is not one of {ROLES}")
+    return role, _str_field(m, "content", at)
+
+
+def _one_key(turn: dict, keys: tuple[str, str], at: str) -> str:
+    """Which of two spellings of a turn's field the turn uses; DataError for neither or both."""
+    present = [k for k in keys if k in turn]
+    if len(present) != 1:
+        what = "missing field" if not present else "both fields"
+        raise DataError(f"{at}: {what} {keys[0]!r} {'or' if not present else 'and'} {keys[1]!r}")
+    return present[0]
+
+
+def _sharegpt_turn(turn: dict, at: str) -> tuple[str, str]:
+    """(role, content) of a ShareGPT `conversations` item, its role mapped to ROLES."""
+    speaker = turn[_one_key(turn, ("from", "role"), at)]
+    if not isinstance(speaker, str) or speaker not in SHAREGPT_ROLES:
+        raise DataError(f"{at}: role {speaker!r} cannot be trained as R1 chat; ShareGPT roles: "
+                        "system, human/user, gpt/assistant")
+    return SHAREGPT_ROLES[speaker], _str_field(turn, _one_key(turn, ("value", "content"), at), at)
+
+
+def _turns(turns: list, name: str, where: str, read_turn) -> list[Message]:
+    """Messages of a list of turn objects; `read_turn(turn, "WHERE: NAME[i]")` -> (role, content).
+    A system turn is only allowed first."""
+    out = []
+    for i, t in enumerate(turns):
+        at = f"{where}: {name}[{i}]"
+        if not isinstance(t, dict):
+            raise DataError(f"{at} must be an object")
+        role, content = read_turn(t, at)
+        if role == "system" and i != 0:
+            raise DataError(f"{at}: a system message may only come first")
+        out.append(_assistant(content, t.get("reasoning_content"), at) if role == "assistant"
+                   else Message(role, content))
+    return out
+
+
+def _messages(row: dict, where: str, names: Mapping[str, str] = _NO_NAMES) -> tuple[Message, ...]:
+    turns = _turn_list(row, "messages", where, names)
+    return _conversation(_turns(turns, "messages", where, _message_turn), where)
+
+
+def _sharegpt(row: dict, where: str, names: Mapping[str, str]) -> tuple[Message, ...]:
+    turns = _turn_list(row, "conversations", where, names)
+    msgs = _turns(turns, "conversations", where, _sharegpt_turn)
+    system = _opt_str(row, "system", where, names)
+    if system:
+        if msgs[0].role == "system":
+            raise DataError(f"{where}: both a {_label('system', names)} field and a system turn; keep one")
+        msgs.insert(0, Message("system", system))
+    return _conversation(msgs, where)
+
+
+def _flat(row: dict, kind: str, where: str, names: Mapping[str, str]) -> tuple[Message, ...]:
+    """The conversation of an alpaca, prompt_completion or input_output row: [system], user,
+    assistant (see the module docstring)."""
+    q, a = _FLAT[kind]
+    user = _str_field(row, q, where, names)
+    if kind == "alpaca":
+        extra = _opt_str(row, "input", where, names)
+        user = "\n\n".join(part for part in (user, extra) if part)
+    reasoning = _opt_str(row, "reasoning", where, names)
+    answer = _assistant(_str_field(row, a, where, names), reasoning, where, _label("reasoning", names))
+    system = _opt_str(row, "system", where, names)
+    return ((Message("system", system),) if system else ()) + (Message("user", user), answer)
+
+
+def _ids(row: dict, where: str, names: Mapping[str, str] = _NO_NAMES
+         ) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
     ids = row["input_ids"]
     if isinstance(ids, list) and not ids:
-        raise DataError(f"{where}: 'input_ids' is empty")
+        raise DataError(f"{where}: {_label('input_ids', names)} is empty")
     if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0
                                             for t in ids):
-        raise DataError(f"{where}: 'input_ids' must be a list of non-negative integers")
+        raise DataError(f"{where}: {_label('input_ids', names)} must be a list of non-negative integers")
     mask = row.get("loss_mask")
     if mask is not None:
         if not isinstance(mask, list) or len(mask) != len(ids) or any(v not in (0, 1) for v in mask):
-            raise DataError(f"{where}: 'loss_mask' must be a list of 0/1 as long as input_ids")
+            raise DataError(f"{where}: {_label('loss_mask', names)} must be a list of 0/1 as long as "
+                            "input_ids")
         mask = tuple(int(v) for v in mask)
     return tuple(ids), mask
 
 
-def parse_row(row, where: str, fmt: str = "auto") -> Example:
-    """A parsed JSON row -> Example; DataError naming `where` for anything unusable."""
+def parse_row(row, where: str, fmt: str = "auto", columns: Mapping[str, str] | None = None) -> Example:
+    """A parsed JSON row -> Example; DataError naming `where` for anything unusable.
+
+    fmt: one of FORMATS ("auto": by the row's keys; a row with the keys of two shapes is ambiguous).
+    columns: {field: column} (`parse_columns`) read before anything else (see the module docstring).
+    """
     if not isinstance(row, dict):
         raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
     if fmt not in FORMATS:
         raise DataError(f"{where}: format {fmt!r} unknown; choose one of {FORMATS}")
-    families = (("messages",), ("prompt", "completion"), ("input", "output"), ("input_ids",), ("text",))
-    if fmt == "auto" and sum(any(k in row for k in fam) for fam in families) > 1:
+    names = dict(columns or {})
+    if names:
+        row = _mapped(row, names, where)
+    if fmt == "auto" and len(_shapes(row)) > 1:
         raise DataError(f"{where}: ambiguous row with keys {sorted(row)}: keep one format's fields, "
                         "or name the format with --format")
     kind = detect_format(row) if fmt == "auto" else fmt
     if not kind:
-        raise DataError(f"{where}: no known fields (keys: {sorted(row)}); expected messages, "
-                        "prompt/completion, input/output, text or input_ids")
-    category = row.get("category")
-    if category is not None and not isinstance(category, str):
-        category = str(category)
-    if kind == "messages":
-        if "messages" not in row:
-            raise DataError(f"{where}: missing field 'messages'")
-        return Example(where, messages=_messages(row, where), category=category)
-    if kind in ("prompt_completion", "input_output"):
-        q, a = ("prompt", "completion") if kind == "prompt_completion" else ("input", "output")
-        user = _str_field(row, q, where)
-        return Example(where, messages=(Message("user", user), _assistant(_str_field(row, a, where), None,
-                                                                           where)), category=category)
+        raise DataError(f"{where}: no known fields (keys: {sorted(row)}); expected messages, conversations "
+                        "(ShareGPT), instruction/output (Alpaca), prompt/completion, input/output, text or "
+                        "input_ids, or a column map (--columns)")
+    category = _category(row, where, names)
+    if kind in ("messages", "sharegpt"):
+        key = "messages" if kind == "messages" else "conversations"
+        if key not in row:
+            raise DataError(f"{where}: missing field {key!r}")
+        msgs = _messages(row, where, names) if kind == "messages" else _sharegpt(row, where, names)
+        return Example(where, messages=msgs, category=category)
+    if kind in _FLAT:
+        return Example(where, messages=_flat(row, kind, where, names), category=category)
     if kind == "text":
-        return Example(where, text=_str_field(row, "text", where), category=category)
+        return Example(where, text=_str_field(row, "text", where, names), category=category)
     if "input_ids" not in row:
         raise DataError(f"{where}: missing field 'input_ids'")
-    ids, mask = _ids(row, where)
+    ids, mask = _ids(row, where, names)
     return Example(where, input_ids=ids, loss_mask=mask, category=category)
 
 
