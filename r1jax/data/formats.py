@@ -1,6 +1,6 @@
 """Training-data row formats, read into one canonical `Example`.
 
-A row (a dict: one JSONL line) is one of these shapes (`FORMATS`, detected by its keys):
+A row (a dict, e.g. one JSONL line) is one of these shapes (`FORMATS`, detected by its keys):
   messages           {"messages": [{"role": "system"|"user"|"assistant", "content": str,
                                     "reasoning_content"?: str}, ...]}
   sharegpt           {"conversations": [{"from": "system"|"human"|"gpt", "value": str}, ...], "system"?: str}
@@ -16,9 +16,10 @@ written by hand for it.
   `reasoning` field (alpaca, prompt_completion, input_output), or a leading `<think>...</think>`
   block of its content (also R1's tagless "...</think>answer", `split_reasoning`); not both.
 - ShareGPT: `from` is also spelled `role`, and `value` `content`, as some exports write them (one
-  spelling of each per turn); `human`/`user` is the user, `gpt`/`assistant` the assistant. Tool,
-  function and observation turns cannot be trained as R1 chat: a DataError. A top-level `system`
-  is a leading system message (a row with a system turn as well is a DataError).
+  spelling of each per turn); `human`/`user` is the user, `gpt`/`assistant` the assistant. Other
+  roles (tool, function_call, observation, ...) cannot be trained as R1 chat: a DataError naming
+  the turn. A non-empty top-level `system` is a leading system message (with a system turn as well,
+  a DataError).
 - Alpaca: the user message is the instruction, then, when `input` is non-empty, a blank line and
   the input (`instruction + "\\n\\n" + input`; an empty instruction gives the input alone). A row
   with `instruction` is Alpaca although it has `input`/`output` too; input_output is the shape of
