@@ -125,3 +125,165 @@ def test_load_errors_name_the_key(tmp_path, content, match):
     with pytest.raises(MixtureError, match=match) as e:
         mixture.load(str(path))
     assert str(path) in str(e.value)
+
+
+# ------------------------------------------------------------------------------ through prepare
+
+VOCAB = [f"w{i}" for i in range(5000)]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from r1jax.data import tokenizer as tokenizer_lib
+    return tokenizer_lib.load_tokenizer()
+
+
+@pytest.fixture(autouse=True)
+def shared_tokenizer(tok, monkeypatch):
+    from r1jax.data import prepare
+    monkeypatch.setattr(prepare, "load_tokenizer", lambda path=None: tok)
+
+
+def source_rows(tag, n, seed, categories=("x",)):
+    """n distinct chat rows whose user content starts with `tag` (so a row's source is known)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        words = " ".join(rng.choice(VOCAB, 12))
+        rows.append({"messages": [{"role": "user", "content": f"{tag} {i} {words}"},
+                                  {"role": "assistant", "content": " ".join(rng.choice(VOCAB, 12))}],
+                     "category": categories[i % len(categories)]})
+    return rows
+
+
+def write_jsonl(path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return str(path)
+
+
+def prepare_run(*argv):
+    from r1jax.data import prepare
+    return prepare.main([str(a) for a in argv])
+
+
+def lines(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(x) for x in f]
+
+
+def tags(rows):
+    return collections.Counter(r["messages"][0]["content"].split()[0] for r in rows)
+
+
+@pytest.fixture
+def two_sources(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", source_rows("alpha", 600, 0, ("x", "y", "z")))
+    b = write_jsonl(tmp_path / "b.jsonl", source_rows("beta", 200, 1, ("x", "y")))
+    return a, b
+
+
+def test_weights_met_and_val_test_untouched(tmp_path, two_sources):
+    """Oracles: the sources' shares counted in train.jsonl against the weights (within 1%); val and
+    test byte-identical to a run without weights (they keep the natural 3:1 mixture, also counted);
+    an upsampled source's rows repeat whole; report.json's shares equal the counted ones."""
+    a, b = two_sources
+    common = ["--val", 0.1, "--test", 0.05, "--seed", 4]
+    assert prepare_run("--input", a, b, "--out", tmp_path / "plain", *common) == 0
+    assert prepare_run("--input", a, b, "--out", tmp_path / "mix", "--weights", 3, 7, *common) == 0
+    plain, mixed = tmp_path / "plain", tmp_path / "mix"
+    for split in ("val", "test"):
+        assert (plain / f"{split}.jsonl").read_bytes() == (mixed / f"{split}.jsonl").read_bytes()
+        natural = tags(lines(plain / f"{split}.jsonl"))
+        assert abs(natural["alpha"] / sum(natural.values()) - 0.75) <= 0.01
+    train_plain, train = lines(plain / "train.jsonl"), lines(mixed / "train.jsonl")
+    assert len(train) == len(train_plain)                      # the training split keeps its size
+    counted = tags(train)
+    assert abs(counted["beta"] / len(train) - 0.7) <= 0.01 and abs(counted["alpha"] / len(train) - 0.3) <= 0.01
+    beta_rows = collections.Counter(json.dumps(r) for r in train if r["messages"][0]["content"].startswith("beta"))
+    beta_plain = {json.dumps(r) for r in train_plain if r["messages"][0]["content"].startswith("beta")}
+    q = counted["beta"] // len(beta_plain)                  # upsampled: each row floor(t/n) or one more times
+    assert set(beta_rows) == beta_plain and set(beta_rows.values()) <= {q, q + 1} and q >= 2
+    rep = json.load(open(mixed / "report.json"))
+    srcs = rep["mixture"]["training"]["train"]["sources"]
+    assert [s["after"]["records"] for s in srcs] == [counted["alpha"], counted["beta"]]
+    assert [s["before"]["records"] for s in srcs] == [tags(train_plain)["alpha"], tags(train_plain)["beta"]]
+    assert rep["splits"]["train"]["examples"] == len(train)
+
+
+def test_mixture_file_equals_flags_and_resolved_mixture_reruns(tmp_path, two_sources):
+    """Oracles: a --mixture YAML file naming the same sources and weights prepares byte-identical
+    splits to --input/--weights; DIR/mixture.json, given back as --mixture, does too."""
+    a, b = two_sources
+    assert prepare_run("--input", a, b, "--weights", 1, 1, "--max_per_category", 150, "--out",
+                       tmp_path / "flags") == 0
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(f"max_per_category: 150\nsources:\n  - path: a.jsonl\n    weight: 1\n"
+                   f"  - path: {b}\n    weight: 1.0\n")
+    assert prepare_run("--mixture", mix, "--out", tmp_path / "file") == 0
+    assert prepare_run("--mixture", tmp_path / "file" / "mixture.json", "--out", tmp_path / "again") == 0
+    for name in ("train.jsonl", "val.jsonl", "train.ids.npy", "train.mask.npy"):
+        ref = (tmp_path / "flags" / name).read_bytes()
+        assert (tmp_path / "file" / name).read_bytes() == ref
+        assert (tmp_path / "again" / name).read_bytes() == ref
+    resolved = json.load(open(tmp_path / "file" / "mixture.json"))
+    assert [s["path"] for s in resolved["sources"]] == [a, b] and resolved["max_per_category"] == 150
+
+
+def test_max_per_category_caps_training_categories(tmp_path, two_sources):
+    """Oracle: categories counted in train.jsonl: each at most the cap, each category under it kept
+    whole (as in the run without a cap); val untouched."""
+    a, b = two_sources
+    assert prepare_run("--input", a, b, "--out", tmp_path / "plain") == 0
+    assert prepare_run("--input", a, b, "--max_per_category", 150, "--out", tmp_path / "cap") == 0
+    before = collections.Counter(r["category"] for r in lines(tmp_path / "plain" / "train.jsonl"))
+    after = collections.Counter(r["category"] for r in lines(tmp_path / "cap" / "train.jsonl"))
+    assert after == {c: min(n, 150) for c, n in before.items()} and max(before.values()) > 150
+    assert (tmp_path / "plain" / "val.jsonl").read_bytes() == (tmp_path / "cap" / "val.jsonl").read_bytes()
+    summary = (tmp_path / "cap" / "summary.txt").read_text()
+    assert "max_per_category 150" in summary
+
+
+def test_kfold_shapes_each_fold_training_part(tmp_path, two_sources):
+    """Oracle: each fold's train counted against the weights (within 1%); each fold's val is the
+    same as without weights."""
+    a, b = two_sources
+    assert prepare_run("--input", a, b, "--kfold", 3, "--out", tmp_path / "plain") == 0
+    assert prepare_run("--input", a, b, "--kfold", 3, "--weights", 1, 3, "--out", tmp_path / "mix") == 0
+    for k in range(3):
+        fold = tmp_path / "mix" / f"fold{k}"
+        counted = tags(lines(fold / "train.jsonl"))
+        assert abs(counted["beta"] / sum(counted.values()) - 0.75) <= 0.01
+        assert (fold / "val.jsonl").read_bytes() == (tmp_path / "plain" / f"fold{k}" / "val.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--weights", 1], "--weights has 1 value(s) for 2 input(s)"),
+    (["--weights", 1, -2], "weight -2.0 for"),
+    (["--max_per_category", 0], "--max_per_category 0: must be an integer >= 1"),
+])
+def test_bad_mixture_flags_exit_2_naming_them(tmp_path, two_sources, capsys, argv, message):
+    a, b = two_sources
+    assert prepare_run("--input", a, b, "--out", tmp_path / "out", *argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_inputs_and_mixture_exclude_each_other(tmp_path, two_sources, capsys):
+    a, b = two_sources
+    mix = tmp_path / "m.json"
+    mix.write_text(json.dumps({"sources": [{"path": a}]}))
+    assert prepare_run("--input", a, "--mixture", mix, "--out", tmp_path / "o") == 2
+    assert prepare_run("--mixture", mix, "--weights", 1, "--out", tmp_path / "o") == 2
+    assert prepare_run("--out", tmp_path / "o") == 2
+    assert "one of the two" in capsys.readouterr().err
+
+
+def test_weighted_source_left_empty_is_an_error(tmp_path, capsys):
+    """A source whose every row is a duplicate of an earlier source's has nothing to draw from."""
+    rows = source_rows("alpha", 50, 0)
+    a = write_jsonl(tmp_path / "a.jsonl", rows)
+    b = write_jsonl(tmp_path / "b.jsonl", rows)
+    assert prepare_run("--input", a, b, "--weights", 1, 1, "--out", tmp_path / "o") == 2
+    assert "b.jsonl has weight 1.0 but no training record" in capsys.readouterr().err
