@@ -3,6 +3,8 @@
     python -m r1jax.data prepare --input a.jsonl b.jsonl --out data/mine \\
         [--val 0.05] [--test 0.0] [--seed 0] [--kfold K] [--max_tokens N --too_long drop|truncate] \\
         [--near_dup_threshold 0.85] [--train_all_turns] [--format F] [--tokenizer DIR] [--strict] [--overwrite]
+        [--weights W...] [--max_per_category N]
+    python -m r1jax.data prepare --mixture mix.yaml --out data/mine [...]
 
 Input lines stream through, in order: read (with --max_tokens, a line longer than any row that
 could fit is skipped unread) -> parse (formats) -> normalize -> required fields -> length by
@@ -30,8 +32,11 @@ split S:
                                 format version the loader checks
 
 for S in train, val, test (non-empty ones only), or DIR/fold{k}/train and DIR/fold{k}/val with
---kfold K (and DIR/test with --test). DIR/report.json, DIR/summary.txt and DIR/token_lengths.png
-describe the run (see `report`). Input files are only read; exit status 0 when done, 2 for a bad
+--kfold K (and DIR/test with --test). A mixture (`--weights`, `--max_per_category`, `--mixture`;
+rules in `mixture`) shapes only the training split(s): val and test are stratified by source and
+category and keep every source's natural share; an upsampled record is written as often as it is
+drawn. DIR/mixture.json holds the mixture as resolved (a valid `--mixture` file), DIR/report.json,
+DIR/summary.txt and DIR/token_lengths.png describe the run (see `report`). Input files are only read; exit status 0 when done, 2 for a bad
 option, a missing input, a prepared DIR without --overwrite, or (--strict) the first malformed
 line, 1 when no example is left.
 """
@@ -49,13 +54,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from r1jax.data import batch_tokenize, chat, clean, split, token_store
+from r1jax.data import batch_tokenize, chat, clean, mixture, split, token_store
 from r1jax.data import report as report_lib
 from r1jax.data.formats import FORMATS, DataError, Example, LineTooLong, read_jsonl
 from r1jax.data.tokenizer import describe, load_tokenizer, tokenizer_dir
 
 SPLITS = ("train", "val", "test")
-REPORT_FILES = ("report.json", "summary.txt", "token_lengths.png")
+REPORT_FILES = ("report.json", "summary.txt", "token_lengths.png", "mixture.json")
 DEFAULT_VAL = 0.05
 BATCH = 256
 _FOLD_DIR = re.compile(r"fold\d+$")
@@ -63,7 +68,7 @@ _WHERE = re.compile(r"^(.*?:\d+): (.*)$", re.DOTALL)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", nargs="+", required=True, metavar="FILE", help="JSONL input file(s)")
+    p.add_argument("--input", nargs="+", metavar="FILE", help="JSONL input file(s) (or --mixture)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--format", default="auto", choices=FORMATS, help="row format (default: detected)")
     p.add_argument("--tokenizer", metavar="DIR",
@@ -83,9 +88,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="over --max_tokens: drop the example (default) or cut its trained tail")
     p.add_argument("--strict", action="store_true", help="stop at the first malformed line (exit 2)")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset already prepared in DIR")
+    p.add_argument("--weights", nargs="+", type=float, metavar="W",
+                   help="one weight per --input: each input's share of the training split is W / sum(W) "
+                        "(upsampled by repetition or downsampled, seeded); val/test keep natural shares")
+    p.add_argument("--max_per_category", type=int, metavar="N",
+                   help="at most N training records per category (applied before --weights)")
+    p.add_argument("--mixture", metavar="FILE",
+                   help="a YAML or JSON file of sources (path, weight, columns, formats); instead of --input")
 
 
 def _check_args(args) -> str | None:
+    if (args.input is None) == (args.mixture is None):
+        return "give the inputs as --input FILE... or as --mixture FILE (one of the two)"
+    if args.mixture is not None and (args.weights is not None or args.max_per_category is not None):
+        return "--weights and --max_per_category go in the --mixture file (weight, max_per_category)"
     if args.kfold is not None and args.val is not None:
         return "--val and --kfold exclude each other: with --kfold K each fold's val is 1/K of the rest"
     if args.kfold is not None and args.kfold < 2:
@@ -162,6 +178,7 @@ class Record(NamedTuple):
     """A kept input record and its kept training examples (at least one), in turn order."""
     example: Example       # as screened: normalized, whole
     rows: list[Kept]
+    origin: int            # the index of its source (--input argument or mixture source)
 
 
 def _screen(item: Example | DataError, args, token_chars: int | None, seen: dict[bytes, str]):
@@ -192,21 +209,23 @@ def _screen(item: Example | DataError, args, token_chars: int | None, seen: dict
     return None, (fitted, key)
 
 
-def unique_examples(args, token_chars: int | None, tally: report_lib.Tally):
-    """(normalized example, content key) of each input record that passes `_screen`, one at a time:
-    no removed record waits in a batch, nor is held while the next line is read (bounded memory
-    with over-long lines). Counts every record and removal in `tally`."""
+def unique_examples(args, mix: mixture.Mixture, token_chars: int | None, tally: report_lib.Tally):
+    """(normalized example, content key, source index) of each input record that passes `_screen`,
+    one at a time, sources in order: no removed record waits in a batch, nor is held while the next
+    line is read (bounded memory with over-long lines). Counts every record and removal in `tally`."""
     line_bytes = clean.line_byte_bound(args.max_tokens, token_chars) if token_chars else None
     seen: dict[bytes, str] = {}
-    for item in read_jsonl(args.input, args.format, strict=args.strict, max_line_bytes=line_bytes):
-        tally.read += 1
-        removed, passed = _screen(item, args, token_chars, seen)
-        del item
-        if removed:
-            tally.remove(*removed)
-        else:
-            yield passed
-            del passed
+    for origin, source in enumerate(mix.sources):
+        for item in read_jsonl([source.path], source.format or args.format, strict=args.strict,
+                               max_line_bytes=line_bytes):
+            tally.read += 1
+            removed, passed = _screen(item, args, token_chars, seen)
+            del item
+            if removed:
+                tally.remove(*removed)
+            else:
+                yield *passed, origin
+                del passed
 
 
 def _turns(ex: Example, key: bytes, args, token_chars: int | None):
@@ -234,7 +253,7 @@ def _record_removal(ex: Example, removed: list[tuple[str, str, str]]) -> tuple[s
     return reason, ex.source, f"none of its {len(removed)} turns kept ({where}: {detail})"
 
 
-def clean_stream(args, tokenizer, tally: report_lib.Tally, seconds: dict) -> list[Record]:
+def clean_stream(args, mix: mixture.Mixture, tokenizer, tally: report_lib.Tally, seconds: dict) -> list[Record]:
     """Streams the input records through the cleaning rules in batches; returns the kept ones in
     input order and counts every removal in `tally`. Raises DataError (--strict, unreadable file)."""
     near = clean.NearDuplicateIndex(args.near_dup_threshold)
@@ -242,14 +261,14 @@ def clean_stream(args, tokenizer, tally: report_lib.Tally, seconds: dict) -> lis
     written: dict[bytes, str] = {}  # content key -> source of the training examples kept so far
     kept: list[Record] = []
     progress = _Progress()
-    records = unique_examples(args, token_chars, tally)
+    records = unique_examples(args, mix, token_chars, tally)
     while unique := list(itertools.islice(records, BATCH)):
-        turns = [_turns(ex, key, args, token_chars) for ex, key in unique]
+        turns = [_turns(ex, key, args, token_chars) for ex, key, _ in unique]
         t = time.perf_counter()
         tokenized = iter(batch_tokenize.tokenize_batch([e for fits, _ in turns for e, _ in fits], tokenizer))
         seconds["tokenize"] += time.perf_counter() - t
         candidates = []  # (record, its examples within the length limit, its removed examples)
-        for (ex, _), (fits, removed) in zip(unique, turns):
+        for (ex, _, origin), (fits, removed) in zip(unique, turns):
             rows = []
             for turn, key in fits:
                 fitted = clean.fit_length(*next(tokenized), args.max_tokens, args.too_long or "drop")
@@ -258,15 +277,15 @@ def clean_stream(args, tokenizer, tally: report_lib.Tally, seconds: dict) -> lis
                 else:
                     rows.append(Kept(turn, key, *fitted))
             if rows:
-                candidates.append((ex, rows, removed))
+                candidates.append((ex, rows, removed, origin))
             else:
                 tally.remove(*_record_removal(ex, removed))
 
         t = time.perf_counter()
-        hashes = [near.shingle_hashes(ex) for ex, _, _ in candidates]
+        hashes = [near.shingle_hashes(ex) for ex, _, _, _ in candidates]
         hashed = [i for i, h in enumerate(hashes) if len(h)]  # no words at all: exact dedup only
         sigs = dict(zip(hashed, near.signatures([hashes[i] for i in hashed]))) if hashed else {}
-        for i, (ex, rows, removed) in enumerate(candidates):
+        for i, (ex, rows, removed, origin) in enumerate(candidates):
             new = [r for r in rows if r.key not in written]
             removed += [("duplicate", r.example.source, f"same content as {written[r.key]}")
                         for r in rows if r.key in written]
@@ -282,7 +301,7 @@ def clean_stream(args, tokenizer, tally: report_lib.Tally, seconds: dict) -> lis
                 tally.truncated += sum(r.truncated for r in new)
                 tally.training_examples += len(new)
                 written.update((r.key, r.example.source) for r in new)
-                kept.append(Record(ex, new))
+                kept.append(Record(ex, new, origin))
         seconds["near_duplicates"] += time.perf_counter() - t
         progress.update(tally.read, len(kept))
     progress.update(tally.read, len(kept), force=True)
@@ -328,10 +347,14 @@ def _examples_of(parts: dict[str, list[int]], first: np.ndarray) -> dict[str, li
     return {name: [i for r in idx for i in range(first[r], first[r + 1])] for name, idx in parts.items()}
 
 
-def _assign_splits(args, records: list[Record]) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+def _assign_splits(args, mix: mixture.Mixture, records: list[Record]
+                   ) -> tuple[dict[str, list[int]], dict[str, list[int]], dict[str, tuple[list[int], list[int]]]]:
     """(parts to write, by name; the top-level split of each example for the histogram), as indices
-    of the training examples in record order. Records are assigned whole, by their category."""
-    categories = [r.example.category for r in records]
+    of the training examples in record order, a training part's records repeated as the mixture
+    draws them; and {training part: (its record indices before, after the mixture)}. Records are
+    assigned whole, stratified by source and category (`mixture.strata`)."""
+    categories = mixture.strata([r.origin for r in records], [r.example.category for r in records],
+                                len(mix.sources))
     first = np.cumsum([0] + [len(r.rows) for r in records])
     if args.kfold is None:
         val = DEFAULT_VAL if args.val is None else args.val
@@ -347,7 +370,61 @@ def _assign_splits(args, records: list[Record]) -> tuple[dict[str, list[int]], d
     keys = [row.key for r in records for row in r.rows]
     for group in groups:
         split.check_disjoint(_examples_of(group, first), keys)
-    return _examples_of(parts, first), _examples_of(top, first)
+    shaped = {name: (idx, _mix_training(idx, mix, records, args.seed)) for name, idx in parts.items()
+              if name == "train" or name.endswith("/train")}
+    parts = parts | {name: after for name, (_, after) in shaped.items()}
+    top = top | ({"train": parts["train"]} if "train" in top else {})
+    return _examples_of(parts, first), _examples_of(top, first), shaped
+
+
+def _mix_training(idx: list[int], mix: mixture.Mixture, records: list[Record], seed: int) -> list[int]:
+    """A training part's record indices after the category cap and the weights (`mixture`)."""
+    idx = mixture.cap_categories(idx, [r.example.category for r in records], mix.max_per_category, seed)
+    if mix.weights is None:
+        return idx
+    return mixture.resample(idx, [r.origin for r in records], mix.weights, seed,
+                            [s.path for s in mix.sources])
+
+
+def _mixture_report(mix: mixture.Mixture, records: list[Record],
+                    shaped: dict[str, tuple[list[int], list[int]]]) -> dict:
+    """report.json's "mixture": the rules and, per training part, each source's and category's
+    records and share before and after them (records, not training examples)."""
+    origins = [r.origin for r in records]
+    cats = [r.example.category or report_lib.NO_CATEGORY for r in records]
+    cat_names = sorted(set(cats))
+    targets = ([round(w / sum(mix.weights), 6) for w in mix.weights] if mix.weights
+               else [None] * len(mix.sources))
+    parts = {}
+    for name, (before, after) in shaped.items():
+        src_before = mixture.shares(before, origins, range(len(mix.sources)))
+        src_after = mixture.shares(after, origins, range(len(mix.sources)))
+        parts[name] = {
+            "sources": [{"path": s.path, "target_share": t, "before": src_before[i], "after": src_after[i]}
+                        for i, (s, t) in enumerate(zip(mix.sources, targets))],
+            "categories": {c: {"before": b, "after": a} for (c, b), a in zip(
+                mixture.shares(before, cats, cat_names).items(), mixture.shares(after, cats, cat_names).values())}}
+    return {"weights": mix.weights, "max_per_category": mix.max_per_category,
+            "records_kept": [origins.count(i) for i in range(len(mix.sources))], "training": parts}
+
+
+def _write_mixture(out: str, mix: mixture.Mixture, args) -> None:
+    """DIR/mixture.json: the mixture as resolved, in the --mixture file format (paths absolute, the
+    command line's formats filled in), so that the same mixture can be prepared again."""
+    sources = []
+    for s in mix.sources:
+        item = {"path": os.path.abspath(s.path), "input_format": s.input_format or "auto",
+                "format": s.format or args.format}
+        if s.weight is not None:
+            item["weight"] = s.weight
+        columns = s.columns
+        if columns:
+            item["columns"] = columns
+        sources.append(item)
+    data = {"sources": sources} | ({"max_per_category": mix.max_per_category} if mix.max_per_category else {})
+    with open(os.path.join(out, "mixture.json"), "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
 
 
 def _check_paths(args) -> tuple[str | None, list[str]]:
@@ -373,9 +450,15 @@ def _check_paths(args) -> tuple[str | None, list[str]]:
 def run(args: argparse.Namespace) -> int:
     """Prepares the dataset described by parsed arguments; returns the exit status."""
     t0 = time.perf_counter()
-    problem = _check_args(args)
-    existing = []
+    problem, existing, mix = _check_args(args), [], None
     if not problem:
+        try:
+            mix = (mixture.load(args.mixture) if args.mixture
+                   else mixture.from_args(args.input, args.weights, args.max_per_category))
+        except mixture.MixtureError as e:
+            problem = str(e)
+    if not problem:
+        args.input = [s.path for s in mix.sources]
         problem, existing = _check_paths(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -391,7 +474,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(f"tokenizer: {describe(tokenizer)}", file=sys.stderr)
     try:
-        records = clean_stream(args, tokenizer, tally, seconds)
+        records = clean_stream(args, mix, tokenizer, tally, seconds)
     except DataError as e:  # --strict, an input that cannot be read, chat rows the tokenizer cannot carry
         print(str(e), file=sys.stderr)
         return 2
@@ -400,8 +483,8 @@ def run(args: argparse.Namespace) -> int:
     # Split.
     kept = [row for r in records for row in r.rows]
     try:
-        parts, top = _assign_splits(args, records) if records else ({}, {})
-    except ValueError as e:  # e.g. --kfold K above the number of examples kept
+        parts, top, shaped = _assign_splits(args, mix, records) if records else ({}, {}, {})
+    except ValueError as e:  # --kfold K above the number of examples kept, a weighted source left empty
         print(f"error: {e} (after cleaning {tally.read} records)", file=sys.stderr)
         return 2
     parts = {name: idx for name, idx in parts.items() if idx}
@@ -410,6 +493,7 @@ def run(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     os.makedirs(args.out, exist_ok=True)
     outputs = write_splits(args.out, kept, parts, existing)
+    _write_mixture(args.out, mix, args)
     seconds["write"] = time.perf_counter() - t
 
     # Report.
@@ -421,7 +505,8 @@ def run(args: argparse.Namespace) -> int:
     rep = report_lib.build(
         tally, parts, lengths, trained, categories,
         inputs=[{"path": p, "bytes": os.path.getsize(p)} for p in args.input], out=args.out,
-        options=options, outputs=outputs, seconds=round(time.perf_counter() - t0, 3),
+        options=options, outputs=outputs, mixture=_mixture_report(mix, records, shaped),
+        seconds=round(time.perf_counter() - t0, 3),
         seconds_by_phase={k: round(v, 3) for k, v in seconds.items()})
     text = report_lib.write(args.out, rep, {n: lengths[np.asarray(i, np.int64)] for n, i in top.items()},
                             args.max_tokens)

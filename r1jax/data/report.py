@@ -11,6 +11,11 @@ report.json:
                 (a turn example's where is "file:line turn j").
     splits      {name: stats} for every written split ("train", "val", "test", "fold0/train", ...).
     categories  {category: stats} over all kept examples ("(none)" for rows without one).
+    mixture     {"weights": [w per source] or null, "max_per_category": N or null, "records_kept":
+                [kept records per source], "training": {part: {"sources": [{"path", "target_share",
+                "before": {"records", "share"}, "after": {...}}], "categories": {category: {"before",
+                "after"}}}}} for each training part ("train", "fold0/train", ...): its records and
+                shares before and after the mixture's category cap and weights (`mixture`).
     inputs, options, seconds, outputs.
 A stats entry is {"examples", "tokens", "trained_tokens", "length": {min, mean, p50, p90, p99, max},
 "categories": {category: examples}} (lengths in tokens).
@@ -119,9 +124,35 @@ def summary(report: dict) -> str:
                   f"  {'':<22} " + " ".join(f"{c[:12]:>12}" for c in cats)]
         for name, s in report["splits"].items():
             lines.append(f"  {name:<22} " + " ".join(f"{s['categories'].get(c, 0):>12}" for c in cats))
+    lines += _mixture_lines(report.get("mixture"))
     if "seconds" in report:
         lines += ["", f"took {report['seconds']:.1f} s"]
     return "\n".join(lines) + "\n"
+
+
+def _share(entry: dict) -> str:
+    return f"{entry['records']:>9} {100 * entry['share']:>6.1f}%"
+
+
+def _mixture_lines(mix: dict | None) -> list[str]:
+    """The summary's mixture table: each source's (and, with a cap, category's) training records and
+    share before -> after the mixture; nothing for one source without weights or cap."""
+    if not mix or not mix["training"] or (len(mix["records_kept"]) == 1 and not mix["max_per_category"]):
+        return []
+    rules = ", ".join(([f"weights {mix['weights']}"] if mix["weights"] else [])
+                      + ([f"max_per_category {mix['max_per_category']}"] if mix["max_per_category"] else []))
+    lines = ["", f"mixture of the training split ({rules or 'natural shares'}):",
+             f"  {'source':<40} {'kept':>9} {'before':>17} {'after':>17} {'target':>8}"]
+    for part, t in mix["training"].items():
+        if len(mix["training"]) > 1:
+            lines.append(f"  {part}:")
+        for s, kept in zip(t["sources"], mix["records_kept"]):
+            target = f"{100 * s['target_share']:>7.1f}%" if s["target_share"] is not None else f"{'-':>8}"
+            lines.append(f"  {s['path'][-40:]:<40} {kept:>9} {_share(s['before'])} {_share(s['after'])} {target}")
+        if mix["max_per_category"]:
+            for c, e in t["categories"].items():
+                lines.append(f"  category {c[:31]:<31} {'':>9} {_share(e['before'])} {_share(e['after'])}")
+    return lines
 
 
 def histogram(path: str, lengths_by_split: dict[str, np.ndarray], max_tokens: int | None) -> None:
