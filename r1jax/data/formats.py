@@ -4,7 +4,8 @@ A row (a dict, e.g. one JSONL line) is one of these shapes (`FORMATS`, detected 
   messages           {"messages": [{"role": "system"|"user"|"assistant", "content": str,
                                     "reasoning_content"?: str}, ...]}
   sharegpt           {"conversations": [{"from": "system"|"human"|"gpt", "value": str}, ...], "system"?: str}
-  alpaca             {"instruction": str, "input"?: str, "output": str, "system"?: str, "reasoning"?: str}
+  alpaca             {"instruction": str, "input"?: str, "output": str, "system"?: str, "reasoning"?: str,
+                      "history"?: [[user: str, assistant: str], ...]}
   prompt_completion  {"prompt": str, "completion": str, "system"?: str, "reasoning"?: str}
   input_output       {"input": str, "output": str, "system"?: str, "reasoning"?: str}
   text               {"text": str}
@@ -23,7 +24,8 @@ written by hand for it.
 - Alpaca: the user message is the instruction, then, when `input` is non-empty, a blank line and
   the input (`instruction + "\\n\\n" + input`; an empty instruction gives the input alone). A row
   with `instruction` is Alpaca although it has `input`/`output` too; input_output is the shape of
-  rows without one.
+  rows without one. `history` holds the earlier turns as [user, assistant] pairs, oldest first
+  (their assistant texts may hold `<think>` blocks too); the instruction is the last user turn.
 - `system` of the flat shapes (alpaca, prompt_completion, input_output): a leading system message
   when non-empty.
 - Chat rules, for every chat shape: a system message only first, at least one user message, the
@@ -51,7 +53,7 @@ ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
                   "assistant": "assistant"}
 MAPPABLE = ("prompt", "completion", "reasoning", "system", "category", "messages", "conversations",
-            "instruction", "input", "output", "text", "input_ids", "loss_mask")
+            "instruction", "input", "output", "history", "text", "input_ids", "loss_mask")
 _THINK = re.compile(r"^\s*<think>(.*?)</think>", re.DOTALL)
 # (shape, the keys that mark it), in detection order.
 _SHAPE_KEYS = (("messages", ("messages",)), ("sharegpt", ("conversations",)), ("alpaca", ("instruction",)),
@@ -289,7 +291,25 @@ def _flat(row: dict, kind: str, where: str, names: Mapping[str, str]) -> tuple[M
     reasoning = _opt_str(row, "reasoning", where, names)
     answer = _assistant(_str_field(row, a, where, names), reasoning, where, _label("reasoning", names))
     system = _opt_str(row, "system", where, names)
-    return ((Message("system", system),) if system else ()) + (Message("user", user), answer)
+    history = _history(row, where, names) if kind == "alpaca" else ()
+    return ((Message("system", system),) if system else ()) + history + (Message("user", user), answer)
+
+
+def _history(row: dict, where: str, names: Mapping[str, str]) -> tuple[Message, ...]:
+    """An Alpaca row's earlier turns: `history` [[user, assistant], ...] -> messages, oldest first."""
+    pairs = row.get("history")
+    if pairs is None:
+        return ()
+    if not isinstance(pairs, list):
+        raise DataError(f"{where}: field {_label('history', names)} must be a list of [user, assistant] pairs")
+    out = []
+    for i, pair in enumerate(pairs):
+        if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+                or not all(isinstance(t, str) for t in pair)):
+            raise DataError(f"{where}: {_label('history', names)}[{i}] must be a [user, assistant] pair "
+                            "of strings")
+        out += [Message("user", pair[0]), _assistant(pair[1], None, f"{where}: history[{i}]")]
+    return tuple(out)
 
 
 def _ids(row: dict, where: str, names: Mapping[str, str] = _NO_NAMES

@@ -89,6 +89,9 @@ EQUIVALENT = {
     "alpaca_reasoning": (
         {"instruction": Q1, "output": A1, "reasoning": R, "system": S},
         {"messages": [system(S), user(Q1), assistant(A1, R)]}),
+    "alpaca_history": (
+        {"instruction": Q2, "output": A2, "system": S, "history": [[Q1, f"<think>\n{R}\n</think>\n\n{A1}"]]},
+        {"messages": [system(S), user(Q1), assistant(A1, R), user(Q2), assistant(A2)]}),
     "prompt_completion_reasoning_system": (
         {"prompt": Q1, "completion": A1, "reasoning": R, "system": S},
         {"messages": [system(S), user(Q1), assistant(A1, R)]}),
@@ -169,6 +172,10 @@ def test_alpaca_errors_forced():
         parse_row({"instruction": Q1, "input": ["2", "2"], "output": A1}, "f:1", "alpaca")
     with pytest.raises(DataError, match=r"^f:1: missing field 'output'$"):
         parse_row({"instruction": Q1, "input": "x"}, "f:1", "alpaca")
+    with pytest.raises(DataError, match=r"^f:1: 'history'\[1\] must be a \[user, assistant\] pair of strings$"):
+        parse_row({"instruction": Q1, "output": A1, "history": [[Q1, A1], [Q2]]}, "f:1")
+    with pytest.raises(DataError, match=r"^f:1: field 'history' must be a list"):
+        parse_row({"instruction": Q1, "output": A1, "history": "earlier"}, "f:1")
 
 
 def test_category_numbers_are_strings_containers_are_errors():
