@@ -19,6 +19,7 @@ from flax import nnx
 
 from r1jax.parallel import sharding
 from r1jax.models.common import left_padded, params, stack
+from r1jax.models.common.causal_lm import CausalLM, packed_layout
 from r1jax.models.deepseek_v3.config import ModelConfig
 from r1jax.models.deepseek_v3.latent_cache import LatentCache, init_cache
 from r1jax.models.deepseek_v3.mla import MLA
@@ -26,6 +27,7 @@ from r1jax.models.common.mlp import MLP
 from r1jax.models.deepseek_v3.moe import MoE
 from r1jax.models.common.norm import RMSNorm
 from r1jax.models.deepseek_v3.rope import rope_tables
+
 
 class Block(nnx.Module):
     """Pre-norm decoder layer: x + MLA(norm(x)), then h + MLP-or-MoE(norm(h))."""
@@ -69,12 +71,9 @@ class Block(nnx.Module):
         return x, cache
 
 
-def default_positions(tokens: jnp.ndarray) -> jnp.ndarray:
-    return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-
-
-class Transformer(nnx.Module):
-    """DeepseekV3ForCausalLM in Flax NNX (plus the MTP module when cfg.with_mtp)."""
+class Transformer(CausalLM):
+    """DeepseekV3ForCausalLM in Flax NNX (plus the MTP module when cfg.with_mtp); the embedding,
+    head and logits are CausalLM's (r1jax/models/common/causal_lm.py)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, v, pd = cfg.hidden_size, cfg.vocab_size, cfg.param_dtype
@@ -92,11 +91,6 @@ class Transformer(nnx.Module):
             from r1jax.models.deepseek_v3.mtp import MTP  # the MTP block is a Block: import here to avoid a cycle
             self.mtp = MTP(cfg, rngs=rngs)
 
-    def embed_tokens(self, tokens: jnp.ndarray) -> jnp.ndarray:
-        """tokens [B, T] int -> [B, T, D] in the compute dtype."""
-        x = jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.dtype)
-        return sharding.constrain(x, ("batch", "seq", "embed"))
-
     def hidden_states(self, tokens, positions=None, segment_ids=None):
         """Final-normed hidden states [B, T, D] and stats {"load": [L_moe, E], "aux_loss": [L_moe]}.
 
@@ -104,8 +98,7 @@ class Transformer(nnx.Module):
         padding (default all 1). Tokens attend causally within their segment only.
         """
         cfg = self.cfg
-        positions = default_positions(tokens) if positions is None else positions
-        segment_ids = jnp.ones_like(tokens, jnp.int32) if segment_ids is None else segment_ids
+        positions, segment_ids = packed_layout(tokens, positions, segment_ids)
         cos, sin = rope_tables(cfg, positions)
         x = self.embed_tokens(tokens)
         layer_call = lambda block, h: block(h, cos, sin, segment_ids)  # noqa: E731
@@ -116,21 +109,6 @@ class Transformer(nnx.Module):
             x, stats = stack.scan_layers(self.moe_layers, x, layer_call, cfg.remat,
                                          cfg.first_k_dense_replace)
         return self.final_norm(x), stats
-
-    def head_weight(self) -> jnp.ndarray:
-        """The LM head [D, V]."""
-        return self.lm_head[...]
-
-    def logits(self, h: jnp.ndarray) -> jnp.ndarray:
-        """h [B, T, D] -> float32 logits [B, T, V]."""
-        out = jnp.einsum("btd,dv->btv", h, self.head_weight().astype(h.dtype),
-                         preferred_element_type=jnp.float32)
-        return sharding.constrain(out, ("batch", "seq", "vocab"))
-
-    def __call__(self, tokens, positions=None, segment_ids=None):
-        """tokens [B, T] -> (float32 logits [B, T, V], stats)."""
-        h, stats = self.hidden_states(tokens, positions, segment_ids)
-        return self.logits(h), stats
 
     def init_cache(self, batch: int, max_len: int, start) -> LatentCache:
         """An empty decode cache of max_len slots for `batch` rows whose real tokens begin at
@@ -174,7 +152,6 @@ class Transformer(nnx.Module):
         stats, from the main model's final-normed hidden states h [B, T, D] (hidden_states)."""
         if not self.cfg.with_mtp:
             raise ValueError("this model has no MTP module; build it with with_mtp=True")
-        positions = default_positions(tokens) if positions is None else positions
-        segment_ids = jnp.ones_like(tokens, jnp.int32) if segment_ids is None else segment_ids
+        positions, segment_ids = packed_layout(tokens, positions, segment_ids)
         cos, sin = rope_tables(self.cfg, positions)
         return self.mtp(h, tokens, cos, sin, segment_ids)

@@ -16,6 +16,7 @@ from flax import nnx
 
 from r1jax.parallel import sharding
 from r1jax.models.common import left_padded, params, stack
+from r1jax.models.common.causal_lm import CausalLM, packed_layout
 from r1jax.models.common.mlp import MLP
 from r1jax.models.common.norm import RMSNorm
 from r1jax.models.llama.attention import Attention
@@ -57,13 +58,9 @@ class Block(nnx.Module):
         return self.feed_forward(x + a), cache
 
 
-def default_positions(tokens: jnp.ndarray) -> jnp.ndarray:
-    """0..T-1 for every row of tokens [B, T]."""
-    return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-
-
-class Transformer(nnx.Module):
-    """LlamaForCausalLM / Qwen2ForCausalLM in Flax NNX (the interface of r1jax/models/family.py)."""
+class Transformer(CausalLM):
+    """LlamaForCausalLM / Qwen2ForCausalLM in Flax NNX (the interface of r1jax/models/family.py); the
+    embedding, head (tied or not) and logits are CausalLM's (r1jax/models/common/causal_lm.py)."""
 
     def __init__(self, cfg: DenseConfig, *, rngs: nnx.Rngs):
         d, v, pd = cfg.hidden_size, cfg.vocab_size, cfg.param_dtype
@@ -74,11 +71,6 @@ class Transformer(nnx.Module):
         if not cfg.tie_word_embeddings:
             self.lm_head = params.normal(rngs, (d, v), ("embed", "vocab"), pd, group="head")
 
-    def embed_tokens(self, tokens: jnp.ndarray) -> jnp.ndarray:
-        """tokens [B, T] int -> [B, T, D] in the compute dtype."""
-        x = jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.dtype)
-        return sharding.constrain(x, _ACTS)
-
     def hidden_states(self, tokens, positions=None, segment_ids=None):
         """Final-normed hidden states [B, T, D] and stats {} (no routed experts).
 
@@ -86,27 +78,11 @@ class Transformer(nnx.Module):
         padding (default all 1). Tokens attend causally within their segment only.
         """
         cfg = self.cfg
-        positions = default_positions(tokens) if positions is None else positions
-        segment_ids = jnp.ones_like(tokens, jnp.int32) if segment_ids is None else segment_ids
+        positions, segment_ids = packed_layout(tokens, positions, segment_ids)
         cos, sin = rope_tables(cfg, positions)
         layer_call = lambda block, h: block(h, cos, sin, segment_ids)  # noqa: E731
         x, _ = stack.scan_layers(self.layers, self.embed_tokens(tokens), layer_call, cfg.remat)
         return self.final_norm(x), {}
-
-    def head_weight(self) -> jnp.ndarray:
-        """The LM head [D, V]: lm_head, or embed.T when the embeddings are tied."""
-        return self.embed[...].T if self.cfg.tie_word_embeddings else self.lm_head[...]
-
-    def logits(self, h: jnp.ndarray) -> jnp.ndarray:
-        """h [B, T, D] -> float32 logits [B, T, V] (head_weight)."""
-        out = jnp.einsum("btd,dv->btv", h, self.head_weight().astype(h.dtype),
-                         preferred_element_type=jnp.float32)
-        return sharding.constrain(out, ("batch", "seq", "vocab"))
-
-    def __call__(self, tokens, positions=None, segment_ids=None):
-        """tokens [B, T] -> (float32 logits [B, T, V], stats {})."""
-        h, stats = self.hidden_states(tokens, positions, segment_ids)
-        return self.logits(h), stats
 
     def init_cache(self, batch: int, max_len: int, start) -> KVCache:
         """An empty decode cache of max_len slots for `batch` rows whose real tokens begin at
