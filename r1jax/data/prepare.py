@@ -2,8 +2,8 @@
 
     python -m r1jax.data prepare --input a.jsonl b.jsonl --out data/mine \\
         [--val 0.05] [--test 0.0] [--seed 0] [--kfold K] [--max_tokens N --too_long drop|truncate] \\
-        [--near_dup_threshold 0.85] [--train_all_turns] [--format F] [--tokenizer DIR] [--strict] [--overwrite]
-        [--weights W...] [--max_per_category N]
+        [--near_dup_threshold 0.85] [--train_all_turns] [--format F] [--tokenizer DIR] [--strict] [--overwrite] \\
+        [--decontaminate humaneval|EVAL_FILE ... [--decontaminate_ngram 13]] [--weights W...] [--max_per_category N]
     python -m r1jax.data prepare --mixture mix.yaml --out data/mine [...]
 
 Input lines stream through, in order: read (with --max_tokens, a line longer than any row that
@@ -11,6 +11,11 @@ could fit is skipped unread) -> parse (formats) -> normalize -> required fields 
 characters (a row that can never fit is dropped, or with --too_long truncate cut, untokenized) ->
 exact duplicates -> tokenize -> length limit -> near-duplicates; each removal is counted under one
 reason (see `clean`). No over-long row is held past its own turn, so memory stays bounded.
+
+With --decontaminate, right after the required fields, a record sharing a span of 13 words
+(--decontaminate_ngram N) with an item of the evaluation sets named (`humaneval`, or JSONL/Parquet
+files of eval rows) is removed under reason `contaminated`; the rule is `decontaminate`'s. An unknown
+source, or an eval row it cannot use, exits 2 naming it (FILE:LINE).
 
 Each kept record gives one training example, or with --train_all_turns one per assistant turn
 (`chat.turn_examples`: turn j's example is the conversation up to and including turn j). Records are
@@ -54,7 +59,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from r1jax.data import batch_tokenize, chat, clean, mixture, split, token_store
+from r1jax.data import batch_tokenize, chat, clean, decontaminate, mixture, split, token_store
 from r1jax.data import report as report_lib
 from r1jax.data.formats import FORMATS, DataError, Example, LineTooLong, read_jsonl
 from r1jax.data.tokenizer import describe, load_tokenizer, tokenizer_dir
@@ -88,6 +93,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="over --max_tokens: drop the example (default) or cut its trained tail")
     p.add_argument("--strict", action="store_true", help="stop at the first malformed line (exit 2)")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset already prepared in DIR")
+    p.add_argument("--decontaminate", nargs="+", metavar="NAME_OR_FILE",
+                   help="remove records sharing a word n-gram with these evaluation sets: "
+                        f"{', '.join(decontaminate.BUILTIN)} or JSONL/Parquet files of eval rows")
+    p.add_argument("--decontaminate_ngram", type=int, default=decontaminate.NGRAM, metavar="N",
+                   help=f"n-gram length in words for --decontaminate (default {decontaminate.NGRAM})")
     p.add_argument("--weights", nargs="+", type=float, metavar="W",
                    help="one weight per --input: each input's share of the training split is W / sum(W) "
                         "(upsampled by repetition or downsampled, seeded); val/test keep natural shares")
@@ -115,6 +125,11 @@ def _check_args(args) -> str | None:
         return f"--max_tokens {args.max_tokens}: must be at least 2"
     if not 0 < args.near_dup_threshold <= 1:
         return f"--near_dup_threshold {args.near_dup_threshold}: must be in (0, 1]"
+    if args.decontaminate_ngram < 1:
+        return f"--decontaminate_ngram {args.decontaminate_ngram}: must be at least 1"
+    for spec in args.decontaminate or ():
+        if problem := decontaminate.check_source(spec):
+            return f"--decontaminate {problem}"
     return None
 
 
@@ -181,10 +196,12 @@ class Record(NamedTuple):
     origin: int            # the index of its source (--input argument or mixture source)
 
 
-def _screen(item: Example | DataError, args, token_chars: int | None, seen: dict[bytes, str]):
-    """The rules applied to one record before tokenizing: format, required fields, length by line
-    bytes and characters (with --train_all_turns, per turn example later: `_turns`), exact
-    duplicates (`seen`: content key -> source of the kept examples).
+def _screen(item: Example | DataError, args, token_chars: int | None, seen: dict[bytes, str],
+            evals: decontaminate.EvalIndex | None = None):
+    """The rules applied to one record before tokenizing: format, required fields, contamination
+    (`evals`, with --decontaminate), length by line bytes and characters (with --train_all_turns,
+    per turn example later: `_turns`), exact duplicates (`seen`: content key -> source of the kept
+    examples).
 
     Returns ((reason, where, detail), None) for a removed record, else (None, (normalized example
     (cut in truncate mode, see `clean.fit_chars`), content key)), adding the key to `seen`."""
@@ -198,6 +215,9 @@ def _screen(item: Example | DataError, args, token_chars: int | None, seen: dict
     bad = clean.check_fields(ex)
     if bad:
         return (bad[0], ex.source, bad[1]), None
+    match = evals.match(ex) if evals is not None else None
+    if match:
+        return ("contaminated", ex.source, match.detail()), None
     fitted = ex if args.train_all_turns else clean.fit_chars(ex, args.max_tokens, token_chars,
                                                              args.too_long or "drop")
     if isinstance(fitted, str):
@@ -209,7 +229,8 @@ def _screen(item: Example | DataError, args, token_chars: int | None, seen: dict
     return None, (fitted, key)
 
 
-def unique_examples(args, mix: mixture.Mixture, token_chars: int | None, tally: report_lib.Tally):
+def unique_examples(args, mix: mixture.Mixture, token_chars: int | None, tally: report_lib.Tally,
+                    evals: decontaminate.EvalIndex | None = None):
     """(normalized example, content key, source index) of each input record that passes `_screen`,
     one at a time, sources in order: no removed record waits in a batch, nor is held while the next
     line is read (bounded memory with over-long lines). Counts every record and removal in `tally`."""
@@ -219,7 +240,7 @@ def unique_examples(args, mix: mixture.Mixture, token_chars: int | None, tally: 
         for item in read_jsonl([source.path], source.format or args.format, strict=args.strict,
                                max_line_bytes=line_bytes):
             tally.read += 1
-            removed, passed = _screen(item, args, token_chars, seen)
+            removed, passed = _screen(item, args, token_chars, seen, evals)
             del item
             if removed:
                 tally.remove(*removed)
@@ -255,13 +276,18 @@ def _record_removal(ex: Example, removed: list[tuple[str, str, str]]) -> tuple[s
 
 def clean_stream(args, mix: mixture.Mixture, tokenizer, tally: report_lib.Tally, seconds: dict) -> list[Record]:
     """Streams the input records through the cleaning rules in batches; returns the kept ones in
-    input order and counts every removal in `tally`. Raises DataError (--strict, unreadable file)."""
+    input order and counts every removal in `tally`. Raises DataError (--strict, unreadable file,
+    a --decontaminate row without evaluation text)."""
+    evals = None
+    if getattr(args, "decontaminate", None):
+        evals = decontaminate.EvalIndex.build(args.decontaminate, args.decontaminate_ngram)
+        print(f"decontaminate: {evals.describe()}", file=sys.stderr, flush=True)
     near = clean.NearDuplicateIndex(args.near_dup_threshold)
     token_chars = clean.max_token_chars(tokenizer) if args.max_tokens else None
     written: dict[bytes, str] = {}  # content key -> source of the training examples kept so far
     kept: list[Record] = []
     progress = _Progress()
-    records = unique_examples(args, mix, token_chars, tally)
+    records = unique_examples(args, mix, token_chars, tally, evals)
     while unique := list(itertools.islice(records, BATCH)):
         turns = [_turns(ex, key, args, token_chars) for ex, key, _ in unique]
         t = time.perf_counter()
@@ -475,7 +501,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"tokenizer: {describe(tokenizer)}", file=sys.stderr)
     try:
         records = clean_stream(args, mix, tokenizer, tally, seconds)
-    except DataError as e:  # --strict, an input that cannot be read, chat rows the tokenizer cannot carry
+    except DataError as e:  # --strict, an unreadable input or eval file, chat rows the tokenizer cannot carry
         print(str(e), file=sys.stderr)
         return 2
     seconds["read_and_clean"] = time.perf_counter() - t0 - seconds["tokenize"] - seconds["near_duplicates"]

@@ -8,7 +8,9 @@ report.json:
                 written (each in one split, or fold), training_examples.removed the turn examples
                 dropped from records that were kept; truncated counts training examples.
     examples    {reason: [{"where": "file:line", "detail": str}, ...]}, the first few of each reason
-                (a turn example's where is "file:line turn j").
+                (a turn example's where is "file:line turn j"); reasons are `clean.REASONS`, e.g.
+                "contaminated" (--decontaminate), whose detail names the evaluation item and the
+                shared words.
     splits      {name: stats} for every written split ("train", "val", "test", "fold0/train", ...).
     categories  {category: stats} over all kept examples ("(none)" for rows without one).
     mixture     {"weights": [w per source] or null, "max_per_category": N or null, "records_kept":

@@ -377,8 +377,8 @@ def test_kfold_above_examples_and_nothing_kept(tmp_path, capsys):
     rc, out, rep = run_prepare(tmp_path, ['{"text": ""}', "nonsense"], out="none")
     assert rc == 1 and "no example left" in capsys.readouterr().err
     assert rep["records"] == {"read": 2, "kept": 0, "truncated": 0,
-                              "removed": {"malformed": 1, "empty": 1, "duplicate": 0, "near_duplicate": 0,
-                                          "too_long": 0, "too_long_chars": 0, "too_long_line": 0},
+                              "removed": {"malformed": 1, "empty": 1, "contaminated": 0, "duplicate": 0,
+                                          "near_duplicate": 0, "too_long": 0, "too_long_chars": 0, "too_long_line": 0},
                               "training_examples": {"kept": 0, "removed": {"duplicate": 0, "too_long": 0,
                                                                            "too_long_chars": 0}}}
 
