@@ -1,10 +1,13 @@
-"""`python -m r1jax.data prepare --input FILE... --out DIR`: clean, deduplicate, tokenize, split, report.
+"""`python -m r1jax.data prepare --input INPUT... --out DIR`: clean, deduplicate, tokenize, split, report.
 
-    python -m r1jax.data prepare --input a.jsonl b.jsonl --out data/mine \\
+    python -m r1jax.data prepare --input a.jsonl b.parquet 'more/*.csv' hf_saved/ --out data/mine \\
         [--val 0.05] [--test 0.0] [--seed 0] [--kfold K] [--max_tokens N --too_long drop|truncate] \\
-        [--near_dup_threshold 0.85] [--train_all_turns] [--format F] [--tokenizer DIR] [--strict] [--overwrite]
+        [--near_dup_threshold 0.85] [--train_all_turns] [--format F] [--input_format C] \\
+        [--tokenizer DIR] [--strict] [--overwrite]
 
-Input lines stream through, in order: read (with --max_tokens, a line longer than any row that
+An input is a file, a glob or a directory in any container `readers` reads (JSONL, JSON array,
+Parquet, CSV/TSV, Arrow, a `datasets` save_to_disk folder; .gz/.zst text), detected per file unless
+--input_format names one. Input rows stream through, in order: read (with --max_tokens, a line longer than any row that
 could fit is skipped unread) -> parse (formats) -> normalize -> required fields -> length by
 characters (a row that can never fit is dropped, or with --too_long truncate cut, untokenized) ->
 exact duplicates -> tokenize -> length limit -> near-duplicates; each removal is counted under one
@@ -32,8 +35,8 @@ split S:
 for S in train, val, test (non-empty ones only), or DIR/fold{k}/train and DIR/fold{k}/val with
 --kfold K (and DIR/test with --test). DIR/report.json, DIR/summary.txt and DIR/token_lengths.png
 describe the run (see `report`). Input files are only read; exit status 0 when done, 2 for a bad
-option, a missing input, a prepared DIR without --overwrite, or (--strict) the first malformed
-line, 1 when no example is left.
+option, a missing or unreadable input, a prepared DIR without --overwrite, or (--strict) the first
+malformed row, 1 when no example is left.
 """
 from __future__ import annotations
 
@@ -51,7 +54,9 @@ import numpy as np
 
 from r1jax.data import batch_tokenize, chat, clean, split, token_store
 from r1jax.data import report as report_lib
-from r1jax.data.formats import FORMATS, DataError, Example, LineTooLong, read_jsonl
+from r1jax.data import readers
+from r1jax.data.formats import FORMATS, DataError, Example, read_examples
+from r1jax.data.readers import INPUT_FORMATS, LineTooLong
 from r1jax.data.tokenizer import describe, load_tokenizer, tokenizer_dir
 
 SPLITS = ("train", "val", "test")
@@ -59,11 +64,15 @@ REPORT_FILES = ("report.json", "summary.txt", "token_lengths.png")
 DEFAULT_VAL = 0.05
 BATCH = 256
 _FOLD_DIR = re.compile(r"fold\d+$")
-_WHERE = re.compile(r"^(.*?:\d+): (.*)$", re.DOTALL)
+_WHERE = re.compile(r"^(.*?:(?:row )?\d+): (.*)$", re.DOTALL)  # "PATH:LINE: ..." or "PATH:row N: ..."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", nargs="+", required=True, metavar="FILE", help="JSONL input file(s)")
+    p.add_argument("--input", nargs="+", required=True, metavar="INPUT",
+                   help="input file(s), glob(s) or directories: JSONL, JSON array, Parquet, CSV/TSV, "
+                        "Arrow (file or stream), a datasets save_to_disk folder; .gz/.zst text")
+    p.add_argument("--input_format", default="auto", choices=INPUT_FORMATS,
+                   help="container of every input (default: by extension, else by content)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--format", default="auto", choices=FORMATS, help="row format (default: detected)")
     p.add_argument("--tokenizer", metavar="DIR",
@@ -81,7 +90,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max_tokens", type=int, metavar="N", help="length limit in tokens")
     p.add_argument("--too_long", choices=("drop", "truncate"),
                    help="over --max_tokens: drop the example (default) or cut its trained tail")
-    p.add_argument("--strict", action="store_true", help="stop at the first malformed line (exit 2)")
+    p.add_argument("--strict", action="store_true", help="stop at the first malformed row (exit 2)")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset already prepared in DIR")
 
 
@@ -162,6 +171,7 @@ class Record(NamedTuple):
     """A kept input record and its kept training examples (at least one), in turn order."""
     example: Example       # as screened: normalized, whole
     rows: list[Kept]
+    origin: int            # the index of the --input argument it was read from
 
 
 def _screen(item: Example | DataError, args, token_chars: int | None, seen: dict[bytes, str]):
@@ -193,20 +203,23 @@ def _screen(item: Example | DataError, args, token_chars: int | None, seen: dict
 
 
 def unique_examples(args, token_chars: int | None, tally: report_lib.Tally):
-    """(normalized example, content key) of each input record that passes `_screen`, one at a time:
-    no removed record waits in a batch, nor is held while the next line is read (bounded memory
-    with over-long lines). Counts every record and removal in `tally`."""
+    """(input index, normalized example, content key) of each input record that passes `_screen`,
+    one at a time: no removed record waits in a batch, nor is held while the next row is read
+    (bounded memory with over-long lines). The input index is the --input argument's. Counts every
+    record and removal in `tally`."""
     line_bytes = clean.line_byte_bound(args.max_tokens, token_chars) if token_chars else None
     seen: dict[bytes, str] = {}
-    for item in read_jsonl(args.input, args.format, strict=args.strict, max_line_bytes=line_bytes):
-        tally.read += 1
-        removed, passed = _screen(item, args, token_chars, seen)
-        del item
-        if removed:
-            tally.remove(*removed)
-        else:
-            yield passed
-            del passed
+    for origin, path in enumerate(args.input):
+        for item in read_examples([path], args.format, strict=args.strict, max_line_bytes=line_bytes,
+                                  input_format=args.input_format):
+            tally.read += 1
+            removed, passed = _screen(item, args, token_chars, seen)
+            del item
+            if removed:
+                tally.remove(*removed)
+            else:
+                yield (origin, *passed)
+                del passed
 
 
 def _turns(ex: Example, key: bytes, args, token_chars: int | None):
@@ -244,12 +257,12 @@ def clean_stream(args, tokenizer, tally: report_lib.Tally, seconds: dict) -> lis
     progress = _Progress()
     records = unique_examples(args, token_chars, tally)
     while unique := list(itertools.islice(records, BATCH)):
-        turns = [_turns(ex, key, args, token_chars) for ex, key in unique]
+        turns = [_turns(ex, key, args, token_chars) for _, ex, key in unique]
         t = time.perf_counter()
         tokenized = iter(batch_tokenize.tokenize_batch([e for fits, _ in turns for e, _ in fits], tokenizer))
         seconds["tokenize"] += time.perf_counter() - t
         candidates = []  # (record, its examples within the length limit, its removed examples)
-        for (ex, _), (fits, removed) in zip(unique, turns):
+        for (origin, ex, _), (fits, removed) in zip(unique, turns):
             rows = []
             for turn, key in fits:
                 fitted = clean.fit_length(*next(tokenized), args.max_tokens, args.too_long or "drop")
@@ -258,15 +271,15 @@ def clean_stream(args, tokenizer, tally: report_lib.Tally, seconds: dict) -> lis
                 else:
                     rows.append(Kept(turn, key, *fitted))
             if rows:
-                candidates.append((ex, rows, removed))
+                candidates.append((origin, ex, rows, removed))
             else:
                 tally.remove(*_record_removal(ex, removed))
 
         t = time.perf_counter()
-        hashes = [near.shingle_hashes(ex) for ex, _, _ in candidates]
+        hashes = [near.shingle_hashes(ex) for _, ex, _, _ in candidates]
         hashed = [i for i, h in enumerate(hashes) if len(h)]  # no words at all: exact dedup only
         sigs = dict(zip(hashed, near.signatures([hashes[i] for i in hashed]))) if hashed else {}
-        for i, (ex, rows, removed) in enumerate(candidates):
+        for i, (origin, ex, rows, removed) in enumerate(candidates):
             new = [r for r in rows if r.key not in written]
             removed += [("duplicate", r.example.source, f"same content as {written[r.key]}")
                         for r in rows if r.key in written]
@@ -282,7 +295,7 @@ def clean_stream(args, tokenizer, tally: report_lib.Tally, seconds: dict) -> lis
                 tally.truncated += sum(r.truncated for r in new)
                 tally.training_examples += len(new)
                 written.update((r.key, r.example.source) for r in new)
-                kept.append(Record(ex, new))
+                kept.append(Record(ex, new, origin))
         seconds["near_duplicates"] += time.perf_counter() - t
         progress.update(tally.read, len(kept))
     progress.update(tally.read, len(kept), force=True)
@@ -350,16 +363,23 @@ def _assign_splits(args, records: list[Record]) -> tuple[dict[str, list[int]], d
     return _examples_of(parts, first), _examples_of(top, first)
 
 
+def input_files(args) -> list[dict]:
+    """{"path", "bytes", "container"} of each file (or save_to_disk folder) the inputs name, in
+    reading order (`readers.expand`, `readers.describe`). Raises DataError naming an input that names
+    nothing readable, or a file whose container cannot be told."""
+    return [readers.describe(unit, args.input_format) for path in args.input for unit in readers.expand(path)]
+
+
 def _check_paths(args) -> tuple[str | None, list[str]]:
     """(a problem with the input or output paths, or None; the files of a dataset already in --out)."""
-    for path in args.input:
-        if os.path.isdir(path):
-            return f"--input {path}: is a directory, not a JSONL file", []
-        if not os.path.isfile(path):
-            return f"--input {path}: no such file", []
-        if _is_output_path(path, args.out):
-            return (f"input {path} is where prepare writes its output in {args.out}; input files are "
-                    "never modified: choose another --out"), []
+    try:
+        files = [(unit["path"], readers.files_of(unit["path"])) for unit in input_files(args)]
+    except DataError as e:
+        return f"--input {e}", []
+    for unit, paths in files:
+        if any(_is_output_path(path, args.out) for path in paths):
+            return (f"input {unit} is where prepare writes its output in {args.out}; input files "
+                    "are never modified: choose another --out"), []
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         return f"--out {args.out} is a file; it must be a directory", []
     existing = _existing_outputs(args.out)
@@ -420,7 +440,7 @@ def run(args: argparse.Namespace) -> int:
     options["tokenizer"] = tokenizer_dir(tokenizer)  # the directory used, also when packaged
     rep = report_lib.build(
         tally, parts, lengths, trained, categories,
-        inputs=[{"path": p, "bytes": os.path.getsize(p)} for p in args.input], out=args.out,
+        inputs=input_files(args), out=args.out,
         options=options, outputs=outputs, seconds=round(time.perf_counter() - t0, 3),
         seconds_by_phase={k: round(v, 3) for k, v in seconds.items()})
     text = report_lib.write(args.out, rep, {n: lengths[np.asarray(i, np.int64)] for n, i in top.items()},

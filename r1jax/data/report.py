@@ -11,7 +11,8 @@ report.json:
                 (a turn example's where is "file:line turn j").
     splits      {name: stats} for every written split ("train", "val", "test", "fold0/train", ...).
     categories  {category: stats} over all kept examples ("(none)" for rows without one).
-    inputs, options, seconds, outputs.
+    inputs      [{"path", "bytes", "container"}] of each file (or save_to_disk folder) read, in order.
+    options, seconds, outputs.
 A stats entry is {"examples", "tokens", "trained_tokens", "length": {min, mean, p50, p90, p99, max},
 "categories": {category: examples}} (lengths in tokens).
 """
