@@ -373,7 +373,10 @@ def input_files(args) -> list[dict]:
 def _check_paths(args) -> tuple[str | None, list[str]]:
     """(a problem with the input or output paths, or None; the files of a dataset already in --out)."""
     try:
-        files = [(unit["path"], readers.files_of(unit["path"])) for unit in input_files(args)]
+        units = [unit["path"] for unit in input_files(args)]
+        for unit in units:  # opens a tabular file's footer or schema: a cut Parquet file is named here
+            readers.columns_of(unit, args.input_format)
+        files = [(unit, readers.files_of(unit)) for unit in units]
     except DataError as e:
         return f"--input {e}", []
     for unit, paths in files:

@@ -446,10 +446,17 @@ def _parquet_file(path: str) -> pq.ParquetFile:
         raise DataError(f"{path}: not a readable Parquet file: {_one_line(e)}") from None
 
 
+def _parquet_batches(pf: pq.ParquetFile):
+    """Record batches of a Parquet file, one row group at a time: `iter_batches` over all row
+    groups at once reads every row group's pages on its first batch (pyarrow 26), the whole file."""
+    for group in range(pf.num_row_groups):
+        yield from pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[group])
+
+
 def _parquet_rows(path: str) -> Iterator[tuple[str, dict]]:
     pf = _parquet_file(path)
     try:
-        yield from _batch_rows(path, pf.iter_batches(batch_size=BATCH_ROWS))
+        yield from _batch_rows(path, _parquet_batches(pf))
     finally:
         pf.close()
 
