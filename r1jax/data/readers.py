@@ -539,7 +539,7 @@ def _csv_rows(path: str, delimiter: str, compression: str | None) -> Iterator[tu
             yield f"{path}:row {n}", DataError(f"{path}:row {n}: {detail}")
 
     try:
-        for where, row in _batch_rows(path, reader):
+        for _, row in _batch_rows(path, reader):
             yield from ragged(n + 1)
             n += 1
             yield f"{path}:row {n}", row
