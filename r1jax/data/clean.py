@@ -30,7 +30,7 @@ dataset depends only on the input files and the options.
   on an unfinished answer), or in truncate mode its trained tail is cut to (max_tokens + 1) x
   token_chars characters, still over max_tokens tokens, which `fit_length` then truncates.
 * Length by line bytes, before parsing (`line_byte_bound`): a JSONL line longer than any row that
-  could fit is written in is skipped unread (`formats.read_jsonl(max_line_bytes=...)`).
+  could fit is written in is skipped unread (`formats.read_examples(max_line_bytes=...)`).
 """
 from __future__ import annotations
 

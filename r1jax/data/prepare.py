@@ -1,12 +1,15 @@
-"""`python -m r1jax.data prepare --input FILE... --out DIR`: clean, deduplicate, tokenize, split, report.
+"""`python -m r1jax.data prepare --input INPUT... --out DIR`: clean, deduplicate, tokenize, split, report.
 
-    python -m r1jax.data prepare --input a.jsonl b.jsonl --out data/mine \\
+    python -m r1jax.data prepare --input a.jsonl b.parquet 'more/*.csv' hf_saved/ --out data/mine \\
         [--val 0.05] [--test 0.0] [--seed 0] [--kfold K] [--max_tokens N --too_long drop|truncate] \\
-        [--near_dup_threshold 0.85] [--train_all_turns] [--format F] [--tokenizer DIR] [--strict] [--overwrite] \\
-        [--decontaminate humaneval|EVAL_FILE ... [--decontaminate_ngram 13]] [--weights W...] [--max_per_category N]
+        [--near_dup_threshold 0.85] [--train_all_turns] [--format F] [--input_format C] [--columns MAP] \\
+        [--tokenizer DIR] [--strict] [--overwrite] [--decontaminate humaneval|EVAL_FILE ... [--decontaminate_ngram 13]] \\
+        [--weights W...] [--max_per_category N]
     python -m r1jax.data prepare --mixture mix.yaml --out data/mine [...]
 
-Input lines stream through, in order: read (with --max_tokens, a line longer than any row that
+An input is a file, a glob or a directory in any container `readers` reads (JSONL, JSON array,
+Parquet, CSV/TSV, Arrow, a `datasets` save_to_disk folder; .gz/.zst text), detected per file unless
+--input_format names one. Input rows stream through, in order: read (with --max_tokens, a line longer than any row that
 could fit is skipped unread) -> parse (formats) -> normalize -> required fields -> length by
 characters (a row that can never fit is dropped, or with --too_long truncate cut, untokenized) ->
 exact duplicates -> tokenize -> length limit -> near-duplicates; each removal is counted under one
@@ -41,9 +44,9 @@ for S in train, val, test (non-empty ones only), or DIR/fold{k}/train and DIR/fo
 rules in `mixture`) shapes only the training split(s): val and test are stratified by source and
 category and keep every source's natural share; an upsampled record is written as often as it is
 drawn. DIR/mixture.json holds the mixture as resolved (a valid `--mixture` file), DIR/report.json,
-DIR/summary.txt and DIR/token_lengths.png describe the run (see `report`). Input files are only read; exit status 0 when done, 2 for a bad
-option, a missing input, a prepared DIR without --overwrite, or (--strict) the first malformed
-line, 1 when no example is left.
+DIR/summary.txt and DIR/token_lengths.png describe the run (see `report`). Input files are only
+read; exit status 0 when done, 2 for a bad option, a missing or unreadable input, a prepared DIR
+without --overwrite, or (--strict) the first malformed row, 1 when no example is left.
 """
 from __future__ import annotations
 
@@ -61,7 +64,9 @@ import numpy as np
 
 from r1jax.data import batch_tokenize, chat, clean, decontaminate, mixture, split, token_store
 from r1jax.data import report as report_lib
-from r1jax.data.formats import FORMATS, DataError, Example, LineTooLong, read_jsonl
+from r1jax.data import readers
+from r1jax.data.formats import FORMATS, MAPPABLE, DataError, Example, parse_columns, read_examples
+from r1jax.data.readers import INPUT_FORMATS, LineTooLong
 from r1jax.data.tokenizer import describe, load_tokenizer, tokenizer_dir
 
 SPLITS = ("train", "val", "test")
@@ -69,11 +74,18 @@ REPORT_FILES = ("report.json", "summary.txt", "token_lengths.png", "mixture.json
 DEFAULT_VAL = 0.05
 BATCH = 256
 _FOLD_DIR = re.compile(r"fold\d+$")
-_WHERE = re.compile(r"^(.*?:\d+): (.*)$", re.DOTALL)
+_WHERE = re.compile(r"^(.*?:(?:row )?\d+): (.*)$", re.DOTALL)  # "PATH:LINE: ..." or "PATH:row N: ..."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", nargs="+", metavar="FILE", help="JSONL input file(s) (or --mixture)")
+    p.add_argument("--input", nargs="+", metavar="INPUT",
+                   help="input file(s), glob(s) or directories: JSONL, JSON array, Parquet, CSV/TSV, "
+                        "Arrow (file or stream), a datasets save_to_disk folder; .gz/.zst text (or --mixture)")
+    p.add_argument("--input_format", default="auto", choices=INPUT_FORMATS,
+                   help="container of every input (default: by extension, else by content)")
+    p.add_argument("--columns", metavar="FIELD=COLUMN,...",
+                   help="read these columns as these fields, e.g. prompt=problem,completion=solution,"
+                        "reasoning=thinking (fields: " + ", ".join(MAPPABLE) + ")")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--format", default="auto", choices=FORMATS, help="row format (default: detected)")
     p.add_argument("--tokenizer", metavar="DIR",
@@ -91,7 +103,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max_tokens", type=int, metavar="N", help="length limit in tokens")
     p.add_argument("--too_long", choices=("drop", "truncate"),
                    help="over --max_tokens: drop the example (default) or cut its trained tail")
-    p.add_argument("--strict", action="store_true", help="stop at the first malformed line (exit 2)")
+    p.add_argument("--strict", action="store_true", help="stop at the first malformed row (exit 2)")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset already prepared in DIR")
     p.add_argument("--decontaminate", nargs="+", metavar="NAME_OR_FILE",
                    help="remove records sharing a word n-gram with these evaluation sets: "
@@ -193,7 +205,7 @@ class Record(NamedTuple):
     """A kept input record and its kept training examples (at least one), in turn order."""
     example: Example       # as screened: normalized, whole
     rows: list[Kept]
-    origin: int            # the index of its source (--input argument or mixture source)
+    origin: int            # the index of its source (an --input argument or a --mixture source)
 
 
 def _screen(item: Example | DataError, args, token_chars: int | None, seen: dict[bytes, str],
@@ -231,21 +243,22 @@ def _screen(item: Example | DataError, args, token_chars: int | None, seen: dict
 
 def unique_examples(args, mix: mixture.Mixture, token_chars: int | None, tally: report_lib.Tally,
                     evals: decontaminate.EvalIndex | None = None):
-    """(normalized example, content key, source index) of each input record that passes `_screen`,
+    """(source index, normalized example, content key) of each input record that passes `_screen`,
     one at a time, sources in order: no removed record waits in a batch, nor is held while the next
-    line is read (bounded memory with over-long lines). Counts every record and removal in `tally`."""
+    row is read (bounded memory with over-long lines). Counts every record and removal in `tally`."""
     line_bytes = clean.line_byte_bound(args.max_tokens, token_chars) if token_chars else None
     seen: dict[bytes, str] = {}
     for origin, source in enumerate(mix.sources):
-        for item in read_jsonl([source.path], source.format or args.format, strict=args.strict,
-                               max_line_bytes=line_bytes):
+        for item in read_examples([source.path], source.format or args.format, strict=args.strict,
+                                  max_line_bytes=line_bytes, input_format=_container(source, args),
+                                  columns=_columns(source, args)):
             tally.read += 1
             removed, passed = _screen(item, args, token_chars, seen, evals)
             del item
             if removed:
                 tally.remove(*removed)
             else:
-                yield *passed, origin
+                yield (origin, *passed)
                 del passed
 
 
@@ -289,12 +302,12 @@ def clean_stream(args, mix: mixture.Mixture, tokenizer, tally: report_lib.Tally,
     progress = _Progress()
     records = unique_examples(args, mix, token_chars, tally, evals)
     while unique := list(itertools.islice(records, BATCH)):
-        turns = [_turns(ex, key, args, token_chars) for ex, key, _ in unique]
+        turns = [_turns(ex, key, args, token_chars) for _, ex, key in unique]
         t = time.perf_counter()
         tokenized = iter(batch_tokenize.tokenize_batch([e for fits, _ in turns for e, _ in fits], tokenizer))
         seconds["tokenize"] += time.perf_counter() - t
         candidates = []  # (record, its examples within the length limit, its removed examples)
-        for (ex, _, origin), (fits, removed) in zip(unique, turns):
+        for (origin, ex, _), (fits, removed) in zip(unique, turns):
             rows = []
             for turn, key in fits:
                 fitted = clean.fit_length(*next(tokenized), args.max_tokens, args.too_long or "drop")
@@ -303,15 +316,15 @@ def clean_stream(args, mix: mixture.Mixture, tokenizer, tally: report_lib.Tally,
                 else:
                     rows.append(Kept(turn, key, *fitted))
             if rows:
-                candidates.append((ex, rows, removed, origin))
+                candidates.append((origin, ex, rows, removed))
             else:
                 tally.remove(*_record_removal(ex, removed))
 
         t = time.perf_counter()
-        hashes = [near.shingle_hashes(ex) for ex, _, _, _ in candidates]
+        hashes = [near.shingle_hashes(ex) for _, ex, _, _ in candidates]
         hashed = [i for i, h in enumerate(hashes) if len(h)]  # no words at all: exact dedup only
         sigs = dict(zip(hashed, near.signatures([hashes[i] for i in hashed]))) if hashed else {}
-        for i, (ex, rows, removed, origin) in enumerate(candidates):
+        for i, (origin, ex, rows, removed) in enumerate(candidates):
             new = [r for r in rows if r.key not in written]
             removed += [("duplicate", r.example.source, f"same content as {written[r.key]}")
                         for r in rows if r.key in written]
@@ -453,16 +466,63 @@ def _write_mixture(out: str, mix: mixture.Mixture, args) -> None:
         f.write("\n")
 
 
-def _check_paths(args) -> tuple[str | None, list[str]]:
+def _container(source: mixture.Source, args) -> str:
+    """The container a source is read as: its own (--mixture), else --input_format."""
+    return source.input_format or args.input_format
+
+
+def _columns(source: mixture.Source, args) -> dict[str, str] | None:
+    """The column map a source is read through: its own (--mixture), else --columns."""
+    spec = source.columns if source.columns is not None else args.columns
+    return parse_columns(spec) if spec else None
+
+
+def input_files(args, mix: mixture.Mixture) -> list[dict]:
+    """{"path", "bytes", "container"} of each file (or save_to_disk folder) the sources name, in
+    reading order (`readers.expand`, `readers.describe`). Raises DataError naming an input that names
+    nothing readable, or a file whose container cannot be told."""
+    return [readers.describe(unit, _container(s, args)) for s in mix.sources for unit in readers.expand(s.path)]
+
+
+def _check_columns(path: str, names: list[str] | None, columns: dict[str, str] | None) -> None:
+    """Raises DataError naming the file and the column when a tabular file lacks a mapped column."""
+    for field, column in (columns or {}).items():
+        if names is not None and column not in names:
+            raise DataError(f"{path}: no column {column!r} (--columns {field}={column}); columns: {names}")
+
+
+def _check_sources(args, mix: mixture.Mixture) -> str | None:
+    """A problem with a source's formats or column map, or None."""
+    for s in mix.sources:
+        if s.input_format is not None and s.input_format not in INPUT_FORMATS:
+            return f"{s.path}: input_format {s.input_format!r}: choose one of {INPUT_FORMATS}"
+        if s.format is not None and s.format not in FORMATS:
+            return f"{s.path}: format {s.format!r}: choose one of {FORMATS}"
+        try:
+            _columns(s, args)
+        except DataError as e:
+            return f"{s.path}: --columns: {e}" if s.columns is None else f"{s.path}: columns: {e}"
+    return None
+
+
+def _check_paths(args, mix: mixture.Mixture) -> tuple[str | None, list[str]]:
     """(a problem with the input or output paths, or None; the files of a dataset already in --out)."""
-    for path in args.input:
-        if os.path.isdir(path):
-            return f"--input {path}: is a directory, not a JSONL file", []
-        if not os.path.isfile(path):
-            return f"--input {path}: no such file", []
-        if _is_output_path(path, args.out):
-            return (f"input {path} is where prepare writes its output in {args.out}; input files are "
-                    "never modified: choose another --out"), []
+    try:
+        units = []
+        for s in mix.sources:
+            for unit in readers.expand(s.path):
+                readers.describe(unit, _container(s, args))
+                # Opens a tabular file's footer or schema: a cut Parquet file, a missing mapped column
+                # are named here, before any row is read.
+                _check_columns(unit, readers.columns_of(unit, _container(s, args)), _columns(s, args))
+                units.append(unit)
+        files = [(unit, readers.files_of(unit)) for unit in units]
+    except DataError as e:
+        return f"--input {e}", []
+    for unit, paths in files:
+        if any(_is_output_path(path, args.out) for path in paths):
+            return (f"input {unit} is where prepare writes its output in {args.out}; input files "
+                    "are never modified: choose another --out"), []
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         return f"--out {args.out} is a file; it must be a directory", []
     existing = _existing_outputs(args.out)
@@ -485,7 +545,9 @@ def run(args: argparse.Namespace) -> int:
             problem = str(e)
     if not problem:
         args.input = [s.path for s in mix.sources]
-        problem, existing = _check_paths(args)
+        problem = _check_sources(args, mix)
+    if not problem:
+        problem, existing = _check_paths(args, mix)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -530,7 +592,7 @@ def run(args: argparse.Namespace) -> int:
     options["tokenizer"] = tokenizer_dir(tokenizer)  # the directory used, also when packaged
     rep = report_lib.build(
         tally, parts, lengths, trained, categories,
-        inputs=[{"path": p, "bytes": os.path.getsize(p)} for p in args.input], out=args.out,
+        inputs=input_files(args, mix), out=args.out,
         options=options, outputs=outputs, mixture=_mixture_report(mix, records, shaped),
         seconds=round(time.perf_counter() - t0, 3),
         seconds_by_phase={k: round(v, 3) for k, v in seconds.items()})

@@ -18,7 +18,8 @@ report.json:
                 "before": {"records", "share"}, "after": {...}}], "categories": {category: {"before",
                 "after"}}}}} for each training part ("train", "fold0/train", ...): its records and
                 shares before and after the mixture's category cap and weights (`mixture`).
-    inputs, options, seconds, outputs.
+    inputs      [{"path", "bytes", "container"}] of each file (or save_to_disk folder) read, in order.
+    options, seconds, outputs.
 A stats entry is {"examples", "tokens", "trained_tokens", "length": {min, mean, p50, p90, p99, max},
 "categories": {category: examples}} (lengths in tokens).
 """

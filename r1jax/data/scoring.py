@@ -1,6 +1,7 @@
-"""Rows to score (`python -m r1jax.evaluate --data FILE.jsonl`): one token sequence per JSONL line.
+"""Rows to score (`python -m r1jax.evaluate --data FILE.jsonl`): one token sequence per row.
 
-Each non-blank line is a JSON object with exactly one of
+The file is any container `readers` reads (JSONL, JSON array, Parquet, CSV/TSV, Arrow, ...); each
+row (a non-blank JSONL line) is an object with exactly one of
   `"input_ids": [int, ...]`  pre-tokenized, used as is, or
   `"text": str`              encoded with the model's tokenizer (`tokenizer.encode`): the checkpoint's
                              own, else the packaged DeepSeek-V3/R1 one.
@@ -9,14 +10,14 @@ Every sequence needs at least 2 tokens: the loss predicts tokens 1..n-1 from the
 from __future__ import annotations
 
 from r1jax.data import tokenizer as tokenizer_lib
-from r1jax.data.formats import DataError, read_jsonl
+from r1jax.data.formats import DataError, read_examples
 
 
 def read_scoring_rows(path: str, tokenizer=None, add_bos: bool = True) -> list[list[int]]:
-    """The token sequences of a scoring JSONL file, in file order.
+    """The token sequences of a scoring file, in file order.
 
     Args:
-        path: the JSONL file (format in the module docstring).
+        path: the file (format in the module docstring).
         tokenizer: encodes `text` rows; loaded with `load_tokenizer()` only when a `text` row
             exists and none is given.
         add_bos: whether `text` rows get BOS first (see `tokenizer.encode`); `input_ids` rows are
@@ -26,10 +27,10 @@ def read_scoring_rows(path: str, tokenizer=None, add_bos: bool = True) -> list[l
         One list of token ids per row, each of length >= 2.
 
     Raises:
-        DataError: naming `file:line` and the reason, for the first bad row; or naming the file
-            when it holds no rows.
+        DataError: naming `file:line` (`file:row N`) and the reason, for the first bad row; or
+            naming the file when it holds no rows or cannot be read.
     """
-    examples = list(read_jsonl([path], strict=True))
+    examples = list(read_examples([path], strict=True))
     if not examples:
         raise DataError(f"{path}: no rows (the file is empty or blank)")
     for ex in examples:

@@ -4,7 +4,9 @@ Each example is normalized as `prepare` does, tokenized with `tokenize_example`,
 decoded token ids, with the trained tokens (loss_mask 1) marked: reverse video on a terminal,
 ⟦...⟧ otherwise. With --train_all_turns, each of a conversation's turn examples is shown
 (`chat.turn_examples`, as `prepare --train_all_turns` makes them), each counting towards --n. Works on
-raw input JSONL and on a prepared DIR/S.jsonl. Malformed lines are named on stderr and skipped.
+a raw input in any container `readers` reads (JSONL, JSON array, Parquet, CSV/TSV, Arrow, a
+save_to_disk folder; compressed text; a glob or a directory) and on a prepared DIR/S.jsonl.
+Malformed rows are named on stderr and skipped.
 """
 from __future__ import annotations
 
@@ -14,14 +16,19 @@ import sys
 
 from r1jax.data import clean
 from r1jax.data.chat import tokenize_example, turn_examples
-from r1jax.data.formats import FORMATS, DataError, read_jsonl
+from r1jax.data.formats import FORMATS, DataError, read_examples
+from r1jax.data.readers import INPUT_FORMATS
 from r1jax.data.tokenizer import load_tokenizer
 
 MARKS = {True: ("\x1b[7m", "\x1b[27m"), False: ("⟦", "⟧")}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", required=True, metavar="FILE", help="JSONL file (raw or prepared)")
+    p.add_argument("--input", required=True, metavar="FILE",
+                   help="input (raw or prepared): a file, glob or directory; JSONL, JSON array, Parquet, "
+                        "CSV/TSV, Arrow, a datasets save_to_disk folder; .gz/.zst text")
+    p.add_argument("--input_format", default="auto", choices=INPUT_FORMATS,
+                   help="container of the input (default: by extension, else by content)")
     p.add_argument("--n", type=int, default=3, help="number of examples to show (default 3)")
     p.add_argument("--format", default="auto", choices=FORMATS, help="row format (default: detected)")
     p.add_argument("--tokenizer", metavar="DIR", help="directory with tokenizer.json (default: packaged)")
@@ -49,7 +56,7 @@ def run(args: argparse.Namespace, stdout=None) -> int:
     tokenizer = load_tokenizer(args.tokenizer)
     shown = 0
     try:
-        for item in read_jsonl([args.input], args.format):
+        for item in read_examples([args.input], args.format, input_format=args.input_format):
             if isinstance(item, DataError):
                 print(f"skipped {item}", file=sys.stderr)
                 continue

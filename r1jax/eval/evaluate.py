@@ -88,7 +88,8 @@ def main(argv=None, generate_fn=None) -> int:
     p.add_argument("--checkpoint", required=True,
                    help="r1jax model checkpoint (python -m r1jax.convert), or a training run (RUN, "
                         "RUN/checkpoints/STEP, RUN/best/STEP; a run's adapters are applied to its base)")
-    p.add_argument("--data", help="JSONL rows with input_ids or text (with --task: the task's rows)")
+    p.add_argument("--data", help="rows with input_ids or text, in any container prepare reads (with "
+                                  "--task: the task's JSONL rows)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="compute dtype")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object, last line")

@@ -78,7 +78,8 @@ from r1jax.models import checkpoint, sources
 from r1jax.inference import sampling
 from r1jax.parallel import sharding
 from r1jax.data.chat import generation_prompt, prompt_ids
-from r1jax.data.formats import DataError, Example, json_objects, parse_row, split_reasoning
+from r1jax.data.formats import DataError, Example, parse_row, split_reasoning
+from r1jax.data.readers import json_objects
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.models.common.config import ConfigError
 

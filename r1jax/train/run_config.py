@@ -50,8 +50,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.lora.rslora = lc.rslora
 
     c.data = ml_collections.ConfigDict()
-    c.data.train = ""                  # JSONL file(s), comma-separated; "" = the bundled code dataset
-    c.data.val = ""                    # JSONL; "" = a split of data.train (data.val_fraction)
+    c.data.train = ""                  # input(s), comma-separated: files, globs, dirs (JSONL, JSON, Parquet,
+                                       # CSV/TSV, Arrow, save_to_disk; .gz/.zst); "" = the bundled code dataset
+    c.data.val = ""                    # one input of the same kinds; "" = a split of data.train (data.val_fraction)
     c.data.format = "auto"             # r1jax.data.formats.FORMATS
     c.data.val_fraction = 0.05
     c.data.train_all_turns = False

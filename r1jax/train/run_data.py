@@ -1,11 +1,13 @@
 """The training run's data: prepared once (clean, dedup, tokenize, split) and reused on restart.
 
-data.train names JSONL files (comma-separated) or, when empty, the bundled code dataset (built from
-the standard library on first use). They are prepared with `python -m r1jax.data prepare` into
+data.train names inputs (comma-separated: files, globs or directories in any container
+`r1jax.data.readers` reads: JSONL, JSON array, Parquet, CSV/TSV, Arrow, a `datasets` save_to_disk
+folder, .gz/.zst text) or, when empty, the bundled code dataset (built from the standard library on
+first use). They are prepared with `python -m r1jax.data prepare` into
 data.cache_dir (default OUTPUT_DIR/data); a stamp of the inputs, the options and the token format
 version (token_store.FORMAT_VERSION) decides whether an existing preparation can be reused, so one
-made under an older tokenization rule is prepared again, never reused. data.val names a held-out
-file, else data.val_fraction of data.train is split off. The tokenizer is model.checkpoint's own
+made under an older tokenization rule is prepared again, never reused; the stamp names every file
+the inputs expand to. data.val names a held-out input (one, of the same kinds), else data.val_fraction of data.train is split off. The tokenizer is model.checkpoint's own
 when it holds tokenizer.json, else the packaged R1 one (`run_tokenizer_dir`); its files' digest is
 part of the stamp, so another tokenizer prepares anew.
 """
@@ -20,19 +22,20 @@ import os
 import jax
 
 from r1jax.train import run_config
-from r1jax.data import code_dataset, prepare, token_store
+from r1jax.data import code_dataset, prepare, readers, token_store
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.data.formats import DataError
 
 STAMP = "r1jax_prepared.json"
 
 
-def check_data_file(path: str, key: str) -> None:
-    """Raises DataError naming `path` and config key `key` when the path is missing or a directory."""
-    if os.path.isdir(path):
-        raise DataError(f"{path}: is a directory, not a JSONL file (config key {key})")
-    if not os.path.exists(path):
-        raise DataError(f"{path}: no such file (config key {key})")
+def check_data_file(path: str, key: str) -> list[str]:
+    """The files (and save_to_disk folders) input `path` names (`readers.expand`); raises DataError
+    naming `path` and config key `key` when it names nothing readable."""
+    try:
+        return readers.expand(path)
+    except DataError as e:
+        raise DataError(f"{e} (config key {key})") from None
 
 
 def _fingerprint(path: str) -> dict:
@@ -40,16 +43,24 @@ def _fingerprint(path: str) -> dict:
     return {"path": os.path.abspath(path), "size": st.st_size, "mtime": int(st.st_mtime)}
 
 
-def _head(src: str, dst: str, n: int) -> None:
-    """The first n non-blank lines of src into dst."""
-    kept = 0
-    with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as out:
-        for line in f:
-            if line.strip():
-                out.write(line)
-                kept += 1
-                if kept >= n:
-                    break
+def fingerprints(units: list[str]) -> list[dict]:
+    """{"path", "size", "mtime"} of every file reading `units` (items of `readers.expand`) opens."""
+    return [_fingerprint(f) for unit in units for f in readers.files_of(unit)]
+
+
+def _head(inputs: list[str], dst: str, n: int) -> None:
+    """The first n rows of the inputs (any container, in order) into dst as JSONL; a row that
+    cannot be read counts towards n and is left out (prepare would count it malformed)."""
+    taken = 0
+    with open(dst, "w", encoding="utf-8") as out:
+        for path in inputs:
+            for unit in readers.expand(path):
+                for _, row in readers.read_rows(unit):
+                    if not isinstance(row, DataError):
+                        out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+                    taken += 1
+                    if taken >= n:
+                        return
 
 
 def run_tokenizer_dir(c) -> str:
@@ -91,15 +102,13 @@ def _prepare(inputs: list[str], out: str, c, val_fraction: float, log) -> None:
 def prepare_data(c, log=print) -> tuple[str, str]:
     """(train prefix, val prefix) of TokenStore splits for this run, preparing them if needed."""
     named = [p.strip() for p in c.data.train.split(",") if p.strip()]
-    for p in named:
-        check_data_file(p, "data.train")
-    if c.data.val:
-        check_data_file(c.data.val, "data.val")
+    train_units = [u for p in named for u in check_data_file(p, "data.train")]
+    val_units = check_data_file(c.data.val, "data.val") if c.data.val else []
     data_dir = os.path.abspath(c.data.cache_dir or os.path.join(c.output_dir, "data"))
     run_config.make_config_dir(data_dir, "data.cache_dir" if c.data.cache_dir else "output_dir")
     inputs = named or [code_dataset.cached(log=log)]
-    stamp = {"inputs": [_fingerprint(p) for p in inputs],
-             "val": _fingerprint(c.data.val) if c.data.val else None,
+    stamp = {"inputs": fingerprints(train_units or inputs),
+             "val": fingerprints(val_units) if c.data.val else None,
              "options": {k: c.data[k] for k in ("format", "val_fraction", "train_all_turns", "max_examples")}
              | {"seed": c.seed, "seq_len": c.train.seq_len},
              "token_format": token_store.FORMAT_VERSION,  # a new tokenization rule prepares anew
@@ -112,7 +121,7 @@ def prepare_data(c, log=print) -> tuple[str, str]:
         os.makedirs(train_dir, exist_ok=True)
         if c.data.max_examples:
             head = os.path.join(train_dir, "input_head.jsonl")
-            _head(inputs[0], head, c.data.max_examples)
+            _head(inputs, head, c.data.max_examples)
             inputs = [head]
         _prepare(inputs, train_dir, c, 0.0 if c.data.val else c.data.val_fraction, log)
         if c.data.val:

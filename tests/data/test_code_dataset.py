@@ -3,13 +3,13 @@ chat example, and HumanEval (the held-out benchmark) kept out by the n-gram over
 import json
 import textwrap
 
-from r1jax.data import code_dataset, load_tokenizer, read_jsonl, tokenize_example
+from r1jax.data import code_dataset, load_tokenizer, read_examples, tokenize_example
 
 
 def test_stdlib_dataset_is_valid_and_deduplicated(tmp_path):
     out = tmp_path / "code.jsonl"
     report = code_dataset.build(str(out))
-    rows = list(read_jsonl([str(out)], strict=True))
+    rows = list(read_examples([str(out)], strict=True))
     assert len(rows) == report["examples"] > 1000
     answers = [r.messages[-1].content for r in rows]
     assert len(set(answers)) == len(answers)

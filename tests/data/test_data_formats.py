@@ -1,12 +1,12 @@
 """Row formats: detection, `--format` forcing, parsing into the canonical
-Example, and `file:line: reason` errors from `parse_row` / `read_jsonl`, lenient and strict."""
+Example, and `file:line: reason` errors from `parse_row` / `read_examples`, lenient and strict."""
 import json
 import re
 
 import pytest
 
-from r1jax.data import formats
-from r1jax.data.formats import DataError, Example, Message, parse_row, read_jsonl
+from r1jax.data import formats, readers
+from r1jax.data.formats import DataError, Example, Message, parse_row, read_examples
 
 
 def write(tmp_path, lines, name="rows.jsonl"):
@@ -114,12 +114,12 @@ def test_forced_format_missing_its_field():
         parse_row({"text": "t"}, "f:1", "input_ids")
 
 
-def test_read_jsonl_forced_format(tmp_path):
+def test_read_examples_forced_format(tmp_path):
     path = write(tmp_path, [{"text": "T", "prompt": "P", "completion": "C"}, {"text": "U"}])
-    assert list(read_jsonl([path], fmt="text")) == [Example(f"{path}:1", text="T"),
+    assert list(read_examples([path], fmt="text")) == [Example(f"{path}:1", text="T"),
                                                      Example(f"{path}:2", text="U")]
     with pytest.raises(DataError, match=r"--format 'csv': choose one of"):
-        list(read_jsonl([path], fmt="csv"))
+        list(read_examples([path], fmt="csv"))
 
 
 # ---- errors: file:line and the reason, lenient and strict ----------------------------------
@@ -182,7 +182,7 @@ BAD_LINES = {
 def test_bad_line_lenient_yields_error_and_continues(tmp_path, name):
     line, reason = BAD_LINES[name]
     path = write(tmp_path, [GOOD, line, GOOD])
-    out = list(read_jsonl([path]))
+    out = list(read_examples([path]))
     assert len(out) == 3
     assert out[0] == Example(f"{path}:1", messages=GOOD_EXAMPLE)
     assert out[2] == Example(f"{path}:3", messages=GOOD_EXAMPLE)
@@ -195,7 +195,7 @@ def test_bad_line_lenient_yields_error_and_continues(tmp_path, name):
 def test_bad_line_strict_raises_after_good_lines(tmp_path, name):
     line, reason = BAD_LINES[name]
     path = write(tmp_path, [GOOD, line, GOOD])
-    rows = read_jsonl([path], strict=True)
+    rows = read_examples([path], strict=True)
     assert next(rows) == Example(f"{path}:1", messages=GOOD_EXAMPLE)
     with pytest.raises(DataError) as e:
         next(rows)
@@ -214,14 +214,14 @@ def test_parse_row_errors_name_where():
 def test_lenient_keeps_going_strict_stops_at_first(tmp_path):
     a = write(tmp_path, [GOOD, "", "   ", "not json", GOOD, {"text": 3}], name="a.jsonl")
     b = write(tmp_path, [b"\x80", GOOD], name="b.jsonl")
-    out = list(read_jsonl([a, b]))
+    out = list(read_examples([a, b]))
     kinds = [(type(x).__name__, x.source if isinstance(x, Example) else str(x).split(": ")[0]) for x in out]
     # Blank lines are skipped but still counted; every error is followed by the rows after it.
     assert kinds == [("Example", f"{a}:1"), ("DataError", f"{a}:4"), ("Example", f"{a}:5"),
                      ("DataError", f"{a}:6"), ("DataError", f"{b}:1"), ("Example", f"{b}:2")]
     got = []
     with pytest.raises(DataError, match=re.escape(f"{a}:4: invalid JSON")):
-        for x in read_jsonl([a, b], strict=True):
+        for x in read_examples([a, b], strict=True):
             got.append(x)
     assert got == [Example(f"{a}:1", messages=GOOD_EXAMPLE)]
 
@@ -230,7 +230,7 @@ def test_crlf_line_endings_and_files_unchanged(tmp_path):
     path = tmp_path / "crlf.jsonl"
     raw = b'{"text": "a"}\r\n{"input": "i", "output": "o"}\r\n'
     path.write_bytes(raw)
-    assert list(read_jsonl([str(path)])) == [
+    assert list(read_examples([str(path)])) == [
         Example(f"{path}:1", text="a"),
         Example(f"{path}:2", messages=(Message("user", "i"), Message("assistant", "o")))]
     assert path.read_bytes() == raw
@@ -238,12 +238,12 @@ def test_crlf_line_endings_and_files_unchanged(tmp_path):
 
 def test_missing_file(tmp_path):
     missing = str(tmp_path / "nope.jsonl")
-    with pytest.raises(DataError, match=re.escape(missing) + r": cannot open"):
-        list(read_jsonl([missing]))
+    with pytest.raises(DataError, match=re.escape(missing) + r": no such file or directory"):
+        list(read_examples([missing]))
 
 
 def test_json_objects_name_file_and_line(tmp_path):
-    from r1jax.data.formats import json_objects
+    from r1jax.data.readers import json_objects
     good = tmp_path / "good.jsonl"
     good.write_bytes(b'\xef\xbb\xbf{"a": 1}\n\n{"b": 2}\n')  # BOM and a blank line
     assert [(w, n, r) for w, n, r in json_objects(str(good))] == [(f"{good}:1", 1, {"a": 1}),
@@ -265,7 +265,7 @@ def test_max_line_bytes_skips_long_lines_unread_and_resynchronizes(tmp_path, mon
     read, a long all-whitespace line is blank, a long last line without a newline is skipped, and
     --strict does not stop at it. Oracle: the lines and their byte lengths, written by hand below.
     The skip reads in chunks smaller than the line, so resynchronizing takes several reads."""
-    monkeypatch.setattr(formats, "_SKIP_CHUNK", 7)
+    monkeypatch.setattr(readers, "_SKIP_CHUNK", 7)
     at_bound = '{"text": "' + "a" * 30 + '"}'                    # 42 bytes
     over = '{"text": "' + "b" * 31 + '"}'                        # 43 bytes
     bad_json_over = "{" * 100                                      # never parsed: not "invalid JSON"
@@ -273,16 +273,16 @@ def test_max_line_bytes_skips_long_lines_unread_and_resynchronizes(tmp_path, mon
     with open(path, "ab") as f:
         f.write(b'{"text": "' + b"e" * 200 + b'"}')                # last line, no newline
     for strict in (False, True):
-        out = list(read_jsonl([path], max_line_bytes=42, strict=strict))
+        out = list(read_examples([path], max_line_bytes=42, strict=strict))
         assert out[0] == Example(f"{path}:1", text="a" * 30)
-        assert isinstance(out[1], formats.LineTooLong)
+        assert isinstance(out[1], readers.LineTooLong)
         assert (out[1].where, out[1].nbytes, out[1].limit) == (f"{path}:2", 43, 42)
         assert str(out[1]) == f"{path}:2: line of 43 bytes > 42, skipped unread"
         assert out[2] == Example(f"{path}:3", text="c")
-        assert isinstance(out[3], formats.LineTooLong) and (out[3].where, out[3].nbytes) == (f"{path}:5", 100)
+        assert isinstance(out[3], readers.LineTooLong) and (out[3].where, out[3].nbytes) == (f"{path}:5", 100)
         assert out[4] == Example(f"{path}:7", text="d")
-        assert isinstance(out[5], formats.LineTooLong) and (out[5].where, out[5].nbytes) == (f"{path}:8", 212)
+        assert isinstance(out[5], readers.LineTooLong) and (out[5].where, out[5].nbytes) == (f"{path}:8", 212)
         assert len(out) == 6
     # Without a bound every line is read whole, as before.
-    assert [type(x).__name__ for x in read_jsonl([path])] == ["Example", "Example", "Example", "DataError",
+    assert [type(x).__name__ for x in read_examples([path])] == ["Example", "Example", "Example", "DataError",
                                                               "Example", "Example"]

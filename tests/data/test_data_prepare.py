@@ -1,6 +1,7 @@
 """`python -m r1jax.data prepare`: normalization, duplicates and near-duplicates, required fields,
 length limits, stratified splits and k-fold, strict and lenient bad lines, the token store, the
 report, and untouched inputs. prepare runs in-process through `prepare.main(argv)`."""
+import argparse
 import hashlib
 import json
 import os
@@ -12,7 +13,8 @@ import numpy as np
 import pytest
 from datasketch import MinHash
 
-from r1jax.data import batch_tokenize, clean, prepare, split
+from r1jax.data import batch_tokenize, clean, mixture, prepare, split
+from r1jax.data import report as report_lib
 from r1jax.data import chat as chat_lib
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.data.chat import tokenize_example, turn_examples
@@ -699,3 +701,39 @@ def test_train_all_turns_length_and_duplicates_per_turn(tmp_path, tok):
         assert got[kept_a:] == [b]
         store = TokenStore(os.path.join(out, "train"))
         assert store.lengths().tolist()[:kept_a] == [length(a, 2), length(a, 4), 64][:kept_a]
+
+
+# ---- inputs in any container (r1jax.data.readers; more in test_readers.py) ----------------------------
+
+def test_records_carry_their_input_index_and_report_each_file(tmp_path, tok):
+    """Oracle: the hand-written layout: --input a.jsonl 'p_*.parquet' gives records from argument 0
+    then argument 1 (both Parquet files of the glob, in sorted order), and the report lists the three
+    files with their bytes and containers; a record's `where` in a Parquet file is `file:row N`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rows = distinct_rows(7)
+    a = write_input(tmp_path / "a.jsonl", rows[:3])
+    for name, part in (("p_1.parquet", rows[3:5]), ("p_2.parquet", rows[5:])):
+        pq.write_table(pa.Table.from_pylist(part), str(tmp_path / name))
+    parser = argparse.ArgumentParser()
+    prepare.add_arguments(parser)
+    args = parser.parse_args(["--input", a, str(tmp_path / "p_*.parquet"), "--out", str(tmp_path / "out")])
+    mix = mixture.from_args(args.input, None, None)
+    records = prepare.clean_stream(args, mix, tok, report_lib.Tally(), {"tokenize": 0.0, "near_duplicates": 0.0})
+    assert [r.origin for r in records] == [0, 0, 0, 1, 1, 1, 1]
+    assert [r.example.source for r in records][3:] == [f"{tmp_path / 'p_1.parquet'}:row 1",
+                                                        f"{tmp_path / 'p_1.parquet'}:row 2",
+                                                        f"{tmp_path / 'p_2.parquet'}:row 1",
+                                                        f"{tmp_path / 'p_2.parquet'}:row 2"]
+    assert prepare.main(["--input", a, str(tmp_path / "p_*.parquet"), "--out", str(tmp_path / "out")]) == 0
+    rep = json.load(open(tmp_path / "out" / "report.json"))
+    assert rep["inputs"] == [{"path": p, "bytes": os.path.getsize(p), "container": c} for p, c in
+                             ((a, "jsonl"), (str(tmp_path / "p_1.parquet"), "parquet"),
+                              (str(tmp_path / "p_2.parquet"), "parquet"))]
+
+
+def test_where_of_row_errors_splits_file_and_row():
+    """Oracle: hand-written DataError messages of both kinds of `where`."""
+    assert prepare._WHERE.match("d/a.csv:row 12: 1 fields where the header has 2").groups() == (
+        "d/a.csv:row 12", "1 fields where the header has 2")
+    assert prepare._WHERE.match("d/a.jsonl:3: invalid JSON: x").groups() == ("d/a.jsonl:3", "invalid JSON: x")

@@ -144,7 +144,7 @@ def test_parquet_twin(tmp_path, evals):
     for ex in (chat(WINDOW, "x"), chat("compute the sum of the first forty primes", "x"),
                chat("divide the orchard into nine equal plots then water each plot twice every", "x")):
         a, b = index.match(ex), twin.match(ex)
-        assert a.label.replace(path, evals) == b.label and a[1:] == b[1:]
+        assert a.label.replace(f"{path}:row ", f"{evals}:") == b.label and a[1:] == b[1:]
     assert [index.match(chat(WINDOW, "x")).item] == ["1"]
 
 
@@ -158,10 +158,10 @@ def test_bad_sources(tmp_path):
     with pytest.raises(DataError, match=rf"^{path}:3: field 'answer' must be a string"):
         decontaminate.EvalIndex.build([path])
     parquet = write_parquet(tmp_path / "e.parquet", [{"prompt": "p"}, {"prompt": None}, {"prompt": None}])
-    with pytest.raises(DataError, match=rf"^{parquet}:2: no evaluation text"):
+    with pytest.raises(DataError, match=rf"^{parquet}:row 2: no evaluation text"):
         decontaminate.EvalIndex.build([parquet])
     (tmp_path / "not.parquet").write_text("not parquet")
-    with pytest.raises(DataError, match="not.parquet: cannot read as Parquet"):
+    with pytest.raises(DataError, match="not.parquet: not a readable Parquet file"):
         decontaminate.EvalIndex.build([str(tmp_path / "not.parquet")])
     assert decontaminate.check_source("mbpp") == ("mbpp: no such file, nor a built-in evaluation set "
                                                   "(built-in: humaneval)")

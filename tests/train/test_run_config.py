@@ -168,15 +168,25 @@ def test_train_missing_data_file_names_file_and_key(tmp_path, jsonl):
                     str(missing), "no such file", "data.val")
 
 
-def test_train_data_directory_says_is_a_directory(tmp_path):
-    _one_line_error(_train(tmp_path, f"--config.data.train={tmp_path}"),
-                    str(tmp_path), "is a directory", "data.train")
+def _no_data_dir(tmp_path):
+    """A directory holding no file of a container r1jax reads."""
+    d = tmp_path / "notes"
+    d.mkdir()
+    (d / "readme.txt").write_text("no data here")
+    return d
+
+
+def test_train_data_directory_without_data_files(tmp_path):
+    d = _no_data_dir(tmp_path)
+    _one_line_error(_train(tmp_path, f"--config.data.train={d}"),
+                    str(d), "a directory with no file of a known extension", "data.train")
 
 
 def test_data_prepare_input_directory_and_missing_file(tmp_path, jsonl):
     out = tmp_path / "prepared"
-    _one_line_error(_run(["-m", "r1jax.data", "prepare", "--input", str(tmp_path), "--out", str(out)]),
-                    str(tmp_path), "is a directory")
+    d = _no_data_dir(tmp_path)
+    _one_line_error(_run(["-m", "r1jax.data", "prepare", "--input", str(d), "--out", str(out)]),
+                    str(d), "a directory with no file of a known extension")
     missing = tmp_path / "missing.jsonl"
     _one_line_error(_run(["-m", "r1jax.data", "prepare", "--input", str(jsonl), str(missing),
                           "--out", str(out)]), str(missing), "no such file")

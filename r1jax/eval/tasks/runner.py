@@ -29,7 +29,7 @@ import dataclasses
 import time
 from typing import Callable
 
-from r1jax.data.formats import json_objects
+from r1jax.data.readers import json_objects
 from r1jax.inference.generate import PromptTooLong
 from r1jax.eval.tasks import answers, humaneval, sandbox
 
