@@ -41,6 +41,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from r1jax.data.formats import DataError, parse_columns
+
 NO_CATEGORY = "(none)"
 SOURCE_KEYS = ("path", "weight", "columns", "input_format", "format")
 MIXTURE_KEYS = ("sources", "max_per_category")
@@ -100,11 +102,17 @@ def check_cap(cap, what: str) -> None:
 
 def _columns_text(value, where: str) -> str | None:
     """A source's `columns` (a mapping or "field=column,..." text) as --columns text."""
-    if value is None or isinstance(value, str):
-        return value
+    if value is None:
+        return None
     if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        return ",".join(f"{k}={v}" for k, v in value.items())
-    raise MixtureError(f"{where}: must map fields to column names, e.g. {{prompt: problem}}")
+        value = ",".join(f"{k}={v}" for k, v in value.items())
+    if not isinstance(value, str):
+        raise MixtureError(f"{where}: must map fields to column names, e.g. {{prompt: problem}}")
+    try:
+        parse_columns(value)
+    except DataError as e:
+        raise MixtureError(f"{where}: {e}") from None
+    return value
 
 
 def _source(item, where: str, base: str) -> Source:

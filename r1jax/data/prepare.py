@@ -501,7 +501,7 @@ def _check_sources(args, mix: mixture.Mixture) -> str | None:
         try:
             _columns(s, args)
         except DataError as e:
-            return f"{s.path}: --columns: {e}" if s.columns is None else f"{s.path}: columns: {e}"
+            return str(e) if s.columns is None else f"{s.path}: columns: {e}"
     return None
 
 

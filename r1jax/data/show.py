@@ -16,7 +16,7 @@ import sys
 
 from r1jax.data import clean
 from r1jax.data.chat import tokenize_example, turn_examples
-from r1jax.data.formats import FORMATS, DataError, read_examples
+from r1jax.data.formats import FORMATS, DataError, parse_columns, read_examples
 from r1jax.data.readers import INPUT_FORMATS
 from r1jax.data.tokenizer import load_tokenizer
 
@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="container of the input (default: by extension, else by content)")
     p.add_argument("--n", type=int, default=3, help="number of examples to show (default 3)")
     p.add_argument("--format", default="auto", choices=FORMATS, help="row format (default: detected)")
+    p.add_argument("--columns", metavar="FIELD=COLUMN,...",
+                   help="read these columns as these fields, as prepare --columns does")
     p.add_argument("--tokenizer", metavar="DIR", help="directory with tokenizer.json (default: packaged)")
     p.add_argument("--train_all_turns", action="store_true",
                    help="show one example per assistant turn, as prepare --train_all_turns makes them")
@@ -52,11 +54,16 @@ def run(args: argparse.Namespace, stdout=None) -> int:
     if args.n < 1:
         print(f"error: --n {args.n}: must be at least 1", file=sys.stderr)
         return 2
+    try:
+        columns = parse_columns(args.columns) if args.columns else None
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     tty = stdout.isatty()
     tokenizer = load_tokenizer(args.tokenizer)
     shown = 0
     try:
-        for item in read_examples([args.input], args.format, input_format=args.input_format):
+        for item in read_examples([args.input], args.format, input_format=args.input_format, columns=columns):
             if isinstance(item, DataError):
                 print(f"skipped {item}", file=sys.stderr)
                 continue

@@ -287,3 +287,10 @@ def test_weighted_source_left_empty_is_an_error(tmp_path, capsys):
     b = write_jsonl(tmp_path / "b.jsonl", rows)
     assert prepare_run("--input", a, b, "--weights", 1, 1, "--out", tmp_path / "o") == 2
     assert "b.jsonl has weight 1.0 but no training record" in capsys.readouterr().err
+
+
+def test_mixture_columns_are_checked_when_loaded(tmp_path):
+    path = tmp_path / "mix.yaml"
+    path.write_text("sources:\n  - path: a.parquet\n    columns: {prompt: problem, answer: solution}\n")
+    with pytest.raises(MixtureError, match=r"sources\[0\].columns: --columns entry 'answer=solution': unknown field"):
+        mixture.load(str(path))

@@ -2,7 +2,6 @@
 JSONL twin; detection by extension and content; globs, directories, save_to_disk folders; row and
 file errors by name; streaming. Containers are written here by a second code path (json, gzip,
 csv, pyarrow writers, `datasets`), the JSONL twin by json.dumps."""
-import csv
 import glob as glob_lib
 import gzip
 import json
@@ -10,7 +9,6 @@ import os
 import random
 import shutil
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -18,6 +16,9 @@ from r1jax.data import prepare, readers
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.data.errors import DataError
 from r1jax.data.formats import read_examples
+
+from container_writers import (write_arrow, write_csv, write_gz, write_hf, write_json, write_jsonl,
+                               write_parquet, write_zst)
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa", "lambda", "sigma",
          "café", "naïve", "日本語", "данные", "🙂", "x=1,y=2", 'a "quote"', "tab\there", "semi;colon"]
@@ -72,62 +73,6 @@ def flat_rows(n=24, seed=1):
             row["category"] = ("a", "b")[i % 2]
         rows.append(row)
     return rows
-
-
-# ---- writers: a second code path for each container ----------------------------------------------
-
-def write_jsonl(path, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    return str(path)
-
-
-def write_json(path, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(rows, f, ensure_ascii=False, indent=2)
-    return str(path)
-
-
-def write_gz(path, rows):
-    with gzip.open(path, "wt", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    return str(path)
-
-
-def write_zst(path, rows):
-    with pa.output_stream(str(path), compression="zstd") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
-    return str(path)
-
-
-def write_parquet(path, rows, row_group_size=5):
-    pq.write_table(pa.Table.from_pylist(rows), str(path), row_group_size=row_group_size)
-    return str(path)
-
-
-def write_arrow(path, rows, stream=False):
-    table = pa.Table.from_pylist(rows)
-    new = pa.ipc.new_stream if stream else pa.ipc.new_file
-    with pa.OSFile(str(path), "wb") as sink, new(sink, table.schema) as writer:
-        for batch in table.to_batches(max_chunksize=7):
-            writer.write_batch(batch)
-    return str(path)
-
-
-def write_hf(path, rows):
-    import datasets
-    datasets.Dataset.from_list(rows).save_to_disk(str(path))
-    return str(path)
-
-
-def write_csv(path, rows, delimiter=",", opener=open):
-    with opener(path, "wt", encoding="utf-8", newline="") as f:
-        w = csv.writer(f, delimiter=delimiter)  # QUOTE_MINIMAL: None is an empty, unquoted cell
-        w.writerow(["prompt", "completion", "category"])
-        for r in rows:
-            w.writerow([r["prompt"], r["completion"], r.get("category")])
-    return str(path)
 
 
 CHAT_CONTAINERS = {
