@@ -41,7 +41,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from r1jax.data.formats import DataError, parse_columns
+from r1jax.data.formats import FORMATS, DataError, parse_columns
+from r1jax.data.readers import INPUT_FORMATS
 
 NO_CATEGORY = "(none)"
 SOURCE_KEYS = ("path", "weight", "columns", "input_format", "format")
@@ -127,9 +128,9 @@ def _source(item, where: str, base: str) -> Source:
     weight = item.get("weight")
     if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))):
         raise MixtureError(f"{where}.weight: {weight!r} is not a number")
-    for key in ("input_format", "format"):
-        if item.get(key) is not None and not isinstance(item[key], str):
-            raise MixtureError(f"{where}.{key}: {item[key]!r} is not a string")
+    for key, choices in (("input_format", INPUT_FORMATS), ("format", FORMATS)):
+        if item.get(key) is not None and item[key] not in choices:
+            raise MixtureError(f"{where}.{key}: {item[key]!r}: choose one of {', '.join(choices)}")
     path = os.path.expanduser(path)
     return Source(path if os.path.isabs(path) else os.path.join(base, path),
                   None if weight is None else float(weight), _columns_text(item.get("columns"), f"{where}.columns"),
@@ -174,6 +175,30 @@ def load(path: str) -> Mixture:
     cap = data.get("max_per_category")
     check_cap(cap, f"{path}: max_per_category")
     return Mixture(sources, cap)
+
+
+def with_defaults(mix: Mixture, input_format: str, format: str, columns: str | None) -> Mixture:
+    """The mixture with every source's unset input_format, format and columns set to these (the
+    command line's --input_format, --format and --columns)."""
+    return dataclasses.replace(mix, sources=tuple(dataclasses.replace(
+        s, input_format=s.input_format or input_format, format=s.format or format,
+        columns=s.columns if s.columns is not None else columns) for s in mix.sources))
+
+
+def write(mix: Mixture, path: str) -> None:
+    """Writes the mixture as a --mixture JSON file (paths absolute), which `load` reads back."""
+    sources = []
+    for s in mix.sources:
+        item = {"path": os.path.abspath(s.path)}
+        item |= {k: getattr(s, k) for k in ("input_format", "format", "columns", "weight")
+                 if getattr(s, k) is not None}
+        sources.append(item)
+    data = {"sources": sources} | ({"max_per_category": mix.max_per_category} if mix.max_per_category else {})
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
 
 
 def strata(origins: Sequence[int], categories: Sequence[str | None], n_sources: int) -> list[str | None]:

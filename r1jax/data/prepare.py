@@ -124,6 +124,11 @@ def _check_args(args) -> str | None:
         return "give the inputs as --input FILE... or as --mixture FILE (one of the two)"
     if args.mixture is not None and (args.weights is not None or args.max_per_category is not None):
         return "--weights and --max_per_category go in the --mixture file (weight, max_per_category)"
+    if args.columns:
+        try:
+            parse_columns(args.columns)
+        except DataError as e:
+            return str(e)
     if args.kfold is not None and args.val is not None:
         return "--val and --kfold exclude each other: with --kfold K each fold's val is 1/K of the rest"
     if args.kfold is not None and args.kfold < 2:
@@ -249,9 +254,9 @@ def unique_examples(args, mix: mixture.Mixture, token_chars: int | None, tally: 
     line_bytes = clean.line_byte_bound(args.max_tokens, token_chars) if token_chars else None
     seen: dict[bytes, str] = {}
     for origin, source in enumerate(mix.sources):
-        for item in read_examples([source.path], source.format or args.format, strict=args.strict,
-                                  max_line_bytes=line_bytes, input_format=_container(source, args),
-                                  columns=_columns(source, args)):
+        for item in read_examples([source.path], source.format, strict=args.strict,
+                                  max_line_bytes=line_bytes, input_format=source.input_format,
+                                  columns=_columns(source)):
             tally.read += 1
             removed, passed = _screen(item, args, token_chars, seen, evals)
             del item
@@ -447,41 +452,25 @@ def _mixture_report(mix: mixture.Mixture, records: list[Record],
             "records_kept": [origins.count(i) for i in range(len(mix.sources))], "training": parts}
 
 
-def _write_mixture(out: str, mix: mixture.Mixture, args) -> None:
-    """DIR/mixture.json: the mixture as resolved, in the --mixture file format (paths absolute, the
-    command line's formats filled in), so that the same mixture can be prepared again."""
-    sources = []
-    for s in mix.sources:
-        item = {"path": os.path.abspath(s.path), "input_format": s.input_format or "auto",
-                "format": s.format or args.format}
-        if s.weight is not None:
-            item["weight"] = s.weight
-        columns = s.columns
-        if columns:
-            item["columns"] = columns
-        sources.append(item)
-    data = {"sources": sources} | ({"max_per_category": mix.max_per_category} if mix.max_per_category else {})
-    with open(os.path.join(out, "mixture.json"), "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write("\n")
+def sources(args) -> mixture.Mixture:
+    """The sources prepare reads: --mixture's, or the --input arguments with --weights and
+    --max_per_category; each source's unset container, row format and column map are the command
+    line's. Raises MixtureError naming the flag, file or key."""
+    mix = (mixture.load(args.mixture) if args.mixture
+           else mixture.from_args(args.input, args.weights, args.max_per_category))
+    return mixture.with_defaults(mix, args.input_format, args.format, args.columns)
 
 
-def _container(source: mixture.Source, args) -> str:
-    """The container a source is read as: its own (--mixture), else --input_format."""
-    return source.input_format or args.input_format
-
-
-def _columns(source: mixture.Source, args) -> dict[str, str] | None:
-    """The column map a source is read through: its own (--mixture), else --columns."""
-    spec = source.columns if source.columns is not None else args.columns
-    return parse_columns(spec) if spec else None
+def _columns(source: mixture.Source) -> dict[str, str] | None:
+    """The column map a source is read through."""
+    return parse_columns(source.columns) if source.columns else None
 
 
 def input_files(args, mix: mixture.Mixture) -> list[dict]:
     """{"path", "bytes", "container"} of each file (or save_to_disk folder) the sources name, in
     reading order (`readers.expand`, `readers.describe`). Raises DataError naming an input that names
     nothing readable, or a file whose container cannot be told."""
-    return [readers.describe(unit, _container(s, args)) for s in mix.sources for unit in readers.expand(s.path)]
+    return [readers.describe(unit, s.input_format) for s in mix.sources for unit in readers.expand(s.path)]
 
 
 def _check_columns(path: str, names: list[str] | None, columns: dict[str, str] | None) -> None:
@@ -491,30 +480,16 @@ def _check_columns(path: str, names: list[str] | None, columns: dict[str, str] |
             raise DataError(f"{path}: no column {column!r} (--columns {field}={column}); columns: {names}")
 
 
-def _check_sources(args, mix: mixture.Mixture) -> str | None:
-    """A problem with a source's formats or column map, or None."""
-    for s in mix.sources:
-        if s.input_format is not None and s.input_format not in INPUT_FORMATS:
-            return f"{s.path}: input_format {s.input_format!r}: choose one of {INPUT_FORMATS}"
-        if s.format is not None and s.format not in FORMATS:
-            return f"{s.path}: format {s.format!r}: choose one of {FORMATS}"
-        try:
-            _columns(s, args)
-        except DataError as e:
-            return str(e) if s.columns is None else f"{s.path}: columns: {e}"
-    return None
-
-
 def _check_paths(args, mix: mixture.Mixture) -> tuple[str | None, list[str]]:
     """(a problem with the input or output paths, or None; the files of a dataset already in --out)."""
     try:
         units = []
         for s in mix.sources:
             for unit in readers.expand(s.path):
-                readers.describe(unit, _container(s, args))
+                readers.describe(unit, s.input_format)
                 # Opens a tabular file's footer or schema: a cut Parquet file, a missing mapped column
                 # are named here, before any row is read.
-                _check_columns(unit, readers.columns_of(unit, _container(s, args)), _columns(s, args))
+                _check_columns(unit, readers.columns_of(unit, s.input_format), _columns(s))
                 units.append(unit)
         files = [(unit, readers.files_of(unit)) for unit in units]
     except DataError as e:
@@ -539,14 +514,11 @@ def run(args: argparse.Namespace) -> int:
     problem, existing, mix = _check_args(args), [], None
     if not problem:
         try:
-            mix = (mixture.load(args.mixture) if args.mixture
-                   else mixture.from_args(args.input, args.weights, args.max_per_category))
+            mix = sources(args)
         except mixture.MixtureError as e:
             problem = str(e)
     if not problem:
         args.input = [s.path for s in mix.sources]
-        problem = _check_sources(args, mix)
-    if not problem:
         problem, existing = _check_paths(args, mix)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -581,7 +553,7 @@ def run(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     os.makedirs(args.out, exist_ok=True)
     outputs = write_splits(args.out, kept, parts, existing)
-    _write_mixture(args.out, mix, args)
+    mixture.write(mix, os.path.join(args.out, "mixture.json"))
     seconds["write"] = time.perf_counter() - t
 
     # Report.

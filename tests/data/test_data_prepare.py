@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from datasketch import MinHash
 
-from r1jax.data import batch_tokenize, clean, mixture, prepare, split
+from r1jax.data import batch_tokenize, clean, prepare, split
 from r1jax.data import report as report_lib
 from r1jax.data import chat as chat_lib
 from r1jax.data import tokenizer as tokenizer_lib
@@ -718,7 +718,7 @@ def test_records_carry_their_input_index_and_report_each_file(tmp_path, tok):
     parser = argparse.ArgumentParser()
     prepare.add_arguments(parser)
     args = parser.parse_args(["--input", a, str(tmp_path / "p_*.parquet"), "--out", str(tmp_path / "out")])
-    mix = mixture.from_args(args.input, None, None)
+    mix = prepare.sources(args)
     records = prepare.clean_stream(args, mix, tok, report_lib.Tally(), {"tokenize": 0.0, "near_duplicates": 0.0})
     assert [r.origin for r in records] == [0, 0, 0, 1, 1, 1, 1]
     assert [r.example.source for r in records][3:] == [f"{tmp_path / 'p_1.parquet'}:row 1",
