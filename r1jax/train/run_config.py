@@ -15,6 +15,9 @@ import os
 
 import ml_collections
 
+from r1jax.data.formats import FORMATS, DataError, parse_columns
+from r1jax.data.mixture import MixtureError, check_weights
+from r1jax.data.readers import INPUT_FORMATS
 from r1jax.models.common.config import ADAPTABLE_GROUPS, LoraConfig, RuntimeConfig
 from r1jax.models.registry import preset
 from r1jax.train.optim import OptimConfig
@@ -53,11 +56,16 @@ def defaults() -> ml_collections.ConfigDict:
     c.data.train = ""                  # input(s), comma-separated: files, globs, dirs (JSONL, JSON, Parquet,
                                        # CSV/TSV, Arrow, save_to_disk; .gz/.zst); "" = the bundled code dataset
     c.data.val = ""                    # one input of the same kinds; "" = a split of data.train (data.val_fraction)
-    c.data.format = "auto"             # r1jax.data.formats.FORMATS
+    c.data.format = "auto"             # row shape: r1jax.data.formats.FORMATS
+    c.data.input_format = "auto"       # container: r1jax.data.readers.INPUT_FORMATS
+    c.data.columns = ""                # column map, e.g. "prompt=problem,completion=solution,reasoning=thinking"
+    c.data.weights = ""                # one weight per data.train input, comma-separated: its share of training
+    c.data.max_per_category = 0        # 0 = no cap; else at most N training records per category
+    c.data.mixture = ""                # a mixture file (r1jax/data/mixture.py) instead of data.train
     c.data.val_fraction = 0.05
     c.data.train_all_turns = False
     c.data.packing = True
-    c.data.max_examples = 0            # 0 = all; else the first N input rows (quick runs)
+    c.data.max_examples = 0            # 0 = all; else the first N rows of each input (quick runs)
     c.data.cache_dir = ""              # prepared data goes here; "" = OUTPUT_DIR/data
 
     c.train = ml_collections.ConfigDict()
@@ -174,6 +182,7 @@ RANGES: dict[str, Range] = {
     "lora.dropout": Range(0, 1, hi_open=True),
     "data.val_fraction": Range(0, 1, hi_open=True),
     "data.max_examples": Range(1, special=((0, "all"),)),
+    "data.max_per_category": Range(1, special=((0, "no cap"),)),
     "train.steps": Range(1, special=((0, "train.epochs epochs"),)),
     "train.epochs": _NON_NEGATIVE,
     "train.batch_size": Range(1),
@@ -273,6 +282,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
                                  f"{RANGES[key].describe()}")
     _validate_task(got)
     _validate_lora(got)
+    _validate_data(got)
     if got["train.steps"] <= 0 and got["train.epochs"] <= 0:
         raise RunConfigError("config keys train.steps and train.epochs: one must be > 0")
     if got["train.grad_accum"] and got["train.batch_size"] % got["train.grad_accum"]:
@@ -341,6 +351,39 @@ def lora_config(c: ml_collections.ConfigDict) -> LoraConfig:
 
 def _names(text: str) -> tuple[str, ...]:
     return tuple(filter(None, (t.strip() for t in text.split(","))))
+
+
+def data_weights(text: str) -> list[float] | None:
+    """data.weights as numbers ("7,3" -> [7.0, 3.0]); None when empty. Raises RunConfigError."""
+    try:
+        return [float(w) for w in text.split(",")] if text.strip() else None
+    except ValueError:
+        raise RunConfigError(f"config key data.weights={text!r}: expected comma-separated numbers, "
+                             "one per data.train input") from None
+
+
+def _validate_data(got: dict) -> None:
+    """The data section's choices, column map and mixture keys, each error naming its key."""
+    for key, choices in (("data.format", FORMATS), ("data.input_format", INPUT_FORMATS)):
+        if got[key] not in choices:
+            raise RunConfigError(f"config key {key}={got[key]!r}: choose one of {', '.join(choices)}")
+    if got["data.columns"]:
+        try:
+            parse_columns(got["data.columns"])
+        except DataError as e:
+            raise RunConfigError(f"config key data.columns: {e}") from None
+    if got["data.mixture"]:
+        for key in ("data.train", "data.weights", "data.max_per_category"):
+            if got[key]:
+                raise RunConfigError(f"config key {key} and data.mixture exclude each other: the mixture "
+                                     "file names the sources, their weights and max_per_category")
+    weights = data_weights(got["data.weights"])
+    if weights is not None:
+        names = [p.strip() for p in got["data.train"].split(",") if p.strip()] or ["the bundled code dataset"]
+        try:
+            check_weights(weights, names, "data.weights")
+        except MixtureError as e:
+            raise RunConfigError(f"config key {e}") from None
 
 
 def _validate_lora(got: dict) -> None:

@@ -1,19 +1,24 @@
 """The training run's data: prepared once (clean, dedup, tokenize, split) and reused on restart.
 
-data.train names inputs (comma-separated: files, globs or directories in any container
-`r1jax.data.readers` reads: JSONL, JSON array, Parquet, CSV/TSV, Arrow, a `datasets` save_to_disk
-folder, .gz/.zst text) or, when empty, the bundled code dataset (built from the standard library on
-first use). They are prepared with `python -m r1jax.data prepare` into
-data.cache_dir (default OUTPUT_DIR/data); a stamp of the inputs, the options and the token format
-version (token_store.FORMAT_VERSION) decides whether an existing preparation can be reused, so one
-made under an older tokenization rule is prepared again, never reused; the stamp names every file
-the inputs expand to. data.val names a held-out input (one, of the same kinds), else data.val_fraction of data.train is split off. The tokenizer is model.checkpoint's own
-when it holds tokenizer.json, else the packaged R1 one (`run_tokenizer_dir`); its files' digest is
-part of the stamp, so another tokenizer prepares anew.
+The sources (`run_sources`) are data.mixture's file (r1jax/data/mixture.py), else data.train's inputs
+(comma-separated files, globs or directories in any container `r1jax.data.readers` reads: JSONL,
+JSON array, Parquet, CSV/TSV, Arrow, a `datasets` save_to_disk folder, .gz/.zst text; when empty,
+the bundled code dataset, built from the standard library on first use) with data.weights and
+data.max_per_category; data.input_format, data.format and data.columns apply to every source that
+does not set its own. They are prepared with `python -m r1jax.data prepare --mixture` (the sources
+written as DIR/sources.json) into data.cache_dir (default OUTPUT_DIR/data); a stamp of the input
+files, the sources, the options and the token format version (token_store.FORMAT_VERSION) decides
+whether an existing preparation can be reused, so one made under an older tokenization rule is
+prepared again, never reused. data.max_examples takes the first N rows of each source. data.val
+names a held-out input (one, of the same kinds), else data.val_fraction of the sources is split off
+(each source keeping its natural share). The tokenizer is model.checkpoint's own when it holds
+tokenizer.json, else the packaged R1 one (`run_tokenizer_dir`); its files' digest is part of the
+stamp, so another tokenizer prepares anew.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -22,7 +27,7 @@ import os
 import jax
 
 from r1jax.train import run_config
-from r1jax.data import code_dataset, prepare, readers, token_store
+from r1jax.data import code_dataset, mixture, prepare, readers, token_store
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.data.formats import DataError
 
@@ -48,14 +53,14 @@ def fingerprints(units: list[str]) -> list[dict]:
     return [_fingerprint(f) for unit in units for f in readers.files_of(unit)]
 
 
-def _head(inputs: list[str], dst: str, n: int) -> None:
+def _head(inputs: list[str], dst: str, n: int, input_format: str = "auto") -> None:
     """The first n rows of the inputs (any container, in order) into dst as JSONL; a row that
     cannot be read counts towards n and is left out (prepare would count it malformed)."""
     taken = 0
     with open(dst, "w", encoding="utf-8") as out:
         for path in inputs:
             for unit in readers.expand(path):
-                for _, row in readers.read_rows(unit):
+                for _, row in readers.read_rows(unit, input_format):
                     if not isinstance(row, DataError):
                         out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
                     taken += 1
@@ -82,12 +87,44 @@ def _tokenizer_digest(directory: str) -> str:
     return h.hexdigest()
 
 
-def _prepare(inputs: list[str], out: str, c, val_fraction: float, log) -> None:
-    args = ["--input", *inputs, "--out", out, "--val", repr(val_fraction), "--format", c.data.format,
+def run_sources(c, log=print) -> mixture.Mixture:
+    """The run's training sources: data.mixture's file, else data.train's inputs (the bundled code
+    dataset when empty) with data.weights and data.max_per_category; each source's unset container,
+    row shape and column map are data.input_format, data.format and data.columns. Raises DataError
+    naming the config key."""
+    try:
+        if c.data.mixture:
+            mix = mixture.load(c.data.mixture)
+        else:
+            named = [p.strip() for p in c.data.train.split(",") if p.strip()]
+            mix = mixture.from_args(named or [code_dataset.cached(log=log)],
+                                    run_config.data_weights(c.data.weights), c.data.max_per_category or None)
+    except mixture.MixtureError as e:
+        raise DataError(f"{e} (config key {'data.mixture' if c.data.mixture else 'data.weights'})") from None
+    return mixture.with_defaults(mix, c.data.input_format, c.data.format, c.data.columns or None)
+
+
+def _with_heads(mix: mixture.Mixture, out_dir: str, n: int) -> mixture.Mixture:
+    """The mixture with each source replaced by the JSONL of its first n rows (data.max_examples)."""
+    sources = []
+    for i, s in enumerate(mix.sources):
+        head = os.path.join(out_dir, f"input_head_{i}.jsonl")
+        _head([s.path], head, n, s.input_format)
+        sources.append(dataclasses.replace(s, path=head, input_format="jsonl"))
+    return dataclasses.replace(mix, sources=tuple(sources))
+
+
+def _prepare(mix: mixture.Mixture, out: str, c, val_fraction: float, log) -> None:
+    """Prepares the sources of `mix` into `out` (prepare --mixture, written next to it)."""
+    os.makedirs(out, exist_ok=True)
+    spec = os.path.join(out, "sources.json")
+    mixture.write(mix, spec)
+    args = ["--mixture", spec, "--out", out, "--val", repr(val_fraction),
             "--seed", str(c.seed), "--max_tokens", str(c.train.seq_len), "--too_long", "truncate",
             "--tokenizer", run_tokenizer_dir(c), "--overwrite"]
     if c.data.train_all_turns:
         args.append("--train_all_turns")
+    inputs = [s.path for s in mix.sources]
     log(f"data: preparing {', '.join(inputs)} -> {out}")
     report = io.StringIO()  # the full summary goes to OUT/summary.txt; the log gets its head
     with contextlib.redirect_stdout(report):
@@ -101,15 +138,17 @@ def _prepare(inputs: list[str], out: str, c, val_fraction: float, log) -> None:
 
 def prepare_data(c, log=print) -> tuple[str, str]:
     """(train prefix, val prefix) of TokenStore splits for this run, preparing them if needed."""
-    named = [p.strip() for p in c.data.train.split(",") if p.strip()]
-    train_units = [u for p in named for u in check_data_file(p, "data.train")]
+    mix = run_sources(c, log)
+    key = "data.mixture" if c.data.mixture else "data.train"
+    train_units = [u for s in mix.sources for u in check_data_file(s.path, key)]
     val_units = check_data_file(c.data.val, "data.val") if c.data.val else []
     data_dir = os.path.abspath(c.data.cache_dir or os.path.join(c.output_dir, "data"))
     run_config.make_config_dir(data_dir, "data.cache_dir" if c.data.cache_dir else "output_dir")
-    inputs = named or [code_dataset.cached(log=log)]
-    stamp = {"inputs": fingerprints(train_units or inputs),
+    stamp = {"inputs": fingerprints(train_units),
              "val": fingerprints(val_units) if c.data.val else None,
-             "options": {k: c.data[k] for k in ("format", "val_fraction", "train_all_turns", "max_examples")}
+             "sources": [dataclasses.asdict(s) | {"path": os.path.abspath(s.path)} for s in mix.sources],
+             "options": {k: c.data[k] for k in ("val_fraction", "train_all_turns", "max_examples",
+                                                "max_per_category")}
              | {"seed": c.seed, "seq_len": c.train.seq_len},
              "token_format": token_store.FORMAT_VERSION,  # a new tokenization rule prepares anew
              "tokenizer": _tokenizer_digest(run_tokenizer_dir(c))}
@@ -120,12 +159,12 @@ def prepare_data(c, log=print) -> tuple[str, str]:
     if jax.process_index() == 0 and not os.path.exists(os.path.join(train_dir, STAMP)):
         os.makedirs(train_dir, exist_ok=True)
         if c.data.max_examples:
-            head = os.path.join(train_dir, "input_head.jsonl")
-            _head(inputs, head, c.data.max_examples)
-            inputs = [head]
-        _prepare(inputs, train_dir, c, 0.0 if c.data.val else c.data.val_fraction, log)
+            mix = _with_heads(mix, train_dir, c.data.max_examples)
+        _prepare(mix, train_dir, c, 0.0 if c.data.val else c.data.val_fraction, log)
         if c.data.val:
-            _prepare([c.data.val], os.path.join(train_dir, "val_file"), c, 0.0, log)
+            val = mixture.with_defaults(mixture.from_args([c.data.val], None, None), c.data.input_format,
+                                        c.data.format, c.data.columns or None)
+            _prepare(val, os.path.join(train_dir, "val_file"), c, 0.0, log)
         with open(os.path.join(train_dir, STAMP), "w") as f:
             json.dump(stamp, f, indent=1)
     else:

@@ -166,3 +166,65 @@ def test_strict_stops_at_a_bad_row_in_any_source(tmp_path, capsys):
         f.write(json.dumps({"prompt": "q", "completion": "a"}) + "\n" + json.dumps({"prompt": ["q"]}) + "\n")
     assert run(tmp_path / "out", "--input", good, tmp_path / "b.jsonl.gz", "--weights", 1, 1, "--strict") == 2
     assert f"{tmp_path / 'b.jsonl.gz'}:2" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------- the trainer
+
+def _trainer_config(tmp_path, **data):
+    from train_fixtures import config
+    c = config(tmp_path, tmp_path / "run")
+    for key, value in data.items():
+        c.data[key] = value
+    return c
+
+
+def _cli_twin(tmp_path, c, *inputs):
+    """`python -m r1jax.data prepare` run by hand with the options the trainer documents."""
+    out = tmp_path / "cli"
+    assert prepare.main([*map(str, inputs), "--out", str(out), "--val", repr(c.data.val_fraction),
+                         "--seed", str(c.seed), "--max_tokens", str(c.train.seq_len), "--too_long",
+                         "truncate"]) == 0
+    return out
+
+
+def test_trainer_mixture_file_prepares_like_the_cli(tmp_path):
+    """data.mixture: the trainer's prepared train/val splits are byte-identical to the CLI's
+    `prepare --mixture` with the same options, and meet the weights."""
+    from r1jax.train import run_data
+    rng = random.Random(6)
+    write_csv(tmp_path / "a.csv", [{"instruction": text(rng), "output": text(rng), "category": "alpaca"}
+                                   for _ in range(60)], columns=("instruction", "output", "category"))
+    rows, _ = column_rows(60, 7)
+    write_parquet(tmp_path / "b.parquet", [r | {"topic": "mapped"} for r in rows])
+    mix = tmp_path / "mix.yaml"
+    mix.write_text("sources:\n  - path: a.csv\n    weight: 1\n  - path: b.parquet\n    weight: 1\n"
+                   "    columns: prompt=problem,completion=solution,reasoning=thinking,category=topic\n")
+    c = _trainer_config(tmp_path, train="", mixture=str(mix))
+    train, val = run_data.prepare_data(c, log=lambda s: None)
+    cli = _cli_twin(tmp_path, c, "--mixture", mix)
+    for split, prefix in (("train", train), ("val", val)):
+        for suffix in (".jsonl", ".ids.npy", ".mask.npy"):
+            assert open(prefix + suffix, "rb").read() == open(cli / (split + suffix), "rb").read(), (split, suffix)
+    counts = collections.Counter(json.loads(x)["category"] for x in open(train + ".jsonl"))
+    assert abs(counts["mapped"] / sum(counts.values()) - 0.5) <= 0.01
+
+
+def test_trainer_weights_columns_and_heads(tmp_path):
+    """data.train of two inputs with data.weights 1,3, data.columns and data.max_examples: each
+    input gives its first max_examples rows (100 read, every kept one among them), and the train
+    split meets the weights."""
+    from r1jax.train import run_data
+    a_rows, _ = column_rows(80, 8)
+    b_rows, _ = column_rows(80, 9)
+    a = write_parquet(tmp_path / "a.parquet", [r | {"topic": "a"} for r in a_rows])
+    b = write_jsonl(tmp_path / "b.jsonl", [r | {"topic": "b"} for r in b_rows])
+    c = _trainer_config(tmp_path, train=f"{a},{b}", weights="1,3", max_examples=50,
+                        columns="prompt=problem,completion=solution,category=topic")
+    train, val = run_data.prepare_data(c, log=lambda s: None)
+    train_rows = [json.loads(x) for x in open(train + ".jsonl")]
+    val_rows = [json.loads(x) for x in open(val + ".jsonl")]
+    counts = collections.Counter(r["category"] for r in train_rows)
+    assert abs(counts["b"] / len(train_rows) - 0.75) <= 0.01
+    kept = {r["messages"][0]["content"] for r in train_rows + val_rows}
+    assert kept <= {r["problem"] for r in a_rows[:50] + b_rows[:50]}     # a downsampled row is in neither
+    assert json.load(open(os.path.join(os.path.dirname(train), "report.json")))["records"]["read"] == 100

@@ -4,6 +4,7 @@ and the data preparer's command lines for bad keys, values and paths.
 The command-line tests start the real CLIs in a subprocess; each fails before anything compiles.
 """
 import math
+import re
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ OUT_OF_RANGE = {
     "lora.dropout": 1.0,               # a rate of 1 drops every input
     "data.val_fraction": 1.0,
     "data.max_examples": -1,
+    "data.max_per_category": -1,       # 0 is no cap; a negative cap means nothing
     "train.steps": -1,
     "train.epochs": -1,
     "train.batch_size": 0,
@@ -104,6 +106,25 @@ def test_every_numeric_key_refuses_out_of_range():
             run_config.validate(_with(key, value))
         assert f"{key}={value!r}" in str(e.value), (key, str(e.value))
         assert "allowed" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("keys,message", [
+    ({"data.format": "chatml"}, "data.format='chatml': choose one of auto, messages, sharegpt"),
+    ({"data.input_format": "xlsx"}, "data.input_format='xlsx': choose one of auto, jsonl"),
+    ({"data.columns": "prompt=problem,answer=solution"}, "data.columns: --columns entry 'answer=solution'"),
+    ({"data.train": "a.jsonl,b.parquet", "data.weights": "1"}, "data.weights has 1 value(s) for 2 input(s)"),
+    ({"data.train": "a.jsonl,b.parquet", "data.weights": "1,-1"}, "weight -1.0 for b.parquet"),
+    ({"data.train": "a.jsonl", "data.weights": "heavy"}, "data.weights='heavy': expected comma-separated"),
+    ({"data.mixture": "mix.yaml", "data.train": "a.jsonl"}, "data.train and data.mixture exclude each other"),
+    ({"data.mixture": "mix.yaml", "data.max_per_category": 5}, "data.max_per_category and data.mixture"),
+])
+def test_data_keys_are_validated_naming_the_key(keys, message):
+    """Oracle: the hand-written message of each bad data key (r1jax/data's choices and rules)."""
+    c = run_config.defaults()
+    for key, value in keys.items():
+        c.data[key.split(".")[1]] = value
+    with pytest.raises(run_config.RunConfigError, match=re.escape(message)):
+        run_config.validate(c)
 
 
 def test_negative_and_non_finite_learning_rates_are_refused():
