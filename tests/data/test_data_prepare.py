@@ -24,14 +24,7 @@ from r1jax.data.token_store import TokenStore
 VOCAB = [f"w{i}" for i in range(5000)]
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return tokenizer_lib.load_tokenizer()
-
-
-@pytest.fixture(autouse=True)
-def shared_tokenizer(tok, monkeypatch):
-    monkeypatch.setattr(prepare, "load_tokenizer", lambda path=None: tok)
+pytestmark = pytest.mark.usefixtures("packaged_prepare")  # the session tokenizer: tests/data/conftest.py
 
 
 def words(rng, n):

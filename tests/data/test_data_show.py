@@ -26,15 +26,7 @@ FIRST = ("<｜begin▁of▁sentence｜>Be brief.<｜User｜>What is 2+2?<｜Assi
          "<｜User｜>And 3+3?<｜Assistant｜><think>\n⟦Add.\n</think>\n\n6<｜end▁of▁sentence｜>⟧")
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return tokenizer_lib.load_tokenizer()
-
-
-@pytest.fixture(autouse=True)
-def shared_tokenizer(tok, monkeypatch):
-    monkeypatch.setattr(show, "load_tokenizer", lambda path=None: tok)
-    monkeypatch.setattr(prepare, "load_tokenizer", lambda path=None: tok)
+pytestmark = pytest.mark.usefixtures("packaged_prepare")  # the session tokenizer: tests/data/conftest.py
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from r1jax.data import decontaminate, prepare
-from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.data.formats import DataError, Example, Message
 
 # Eval row 1: an 18-word prompt. Row 2: a 6-word question, a 16-word answer. Row 3: an 8-word
@@ -169,14 +168,7 @@ def test_bad_sources(tmp_path):
 
 # ---- prepare --decontaminate -------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tok():
-    return tokenizer_lib.load_tokenizer()
-
-
-@pytest.fixture(autouse=True)
-def shared_tokenizer(tok, monkeypatch):
-    monkeypatch.setattr(prepare, "load_tokenizer", lambda path=None: tok)
+pytestmark = pytest.mark.usefixtures("packaged_prepare")  # the session tokenizer: tests/data/conftest.py
 
 
 def msg(user, answer, reasoning=None):

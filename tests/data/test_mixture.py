@@ -132,16 +132,7 @@ def test_load_errors_name_the_key(tmp_path, content, match):
 VOCAB = [f"w{i}" for i in range(5000)]
 
 
-@pytest.fixture(scope="module")
-def tok():
-    from r1jax.data import tokenizer as tokenizer_lib
-    return tokenizer_lib.load_tokenizer()
-
-
-@pytest.fixture(autouse=True)
-def shared_tokenizer(tok, monkeypatch):
-    from r1jax.data import prepare
-    monkeypatch.setattr(prepare, "load_tokenizer", lambda path=None: tok)
+pytestmark = pytest.mark.usefixtures("packaged_prepare")  # the session tokenizer: tests/data/conftest.py
 
 
 def source_rows(tag, n, seed, categories=("x",)):

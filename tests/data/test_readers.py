@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from r1jax.data import prepare, readers
-from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.data.errors import DataError
 from r1jax.data.formats import read_examples
 
@@ -26,14 +25,7 @@ PREPARED = ("train.jsonl", "val.jsonl", "train.ids.npy", "train.mask.npy", "trai
             "train.meta.json", "val.ids.npy", "val.mask.npy", "val.offsets.npy", "val.meta.json")
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return tokenizer_lib.load_tokenizer()
-
-
-@pytest.fixture(autouse=True)
-def shared_tokenizer(tok, monkeypatch):
-    monkeypatch.setattr(prepare, "load_tokenizer", lambda path=None: tok)
+pytestmark = pytest.mark.usefixtures("packaged_prepare")  # the session tokenizer: tests/data/conftest.py
 
 
 def text(rng, n=10):

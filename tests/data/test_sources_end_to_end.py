@@ -13,7 +13,6 @@ import random
 import pytest
 
 from r1jax.data import prepare
-from r1jax.data import tokenizer as tokenizer_lib
 
 from container_writers import write_csv, write_hf, write_jsonl, write_parquet
 
@@ -22,14 +21,7 @@ SPLIT_FILES = ("train.jsonl", "val.jsonl", "train.ids.npy", "train.mask.npy", "t
 WORDS = ("river", "stone", "prime", "sum", "graph", "token", "loop", "north", "seven", "matrix", "proof", "lemma")
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return tokenizer_lib.load_tokenizer()
-
-
-@pytest.fixture(autouse=True)
-def shared_tokenizer(tok, monkeypatch):
-    monkeypatch.setattr(prepare, "load_tokenizer", lambda path=None: tok)
+pytestmark = pytest.mark.usefixtures("packaged_prepare")  # the session tokenizer: tests/data/conftest.py
 
 
 def text(rng, n=9):
