@@ -108,7 +108,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decontaminate", nargs="+", metavar="NAME_OR_FILE",
                    help="remove records sharing a word n-gram with these evaluation sets: "
                         f"{', '.join(decontaminate.BUILTIN)} or JSONL/Parquet files of eval rows")
-    p.add_argument("--decontaminate_ngram", type=int, default=decontaminate.NGRAM, metavar="N",
+    p.add_argument("--decontaminate_ngram", type=int, metavar="N",
                    help=f"n-gram length in words for --decontaminate (default {decontaminate.NGRAM})")
     p.add_argument("--weights", nargs="+", type=float, metavar="W",
                    help="one weight per --input: each input's share of the training split is W / sum(W) "
@@ -142,7 +142,9 @@ def _check_args(args) -> str | None:
         return f"--max_tokens {args.max_tokens}: must be at least 2"
     if not 0 < args.near_dup_threshold <= 1:
         return f"--near_dup_threshold {args.near_dup_threshold}: must be in (0, 1]"
-    if args.decontaminate_ngram < 1:
+    if args.decontaminate_ngram is not None and not args.decontaminate:
+        return "--decontaminate_ngram needs --decontaminate (the evaluation sets to compare with)"
+    if args.decontaminate_ngram is not None and args.decontaminate_ngram < 1:
         return f"--decontaminate_ngram {args.decontaminate_ngram}: must be at least 1"
     for spec in args.decontaminate or ():
         if problem := decontaminate.check_source(spec):
@@ -298,7 +300,7 @@ def clean_stream(args, mix: mixture.Mixture, tokenizer, tally: report_lib.Tally,
     a --decontaminate row without evaluation text)."""
     evals = None
     if getattr(args, "decontaminate", None):
-        evals = decontaminate.EvalIndex.build(args.decontaminate, args.decontaminate_ngram)
+        evals = decontaminate.EvalIndex.build(args.decontaminate, args.decontaminate_ngram or decontaminate.NGRAM)
         print(f"decontaminate: {evals.describe()}", file=sys.stderr, flush=True)
     near = clean.NearDuplicateIndex(args.near_dup_threshold)
     token_chars = clean.max_token_chars(tokenizer) if args.max_tokens else None
@@ -562,6 +564,8 @@ def run(args: argparse.Namespace) -> int:
     categories = [k.example.category for k in kept]
     options = {k: v for k, v in vars(args).items() if k not in ("input", "out", "command")}
     options["tokenizer"] = tokenizer_dir(tokenizer)  # the directory used, also when packaged
+    if args.decontaminate:
+        options["decontaminate_ngram"] = args.decontaminate_ngram or decontaminate.NGRAM  # the n used
     rep = report_lib.build(
         tally, parts, lengths, trained, categories,
         inputs=input_files(args, mix), out=args.out,

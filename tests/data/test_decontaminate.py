@@ -251,6 +251,14 @@ def test_prepare_bad_source_exits_2(tmp_path, capsys, spec):
     assert not os.path.exists(out)
 
 
+def test_prepare_ngram_without_sources_exits_2(tmp_path, capsys):
+    """Oracle: the hand-written message; --decontaminate_ngram alone would have no effect."""
+    rc, _, out, _ = run(tmp_path, "--decontaminate_ngram", "8")
+    assert rc == 2 and capsys.readouterr().err == (
+        "error: --decontaminate_ngram needs --decontaminate (the evaluation sets to compare with)\n")
+    assert not os.path.exists(out)
+
+
 def test_prepare_eval_row_without_text_exits_2(tmp_path, capsys):
     """Oracle: line 3 of the eval file (hand-counted) has none of the fields."""
     path = write_jsonl(tmp_path / "evals.jsonl", [EVAL_ROWS[0], EVAL_ROWS[1], {"id": 3}])
