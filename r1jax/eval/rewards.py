@@ -50,7 +50,8 @@ Scoring (score): totals[i] = sum over functions of weight * reward[i]; per_funct
 unweighted rewards. A function that raises or returns anything but a finite real number scores 0.0
 for that item and is counted in problems[name] (the first message kept in errors[name]); one bad
 item never fails the call. A row lacking a field a reward needs (answer, tests: a string), or a
-completion without num_tokens for length, is a data error: RewardError naming the index and field.
+completion without num_tokens for length, is a data error: RewardDataError (a RewardError and an
+r1jax.data.errors.DataError) naming the index and field.
 Where the work runs: built-ins inline (microseconds per item: shipping rows to another process
 costs more); code_tests as one sandbox.run_many batch (`workers` children at once, 0 = CPU count);
 user functions inline when workers == 1 or there are fewer than POOL_MIN_ITEMS items, else in a
@@ -69,6 +70,7 @@ import os
 import re
 from typing import Any, Callable, NamedTuple, Sequence
 
+from r1jax.data.errors import DataError
 from r1jax.eval.tasks import answers, sandbox
 
 EOS_MARKER = "<｜end▁of▁sentence｜>"
@@ -80,6 +82,11 @@ CODE_LIMITS = sandbox.Limits(timeout_s=10.0)
 
 class RewardError(ValueError):
     """A bad reward spec, or data a reward cannot score; the one-line message names the entry or item."""
+
+
+class RewardDataError(RewardError, DataError):
+    """A row or completion a reward cannot score (a missing field, no token count): bad data, so
+    also a DataError; the message starts with `rows[i]` or `completions[i]`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,7 +310,7 @@ def _as_completion(c: Any, i: int) -> Completion:
         return c
     if isinstance(c, str):
         return Completion(c)
-    raise RewardError(f"completions[{i}]: a Completion or a str, got {type(c).__name__}")
+    raise RewardDataError(f"completions[{i}]: a Completion or a str, got {type(c).__name__}")
 
 
 def _check_data(funcs: list[_Reward], comps: list[Completion], rows: Sequence[dict]) -> None:
@@ -311,18 +318,18 @@ def _check_data(funcs: list[_Reward], comps: list[Completion], rows: Sequence[di
     completion without num_tokens when length is used."""
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise RewardError(f"rows[{i}]: a row is a dict, got {type(row).__name__}")
+            raise RewardDataError(f"rows[{i}]: a row is a dict, got {type(row).__name__}")
         for f in funcs:
             for field in f.fields:
                 if field not in row or row[field] is None:
-                    raise RewardError(f"rows[{i}]: missing field {field!r}, which the {f.key} reward needs")
+                    raise RewardDataError(f"rows[{i}]: missing field {field!r}, which the {f.key} reward needs")
                 if not isinstance(row[field], str):
-                    raise RewardError(f"rows[{i}]: field {field!r} must be a string for the {f.key} "
+                    raise RewardDataError(f"rows[{i}]: field {field!r} must be a string for the {f.key} "
                                       f"reward, got {type(row[field]).__name__}")
     if any(f.tokens for f in funcs):
         for i, c in enumerate(comps):
             if not isinstance(c.num_tokens, int) or c.num_tokens < 0:
-                raise RewardError(f"completions[{i}]: the length reward needs num_tokens (an int >= 0), "
+                raise RewardDataError(f"completions[{i}]: the length reward needs num_tokens (an int >= 0), "
                                   f"got {c.num_tokens!r}")
 
 

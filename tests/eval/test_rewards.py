@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 
+from r1jax.data.errors import DataError
 from r1jax.eval import rewards as R
 from r1jax.eval.tasks import sandbox
 
@@ -242,7 +243,7 @@ def test_data_errors_name_the_item():
     """Oracle: a row without the field a reward needs is an error naming the row and field (raised
     before anything is scored); so are a non-string answer, a missing token count for length and
     mismatched lengths."""
-    with pytest.raises(R.RewardError, match=r"^rows\[1\]: missing field 'answer', which the boxed reward needs$"):
+    with pytest.raises(DataError, match=r"^rows\[1\]: missing field 'answer', which the boxed reward needs$"):
         R.score(["a", "b"], [{"answer": "1"}, {"question": "q"}], ["p", "p"], "format,boxed")
     with pytest.raises(R.RewardError, match=r"^rows\[0\]: missing field 'tests', which the code_tests"):
         R.score(["a"], [{"answer": "1"}], ["p"], "code_tests")
