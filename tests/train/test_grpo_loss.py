@@ -192,10 +192,10 @@ def test_grpo_loss_matches_numpy(normalize, beta):
 
 def test_grpo_loss_without_ref_and_symmetric_clip():
     """Oracle: np_grpo with beta 0 and no reference (kl metric 0), epsilon_high defaulting to epsilon
-    (the clip [0.8, 1.2] on both sides)."""
+    (the clip [0.8, 1.2] on both sides); under jax.jit, the hyperparameters being Python floats."""
     logp, old, _, adv, mask = _batch(seed=3)
     want_loss, want_metrics, _ = np_grpo(logp, old, adv, mask, None, 0.0, "token", 0.2, 0.2)
-    loss, metrics = grpo_loss(*_f32(logp, old, adv), jnp.asarray(mask), epsilon=0.2)
+    loss, metrics = jax.jit(lambda *a: grpo_loss(*a, epsilon=0.2))(*_f32(logp, old, adv), jnp.asarray(mask))
     np.testing.assert_allclose(float(loss), want_loss, rtol=RTOL, atol=ATOL)
     assert float(metrics["kl"]) == 0.0
     for k, v in want_metrics.items():

@@ -139,7 +139,8 @@ def grpo_loss(logp, old_logp, advantages, mask, *, epsilon: float = 0.2,
     """The GRPO loss (module docstring): logp, old_logp, mask [B, T], advantages [B], ref_logp [B, T]
     or None -> (loss [] float32, metrics).
 
-    epsilon_high defaults to epsilon (a symmetric clip); beta > 0 needs ref_logp. Metrics, float32
+    epsilon, epsilon_high, beta and normalize are Python values (static under jax.jit); epsilon_high
+    defaults to epsilon (a symmetric clip); beta > 0 needs ref_logp. Metrics, float32
     scalars over the scored tokens (0 when there are none): "kl" (mean k3; 0 without ref_logp),
     "clip_fraction" (share of tokens whose clip is active), "clip_low_fraction" and
     "clip_high_fraction" (its two sides), "ratio_mean" (mean r).
