@@ -299,6 +299,19 @@ def _checked(call: Callable, prompt: Any, c: Completion, row: dict, i: int) -> t
     return 0.0, f"item {i}: returned {type(v).__name__} {v!r:.80}, not a finite number"
 
 
+def required_fields(rewards: str | list[tuple[str, float]]) -> dict[str, str]:
+    """{row field: the first reward of the spec that reads it} (answer, tests: strings every row
+    scored with the spec must have)."""
+    if isinstance(rewards, str):
+        rewards = parse_rewards(rewards)
+    out: dict[str, str] = {}
+    for name, _ in rewards:
+        f = _resolve(name)
+        for field in f.fields:
+            out.setdefault(field, f.key)
+    return out
+
+
 def _user_chunk(paths: list[str], items: list[tuple[int, Any, Completion, dict]]) -> dict:
     """In a pool worker: {path: [(reward, message|None)] per item}, the functions imported by name."""
     fns = {p: _user_function(p, p) for p in paths}

@@ -83,3 +83,39 @@ def chunked_loss_sums(h, kernel, tokens, segment_ids, k: int = 1, loss_mask=None
     zero = jnp.zeros((), jnp.float32)
     (total, count, correct), _ = jax.lax.scan(body, (zero, zero, zero), (hs, ts, ms))
     return total, count, correct
+
+
+def token_logprobs(h, kernel, targets, temperature: float = 1.0, chunk: int = 0):
+    """Per-token log-probability and entropy under the tempered next-token distribution
+    p = softmax(h @ kernel / temperature): h [B, T, D] (final-normed hidden states), kernel [D, V],
+    targets [B, T] -> (log p[targets] [B, T], entropy -sum_v p log p [B, T]), float32.
+
+    chunk > 0 computes the logits `chunk` positions at a time along time (as chunked_loss_sums:
+    B rows x span steps, rematerialized in the backward pass), so at most [B, span, V] float32
+    logits exist at once; chunk = 0 in one piece. Differentiable in h and kernel.
+    """
+    b, t, _ = h.shape
+    inv_t = 1.0 / temperature
+
+    def one(h_c, t_c):
+        logits = jnp.einsum("bsd,dv->bsv", h_c, kernel.astype(h_c.dtype),
+                            preferred_element_type=jnp.float32) * inv_t
+        logq = jax.nn.log_softmax(logits, -1)
+        logp = jnp.take_along_axis(logq, t_c[..., None], -1)[..., 0]
+        entropy = -jnp.sum(jnp.exp(logq) * logq, -1)
+        return logp, entropy
+
+    if not chunk:
+        return one(h, targets)
+    span = max(1, min(t, chunk // b))
+    pad = (-t) % span
+
+    def split(a):  # [B, T, ...] -> [T / span, B, span, ...]
+        a = jnp.pad(a, ((0, 0), (0, pad)) + ((0, 0),) * (a.ndim - 2))
+        return jnp.swapaxes(a.reshape((b, -1, span) + a.shape[2:]), 0, 1)
+
+    def merge(a):  # [T / span, B, span] -> [B, T]
+        return jnp.swapaxes(a, 0, 1).reshape(b, -1)[:, :t]
+
+    logp, entropy = jax.lax.map(lambda xs: jax.checkpoint(one)(*xs), (split(h), split(targets)))
+    return merge(logp), merge(entropy)

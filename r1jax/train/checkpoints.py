@@ -28,7 +28,8 @@ ERRORS_LOG = "checkpoint_errors.log"
 
 
 class RunCheckpoints:
-    def __init__(self, output_dir: str, keep: int, log=print):
+    def __init__(self, output_dir: str, keep: int, log=print, best_metric: str = "val/loss",
+                 best_mode: str = "min"):
         self.log = log
         self.errors = _ErrorLog(os.path.abspath(os.path.join(output_dir, ERRORS_LOG)))
         opts = dict(create=True, enable_async_checkpointing=True)
@@ -37,8 +38,9 @@ class RunCheckpoints:
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, **opts))
         self.best = ocp.CheckpointManager(
             os.path.abspath(os.path.join(output_dir, "best")), item_names=("state", "meta"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["val/loss"],
-                                                 best_mode="min", **opts))
+            options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m[best_metric],
+                                                 best_mode=best_mode, **opts))
+        self.best_metric = best_metric
 
     @staticmethod
     def _args(state, meta):
@@ -50,10 +52,12 @@ class RunCheckpoints:
             self._one_at_a_time(self.best)
             self.latest.save(step, args=self._args(state, meta))
 
-    def save_best(self, step: int, state, meta: dict, val_loss: float) -> None:
+    def save_best(self, step: int, state, meta: dict, value: float) -> None:
+        """Saves into OUTPUT_DIR/best, which keeps the step of the best `best_metric` value (the
+        lowest val/loss by default; GRPO's highest val/reward)."""
         if step not in self.best.all_steps():
             self._one_at_a_time(self.latest)
-            self.best.save(step, args=self._args(state, meta), metrics={"val/loss": val_loss})
+            self.best.save(step, args=self._args(state, meta), metrics={self.best_metric: value})
 
     @staticmethod
     def _one_at_a_time(other) -> None:

@@ -46,7 +46,10 @@ from r1jax.models.common.partition import merge, split_adapters, split_model, sp
 from r1jax.eval.task_eval import TaskEval
 from r1jax.eval.tasks.runner import TaskError
 from r1jax.train.checkpoints import RunCheckpoints, abstract_of
-from r1jax.train.run_data import prepare_data
+from r1jax.train.run_data import prepare_data, prepare_prompts
+from r1jax.data.prompt_set import read_prompts
+from r1jax.train.objectives.grpo import policy_logprobs
+from r1jax.train.rollouts import Rollouts, check_rows, steps_per_epoch
 
 
 class TrainingError(RuntimeError):
@@ -164,21 +167,32 @@ def _train(c, mesh, is_main: bool, log) -> dict:
 
     # ---- data (tokenized with the checkpoint's own tokenizer when it has one, else the packaged R1 one)
     tokenizer = tokenizer_lib.load_checkpoint_tokenizer(c.model.checkpoint, log)
-    train_prefix, val_prefix = prepare_data(c, log)
-    train_store = TokenStore(train_prefix)
-    loader = make_loader(train_prefix, seq_len=c.train.seq_len, batch_size=c.train.batch_size,
-                         seed=c.seed, packing=c.data.packing, process_index=jax.process_index(),
-                         process_count=jax.process_count(),
-                         num_epochs=None if c.train.steps else c.train.epochs)
-    total_steps = c.train.steps or loader.total_steps
-    log(f"data: {len(train_store)} training examples, {int(train_store.lengths().sum())} tokens; "
-        f"{total_steps} steps of {c.train.batch_size} x {c.train.seq_len} tokens")
+    tokenizer_lib.check_fits(tokenizer, model_cfg.vocab_size, c.model.checkpoint or f"preset {c.model.preset}")
+    grpo = c.train.objective == "grpo"
+    if grpo:  # prompts with references; each step samples its batch (r1jax/train/rollouts.py)
+        rollouts = _grpo_rollouts(c, tokenizer, mesh, log)
+        loader = None
+        total_steps = c.train.steps or c.train.epochs * steps_per_epoch(len(rollouts.train_rows),
+                                                                        c.grpo.prompts_per_step)
+        log(f"data: {len(rollouts.train_rows)} training prompts, {len(rollouts.val_rows)} val prompts; "
+            f"{total_steps} steps of {c.grpo.prompts_per_step} prompts x {c.grpo.num_generations} "
+            f"completions of <= {c.grpo.max_new_tokens} tokens")
+    else:
+        rollouts = None
+        train_prefix, val_prefix = prepare_data(c, log)
+        train_store = TokenStore(train_prefix)
+        loader = make_loader(train_prefix, seq_len=c.train.seq_len, batch_size=c.train.batch_size,
+                             seed=c.seed, packing=c.data.packing, process_index=jax.process_index(),
+                             process_count=jax.process_count(),
+                             num_epochs=None if c.train.steps else c.train.epochs)
+        total_steps = c.train.steps or loader.total_steps
+        log(f"data: {len(train_store)} training examples, {int(train_store.lengths().sum())} tokens; "
+            f"{total_steps} steps of {c.train.batch_size} x {c.train.seq_len} tokens")
+        if int(train_store.ids.max(initial=0)) >= model_cfg.vocab_size:
+            raise TrainingError(f"{train_prefix}: token id {int(train_store.ids.max())} >= the model's "
+                                f"vocab_size {model_cfg.vocab_size}")
 
     # ---- model: with adapters (section lora) they are the trained params, the weights `frozen`
-    tokenizer_lib.check_fits(tokenizer, model_cfg.vocab_size, c.model.checkpoint or f"preset {c.model.preset}")
-    if int(train_store.ids.max(initial=0)) >= model_cfg.vocab_size:
-        raise TrainingError(f"{train_prefix}: token id {int(train_store.ids.max())} >= the model's "
-                            f"vocab_size {model_cfg.vocab_size}")
     if model_cfg.fp8_weights and not model_cfg.lora.rank:
         raise TrainingError(f"model.checkpoint={c.model.checkpoint}: its projections are FP8 (a frozen "
                             "base for adapters): set lora.rank > 0, or convert with --dtype bfloat16 "
@@ -209,8 +223,10 @@ def _train(c, mesh, is_main: bool, log) -> dict:
             f"{' (FP8 projections)' if model_cfg.fp8_weights else ''}"
             f"{'; routed-expert adapters take no dropout' if lc.dropout and 'routed_experts' in lc.targets else ''}")
 
-    # ---- step
-    tx, lr_by_group, stage_at = make_optimizer(run_config.optim_config(c, total_steps), abstract, params)
+    # ---- step (GRPO: grpo.iterations optimizer updates per step's rollouts)
+    updates_per_step = c.grpo.iterations if grpo else 1
+    tx, lr_by_group, stage_at = make_optimizer(run_config.optim_config(c, total_steps * updates_per_step),
+                                               abstract, params)
     o_shard = opt_state_shardings(jax.eval_shape(tx.init, params), params, mesh)
     opt_state = jax.jit(tx.init, out_shardings=o_shard)(params)
     sc = run_config.step_config(c)
@@ -222,9 +238,25 @@ def _train(c, mesh, is_main: bool, log) -> dict:
                             if k in ("nll", "tokens", "correct")},
         out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     flops_per_token = registry.train_flops_per_token(model_cfg, c.train.seq_len)
+    # GRPO's log-probabilities of the rollouts: the reference's (beta > 0) and, with several updates
+    # per batch, the sampling policy's; the reference is the starting weights (with adapters: the
+    # base, all adapters zero), kept before a resume replaces params.
+    logprob_fns = {}
+    if grpo:
+        logprobs = jax.jit(lambda p, r, f, b: policy_logprobs(merge(graphdef, p, r, f), b, sc.objective.temperature,
+                                                               c.train.loss_chunk), out_shardings=batch_sharding)
+        if c.grpo.beta > 0:
+            ref = _reference(params, rest, frozen is not None)
+            log(f"grpo: reference policy = {'the base, adapters off' if frozen is not None else 'a frozen copy of the starting weights'}"
+                f" ({sum(x.nbytes for x in jax.tree.leaves(ref)) / 2**30:.2f} GiB)")
+            logprob_fns["ref_logp"] = lambda b: logprobs(*ref, frozen, b)
+        if c.grpo.iterations > 1:
+            logprob_fns["old_logp"] = lambda b: logprobs(params, rest, frozen, b)
 
     # ---- checkpoint: resume if this output_dir has one
-    ckpts = RunCheckpoints(c.output_dir, c.train.keep_checkpoints, log)
+    best_metric = "val/reward" if grpo else "val/loss"  # the best checkpoint's: higher / lower is better
+    best_name = best_metric.replace("/", "_")  # summary.json: first_/last_/best_val_loss or _val_reward
+    ckpts = RunCheckpoints(c.output_dir, c.train.keep_checkpoints, log, best_metric, "max" if grpo else "min")
     monitor = Monitor(c.output_dir, total_steps, enabled=is_main)
     meta = {"step": 0, "nonfinite": 0, "best_val": None, "evals_without_gain": 0}
     # params and rest are saved as nested dicts (the model checkpoint layout: export reads them).
@@ -235,14 +267,15 @@ def _train(c, mesh, is_main: bool, log) -> dict:
         nnx.replace_by_pure_dict(params, state["params"])
         nnx.replace_by_pure_dict(rest, state["rest"])
         opt_state = state["opt_state"]
-        loader.set_state(meta["data"])
+        if loader is not None:  # GRPO's prompts and keys follow from (seed, step) alone
+            loader.set_state(meta["data"])
         log(f"resumed from {c.output_dir}/checkpoints/{step0}")
     step = meta["step"]
     monitor.truncate_after(step if restored is not None else -1)  # this run rewrites what follows
 
     def snapshot():
         return ({"params": nnx.to_pure_dict(params), "rest": nnx.to_pure_dict(rest), "opt_state": opt_state},
-                {**meta, "step": step, "data": loader.get_state()})
+                {**meta, "step": step, "data": loader.get_state() if loader is not None else None})
 
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
@@ -264,23 +297,34 @@ def _train(c, mesh, is_main: bool, log) -> dict:
         log(f"step {at_step}: {shown} ({time.perf_counter() - t:.1f} s)")
 
     def do_eval(at_step: int, train_loss: float | None) -> bool:
-        """Validation at `at_step`: logs, keeps the best checkpoint; True to stop early."""
-        ev = evaluate_split(eval_fn, params, rest, frozen, val_prefix, c, batch_sharding,
-                            c.train.eval_batches)
+        """Validation at `at_step`: logs, keeps the best checkpoint; True to stop early.
+        SFT: val/loss of the val split; GRPO: val/reward and val/pass_rate of sampled answers."""
+        if grpo:
+            t = time.perf_counter()
+            ev, records = rollouts.validate(merge(graphdef, params, rest, frozen))
+            _write_records(c.output_dir, os.path.join("rollouts", "val"), at_step, records, is_main)
+            shown = f"val/reward {ev['val/reward']:.4f}, val/pass_rate {ev['val/pass_rate']:.4f}"
+            ev["time/val_s"] = time.perf_counter() - t
+        else:
+            ev = evaluate_split(eval_fn, params, rest, frozen, val_prefix, c, batch_sharding,
+                                c.train.eval_batches)
+            if train_loss is not None:
+                ev["train_val_gap"] = ev["val/loss"] - train_loss  # the overfitting indicator
+            shown = f"val/loss {ev['val/loss']:.4f} (perplexity {ev['val/perplexity']:.2f})"
         ev["step"] = at_step
-        if train_loss is not None:
-            ev["train_val_gap"] = ev["val/loss"] - train_loss  # the overfitting indicator
         monitor.write(ev)
         monitor.plot()
-        log(f"step {at_step}: val/loss {ev['val/loss']:.4f} (perplexity {ev['val/perplexity']:.2f})")
-        summary.setdefault("first_val_loss", ev["val/loss"])
-        summary["last_val_loss"] = ev["val/loss"]
+        log(f"step {at_step}: {shown}")
+        value = ev[best_metric]
+        summary.setdefault(f"first_{best_name}", value)
+        summary[f"last_{best_name}"] = value
         if at_step == 0:
             return False  # the baseline: not a candidate for the best checkpoint
-        finite = math.isfinite(ev["val/loss"])  # a diverged model is never the best one
-        if finite and (meta["best_val"] is None or ev["val/loss"] < meta["best_val"]):
-            meta["best_val"], meta["evals_without_gain"] = ev["val/loss"], 0
-            ckpts.save_best(at_step, *snapshot(), ev["val/loss"])
+        finite = math.isfinite(value)  # a diverged model is never the best one
+        better = meta["best_val"] is None or (value > meta["best_val"] if grpo else value < meta["best_val"])
+        if finite and better:
+            meta["best_val"], meta["evals_without_gain"] = value, 0
+            ckpts.save_best(at_step, *snapshot(), value)
         else:
             meta["evals_without_gain"] += 1
         if c.train.early_stop_patience and meta["evals_without_gain"] >= c.train.early_stop_patience:
@@ -292,9 +336,10 @@ def _train(c, mesh, is_main: bool, log) -> dict:
     summary = {"start_step": step}
     stage = int(stage_at(step))
     pending = None
-    batch_spec = {k: jax.ShapeDtypeStruct((c.train.batch_size, c.train.seq_len), jnp.int32,
-                                          sharding=batch_sharding)
-                  for k in ("tokens", "positions", "segment_ids", "loss_mask")}
+    int_fields = ("tokens", "positions", "segment_ids", "loss_mask")
+    batch_spec = {k: jax.ShapeDtypeStruct((c.train.batch_size, c.train.seq_len),
+                                          jnp.int32 if k in int_fields else jnp.float32, sharding=batch_sharding)
+                  for k in ("tokens", "positions", "segment_ids", *sc.objective.fields)}
     t0 = time.perf_counter()
     step_key = lambda at: None if dropout_key is None else jax.random.fold_in(dropout_key, at)
     step_fn = step_fn.lower(params, rest, opt_state, batch_spec, None if frozen is None else
@@ -315,12 +360,21 @@ def _train(c, mesh, is_main: bool, log) -> dict:
                 ckpts.wait()
                 summary.update(stopped="SIGTERM", step=step)
                 return summary
-            try:
-                local = next(loader)
-            except StopIteration:
-                break
-            params, rest, opt_state, m = step_fn(params, rest, opt_state, _global_batch(local, batch_sharding),
-                                                 frozen, step_key(step))
+            if grpo:
+                t_step = time.perf_counter()
+                batch, info, records = rollouts.sample(merge(graphdef, params, rest, frozen), step,
+                                                       lambda a: _global_batch(a, batch_sharding), logprob_fns)
+                t_update = time.perf_counter()
+                for it in range(updates_per_step):
+                    params, rest, opt_state, m = step_fn(params, rest, opt_state, batch, frozen,
+                                                         step_key(step * updates_per_step + it))
+            else:
+                try:
+                    local = next(loader)
+                except StopIteration:
+                    break
+                params, rest, opt_state, m = step_fn(params, rest, opt_state, _global_batch(local, batch_sharding),
+                                                     frozen, step_key(step))
             step += 1
             # The previous step's scalars are read after this step is dispatched: no stall.
             if pending is not None:
@@ -331,7 +385,18 @@ def _train(c, mesh, is_main: bool, log) -> dict:
                 stage = new_stage
                 log(f"step {step}: unfreezing stage {stage} starts ({c.optim.stages.split(';')[stage]})")
 
-            if step % c.train.log_every == 0 or step == total_steps:
+            if grpo:  # every step: the rollouts' rewards and the update's policy statistics
+                mm = jax.device_get(m)
+                now = time.perf_counter()
+                rec = {"step": step, "train/loss": float(mm["loss"]), "grad_norm": float(mm["grad_norm"]),
+                       **{k: float(mm[k]) for k in GRPO_METRICS if k in mm}, **info,
+                       "time/update_s": now - t_update, "step_time_s": now - t_step,
+                       **{f"lr/{g}": v for g, v in lr_by_group(step * updates_per_step).items()},
+                       **device_memory()}
+                monitor.write(rec)
+                _write_records(c.output_dir, "rollouts", step, records, is_main)
+                monitor.progress(step, f"reward {info['reward/mean']:.3f} loss {rec['train/loss']:.4f}")
+            elif step % c.train.log_every == 0 or step == total_steps:
                 jax.block_until_ready(m["loss"])
                 now = time.perf_counter()
                 steps_done = c.train.log_every if step % c.train.log_every == 0 else step % c.train.log_every
@@ -372,12 +437,46 @@ def _train(c, mesh, is_main: bool, log) -> dict:
         signal.signal(signal.SIGTERM, previous)
         ckpts.wait()
         ckpts.close()
-        loader.close()
-    summary.update(step=step, best_val_loss=meta["best_val"])
+        if loader is not None:
+            loader.close()
+    summary.update(step=step, **{f"best_{best_name}": meta["best_val"]})
     if is_main:
         with open(os.path.join(c.output_dir, "summary.json"), "w") as f:
             f.write(dumps(summary, indent=1))
     return summary
+
+
+GRPO_METRICS = ("kl", "clip_fraction", "clip_low_fraction", "clip_high_fraction", "ratio_mean", "entropy")
+
+
+def _grpo_rollouts(c, tokenizer, mesh, log) -> Rollouts:
+    """The prompt rows of data.train / data.val, prepared (r1jax/data/prompt_set.py) with a prompt
+    budget of train.seq_len - grpo.max_new_tokens tokens, checked against the rewards' fields."""
+    train_path, val_path = prepare_prompts(c, log, max_tokens=c.train.seq_len - c.grpo.max_new_tokens)
+    train_rows, val_rows = read_prompts(train_path), read_prompts(val_path)
+    for rows in (train_rows, val_rows):
+        check_rows(rows, c.grpo.rewards)
+    if jax.process_count() > 1:
+        raise TrainingError("train.objective=grpo runs in one process for now (every process would "
+                            f"sample the same rollouts): {jax.process_count()} processes joined")
+    return Rollouts(train_rows, val_rows, tokenizer, run_config.rollout_settings(c), seed=c.seed,
+                    seq_len=c.train.seq_len, mesh=mesh, meta_dir=c.model.checkpoint or None, log=log)
+
+
+def _reference(params, rest, adapters: bool):
+    """GRPO's reference policy as (params, rest): with adapters, every adapter zero (x A B = 0: the
+    base alone); else a copy of the starting weights (its memory is the params' again)."""
+    weights = jax.tree.map(jnp.zeros_like if adapters else jnp.copy, params)
+    return weights, jax.tree.map(jnp.copy, rest)  # the step donates rest: the reference keeps its own
+
+
+def _write_records(output_dir: str, sub: str, step: int, records: list[dict], is_main: bool) -> None:
+    """OUTPUT_DIR/SUB/STEP.jsonl: one JSON object per rollout (process 0 writes)."""
+    if not is_main:
+        return
+    os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
+    with open(os.path.join(output_dir, sub, f"{step}.jsonl"), "w") as f:
+        f.writelines(dumps(r) + "\n" for r in records)
 
 
 def _place_model(c, model_cfg, abstract, shardings, mesh):

@@ -91,7 +91,8 @@ class Monitor:
             print(text, file=sys.stderr, flush=True)
 
     def plot(self) -> None:
-        """loss.png (train/val loss and LR) and expert_load.png (per-layer load of the last record)."""
+        """loss.png (train/val loss), reward.png (GRPO: rollout and val reward) and expert_load.png
+        (per-layer load of the last record)."""
         if not (self.enabled and os.path.exists(self.path)):
             return
         import matplotlib
@@ -112,6 +113,21 @@ class Monitor:
         fig.tight_layout()
         fig.savefig(os.path.join(self.dir, "loss.png"), dpi=100)
         plt.close(fig)
+        rewards = [(r["step"], r["reward/mean"]) for r in recs if r.get("reward/mean") is not None]
+        val_rewards = [(r["step"], r["val/reward"]) for r in recs if r.get("val/reward") is not None]
+        if rewards or val_rewards:
+            fig, ax = plt.subplots(figsize=(7, 4))
+            if rewards:
+                ax.plot(*zip(*rewards), alpha=0.6, label="reward/mean (rollouts)")
+            if val_rewards:
+                ax.plot(*zip(*val_rewards), "o-", label="val/reward")
+            ax.set_xlabel("step")
+            ax.set_ylabel("reward")
+            ax.legend()
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            fig.savefig(os.path.join(self.dir, "reward.png"), dpi=100)
+            plt.close(fig)
         loads = [r["moe/expert_load"] for r in recs if r.get("moe/expert_load") is not None]
         if loads:
             load = np.asarray(loads[-1], dtype=float)  # [L_moe, E] fractions (null: nan)

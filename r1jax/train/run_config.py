@@ -22,6 +22,8 @@ from r1jax.models.common.config import ADAPTABLE_GROUPS, LoraConfig, RuntimeConf
 from r1jax.models.registry import preset
 from r1jax.train.optim import OptimConfig
 from r1jax.parallel.sharding import MESH_PRESETS
+from r1jax.train.objectives.grpo import GRPO
+from r1jax.train.objectives.sft import SFT
 from r1jax.train.step import StepConfig
 
 
@@ -87,6 +89,24 @@ def defaults() -> ml_collections.ConfigDict:
     c.train.router_bias_rate = 0.0     # aux-loss-free balancing: b += rate * sign(mean_load - load)
     c.train.loss_chunk = 4096          # LM head + cross-entropy over this many positions at a time; 0 = all
     c.train.task_eval_every = 0        # task metric every N steps (section task: task_eval.py); 0 = off
+    c.train.objective = "sft"          # sft (next-token loss on the data) | grpo (section grpo: RL on prompts)
+
+    c.grpo = ml_collections.ConfigDict()   # train.objective="grpo": r1jax/train/rollouts.py, objectives/grpo.py
+    c.grpo.prompts_per_step = 8        # prompts per step; train.batch_size = prompts_per_step * num_generations
+    c.grpo.num_generations = 8         # sampled completions per prompt (a group), >= 2
+    c.grpo.temperature = 1.0           # rollout sampling; log-probabilities are taken at it too
+    c.grpo.top_p = 1.0
+    c.grpo.max_new_tokens = 256        # completion budget; prompts get train.seq_len - this
+    c.grpo.rewards = "boxed:1.0,format:0.2"  # NAME[@BUDGET][:WEIGHT],...: r1jax/eval/rewards.py
+    c.grpo.scale_rewards = True        # advantages over the group std (False: Dr. GRPO, centred only)
+    c.grpo.epsilon = 0.2               # clip 1 - epsilon below
+    c.grpo.epsilon_high = 0.2          # clip 1 + epsilon_high above (DAPO's clip-higher: 0.28)
+    c.grpo.beta = 0.0                  # k3 KL penalty to the reference; 0 = no reference model
+    c.grpo.iterations = 1              # optimizer updates per batch of rollouts
+    c.grpo.normalize = "token"         # token | sequence | constant: objectives/grpo.py
+    c.grpo.val_temperature = 0.6       # validation sampling (top_p 0.95)
+    c.grpo.val_samples = 1             # samples per val prompt
+    c.grpo.workers = 0                 # reward processes (code_tests, user functions); 0 = CPU count
 
     c.task = ml_collections.ConfigDict()   # task metrics during training: r1jax/eval/task_eval.py
     c.task.name = "humaneval"          # humaneval | exact_match | contains | boxed
@@ -200,6 +220,18 @@ RANGES: dict[str, Range] = {
     "train.router_bias_rate": _NON_NEGATIVE,
     "train.loss_chunk": Range(1, special=((0, "all positions at once"),)),
     "train.task_eval_every": Range(1, special=((0, "off"),)),
+    "grpo.prompts_per_step": Range(1),
+    "grpo.num_generations": Range(2),
+    "grpo.temperature": _POSITIVE,
+    "grpo.top_p": Range(0, 1, lo_open=True),
+    "grpo.max_new_tokens": Range(1),
+    "grpo.epsilon": Range(0, 1),
+    "grpo.epsilon_high": _NON_NEGATIVE,
+    "grpo.beta": _NON_NEGATIVE,
+    "grpo.iterations": Range(1),
+    "grpo.val_temperature": _POSITIVE,
+    "grpo.val_samples": Range(1),
+    "grpo.workers": Range(1, special=((0, "CPU count"),)),
     "task.limit": Range(1, special=((0, "all"),)),
     "task.n_samples": Range(1),
     "task.temperature": _NON_NEGATIVE,
@@ -283,6 +315,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _validate_task(got)
     _validate_lora(got)
     _validate_data(got)
+    _validate_grpo(got)
     if got["train.steps"] <= 0 and got["train.epochs"] <= 0:
         raise RunConfigError("config keys train.steps and train.epochs: one must be > 0")
     if got["train.grad_accum"] and got["train.batch_size"] % got["train.grad_accum"]:
@@ -386,6 +419,43 @@ def _validate_data(got: dict) -> None:
             raise RunConfigError(f"config key {e}") from None
 
 
+OBJECTIVES = ("sft", "grpo")
+
+
+def _validate_grpo(got: dict) -> None:
+    """train.objective, and for grpo the batch, sequence and reward keys, each error naming its key."""
+    if got["train.objective"] not in OBJECTIVES:
+        raise RunConfigError(f"config key train.objective={got['train.objective']!r}: choose one of "
+                             f"{', '.join(OBJECTIVES)}")
+    from r1jax.train.objectives.grpo import NORMALIZATIONS  # noqa: PLC0415
+    if got["grpo.normalize"] not in NORMALIZATIONS:
+        raise RunConfigError(f"config key grpo.normalize={got['grpo.normalize']!r}: choose one of "
+                             f"{', '.join(NORMALIZATIONS)}")
+    if got["train.objective"] != "grpo":
+        return
+    from r1jax.eval.rewards import RewardError, parse_rewards  # noqa: PLC0415 - imports user functions
+    try:
+        parse_rewards(got["grpo.rewards"])
+    except RewardError as e:
+        raise RunConfigError(f"config key grpo.rewards: {e}") from None
+    rows = got["grpo.prompts_per_step"] * got["grpo.num_generations"]
+    if got["train.batch_size"] != rows:
+        raise RunConfigError(f"config key train.batch_size={got['train.batch_size']}: with train.objective="
+                             f"grpo it must equal grpo.prompts_per_step * grpo.num_generations = "
+                             f"{got['grpo.prompts_per_step']} * {got['grpo.num_generations']} = {rows}")
+    if got["train.seq_len"] <= got["grpo.max_new_tokens"]:
+        raise RunConfigError(f"config key train.seq_len={got['train.seq_len']} must exceed "
+                             f"grpo.max_new_tokens={got['grpo.max_new_tokens']}: a row holds the prompt "
+                             "and the completion")
+    for key in ("data.weights", "data.max_per_category", "data.mixture"):
+        if got[key]:
+            raise RunConfigError(f"config key {key}: mixtures are for train.objective=sft; GRPO reads "
+                                 "the prompt rows of data.train")
+    if got["train.mtp_loss_weight"]:
+        raise RunConfigError("config key train.mtp_loss_weight: the MTP loss is an SFT term; set it to 0 "
+                             "with train.objective=grpo")
+
+
 def _validate_lora(got: dict) -> None:
     targets = _names(got["lora.targets"])
     from r1jax.train.optim import GROUPS  # noqa: PLC0415 - the optimizer's groups name the targets
@@ -443,11 +513,34 @@ def optim_config(c: ml_collections.ConfigDict, total_steps: int) -> OptimConfig:
         stages=tuple(filter(None, (s.strip() for s in o.stages.split(";")))))
 
 
+def objective(c: ml_collections.ConfigDict):
+    """The step's objective (r1jax/train/objectives) of train.objective and section grpo."""
+    if c.train.objective == "sft":
+        return SFT()
+    g = c.grpo
+    return GRPO(epsilon=float(g.epsilon), epsilon_high=float(g.epsilon_high), beta=float(g.beta),
+                normalize=g.normalize, temperature=float(g.temperature), on_policy=g.iterations == 1,
+                budget=g.max_new_tokens)
+
+
+def rollout_settings(c: ml_collections.ConfigDict):
+    """Section grpo as r1jax/train/rollouts.py takes it."""
+    from r1jax.train.rollouts import RolloutSettings  # noqa: PLC0415 - generation; GRPO runs only
+    g = c.grpo
+    return RolloutSettings(prompts_per_step=g.prompts_per_step, num_generations=g.num_generations,
+                           temperature=float(g.temperature), top_p=float(g.top_p),
+                           max_new_tokens=g.max_new_tokens, rewards=g.rewards, scale_rewards=g.scale_rewards,
+                           beta=float(g.beta), iterations=g.iterations,
+                           val_temperature=float(g.val_temperature), val_samples=g.val_samples,
+                           workers=g.workers)
+
+
 def step_config(c: ml_collections.ConfigDict) -> StepConfig:
-    """The train step's options (loss terms, accumulation, chunking, groups without gradients)."""
+    """The train step's options (objective, loss terms, accumulation, chunking, groups without gradients)."""
     return StepConfig(grad_accum=c.train.grad_accum, aux_loss_weight=c.train.aux_loss_weight,
                       mtp_loss_weight=c.train.mtp_loss_weight, router_bias_rate=c.train.router_bias_rate,
-                      loss_chunk=c.train.loss_chunk, frozen_groups=optim_config(c, 1).freeze_groups)
+                      loss_chunk=c.train.loss_chunk, frozen_groups=optim_config(c, 1).freeze_groups,
+                      objective=objective(c))
 
 
 def model_config(c: ml_collections.ConfigDict) -> RuntimeConfig:

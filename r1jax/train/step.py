@@ -1,16 +1,17 @@
 """The pure loss function and train step (jitted by the caller with explicit shardings).
 
-A batch is a dict of int32 [B, T] arrays: `tokens`, `positions`, `segment_ids` (0 on padding) and
-optionally `loss_mask` (1 = training target; without it every next token of a segment is one).
-Parameters are the trained variables: the model's nnx.Param leaves, or, in a model with adapters
+A batch is a dict of [B, T] arrays: int32 `tokens`, `positions`, `segment_ids` (0 on padding), and
+the fields of the step's objective (r1jax/train/objectives: SFT's optional `loss_mask`, 1 = training
+target; GRPO's completion mask, advantages and log-probabilities). Parameters are the trained
+variables: the model's nnx.Param leaves, or, in a model with adapters
 (r1jax/models/common/lora.py), the adapters alone, the rest of the weights (and FP8 scales) then being
 `frozen`, an input of the step that is neither differentiated, updated, donated nor saved.
 Everything else (the router bias) is `rest`, state that gradients never touch.
 
-The loss of a step is the mean NLL over every target of the whole (global, all micro-batches) batch,
-plus the weighted sequence-wise balance loss and the weighted MTP loss. Micro-batches contribute
-their NLL *sums* divided by the whole batch's target count, so k micro-batches give exactly the
-gradient of one batch k times larger.
+The loss of a step is the objective's (sc.objective; SFT's mean next-token NLL by default) plus
+the weighted sequence-wise balance loss of the MoE layers. The objective prepares the whole batch
+first (its normalizers, e.g. the whole batch's target count), then micro-batches contribute their
+shares, so k micro-batches give exactly the gradient of one batch k times larger.
 """
 from __future__ import annotations
 
@@ -22,11 +23,11 @@ import jax.numpy as jnp
 import optax
 
 from r1jax.parallel import sharding
-from r1jax.models.losses import chunked_loss_sums, next_token_loss_sums, shifted_targets
 from r1jax.models.common import lora
 from r1jax.models.common import groups
 from r1jax.models.common.partition import merge
 from r1jax.models.common.groups import path_str
+from r1jax.train.objectives.sft import SFT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,48 +38,32 @@ class StepConfig:
     router_bias_rate: float = 0.0     # aux-loss-free balancing (DeepSeek-V3 sec. 2.1.2)
     loss_chunk: int = 0               # > 0: LM head + cross-entropy in chunks of this many positions
     frozen_groups: tuple = ()         # optimizer groups frozen for the whole run: no gradient computed
+    objective: Any = SFT()            # what the step differentiates: r1jax/train/objectives
 
 
-def target_count(batch, k: int = 1) -> jnp.ndarray:
-    """Number of tokens predicted k ahead in a batch (float32 scalar)."""
-    _, mask = shifted_targets(batch["tokens"], batch["segment_ids"], k, batch.get("loss_mask"))
-    return mask.sum().astype(jnp.float32)
+def loss_fn(params, rest, graphdef, batch, sc: StepConfig = StepConfig(), norms=None, frozen=None, key=None):
+    """(value, sums): the objective's value on `batch` plus the weighted aux loss.
 
-
-def loss_fn(params, rest, graphdef, batch, sc: StepConfig = StepConfig(), norm=None, mtp_norm=None,
-            frozen=None, key=None):
-    """(objective, sums): objective = NLL sum / norm + weighted aux and MTP terms.
-
-    norm / mtp_norm default to this batch's own target counts (then the objective's NLL term is the
-    batch mean). sums holds float32 totals for metrics: nll, tokens, correct, aux [L], load [L, E]
-    and, with MTP, mtp_nll, mtp_tokens, mtp_load [E]. frozen: the weights under adapters
+    norms: the objective's whole-batch normalizers (objective.prepare of the whole batch); None
+    prepares `batch` itself (then SFT's value is the batch mean NLL). sums holds float32 totals
+    for metrics: the objective's (SFT: nll, tokens, correct, with MTP mtp_nll, mtp_tokens,
+    mtp_load [E]) and, in an MoE model, aux [L], load [L, E]. frozen: the weights under adapters
     (split_adapters); key: adapter dropout masks (None: no dropout, as in evaluation).
     """
+    if norms is None:
+        batch, norms = sc.objective.prepare(batch)
     with lora.dropout(key):
-        return _loss(merge(graphdef, params, rest, frozen), batch, sc, norm, mtp_norm)
+        return _loss(merge(graphdef, params, rest, frozen), batch, sc, norms)
 
 
-def _loss(model, batch, sc, norm, mtp_norm):
-    tokens, seg, lm = batch["tokens"], batch["segment_ids"], batch.get("loss_mask")
-    h, stats = model.hidden_states(tokens, batch["positions"], seg)
-    if sc.loss_chunk:
-        nll, count, correct = chunked_loss_sums(h, model.head_weight(), tokens, seg, loss_mask=lm,
-                                                chunk=sc.loss_chunk)
-    else:
-        nll, count, correct = next_token_loss_sums(model.logits(h), tokens, seg, loss_mask=lm)
-    norm = jnp.maximum(count if norm is None else norm, 1.0)
-    objective = nll / norm
-    sums: dict[str, Any] = {"nll": nll, "tokens": count, "correct": correct}
+def _loss(model, batch, sc, norms):
+    h, stats = model.hidden_states(batch["tokens"], batch["positions"], batch["segment_ids"])
+    value, sums = sc.objective.loss(model, h, batch, sc, norms)
+    sums = dict(sums)
     if "load" in stats:
         sums["load"], sums["aux"] = stats["load"], stats["aux_loss"]
-        objective = objective + sc.aux_loss_weight * stats["aux_loss"].mean()
-    if model.cfg.with_mtp and sc.mtp_loss_weight:
-        mtp_logits, mtp_stats = model.mtp_logits(h, tokens, batch["positions"], seg)
-        m_nll, m_count, _ = next_token_loss_sums(mtp_logits, tokens, seg, k=2, loss_mask=lm)
-        m_norm = jnp.maximum(m_count if mtp_norm is None else mtp_norm, 1.0)
-        objective = objective + sc.mtp_loss_weight * m_nll / m_norm
-        sums.update(mtp_nll=m_nll, mtp_tokens=m_count, mtp_load=mtp_stats["load"])
-    return objective, sums
+        value = value + sc.aux_loss_weight * stats["aux_loss"].mean()
+    return value, sums
 
 
 def micro_batches(batch, n: int):
@@ -136,8 +121,7 @@ def train_step(graphdef, optimizer: optax.GradientTransformation, sc: StepConfig
     whose transform for them must be optax.set_to_zero: make_optimizer's freeze_groups), so the
     gradient norm, and its clipping, are those of the trained parameters. Pure; jit with donation.
     """
-    norm = jnp.maximum(target_count(batch), 1.0)
-    mtp_norm = jnp.maximum(target_count(batch, 2), 1.0)
+    batch, norms = sc.objective.prepare(batch)
     trainable, fixed, whole = split_frozen(params, sc.frozen_groups)
     grad_fn = jax.value_and_grad(lambda t, *a: loss_fn(whole(t, fixed), *a), has_aux=True)
 
@@ -145,14 +129,14 @@ def train_step(graphdef, optimizer: optax.GradientTransformation, sc: StepConfig
         grads, sums = carry
         mb, i = xs
         mb_key = None if key is None else jax.random.fold_in(key, i)
-        (_, s), g = grad_fn(trainable, rest, graphdef, mb, sc, norm, mtp_norm, frozen, mb_key)
+        (_, s), g = grad_fn(trainable, rest, graphdef, mb, sc, norms, frozen, mb_key)
         s["aux"] = s.get("aux", jnp.zeros(())) / sc.grad_accum
         return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, sums, s)), None
 
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
     mbs = micro_batches(batch, sc.grad_accum)
-    _, sums0 = jax.eval_shape(lambda: loss_fn(params, rest, graphdef,
-                                              jax.tree.map(lambda x: x[0], mbs), sc, frozen=frozen))
+    _, sums0 = jax.eval_shape(lambda: loss_fn(params, rest, graphdef, jax.tree.map(lambda x: x[0], mbs),
+                                              sc, norms, frozen=frozen))
     sums0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums0)
     sums0.setdefault("aux", jnp.zeros(()))
     (grads, sums), _ = jax.lax.scan(accumulate, (zeros, sums0),
@@ -163,8 +147,8 @@ def train_step(graphdef, optimizer: optax.GradientTransformation, sc: StepConfig
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
 
     grad_norm = optax.tree.norm(grads)
-    loss = sums["nll"] / norm
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    metrics = sc.objective.metrics(sums, norms)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
     updates, new_opt = optimizer.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
@@ -172,12 +156,9 @@ def train_step(graphdef, optimizer: optax.GradientTransformation, sc: StepConfig
     if sc.router_bias_rate and "load" in sums:
         rest = keep(_bias_update(rest, sums, sc.router_bias_rate), rest)
 
-    metrics = {"loss": loss, "tokens": sums["tokens"], "accuracy": sums["correct"] / norm,
-               "grad_norm": grad_norm, "skipped": 1 - finite.astype(jnp.int32)}
+    metrics.update(grad_norm=grad_norm, skipped=1 - finite.astype(jnp.int32))
     if "load" in sums:
         load = sums["load"]  # [L, E] token copies
         metrics["expert_load"] = load / jnp.maximum(load.sum(-1, keepdims=True), 1.0)
         metrics["aux_loss"] = sums["aux"].mean()
-    if "mtp_nll" in sums:
-        metrics["mtp_loss"] = sums["mtp_nll"] / mtp_norm
     return params, rest, opt_state, metrics

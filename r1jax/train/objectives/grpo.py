@@ -46,9 +46,12 @@ epsilon): the clipped term is the smaller one and it is constant, so the token g
 """
 from __future__ import annotations
 
+import dataclasses
+
+import jax
 import jax.numpy as jnp
 
-from r1jax.models.losses import token_nll
+from r1jax.models.losses import shifted_targets, token_logprobs, token_nll
 
 NORMALIZATIONS = ("token", "sequence", "constant")
 
@@ -180,3 +183,80 @@ def grpo_loss(logp, old_logp, advantages, mask, *, epsilon: float = 0.2,
     metrics = {"kl": mean(k3), "clip_fraction": mean(low | high), "clip_low_fraction": mean(low),
                "clip_high_fraction": mean(high), "ratio_mean": mean(ratio)}
     return loss, metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPO:
+    """The GRPO objective of the training step (r1jax/train/objectives/__init__.py; the batch layout
+    in the module docstring). on_policy (one optimizer pass per batch of rollouts): old_logp is
+    stop_gradient(logp), r = 1, and the batch needs no `old_logp`; beta > 0 needs `ref_logp`."""
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    beta: float = 0.0
+    normalize: str = "token"
+    temperature: float = 1.0
+    on_policy: bool = True
+    budget: int = 0        # "constant": the T of w = m / (B T), the generation budget; 0 = the batch's T
+
+    def __post_init__(self):
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize={self.normalize!r}: choose one of {NORMALIZATIONS}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature={self.temperature}: must be > 0")
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return (("loss_mask", "advantages") + (() if self.on_policy else ("old_logp",))
+                + (("ref_logp",) if self.beta > 0 else ()))
+
+    @staticmethod
+    def target_mask(batch) -> jnp.ndarray:
+        """[B, T] bool: position t scores tokens[t + 1], a completion token of the same row."""
+        return shifted_targets(batch["tokens"], batch["segment_ids"], 1, batch["loss_mask"])[1]
+
+    def prepare(self, batch):
+        m = self.target_mask(batch)
+        if self.normalize == "constant" and self.budget:
+            w = m.astype(jnp.float32) / float(m.shape[0] * self.budget)
+        else:
+            w = token_weights(m, self.normalize)
+        return {**batch, "weights": w}, {"tokens": jnp.maximum(m.sum(), 1.0)}
+
+    def loss(self, model, h, batch, sc, norms):
+        targets, m = shifted_targets(batch["tokens"], batch["segment_ids"], 1, batch["loss_mask"])
+        logp, entropy = token_logprobs(h, model.head_weight(), targets, self.temperature, sc.loss_chunk)
+        old = jax.lax.stop_gradient(logp) if self.on_policy else batch["old_logp"]
+        s, ratio, low, high = clipped_surrogate(logp, old, batch["advantages"][:, 0], m,
+                                                self.epsilon, self.epsilon_high)
+        mf = m.astype(jnp.float32)
+        per_token = s
+        sums = {}
+        if self.beta > 0:
+            k3 = kl_k3(logp, batch["ref_logp"], m)
+            per_token = s + self.beta * k3
+            sums["kl"] = jnp.sum(k3 * mf)
+        value = jnp.sum(batch["weights"] * per_token)
+        sums.update(objective=value, tokens=mf.sum(), clip_low=jnp.sum(low * mf),
+                    clip_high=jnp.sum(high * mf), ratio=jnp.sum(jnp.where(m, ratio, 0.0)),
+                    entropy=jnp.sum(jnp.where(m, entropy, 0.0)))
+        return value, sums
+
+    def metrics(self, sums, norms):
+        n = jnp.maximum(sums["tokens"], 1.0)
+        out = {"loss": sums["objective"], "tokens": sums["tokens"],
+               "clip_fraction": (sums["clip_low"] + sums["clip_high"]) / n,
+               "clip_low_fraction": sums["clip_low"] / n, "clip_high_fraction": sums["clip_high"] / n,
+               "ratio_mean": sums["ratio"] / n, "entropy": sums["entropy"] / n}
+        if "kl" in sums:
+            out["kl"] = sums["kl"] / n
+        return out
+
+
+def policy_logprobs(model, batch, temperature: float = 1.0, chunk: int = 0) -> jnp.ndarray:
+    """The log-probabilities of a batch's next tokens under `model` at `temperature`, aligned as the
+    objective's old_logp / ref_logp: batch of [B, T] tokens, positions, segment_ids -> [B, T] float32
+    (position t: log p(tokens[t + 1]); 0 at a row's last position)."""
+    h, _ = model.hidden_states(batch["tokens"], batch["positions"], batch["segment_ids"])
+    targets, m = shifted_targets(batch["tokens"], batch["segment_ids"], 1)
+    logp, _ = token_logprobs(h, model.head_weight(), targets, temperature, chunk)
+    return jnp.where(m, logp, 0.0)
