@@ -37,7 +37,8 @@ Column maps (`parse_columns`, `--columns prompt=problem,completion=solution`) re
 under a field's name: `parse_row(row, where, columns={"prompt": "problem"})` reads column `problem`
 as `prompt` (a column already named `prompt` is then ignored; unmapped columns keep their names).
 A mapped column missing from a row is a DataError naming the column and the mapping; errors about a
-mapped field name its column too.
+mapped field name its column too. The fields a map may name are `MAPPABLE` for training rows;
+prompt sets (r1jax/data/prompt_set.py) pass their own list, which adds `answer` and `tests`.
 """
 from __future__ import annotations
 
@@ -103,11 +104,11 @@ def detect_format(row: dict) -> str:
     return found[0] if found else ""
 
 
-def parse_columns(spec: str) -> dict[str, str]:
+def parse_columns(spec: str, fields: Sequence[str] = MAPPABLE) -> dict[str, str]:
     """A `--columns` value -> {field: column}.
 
     spec: comma-separated FIELD=COLUMN entries, e.g. "prompt=problem,completion=solution"; FIELD is
-    one of MAPPABLE, COLUMN any non-empty name without a comma (spaces around either are dropped; an
+    one of `fields` (default MAPPABLE, the training rows' fields), COLUMN any non-empty name without a comma (spaces around either are dropped; an
     "=" after the first belongs to the column). "" maps nothing. DataError naming the entry for a
     malformed entry, an unknown field, an empty column, a field mapped twice or a column mapped to
     two fields.
@@ -119,9 +120,9 @@ def parse_columns(spec: str) -> dict[str, str]:
         field, sep, column = (s.strip() for s in entry.partition("="))
         if not sep:
             raise DataError(f"--columns entry {entry!r}: expected FIELD=COLUMN")
-        if field not in MAPPABLE:
+        if field not in fields:
             raise DataError(f"--columns entry {entry!r}: unknown field {field!r}; "
-                            f"fields: {', '.join(MAPPABLE)}")
+                            f"fields: {', '.join(fields)}")
         if not column:
             raise DataError(f"--columns entry {entry!r}: empty column name")
         if field in out:
@@ -134,16 +135,17 @@ def parse_columns(spec: str) -> dict[str, str]:
     return out
 
 
-def _mapped(row: dict, columns: Mapping[str, str], where: str) -> dict:
+def _mapped(row: dict, columns: Mapping[str, str], where: str, missing_ok: bool = False) -> dict:
     """The row as its fields: each mapped column under its field's name; the mapped columns and
     the columns named like a mapped field dropped; others as they are. DataError naming the column
-    and its mapping when the row lacks a mapped column."""
+    and its mapping when the row lacks a mapped column, unless `missing_ok` (the field is then
+    absent, as for a null cell: prompt sets, whose reference columns are often null)."""
     for field, column in columns.items():
-        if column not in row:
+        if column not in row and not missing_ok:
             raise DataError(f"{where}: no column {column!r} (--columns {field}={column}); "
                             f"columns: {sorted(row)}")
     out = {k: v for k, v in row.items() if k not in columns and k not in columns.values()}
-    out.update((field, row[column]) for field, column in columns.items())
+    out.update((field, row[column]) for field, column in columns.items() if column in row)
     return out
 
 

@@ -6,6 +6,7 @@
         [--tokenizer DIR] [--strict] [--overwrite] [--decontaminate humaneval|EVAL_FILE ... [--decontaminate_ngram 13]] \\
         [--weights W...] [--max_per_category N]
     python -m r1jax.data prepare --mixture mix.yaml --out data/mine [...]
+    python -m r1jax.data prepare --prompts --input ... --out DIR [...]   # prompt sets for GRPO: `prompt_set`
 
 An input is a file, a glob or a directory in any container `readers` reads (JSONL, JSON array,
 Parquet, CSV/TSV, Arrow, a `datasets` save_to_disk folder; .gz/.zst text), detected per file unless
@@ -62,7 +63,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from r1jax.data import batch_tokenize, chat, clean, decontaminate, mixture, split, token_store
+from r1jax.data import batch_tokenize, chat, clean, decontaminate, mixture, prompt_set, split, token_store
 from r1jax.data import report as report_lib
 from r1jax.data import readers
 from r1jax.data.formats import FORMATS, MAPPABLE, DataError, Example, parse_columns, read_examples
@@ -72,6 +73,7 @@ from r1jax.data.tokenizer import describe, load_tokenizer, tokenizer_dir
 SPLITS = ("train", "val", "test")
 REPORT_FILES = ("report.json", "summary.txt", "token_lengths.png", "mixture.json")
 DEFAULT_VAL = 0.05
+DEFAULT_NEAR_DUP = 0.85
 BATCH = 256
 _FOLD_DIR = re.compile(r"fold\d+$")
 _WHERE = re.compile(r"^(.*?:(?:row )?\d+): (.*)$", re.DOTALL)  # "PATH:LINE: ..." or "PATH:row N: ..."
@@ -87,7 +89,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="read these columns as these fields, e.g. prompt=problem,completion=solution,"
                         "reasoning=thinking (fields: " + ", ".join(MAPPABLE) + ")")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--format", default="auto", choices=FORMATS, help="row format (default: detected)")
+    p.add_argument("--format", default="auto", choices=FORMATS + ("prompt",),
+                   help="row format (default: detected; `prompt` with --prompts only)")
+    p.add_argument("--prompts", action="store_true",
+                   help="prepare a prompt set for GRPO: prompt + answer/tests rows (see r1jax/data/prompt_set.py)")
     p.add_argument("--tokenizer", metavar="DIR",
                    help="directory with tokenizer.json, e.g. the model's checkpoint (default: the "
                         "packaged DeepSeek-V3/R1 tokenizer)")
@@ -98,8 +103,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test", type=float, default=0.0, help="test fraction (default 0)")
     p.add_argument("--seed", type=int, default=0, help="split shuffle seed")
     p.add_argument("--kfold", type=int, metavar="K", help="write K train/val pairs under DIR/fold{k}/")
-    p.add_argument("--near_dup_threshold", type=float, default=0.85,
-                   help="MinHash Jaccard similarity at which examples count as near-duplicates")
+    p.add_argument("--near_dup_threshold", type=float,
+                   help=f"MinHash Jaccard similarity at which examples count as near-duplicates "
+                        f"(default {DEFAULT_NEAR_DUP})")
     p.add_argument("--max_tokens", type=int, metavar="N", help="length limit in tokens")
     p.add_argument("--too_long", choices=("drop", "truncate"),
                    help="over --max_tokens: drop the example (default) or cut its trained tail")
@@ -120,13 +126,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _check_args(args) -> str | None:
+    if args.prompts and (problem := prompt_set.refused(args)):
+        return problem
+    if not args.prompts and args.format not in FORMATS:
+        return f"--format {args.format}: only with --prompts; training rows are one of {', '.join(FORMATS)}"
     if (args.input is None) == (args.mixture is None):
         return "give the inputs as --input FILE... or as --mixture FILE (one of the two)"
     if args.mixture is not None and (args.weights is not None or args.max_per_category is not None):
         return "--weights and --max_per_category go in the --mixture file (weight, max_per_category)"
     if args.columns:
         try:
-            parse_columns(args.columns)
+            parse_columns(args.columns, prompt_set.MAPPABLE if args.prompts else MAPPABLE)
         except DataError as e:
             return str(e)
     if args.kfold is not None and args.val is not None:
@@ -140,7 +150,7 @@ def _check_args(args) -> str | None:
         return "--too_long needs --max_tokens"
     if args.max_tokens is not None and args.max_tokens < 2:
         return f"--max_tokens {args.max_tokens}: must be at least 2"
-    if not 0 < args.near_dup_threshold <= 1:
+    if args.near_dup_threshold is not None and not 0 < args.near_dup_threshold <= 1:
         return f"--near_dup_threshold {args.near_dup_threshold}: must be in (0, 1]"
     if args.decontaminate_ngram is not None and not args.decontaminate:
         return "--decontaminate_ngram needs --decontaminate (the evaluation sets to compare with)"
@@ -302,7 +312,7 @@ def clean_stream(args, mix: mixture.Mixture, tokenizer, tally: report_lib.Tally,
     if getattr(args, "decontaminate", None):
         evals = decontaminate.EvalIndex.build(args.decontaminate, args.decontaminate_ngram or decontaminate.NGRAM)
         print(f"decontaminate: {evals.describe()}", file=sys.stderr, flush=True)
-    near = clean.NearDuplicateIndex(args.near_dup_threshold)
+    near = clean.NearDuplicateIndex(args.near_dup_threshold or DEFAULT_NEAR_DUP)
     token_chars = clean.max_token_chars(tokenizer) if args.max_tokens else None
     written: dict[bytes, str] = {}  # content key -> source of the training examples kept so far
     kept: list[Record] = []
@@ -463,9 +473,9 @@ def sources(args) -> mixture.Mixture:
     return mixture.with_defaults(mix, args.input_format, args.format, args.columns)
 
 
-def _columns(source: mixture.Source) -> dict[str, str] | None:
-    """The column map a source is read through."""
-    return parse_columns(source.columns) if source.columns else None
+def _columns(source: mixture.Source, fields=MAPPABLE) -> dict[str, str] | None:
+    """The column map a source is read through (over `fields`: prompt_set.MAPPABLE for --prompts)."""
+    return parse_columns(source.columns, fields) if source.columns else None
 
 
 def input_files(args, mix: mixture.Mixture) -> list[dict]:
@@ -491,7 +501,8 @@ def _check_paths(args, mix: mixture.Mixture) -> tuple[str | None, list[str]]:
                 readers.describe(unit, s.input_format)
                 # Opens a tabular file's footer or schema: a cut Parquet file, a missing mapped column
                 # are named here, before any row is read.
-                _check_columns(unit, readers.columns_of(unit, s.input_format), _columns(s))
+                _check_columns(unit, readers.columns_of(unit, s.input_format),
+                               _columns(s, prompt_set.MAPPABLE if args.prompts else MAPPABLE))
                 units.append(unit)
         files = [(unit, readers.files_of(unit)) for unit in units]
     except DataError as e:
@@ -535,6 +546,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --tokenizer {args.tokenizer}: {e}", file=sys.stderr)
         return 2
     print(f"tokenizer: {describe(tokenizer)}", file=sys.stderr)
+    if args.prompts:
+        return prompt_set.run(args, mix, tokenizer, existing, input_files(args, mix), t0)
     try:
         records = clean_stream(args, mix, tokenizer, tally, seconds)
     except DataError as e:  # --strict, an unreadable input or eval file, chat rows the tokenizer cannot carry
@@ -564,6 +577,7 @@ def run(args: argparse.Namespace) -> int:
     categories = [k.example.category for k in kept]
     options = {k: v for k, v in vars(args).items() if k not in ("input", "out", "command")}
     options["tokenizer"] = tokenizer_dir(tokenizer)  # the directory used, also when packaged
+    options["near_dup_threshold"] = args.near_dup_threshold or DEFAULT_NEAR_DUP  # the threshold used
     if args.decontaminate:
         options["decontaminate_ngram"] = args.decontaminate_ngram or decontaminate.NGRAM  # the n used
     rep = report_lib.build(

@@ -14,6 +14,14 @@ names a held-out input (one, of the same kinds), else data.val_fraction of the s
 (each source keeping its natural share). The tokenizer is model.checkpoint's own when it holds
 tokenizer.json, else the packaged R1 one (`run_tokenizer_dir`); its files' digest is part of the
 stamp, so another tokenizer prepares anew.
+
+GRPO's prompt sets (`prepare_prompts`; rows of a prompt and an answer or tests, r1jax/data/prompt_set.py)
+are prepared the same way with `prepare --prompts` from data.train (no bundled default: empty is an
+error), data.val / data.val_fraction, data.columns, data.format, data.input_format,
+data.max_examples and seed, and the caller's prompt budget as --max_tokens, into data.cache_dir
+(default OUTPUT_DIR/data_prompts, apart from the run's SFT data), reused on the same stamp.
+data.mixture, data.weights, data.max_per_category and data.train_all_turns do not apply to prompt
+sets: set, they are an error naming the key.
 """
 from __future__ import annotations
 
@@ -27,7 +35,7 @@ import os
 import jax
 
 from r1jax.train import run_config
-from r1jax.data import code_dataset, mixture, prepare, readers, token_store
+from r1jax.data import code_dataset, mixture, prepare, prompt_set, readers, token_store
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.data.formats import DataError
 
@@ -124,7 +132,12 @@ def _prepare(mix: mixture.Mixture, out: str, c, val_fraction: float, log) -> Non
             "--tokenizer", run_tokenizer_dir(c), "--overwrite"]
     if c.data.train_all_turns:
         args.append("--train_all_turns")
-    inputs = [s.path for s in mix.sources]
+    _run_prepare(args, [s.path for s in mix.sources], out, log)
+
+
+def _run_prepare(args: list[str], inputs: list[str], out: str, log) -> None:
+    """Runs `python -m r1jax.data prepare ARGS` in-process, the summary's head logged; DataError
+    naming the inputs and OUT/report.json when it fails."""
     log(f"data: preparing {', '.join(inputs)} -> {out}")
     report = io.StringIO()  # the full summary goes to OUT/summary.txt; the log gets its head
     with contextlib.redirect_stdout(report):
@@ -175,3 +188,72 @@ def prepare_data(c, log=print) -> tuple[str, str]:
     if not os.path.exists(val_prefix + ".ids.npy"):
         raise DataError(f"no validation split at {val_prefix}: set data.val_fraction > 0 or data.val")
     return train_prefix, val_prefix
+
+
+PROMPTS_DIR = "data_prompts"  # under output_dir when data.cache_dir is empty
+
+
+def _prepare_prompt_set(mix: mixture.Mixture, out: str, c, val_fraction: float, max_tokens: int | None,
+                        log) -> None:
+    """Prepares the sources of `mix` as a prompt set into `out` (`prepare --prompts`)."""
+    os.makedirs(out, exist_ok=True)
+    inputs = [s.path for s in mix.sources]
+    args = ["--prompts", "--input", *inputs, "--out", out, "--val", repr(val_fraction), "--seed", str(c.seed),
+            "--format", c.data.format, "--input_format", mix.sources[0].input_format,
+            "--tokenizer", run_tokenizer_dir(c), "--overwrite"]
+    if c.data.columns:
+        args += ["--columns", c.data.columns]
+    if max_tokens is not None:
+        args += ["--max_tokens", str(max_tokens)]
+    _run_prepare(args, inputs, out, log)
+
+
+def prepare_prompts(c, log=print, *, max_tokens: int | None = None) -> tuple[str, str]:
+    """(train JSONL, val JSONL) of this run's GRPO prompt set, preparing it if needed (see the module
+    docstring); read them with `prompt_set.read_prompts`. max_tokens: the prompt budget in tokens
+    (the generation prompt's length limit), None for none. Raises DataError naming the config key."""
+    for key, unset in (("mixture", ""), ("weights", ""), ("max_per_category", 0), ("train_all_turns", False)):
+        if c.data[key] != unset:
+            raise DataError(f"config key data.{key}: does not apply to GRPO prompt sets (rows of a prompt "
+                            "and an answer or tests); unset it")
+    named = [p.strip() for p in c.data.train.split(",") if p.strip()]
+    if not named:
+        raise DataError("config key data.train is empty: GRPO needs prompt rows with answer or tests "
+                        "(r1jax/data/prompt_set.py), as files, globs or directories")
+    mix = mixture.with_defaults(mixture.from_args(named, None, None), c.data.input_format, c.data.format,
+                                c.data.columns or None)
+    train_units = [u for s in mix.sources for u in check_data_file(s.path, "data.train")]
+    val_units = check_data_file(c.data.val, "data.val") if c.data.val else []
+    data_dir = os.path.abspath(c.data.cache_dir or os.path.join(c.output_dir, PROMPTS_DIR))
+    run_config.make_config_dir(data_dir, "data.cache_dir" if c.data.cache_dir else "output_dir")
+    stamp = {"kind": prompt_set.KIND,
+             "inputs": fingerprints(train_units),
+             "val": fingerprints(val_units) if c.data.val else None,
+             "sources": [dataclasses.asdict(s) | {"path": os.path.abspath(s.path)} for s in mix.sources],
+             "options": {k: c.data[k] for k in ("val_fraction", "max_examples")}
+             | {"seed": c.seed, "max_tokens": max_tokens},
+             "tokenizer": _tokenizer_digest(run_tokenizer_dir(c))}
+    key = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
+    out = os.path.join(data_dir, key)
+    train_jsonl = os.path.join(out, "train.jsonl")
+    val_jsonl = os.path.join(out, "val_file", "train.jsonl") if c.data.val else os.path.join(out, "val.jsonl")
+    if jax.process_index() == 0 and not os.path.exists(os.path.join(out, STAMP)):
+        os.makedirs(out, exist_ok=True)
+        if c.data.max_examples:
+            mix = _with_heads(mix, out, c.data.max_examples)
+        _prepare_prompt_set(mix, out, c, 0.0 if c.data.val else c.data.val_fraction, max_tokens, log)
+        if c.data.val:
+            val = mixture.with_defaults(mixture.from_args([c.data.val], None, None), c.data.input_format,
+                                        c.data.format, c.data.columns or None)
+            _prepare_prompt_set(val, os.path.join(out, "val_file"), c, 0.0, max_tokens, log)
+        with open(os.path.join(out, STAMP), "w") as f:
+            json.dump(stamp, f, indent=1)
+    else:
+        log(f"data: reusing the prompt set prepared in {out}")
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("r1jax prompt set prepared")
+    if not os.path.exists(val_jsonl):
+        raise DataError(f"no validation prompts at {val_jsonl}: set data.val_fraction > 0 (enough prompts "
+                        "for one) or data.val")
+    return train_jsonl, val_jsonl
