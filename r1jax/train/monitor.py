@@ -101,18 +101,19 @@ class Monitor:
         recs = self.records()
         train = [(r["step"], r["train/loss"]) for r in recs if r.get("train/loss") is not None]
         val = [(r["step"], r["val/loss"]) for r in recs if r.get("val/loss") is not None]
-        fig, ax = plt.subplots(figsize=(7, 4))
-        if train:
-            ax.plot(*zip(*train), label="train/loss")
-        if val:
-            ax.plot(*zip(*val), "o-", label="val/loss")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss (nats)")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(os.path.join(self.dir, "loss.png"), dpi=100)
-        plt.close(fig)
+        if train or val:
+            fig, ax = plt.subplots(figsize=(7, 4))
+            if train:
+                ax.plot(*zip(*train), label="train/loss")
+            if val:
+                ax.plot(*zip(*val), "o-", label="val/loss")
+            ax.set_xlabel("step")
+            ax.set_ylabel("loss (nats)")
+            ax.legend()
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            fig.savefig(os.path.join(self.dir, "loss.png"), dpi=100)
+            plt.close(fig)
         rewards = [(r["step"], r["reward/mean"]) for r in recs if r.get("reward/mean") is not None]
         val_rewards = [(r["step"], r["val/reward"]) for r in recs if r.get("val/reward") is not None]
         if rewards or val_rewards:

@@ -15,7 +15,8 @@ import os
 
 import ml_collections
 
-from r1jax.data.formats import FORMATS, DataError, parse_columns
+from r1jax.data import prompt_set
+from r1jax.data.formats import FORMATS, MAPPABLE, DataError, parse_columns
 from r1jax.data.mixture import MixtureError, check_weights
 from r1jax.data.readers import INPUT_FORMATS
 from r1jax.models.common.config import ADAPTABLE_GROUPS, LoraConfig, RuntimeConfig
@@ -397,12 +398,15 @@ def data_weights(text: str) -> list[float] | None:
 
 def _validate_data(got: dict) -> None:
     """The data section's choices, column map and mixture keys, each error naming its key."""
-    for key, choices in (("data.format", FORMATS), ("data.input_format", INPUT_FORMATS)):
+    grpo = got["train.objective"] == "grpo"  # prompt rows (r1jax/data/prompt_set.py), not examples
+    row_formats, fields = (prompt_set.FORMATS, prompt_set.MAPPABLE) if grpo else (FORMATS, MAPPABLE)
+    for key, choices in (("data.format", row_formats), ("data.input_format", INPUT_FORMATS)):
         if got[key] not in choices:
-            raise RunConfigError(f"config key {key}={got[key]!r}: choose one of {', '.join(choices)}")
+            raise RunConfigError(f"config key {key}={got[key]!r}: choose one of {', '.join(choices)}"
+                                 f"{' (train.objective=grpo reads prompt rows)' if grpo else ''}")
     if got["data.columns"]:
         try:
-            parse_columns(got["data.columns"])
+            parse_columns(got["data.columns"], fields)
         except DataError as e:
             raise RunConfigError(f"config key data.columns: {e}") from None
     if got["data.mixture"]:
