@@ -29,7 +29,7 @@ from flax import nnx
 from jax.experimental.layout import Format, Layout
 from ml_collections import config_flags
 
-from r1jax.models import checkpoint
+from r1jax.models import checkpoint, sources
 from r1jax.parallel import distributed, sharding
 from r1jax.train import run_config, run_lock
 from r1jax.data.formats import DataError
@@ -40,7 +40,7 @@ from r1jax.models import registry
 from r1jax.train.monitor import Monitor, device_memory, peak_tflops
 from r1jax.train.optim import check_groups, make_optimizer, path_str
 from r1jax.train.run_json import JsonlError, dumps
-from r1jax.models.common.config import LoraConfig
+from r1jax.models.common.lora import has_adapters
 from r1jax.train.step import StepConfig, loss_fn, train_step
 from r1jax.models.common.partition import merge, split_adapters, split_model, split_trained
 from r1jax.eval.task_eval import TaskEval
@@ -166,7 +166,7 @@ def _train(c, mesh, is_main: bool, log) -> dict:
     check_named_groups(c, abstract)
 
     # ---- data (tokenized with the checkpoint's own tokenizer when it has one, else the packaged R1 one)
-    tokenizer = tokenizer_lib.load_checkpoint_tokenizer(c.model.checkpoint, log)
+    tokenizer = tokenizer_lib.load_checkpoint_tokenizer(run_config.model_dir(c), log)
     tokenizer_lib.check_fits(tokenizer, model_cfg.vocab_size, c.model.checkpoint or f"preset {c.model.preset}")
     grpo = c.train.objective == "grpo"
     if grpo:  # prompts with references; each step samples its batch (r1jax/train/rollouts.py)
@@ -197,7 +197,7 @@ def _train(c, mesh, is_main: bool, log) -> dict:
         raise TrainingError(f"model.checkpoint={c.model.checkpoint}: its projections are FP8 (a frozen "
                             "base for adapters): set lora.rank > 0, or convert with --dtype bfloat16 "
                             "for full fine-tuning")
-    base = checkpoint.base_record(c.model.checkpoint, model_cfg, c.seed) if model_cfg.lora.rank else None
+    base = sources.lora_base(run_config.model_source(c), model_cfg, c.seed) if model_cfg.lora.rank else None
     _check_same_base(c.output_dir, base)
     graphdef, abs_params, abs_rest, abs_frozen = split_trained(abstract)
     p_shard = sharding.variable_shardings(abs_params, mesh)
@@ -210,8 +210,8 @@ def _train(c, mesh, is_main: bool, log) -> dict:
         f"model: preset {c.model.preset}, random init (seed {c.seed})")
     if is_main:  # what export and evaluate need to read this run's checkpoints
         checkpoint.write_meta(os.path.join(c.output_dir, "model"), model_cfg, base=base,
-                             token_ids=checkpoint.token_ids(c.model.checkpoint))
-        _copy_side_files(c.model.checkpoint, os.path.join(c.output_dir, "model"))
+                             token_ids=checkpoint.token_ids(run_config.model_dir(c)))
+        _copy_side_files(run_config.model_dir(c), os.path.join(c.output_dir, "model"))
     n_params = sum(x.size for x in jax.tree.leaves(params))
     log(f"model: {n_params:,} trained parameters, compute {model_cfg.dtype}, params "
         f"{'float32 adapters' if frozen is not None else model_cfg.param_dtype}")
@@ -460,7 +460,7 @@ def _grpo_rollouts(c, tokenizer, mesh, log) -> Rollouts:
         raise TrainingError("train.objective=grpo runs in one process for now (every process would "
                             f"sample the same rollouts): {jax.process_count()} processes joined")
     return Rollouts(train_rows, val_rows, tokenizer, run_config.rollout_settings(c), seed=c.seed,
-                    seq_len=c.train.seq_len, mesh=mesh, meta_dir=c.model.checkpoint or None, log=log)
+                    seq_len=c.train.seq_len, mesh=mesh, meta_dir=run_config.model_dir(c) or None, log=log)
 
 
 def _reference(params, rest, adapters: bool):
@@ -481,16 +481,18 @@ def _write_records(output_dir: str, sub: str, step: int, records: list[dict], is
 
 def _place_model(c, model_cfg, abstract, shardings, mesh):
     """(params, rest, frozen) on their devices (`shardings`: theirs, frozen's None without
-    adapters): restored from model.checkpoint (a model checkpoint holds no adapters: they start
-    fresh, A random and B zero) or randomly initialized from the seed."""
+    adapters): what model.checkpoint names (sources.start_model: a model checkpoint's or a run's
+    weights, whose adapters continue or are merged; adapters on a model checkpoint start fresh,
+    A random and B zero) or randomly initialized from the seed."""
     p_shard, r_shard, f_shard = shardings
     init = lambda: split_trained(registry.build(model_cfg, nnx.Rngs(c.seed)))[1:]
     if not c.model.checkpoint:
         params, rest, frozen = jax.jit(init, out_shardings=(p_shard, r_shard, f_shard))()
         return params, rest, frozen
-    plain = checkpoint.abstract_model(model_cfg.replace(lora=LoraConfig()))
-    shard_tree = nnx.to_pure_dict(sharding.variable_shardings(nnx.state(plain), mesh))
-    loaded = checkpoint.load_model(c.model.checkpoint, model_cfg, shard_tree)
+    loaded = sources.start_model(run_config.model_source(c), model_cfg, mesh)
+    if f_shard is not None and has_adapters(loaded):  # a run's adapters, continued
+        _, params, frozen, rest = split_adapters(loaded)
+        return params, rest, frozen
     if f_shard is None:
         _, params, rest = split_model(loaded)
         return params, rest, None
@@ -579,7 +581,7 @@ def main(argv) -> None:
     try:
         summary = run(_CONFIG.value)
     except (TrainingError, run_config.RunConfigError, distributed.DistributedError, DataError, TaskError,
-            run_lock.RunLockError, JsonlError) as e:
+            run_lock.RunLockError, JsonlError, checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(dumps(summary))

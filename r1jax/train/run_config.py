@@ -39,7 +39,10 @@ def defaults() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.preset = "small"           # a preset of any family (r1jax.models.registry.preset), or the checkpoint's own config
-    c.model.checkpoint = ""            # r1jax model checkpoint (python -m r1jax.convert); "" = random init
+    c.model.checkpoint = ""            # r1jax model checkpoint (python -m r1jax.convert), or a training run (RUN,
+                                       # RUN/checkpoints/STEP, RUN/best/STEP): its weights (adapters: merged at
+                                       # lora.rank 0, continued with the same lora.*), config and tokenizer
+                                       # (r1jax/models/sources.py); "" = random init
     c.model.dtype = "bfloat16"         # compute dtype
     c.model.param_dtype = "float32"    # master parameter dtype
     c.model.remat = "none"             # none | full | dots | dots_no_batch
@@ -547,15 +550,72 @@ def step_config(c: ml_collections.ConfigDict) -> StepConfig:
                       objective=objective(c))
 
 
+def model_source(c: ml_collections.ConfigDict):
+    """What model.checkpoint names (r1jax.models.sources.resolve: a model checkpoint or a training
+    run), None when it is empty; CheckpointError naming the key for a path that is neither."""
+    if not c.model.checkpoint:
+        return None
+    from r1jax.models import sources  # reads files; imported only when a checkpoint is named
+    return sources.resolve(c.model.checkpoint, "model.checkpoint")
+
+
+def model_dir(c: ml_collections.ConfigDict) -> str:
+    """The directory of model.checkpoint's config and side files (tokenizer, generation config,
+    token ids): the checkpoint itself, or RUN/model for a training run; "" when it is empty."""
+    if not c.model.checkpoint:
+        return ""
+    from r1jax.models import sources
+    return sources.meta_dir(c.model.checkpoint)
+
+
 def model_config(c: ml_collections.ConfigDict) -> RuntimeConfig:
-    """The run's model: the checkpoint's own architecture (model.checkpoint) or the preset's, with
-    the run's numerics (dtype, param_dtype, remat, moe_chunk_tokens, attention_mask) and adapters
-    (section lora); an FP8 checkpoint's projections stay FP8 (its r1jax.json)."""
+    """The run's model: the checkpoint's own architecture (model.checkpoint; a training run's
+    RUN/model) or the preset's, with the run's numerics (dtype, param_dtype, remat,
+    moe_chunk_tokens, attention_mask) and adapters (section lora); an FP8 checkpoint's projections
+    stay FP8 (its r1jax.json). Adapters named by a run are checked against section lora
+    (`check_run_adapters`)."""
     m = c.model
     numerics = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
                     moe_chunk_tokens=m.moe_chunk_tokens, attention_mask=m.attention_mask,
                     lora=lora_config(c))
     if m.checkpoint:
         from r1jax.models import checkpoint  # reads files; imported only when a checkpoint is named
-        return checkpoint.read_config(m.checkpoint, **numerics)
+        src = model_source(c)
+        if src.step_dir is not None:
+            check_run_adapters(src, checkpoint.read_meta(src.meta), numerics["lora"])
+        return checkpoint.read_config(src.meta, **numerics)
     return preset(m.preset, with_mtp=m.with_mtp, **numerics)
+
+
+_CONTINUED = ("rank", "alpha", "targets", "rslora")  # the lora.* keys a run's adapters continue with
+
+
+def check_run_adapters(src, meta: dict, new: LoraConfig) -> None:
+    """A training run as model.checkpoint (`src`, its RUN/model/r1jax.json `meta`) under the new
+    run's adapters `new`; RunConfigError naming the key for what cannot start from it: adapters on a
+    full fine-tuning run (no base record to put them on), a run's adapters merged into an FP8 base
+    (lora.rank 0), or continued with another lora.rank, alpha, targets or rslora."""
+    where = f"model.checkpoint={src.path}"
+    if not src.adapters:
+        if new.rank:
+            raise RunConfigError(f"config key lora.rank={new.rank} with {where}: a full fine-tuning run "
+                                 "is no base for adapters (they sit on a model checkpoint); set lora.rank=0, "
+                                 "or export the run (python -m r1jax.export) and convert it (python -m "
+                                 "r1jax.convert) as a base")
+        return
+    old = meta["lora"]
+    if not new.rank:
+        if meta.get("fp8_weights"):
+            raise RunConfigError(f"config key {where}: a run with adapters on an FP8 base; its adapters "
+                                 "cannot be merged into FP8 weights for full fine-tuning: keep lora.rank > 0 "
+                                 f"(lora.rank={old.get('rank')}) to continue them")
+        return
+    shown = {"targets": lambda t: ",".join(t)}
+    for key in _CONTINUED:
+        a, b = getattr(new, key), old.get(key)
+        same = set(a) == set(b or ()) if key == "targets" else a == b
+        if not same:
+            show = shown.get(key, repr)
+            raise RunConfigError(f"config key lora.{key}={show(a)}: the run named by {where} trained its "
+                                 f"adapters with lora.{key}={show(b)} ({src.meta}/r1jax.json); continuing "
+                                 f"them needs the same {', '.join('lora.' + k for k in _CONTINUED)}")

@@ -12,7 +12,7 @@ whether an existing preparation can be reused, so one made under an older tokeni
 prepared again, never reused. data.max_examples takes the first N rows of each source. data.val
 names a held-out input (one, of the same kinds), else data.val_fraction of the sources is split off
 (each source keeping its natural share). The tokenizer is model.checkpoint's own when it holds
-tokenizer.json, else the packaged R1 one (`run_tokenizer_dir`); its files' digest is part of the
+tokenizer.json (RUN/model for a training run), else the packaged R1 one (`run_tokenizer_dir`); its files' digest is part of the
 stamp, so another tokenizer prepares anew.
 
 GRPO's prompt sets (`prepare_prompts`; rows of a prompt and an answer or tests, r1jax/data/prompt_set.py)
@@ -77,9 +77,10 @@ def _head(inputs: list[str], dst: str, n: int, input_format: str = "auto") -> No
 
 
 def run_tokenizer_dir(c) -> str:
-    """The directory of the run's tokenizer: model.checkpoint when it holds tokenizer.json, else the
-    packaged R1 tokenizer's (a preset / random init, or a checkpoint converted without one)."""
-    return (tokenizer_lib.checkpoint_tokenizer_dir(c.model.checkpoint)
+    """The directory of the run's tokenizer: model.checkpoint's (run_config.model_dir: RUN/model for a
+    training run) when it holds tokenizer.json, else the packaged R1 tokenizer's (a preset / random
+    init, or a checkpoint converted without one)."""
+    return (tokenizer_lib.checkpoint_tokenizer_dir(run_config.model_dir(c))
             or str(tokenizer_lib.packaged_tokenizer_dir()))
 
 
