@@ -57,7 +57,7 @@ def config(data, out, **over):
                     data__val_fraction=0.25, data__cache_dir=str(Path(out) / "prompts"),
                     grpo__prompts_per_step=P, grpo__num_generations=G, grpo__max_new_tokens=NEW,
                     grpo__rewards=REWARDS, grpo__beta=0.05, grpo__iterations=2, grpo__workers=1,
-                    optim__lr=1e-3)
+                    optim__lr=1e-3, optim__schedule="constant")  # steps=2 then 4 share one schedule
     return base_config(data, out, **{**defaults, **over})
 
 
