@@ -43,7 +43,9 @@ from r1jax.train.run_json import JsonlError, dumps
 from r1jax.models.common.lora import has_adapters
 from r1jax.train.step import StepConfig, loss_fn, train_step
 from r1jax.models.common.partition import merge, split_adapters, split_model, split_trained
+from r1jax.eval import rewards
 from r1jax.eval.task_eval import TaskEval
+from r1jax.eval.tasks import sandbox
 from r1jax.eval.tasks.runner import TaskError
 from r1jax.train.checkpoints import RunCheckpoints, abstract_of
 from r1jax.train.run_data import prepare_data, prepare_prompts
@@ -456,6 +458,11 @@ def _grpo_rollouts(c, tokenizer, mesh, log) -> Rollouts:
     train_rows, val_rows = read_prompts(train_path), read_prompts(val_path)
     for rows in (train_rows, val_rows):
         check_rows(rows, c.grpo.rewards)
+    if "code_tests" in c.grpo.rewards:  # fail at start-up, not at the first rollout
+        try:
+            sandbox.check_runs(rewards.CODE_LIMITS)
+        except sandbox.SandboxError as e:
+            raise TrainingError(f"grpo.rewards code_tests: {e}") from None
     if jax.process_count() > 1:
         raise TrainingError("train.objective=grpo runs in one process for now (every process would "
                             f"sample the same rollouts): {jax.process_count()} processes joined")
