@@ -157,3 +157,14 @@ def test_rows_without_what_a_reward_reads_are_named(tmp_path):
         check_rows(rows, "boxed,format")
     with pytest.raises(RewardDataError, match=r"a.jsonl:1: field 'tests'.*code_tests"):
         check_rows(rows, "code_tests")
+
+
+def test_adapters_reference_is_the_base(data, tmp_path):
+    """With adapters the reference is the base (every adapter zero): at step 1 the policy's adapters
+    are fresh (B = 0), so the policy is the base and the KL is 0; after updates it is not."""
+    c = config(data, tmp_path, train__steps=3, train__eval_every=100, lora__rank=4, lora__alpha=8.0, grpo__iterations=1,
+               optim__lr=1e-2)
+    run(c)
+    kl = {r["step"]: r["kl"] for r in records(tmp_path) if "kl" in r}
+    assert kl[1] == pytest.approx(0.0, abs=1e-7)
+    assert kl[3] > 1e-6
