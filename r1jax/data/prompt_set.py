@@ -318,10 +318,7 @@ def build_report(tally: Tally, parts: dict[str, list[int]], lengths: np.ndarray,
 
 
 def _table_row(name: str, s: dict) -> str:
-    ln = s.get("length")
-    cols = (f"{ln['min']:>7} {ln['mean']:>9.1f} {ln['p50']:>8.0f} {ln['p90']:>8.0f} {ln['p99']:>8.0f} "
-            f"{ln['max']:>8}" if ln else "")
-    return f"  {name:<22} {s['examples']:>9} {s['tokens']:>12} {cols}"
+    return f"  {name:<22} {s['examples']:>9} {s['tokens']:>12} {report_lib.length_columns(s)}"
 
 
 def summary(rep: dict) -> str:

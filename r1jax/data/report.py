@@ -96,11 +96,15 @@ def build(tally: Tally, splits: dict[str, list[int]], lengths: np.ndarray, train
     }
 
 
-def _row(name: str, s: dict) -> str:
+def length_columns(s: dict) -> str:
+    """The summary table's length columns (min, mean, p50, p90, p99, max) of a split's stats."""
     ln = s.get("length")
-    cols = (f"{ln['min']:>7} {ln['mean']:>9.1f} {ln['p50']:>8.0f} {ln['p90']:>8.0f} {ln['p99']:>8.0f} "
+    return (f"{ln['min']:>7} {ln['mean']:>9.1f} {ln['p50']:>8.0f} {ln['p90']:>8.0f} {ln['p99']:>8.0f} "
             f"{ln['max']:>8}" if ln else "")
-    return f"  {name:<22} {s['examples']:>9} {s['tokens']:>12} {s['trained_tokens']:>12} {cols}"
+
+
+def _row(name: str, s: dict) -> str:
+    return f"  {name:<22} {s['examples']:>9} {s['tokens']:>12} {s['trained_tokens']:>12} {length_columns(s)}"
 
 
 def summary(report: dict) -> str:

@@ -101,34 +101,11 @@ class Monitor:
         recs = self.records()
         train = [(r["step"], r["train/loss"]) for r in recs if r.get("train/loss") is not None]
         val = [(r["step"], r["val/loss"]) for r in recs if r.get("val/loss") is not None]
-        if train or val:
-            fig, ax = plt.subplots(figsize=(7, 4))
-            if train:
-                ax.plot(*zip(*train), label="train/loss")
-            if val:
-                ax.plot(*zip(*val), "o-", label="val/loss")
-            ax.set_xlabel("step")
-            ax.set_ylabel("loss (nats)")
-            ax.legend()
-            ax.grid(alpha=0.3)
-            fig.tight_layout()
-            fig.savefig(os.path.join(self.dir, "loss.png"), dpi=100)
-            plt.close(fig)
+        self._lines(plt, "loss.png", "loss (nats)", [(train, "-", "train/loss"), (val, "o-", "val/loss")])
         rewards = [(r["step"], r["reward/mean"]) for r in recs if r.get("reward/mean") is not None]
         val_rewards = [(r["step"], r["val/reward"]) for r in recs if r.get("val/reward") is not None]
-        if rewards or val_rewards:
-            fig, ax = plt.subplots(figsize=(7, 4))
-            if rewards:
-                ax.plot(*zip(*rewards), alpha=0.6, label="reward/mean (rollouts)")
-            if val_rewards:
-                ax.plot(*zip(*val_rewards), "o-", label="val/reward")
-            ax.set_xlabel("step")
-            ax.set_ylabel("reward")
-            ax.legend()
-            ax.grid(alpha=0.3)
-            fig.tight_layout()
-            fig.savefig(os.path.join(self.dir, "reward.png"), dpi=100)
-            plt.close(fig)
+        self._lines(plt, "reward.png", "reward",
+                    [(rewards, "-", "reward/mean (rollouts)"), (val_rewards, "o-", "val/reward")])
         loads = [r["moe/expert_load"] for r in recs if r.get("moe/expert_load") is not None]
         if loads:
             load = np.asarray(loads[-1], dtype=float)  # [L_moe, E] fractions (null: nan)
@@ -141,6 +118,23 @@ class Monitor:
             fig.tight_layout()
             fig.savefig(os.path.join(self.dir, "expert_load.png"), dpi=100)
             plt.close(fig)
+
+    def _lines(self, plt, name: str, ylabel: str, series) -> None:
+        """OUTPUT_DIR/NAME: each non-empty (points [(step, value)], style, label) of `series` against
+        the step; nothing when all are empty."""
+        if not any(points for points, _, _ in series):
+            return
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for points, style, label in series:
+            if points:
+                ax.plot(*zip(*points), style, label=label)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(os.path.join(self.dir, name), dpi=100)
+        plt.close(fig)
 
 
 def _hms(s: float) -> str:

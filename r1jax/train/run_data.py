@@ -150,42 +150,54 @@ def _run_prepare(args: list[str], inputs: list[str], out: str, log) -> None:
                         f"and {out}/report.json")
 
 
-def prepare_data(c, log=print) -> tuple[str, str]:
-    """(train prefix, val prefix) of TokenStore splits for this run, preparing them if needed."""
-    mix = run_sources(c, log)
-    key = "data.mixture" if c.data.mixture else "data.train"
-    train_units = [u for s in mix.sources for u in check_data_file(s.path, key)]
+def _prepared(c, mix: mixture.Mixture, train_key: str, default_dir: str, stamp_extra: dict,
+              prepare_one, what: str, log) -> str:
+    """The directory of this run's preparation of `mix` (and data.val), prepared once.
+
+    It is DATA_DIR/KEY, DATA_DIR = data.cache_dir or OUTPUT_DIR/default_dir, KEY a digest of the
+    stamp: the input files' fingerprints, the sources, `stamp_extra` (options, formats) and the
+    tokenizer's digest. Process 0 prepares it when its stamp file is missing
+    (`prepare_one(mix, out, val_fraction)`, data.val into OUT/val_file with no split), the other
+    processes wait; otherwise it is reused as it is."""
+    train_units = [u for s in mix.sources for u in check_data_file(s.path, train_key)]
     val_units = check_data_file(c.data.val, "data.val") if c.data.val else []
-    data_dir = os.path.abspath(c.data.cache_dir or os.path.join(c.output_dir, "data"))
+    data_dir = os.path.abspath(c.data.cache_dir or os.path.join(c.output_dir, default_dir))
     run_config.make_config_dir(data_dir, "data.cache_dir" if c.data.cache_dir else "output_dir")
     stamp = {"inputs": fingerprints(train_units),
              "val": fingerprints(val_units) if c.data.val else None,
              "sources": [dataclasses.asdict(s) | {"path": os.path.abspath(s.path)} for s in mix.sources],
-             "options": {k: c.data[k] for k in ("val_fraction", "train_all_turns", "max_examples",
-                                                "max_per_category")}
-             | {"seed": c.seed, "seq_len": c.train.seq_len},
-             "token_format": token_store.FORMAT_VERSION,  # a new tokenization rule prepares anew
-             "tokenizer": _tokenizer_digest(run_tokenizer_dir(c))}
+             "tokenizer": _tokenizer_digest(run_tokenizer_dir(c)), **stamp_extra}
     key = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
-    train_dir = os.path.join(data_dir, key)
-    train_prefix = os.path.join(train_dir, "train")
-    val_prefix = os.path.join(train_dir, "val_file", "train") if c.data.val else os.path.join(train_dir, "val")
-    if jax.process_index() == 0 and not os.path.exists(os.path.join(train_dir, STAMP)):
-        os.makedirs(train_dir, exist_ok=True)
+    out = os.path.join(data_dir, key)
+    if jax.process_index() == 0 and not os.path.exists(os.path.join(out, STAMP)):
+        os.makedirs(out, exist_ok=True)
         if c.data.max_examples:
-            mix = _with_heads(mix, train_dir, c.data.max_examples)
-        _prepare(mix, train_dir, c, 0.0 if c.data.val else c.data.val_fraction, log)
+            mix = _with_heads(mix, out, c.data.max_examples)
+        prepare_one(mix, out, 0.0 if c.data.val else c.data.val_fraction)
         if c.data.val:
             val = mixture.with_defaults(mixture.from_args([c.data.val], None, None), c.data.input_format,
                                         c.data.format, c.data.columns or None)
-            _prepare(val, os.path.join(train_dir, "val_file"), c, 0.0, log)
-        with open(os.path.join(train_dir, STAMP), "w") as f:
+            prepare_one(val, os.path.join(out, "val_file"), 0.0)
+        with open(os.path.join(out, STAMP), "w") as f:
             json.dump(stamp, f, indent=1)
     else:
-        log(f"data: reusing the preparation in {train_dir}")
+        log(f"data: reusing the {what} prepared in {out}")
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("r1jax data prepared")
+        multihost_utils.sync_global_devices(f"r1jax {what} prepared")
+    return out
+
+
+def prepare_data(c, log=print) -> tuple[str, str]:
+    """(train prefix, val prefix) of TokenStore splits for this run, preparing them if needed."""
+    mix = run_sources(c, log)
+    options = {k: c.data[k] for k in ("val_fraction", "train_all_turns", "max_examples", "max_per_category")}
+    extra = {"options": options | {"seed": c.seed, "seq_len": c.train.seq_len},
+             "token_format": token_store.FORMAT_VERSION}  # a new tokenization rule prepares anew
+    out = _prepared(c, mix, "data.mixture" if c.data.mixture else "data.train", "data", extra,
+                    lambda m, d, f: _prepare(m, d, c, f, log), "data", log)
+    train_prefix = os.path.join(out, "train")
+    val_prefix = os.path.join(out, "val_file", "train") if c.data.val else os.path.join(out, "val")
     if not os.path.exists(val_prefix + ".ids.npy"):
         raise DataError(f"no validation split at {val_prefix}: set data.val_fraction > 0 or data.val")
     return train_prefix, val_prefix
@@ -223,37 +235,13 @@ def prepare_prompts(c, log=print, *, max_tokens: int | None = None) -> tuple[str
                         "(r1jax/data/prompt_set.py), as files, globs or directories")
     mix = mixture.with_defaults(mixture.from_args(named, None, None), c.data.input_format, c.data.format,
                                 c.data.columns or None)
-    train_units = [u for s in mix.sources for u in check_data_file(s.path, "data.train")]
-    val_units = check_data_file(c.data.val, "data.val") if c.data.val else []
-    data_dir = os.path.abspath(c.data.cache_dir or os.path.join(c.output_dir, PROMPTS_DIR))
-    run_config.make_config_dir(data_dir, "data.cache_dir" if c.data.cache_dir else "output_dir")
-    stamp = {"kind": prompt_set.KIND,
-             "inputs": fingerprints(train_units),
-             "val": fingerprints(val_units) if c.data.val else None,
-             "sources": [dataclasses.asdict(s) | {"path": os.path.abspath(s.path)} for s in mix.sources],
+    extra = {"kind": prompt_set.KIND,
              "options": {k: c.data[k] for k in ("val_fraction", "max_examples")}
-             | {"seed": c.seed, "max_tokens": max_tokens},
-             "tokenizer": _tokenizer_digest(run_tokenizer_dir(c))}
-    key = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
-    out = os.path.join(data_dir, key)
+             | {"seed": c.seed, "max_tokens": max_tokens}}
+    out = _prepared(c, mix, "data.train", PROMPTS_DIR, extra,
+                    lambda m, d, f: _prepare_prompt_set(m, d, c, f, max_tokens, log), "prompt set", log)
     train_jsonl = os.path.join(out, "train.jsonl")
     val_jsonl = os.path.join(out, "val_file", "train.jsonl") if c.data.val else os.path.join(out, "val.jsonl")
-    if jax.process_index() == 0 and not os.path.exists(os.path.join(out, STAMP)):
-        os.makedirs(out, exist_ok=True)
-        if c.data.max_examples:
-            mix = _with_heads(mix, out, c.data.max_examples)
-        _prepare_prompt_set(mix, out, c, 0.0 if c.data.val else c.data.val_fraction, max_tokens, log)
-        if c.data.val:
-            val = mixture.with_defaults(mixture.from_args([c.data.val], None, None), c.data.input_format,
-                                        c.data.format, c.data.columns or None)
-            _prepare_prompt_set(val, os.path.join(out, "val_file"), c, 0.0, max_tokens, log)
-        with open(os.path.join(out, STAMP), "w") as f:
-            json.dump(stamp, f, indent=1)
-    else:
-        log(f"data: reusing the prompt set prepared in {out}")
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("r1jax prompt set prepared")
     if not os.path.exists(val_jsonl):
         raise DataError(f"no validation prompts at {val_jsonl}: set data.val_fraction > 0 (enough prompts "
                         "for one) or data.val")
