@@ -19,15 +19,16 @@ that the model can learn from examples. The reward is rule-checked: the completi
 
 Difficulty knobs (`Difficulty`; `--difficulty NAME` picks one of DIFFICULTIES, and --terms,
 --max_operand, --ops override its fields):
-  - terms T: the number of operands (T - 1 reasoning lines); every extra line is another step to
-    get right, so accuracy falls roughly geometrically with T;
-  - max_operand M: operands in 0..M; the model has to learn about (T - 1) * (M + 1)^2 facts;
+  - terms T: the number of operands (T - 1 reasoning lines); every extra line is another step the
+    answer depends on, and 6 more tokens;
+  - max_operand M: operands in 0..M; the first line is one of (M + 1)^2 sums, later lines more
+    (their totals grow), so a larger M is many more facts to learn;
   - ops: which operations occur ("+", "-" or "+-").
 
-Why it suits a CPU demonstration: prompts and targets are about 40 tokens, so a tiny model trains on
-many of them per second; the answer is checkable exactly; and the difficulty can be set so that
-a short SFT run solves some problems but not all (configs/grpo_math_sft.py records the measurements),
-which is where GRPO's groups of samples hold both right and wrong answers to learn from.
+Why it suits a CPU demonstration: a T=3 example is 44 tokens (prompt and target), so a tiny
+model sees many of them per second; the answer is checkable exactly; and the difficulty can be set
+so that a short SFT run solves some problems but not all (configs/grpo_math_sft.py records the
+measurements), which is where GRPO's groups of samples hold both right and wrong answers.
 
 Files (JSONL, one object a line), split without overlap: every problem (its prompt) is drawn once
 from one seeded stream of distinct problems, the first n_val going to val, the next n_rl to rl, the
@@ -38,7 +39,8 @@ rest to sft, so val depends only on the seed and difficulty, not on n_sft or n_r
     DIR/val.jsonl   {"prompt", "answer", "category"}: held out, for task.name=boxed (task.data)
     DIR/toy_math.json  the settings and counts
 `category` is the operation pattern ("++", "+-", ...). Asking for more problems than the knobs
-allow (e.g. T=2, M=9, ops "+" has 100; the default add3_small, T=3, M=5, has 216) is an error naming the options; so is a bad knob.
+allow (e.g. T=2, M=9, ops "+" has 100; the default add3_small, T=3, M=5, has 216) is an error
+naming the options; so is a bad knob.
 """
 from __future__ import annotations
 
@@ -164,7 +166,8 @@ def sft_row(p: Problem) -> dict:
 
 
 def prompt_row(p: Problem) -> dict:
-    return {"prompt": QUESTION.format(p.expression), "answer": str(p.totals()[-1]), "category": "".join(p.ops)}
+    return {"prompt": QUESTION.format(p.expression), "answer": str(p.totals()[-1]),
+            "category": "".join(p.ops)}
 
 
 def build(n_sft: int, n_rl: int, n_val: int, d: Difficulty, seed: int = 0) -> dict[str, list[dict]]:
