@@ -29,6 +29,7 @@ Every run wrote the format right (`</think>`, a non-empty answer, no truncation)
 | T=3, M=9 (700 sft)            | 4 x 48      | 200   | 1e-2 | 3m21 / 3m27 | 0.549    | 2/32, copy 0 |
 | T=3, M=5 (150 sft)            | 4 x 48      | 200   | 1e-2 | 3m46 / 3m53 | 0.371    | 8/36, copy 4 |
 | T=3, M=5: THIS CONFIG         | 4 x 48      | 200   | 1e-2 | 3m46 / 3m34 | 0.388    | 8/36         |
+| T=3, M=5: train.steps=400    | 4 x 48      | 400   | 1e-2 | 6m48 / 6m02 | 0.166    | 13/36        |
 
 This config's run, scored again with 8 samples per held-out prompt (the size of a GRPO group):
 
@@ -40,6 +41,10 @@ of 8 (81%) hold both a right and a wrong answer. Chance is 0.09 (answers drawn f
 of sums of three numbers 0..5) to 0.125 (always the most common sum, 7 or 8). The reasoning is
 mostly not yet faithful: 9% of samples copy the first two operands, 5% have every line's sum right;
 the answers are right more often than the lines that lead to them.
+With --config.train.steps=400 (over the 3-minute budget here) the same evaluation gave accuracy
+0.306 (pass@8 0.861), the format right on 288 of 288, 31 of 36 groups mixed, and a model that reads
+the prompt: 78% of samples copy the first two operands, 23% have every line's sum right. That is
+the stronger starting point for GRPO when a run can afford twice the SFT time.
 
 Notes: with M=9 the model learns the format in ~30 steps but not to read the operands from the
 prompt (its first reasoning line copies them in 0 of 32 samples): its answers are the sums' typical
