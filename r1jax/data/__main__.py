@@ -1,10 +1,10 @@
-"""`python -m r1jax.data {prepare,show} ...`: see `prepare` and `show` for each command."""
+"""`python -m r1jax.data {prepare,show,toy_math} ...`: see `prepare`, `show` and `toy_math` for each command."""
 import argparse
 import sys
 
-from r1jax.data import prepare, show
+from r1jax.data import prepare, show, toy_math
 
-COMMANDS = {"prepare": prepare, "show": show}
+COMMANDS = {"prepare": prepare, "show": show, "toy_math": toy_math}
 
 
 def main(argv: list[str] | None = None) -> int:
