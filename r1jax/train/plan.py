@@ -12,6 +12,13 @@ per-chip memory (XLA's memory analysis), FLOPs, compile time and whether the ste
 HBM with HEADROOM to spare. A step the compiler itself cannot fit is reported with the compiler's
 own figure (fits = false).
 
+GRPO (train.objective = grpo): the step's batch takes the objective's fields (batch_spec: float32
+advantages, ref_logp, old_logp), and the report adds `rollout` (rollout_plan): the rollouts'
+generation, r1jax/inference/generate.py's prefill and decode functions compiled for the slice on
+all train.batch_size rows with their decode cache (MLA's latent cache), beside the optimizer state
+and the reference policy (grpo.beta > 0). `fits` is then both verdicts: the update step with the
+reference beside it, and the rollout phase, each within HEADROOM of HBM (`step_fits`: the step's own).
+
 Slice names follow Cloud TPU accelerator types: v5p-N counts TensorCores (2 per chip, v5p-1024 =
 512 chips, 8x8x8); v6e-N counts chips (v6e-256 = 16x16). A raw libtpu topology (`v5p:4x4x8`) works too.
 
@@ -25,6 +32,7 @@ that apply. A config whose model.checkpoint is not converted yet is planned from
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -44,6 +52,7 @@ from r1jax.models.common.config import ConfigError, LoraConfig
 from r1jax.models.common.params import Adapter
 from r1jax.train.optim import make_optimizer, path_str
 from r1jax.models.common.partition import split_trained
+from r1jax.inference import generate
 # The trainer's own step builders (and its --config flag, which the CLI below shares).
 from r1jax.train.loop import jit_train_step, opt_state_shardings, parse_flags
 
@@ -242,15 +251,29 @@ def build_step(c, mesh, fp8_base: bool = False):
     if rows % shards:
         raise PlanError(f"config key train.batch_size={rows} does not split over the "
                         f"{shards} batch shards (data x fsdp x expert) of mesh {dict(mesh.shape)}")
-    batch_sharding = sharding.batch_sharding(mesh)
-    batch = {k: jax.ShapeDtypeStruct((rows, c.train.seq_len), jnp.int32, sharding=batch_sharding)
-             for k in ("tokens", "positions", "segment_ids", "loss_mask")}
+    batch = batch_spec(c, sc, mesh)
     key = None
     if model_cfg.lora.rank and model_cfg.lora.dropout:
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         k = jax.eval_shape(lambda: jax.random.key(0))
         key = jax.ShapeDtypeStruct(k.shape, k.dtype, sharding=replicated)
     return step_fn, (params, rest, opt_state, batch, frozen, key), model_cfg
+
+
+# The batch fields that are token ids or masks (int32); every other field an objective reads is a
+# float32 per-token value (GRPO's advantages, old_logp, ref_logp), as r1jax/train/loop.py feeds them.
+INT_FIELDS = ("tokens", "positions", "segment_ids", "loss_mask")
+
+
+def batch_spec(c, sc, mesh) -> dict:
+    """{field: ShapeDtypeStruct [train.batch_size, train.seq_len]} of the step's batch: tokens,
+    positions, segment_ids and what the objective reads (sc.objective.fields: SFT's loss_mask;
+    GRPO's loss_mask, advantages, old_logp with grpo.iterations > 1, ref_logp with grpo.beta > 0),
+    int32 for INT_FIELDS and float32 for the others, rows over the batch axes."""
+    batch_sharding = sharding.batch_sharding(mesh)
+    return {k: jax.ShapeDtypeStruct((c.train.batch_size, c.train.seq_len),
+                                    jnp.int32 if k in INT_FIELDS else jnp.float32, sharding=batch_sharding)
+            for k in ("tokens", "positions", "segment_ids", *sc.objective.fields)}
 
 
 def state_bytes(args) -> dict[str, int]:
@@ -268,6 +291,123 @@ def argument_bytes_per_device(args) -> int:
     """Bytes of the step's inputs on one device, from their shardings (the largest shard per leaf)."""
     return sum(math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
                for x in jax.tree.leaves(args))
+
+
+def cache_slots(seq_len: int, max_new_tokens: int) -> int:
+    """Slots of the decode cache a GRPO step's generation allocates at most: generate_ids
+    (r1jax/inference/generate.py) gives it the longest prompt rounded up to PROMPT_BUCKET plus
+    max_new_tokens rounded up to whole decode calls (steps_per_call, GenerationSettings' default as
+    r1jax/train/rollouts.py leaves it); prompts hold at most seq_len - max_new_tokens ids (the
+    rollouts' budget). Equals seq_len when both parts are already whole (4096 = 1024 + 3072)."""
+    chunk = min(generate.GenerationSettings().steps_per_call, max_new_tokens)
+    return _round_up(seq_len - max_new_tokens, generate.PROMPT_BUCKET) + _round_up(max_new_tokens, chunk)
+
+
+def rollout_plan(c, mesh, args, model_cfg) -> dict:
+    """Per-chip memory of a GRPO step's rollout phase (train.objective=grpo), before its update.
+
+    generate_ids (r1jax/inference/generate.py) samples all train.batch_size rows in one batch
+    (rounded up to the mesh's batch axes, rows over data x fsdp x expert as generate._place puts
+    them): `_prefill` runs the prompts (train.seq_len - grpo.max_new_tokens ids, left-padded to
+    PROMPT_BUCKET) and allocates the decode cache of cache_slots slots (the model's init_cache: MLA's
+    latent + rope key, [L, B, S, C + R] in the compute dtype), then `_decode` runs
+    steps_per_call steps per call on it. Both are lowered with the model's whole state as the
+    trained, rest and frozen parts are sharded in the step, and compiled for the slice:
+
+        prefill, decode   {memory_gib, per_device_memory_gib} of each compiled function (arguments:
+                          the model state; the decode's cache donated); a function the compiler
+                          cannot fit: its temporaries + inputs, a lower bound (compiled false)
+        cache_gib         the decode cache per chip (the prefill's output shardings)
+        reference_gib     grpo.beta > 0: the reference policy's (params, rest) per chip
+                          (reference_global_gib: on the slice), sharded like the step's
+                          (r1jax/train/loop.py _reference: with adapters the zero adapter tree,
+                          else a copy of the starting params; plus a copy of rest), resident the
+                          whole run; 0 without it
+        opt_state_gib     the optimizer state per chip: resident, not an input of either function
+
+    total_gib = opt_state + reference + the larger of prefill and decode. Not compiled: the
+    reference (and old) log-prob pass over the batch between rollouts and update."""
+    params, rest, opt_state, _, frozen, _ = args
+    shards = generate._batch_multiple(mesh)
+    rows = _round_up(c.train.batch_size, shards)
+    prompt = _round_up(c.train.seq_len - c.grpo.max_new_tokens, generate.PROMPT_BUCKET)
+    slots = cache_slots(c.train.seq_len, c.grpo.max_new_tokens)
+    abstract = nnx.eval_shape(lambda: registry.build(model_cfg, nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    state = _abstract(state, sharding.variable_shardings(state, mesh))
+    by_row = lambda *shape, dtype=jnp.int32: jax.ShapeDtypeStruct(  # noqa: E731 - as generate._place
+        shape, dtype, sharding=jax.sharding.NamedSharding(
+            mesh, sharding.logical_to_spec(("batch",) + (None,) * (len(shape) - 1))))
+    one = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=jax.sharding.NamedSharding(  # noqa: E731
+        mesh, jax.sharding.PartitionSpec()))
+    steps = min(generate.GenerationSettings().steps_per_call, c.grpo.max_new_tokens)
+    settings = generate.sampling.SamplingSettings(float(c.grpo.temperature), float(c.grpo.top_p), 0)
+    out = {"rows": rows, "prompt_slots": prompt, "cache_slots": slots, "batch_shards": shards,
+           "decode_steps_per_call": steps}
+    with jax.set_mesh(mesh):
+        inputs = (state, by_row(rows, prompt), by_row(rows), by_row(rows), by_row(rows, dtype=jnp.bool_),
+                  one(jnp.int32))
+        out["prefill"], prefill = _compile_memory(
+            generate._prefill.lower(graphdef, *inputs, max_len=slots), inputs)
+        # the decode state as the prefill hands it over (its compiled output shardings)
+        d = jax.eval_shape(functools.partial(generate._prefill, graphdef, max_len=slots), *inputs)
+        if prefill is not None:
+            d = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                             d, prefill.output_shardings)
+            eos = jax.ShapeDtypeStruct((1,), jnp.int32, sharding=one(jnp.int32).sharding)
+            decode = jax.jit(generate._decode, static_argnames=("graphdef", "n", "settings"),
+                             donate_argnames=("d",))   # generate._decode_fn on a TPU
+            out["decode"], _ = _compile_memory(
+                decode.lower(graphdef, state, d, eos, steps, settings), (state, d, eos))
+    cache = d.cache
+    out["cache_dtype"] = str(jnp.dtype(jax.tree.leaves(cache)[0].dtype))
+    out["cache_global_gib"] = sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(cache)) / GIB
+    # per chip from the prefill's output shardings; the analytic split over the batch shards (the
+    # cache's only sharded axis, generate's rows) when the prefill did not compile
+    out["cache_gib"] = (argument_bytes_per_device(cache) if prefill is not None else
+                        sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(cache)) / shards) / GIB
+    out["reference"] = ("none (grpo.beta 0)" if not c.grpo.beta else
+                        "the base, adapters zero" if frozen is not None else "a copy of the params")
+    out["reference_gib"] = (argument_bytes_per_device((params, rest)) if c.grpo.beta > 0 else 0) / GIB
+    out["reference_global_gib"] = sum(state_bytes(args)[k] for k in ("params", "rest")) / GIB \
+        if c.grpo.beta > 0 else 0.0
+    out["opt_state_gib"] = argument_bytes_per_device(opt_state) / GIB
+    phases = [out[k]["per_device_memory_gib"] for k in ("prefill", "decode") if k in out]
+    out["total_gib"] = out["opt_state_gib"] + out["reference_gib"] + max(phases)
+    out["compiled"] = all(out[k]["compiled"] for k in ("prefill", "decode") if k in out) and "decode" in out
+    return out
+
+
+def _compile_memory(lowered, inputs) -> tuple[dict, object]:
+    """({compiled, memory_gib, per_device_memory_gib}, the compiled function or None) of a lowered
+    function; one the TPU compiler cannot fit: its temporaries + the shards of `inputs` (its
+    abstract arguments), a lower bound."""
+    try:
+        compiled = lowered.compile()
+    except Exception as e:  # noqa: BLE001 - the TPU compiler's out-of-memory is a result
+        m = _OOM.search(str(e))
+        if "RESOURCE_EXHAUSTED" not in str(e) or not m:
+            raise
+        return {"compiled": False, "per_device_memory_gib": _gib(m.group(1), m.group(2))
+                + argument_bytes_per_device(inputs) / GIB,
+                "compiler_error": str(e).splitlines()[0][:400]}, None
+    mem, total = memory_bytes(compiled)
+    return {"compiled": True, "memory_gib": {k: v / GIB for k, v in mem.items()},
+            "per_device_memory_gib": total / GIB}, compiled
+
+
+def memory_bytes(compiled) -> tuple[dict[str, int], int]:
+    """({arguments, outputs, aliased, temporaries, code}, their per-chip total) of a compiled
+    function (XLA's memory analysis): arguments + outputs - aliased (donated) + temporaries + code."""
+    ma = compiled.memory_analysis()
+    mem = {"arguments": ma.argument_size_in_bytes, "outputs": ma.output_size_in_bytes,
+           "aliased": ma.alias_size_in_bytes, "temporaries": ma.temp_size_in_bytes,
+           "code": ma.generated_code_size_in_bytes}
+    return mem, mem["arguments"] + mem["outputs"] - mem["aliased"] + mem["temporaries"] + mem["code"]
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
 
 
 # What libtpu's compiler names when asked for a float32 x float32 dot (model.dtype float32).
@@ -331,6 +471,12 @@ def plan(c, topology: str, variant: str | None = None) -> dict:
         report["state_gib"] = {k: v / GIB for k, v in state_bytes(args).items()}
         tokens = c.train.batch_size * c.train.seq_len
         report["model_flops"] = registry.train_flops_per_token(model_cfg, c.train.seq_len) * tokens
+    report["objective"] = c.train.objective
+    if c.train.objective == "grpo":
+        t1 = time.perf_counter()
+        report["rollout"] = rollout_plan(c, mesh, args, model_cfg)
+        report["rollout"]["plan_s"] = round(time.perf_counter() - t1, 2)
+    with jax.set_mesh(mesh):
         t1 = time.perf_counter()
         try:
             compiled = lowered.compile()
@@ -351,18 +497,28 @@ def plan(c, topology: str, variant: str | None = None) -> dict:
                           per_device_memory_gib=temps + argument_bytes_per_device(args) / GIB,
                           compiler_hbm_gib=_gib(m.group(3), m.group(4)), fits=False, flops=None,
                           compiler_error=str(e).splitlines()[0][:400])
-            return report
+            return _with_rollout_verdict(report)
         report["compile_s"] = round(time.perf_counter() - t1, 2)
-    ma = compiled.memory_analysis()
-    mem = {"arguments": ma.argument_size_in_bytes, "outputs": ma.output_size_in_bytes,
-           "aliased": ma.alias_size_in_bytes, "temporaries": ma.temp_size_in_bytes,
-           "code": ma.generated_code_size_in_bytes}
-    total = mem["arguments"] + mem["outputs"] - mem["aliased"] + mem["temporaries"] + mem["code"]
+    mem, total = memory_bytes(compiled)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     report.update(compiled=True, memory_gib={k: v / GIB for k, v in mem.items()},
                   per_device_memory_gib=total / GIB, fits=total / GIB <= HEADROOM * s.hbm_gib,
                   flops=float(cost.get("flops", 0.0)) if cost else None)
+    return _with_rollout_verdict(report)
+
+
+def _with_rollout_verdict(report: dict) -> dict:
+    """A GRPO plan's verdicts: the step (its compiled memory + the reference, resident beside it) and
+    the rollout phase, each against HEADROOM x HBM; `fits` then says both do (step_fits: the step)."""
+    ro = report.get("rollout")
+    if ro is None:
+        return report
+    limit = HEADROOM * report["hbm_gib"]
+    ro["step_with_reference_gib"] = report["per_device_memory_gib"] + ro["reference_gib"]
+    ro["step_fits"] = report["fits"] and ro["step_with_reference_gib"] <= limit
+    ro["fits"] = ro["total_gib"] <= limit
+    report["step_fits"], report["fits"] = report["fits"], ro["step_fits"] and ro["fits"]
     return report
 
 
@@ -383,7 +539,8 @@ def format_report(r: dict) -> str:
                   f"aliased (donated) {m['aliased']:.2f}  temporaries {m['temporaries']:.2f}  "
                   f"code {m['code']:.2f}",
                   f"  per chip total {r['per_device_memory_gib']:.2f} GiB of {r['hbm_gib']} GiB HBM "
-                  f"(fits when <= {r['headroom']:.0%}): {'FITS' if r['fits'] else 'DOES NOT FIT'}",
+                  f"(fits when <= {r['headroom']:.0%}): "
+                  f"{'FITS' if r.get('step_fits', r['fits']) else 'DOES NOT FIT'}",
                   f"  FLOPs: compiler {r['flops']:.3e} per chip and micro-batch (XLA counts the "
                   f"accumulation loop once), x {r['chips']} chips x {r['grad_accum']} = "
                   f"{r['flops'] * r['chips'] * r['grad_accum']:.3e}; model formula "
@@ -393,8 +550,37 @@ def format_report(r: dict) -> str:
                   f"GiB per chip, with the inputs at least {r['per_device_memory_gib']:.2f} GiB; "
                   f"{r['compiler_hbm_gib']:.2f} GiB are available: DOES NOT FIT",
                   f"  ({r['compiler_error']})"]
+    if r.get("rollout"):
+        lines += _rollout_lines(r)
     lines.append(f"  lowering {r['lower_s']} s, compilation {r['compile_s']} s")
     return "\n".join(lines)
+
+
+def _rollout_lines(r: dict) -> list[str]:
+    """format_report's GRPO part: the rollout phase and both verdicts."""
+    ro, limit = r["rollout"], r["headroom"] * r["hbm_gib"]
+    verdict = lambda ok: "FITS" if ok else "DOES NOT FIT"  # noqa: E731
+
+    def phase(name):
+        p = ro.get(name)
+        if p is None:
+            return f"{name} not compiled (the prefill did not fit)"
+        if not p["compiled"]:
+            return f"{name} >= {p['per_device_memory_gib']:.2f} (compiler: out of HBM)"
+        m = p["memory_gib"]
+        return (f"{name} {p['per_device_memory_gib']:.2f} (arguments {m['arguments']:.2f}, outputs "
+                f"{m['outputs']:.2f}, aliased {m['aliased']:.2f}, temporaries {m['temporaries']:.2f})")
+    return [f"  GRPO rollouts: {ro['rows']} rows x {ro['cache_slots']} cache slots ({ro['prompt_slots']} "
+            f"prompt), {ro['decode_steps_per_call']} decode steps per call; decode cache "
+            f"{ro['cache_dtype']} {ro['cache_global_gib']:,.1f} GiB on the slice, {ro['cache_gib']:.2f} "
+            f"per chip (rows over {ro['batch_shards']} batch shards); reference: {ro['reference']}, "
+            f"{ro['reference_gib']:.2f} GiB per chip",
+            f"  rollout per chip (GiB, compiled): {phase('prefill')}; {phase('decode')}",
+            f"  rollout phase per chip: optimizer state {ro['opt_state_gib']:.2f} + reference "
+            f"{ro['reference_gib']:.2f} + the larger of prefill and decode = {ro['total_gib']:.2f} GiB "
+            f"of {limit:.2f} allowed: {verdict(ro['fits'])}",
+            f"  update step per chip with the reference beside it: {ro['step_with_reference_gib']:.2f} "
+            f"GiB: {verdict(ro['step_fits'])}; GRPO step (rollouts + update): {verdict(r['fits'])}"]
 
 
 def main(argv) -> None:

@@ -374,3 +374,72 @@ def test_a_checkpoint_not_converted_yet_is_planned_from_the_preset(tmp_path):
     (tmp_path / "ckpt" / "config.json").write_text("{}")
     c3, source = plan.with_model_source(c)
     assert c3.model.checkpoint == str(tmp_path / "ckpt") and source.startswith("checkpoint ")
+
+
+# GRPO: the step's batch fields, the rollouts' decode cache and the reference -------------------------
+
+def _grpo_tiny(**over):
+    """The tiny preset with GRPO: 4 prompts x 2 generations = 8 rows, 64 new tokens after a prompt of
+    at most 64 in 128 positions, the k3 penalty on (beta > 0: a reference policy)."""
+    return tiny_config(**{"train.objective": "grpo", "grpo.prompts_per_step": 4,
+                          "grpo.num_generations": 2, "grpo.max_new_tokens": 64, "grpo.beta": 0.04,
+                          **over})
+
+
+@pytest.mark.tpu_compile
+def test_grpo_step_lowers_with_the_objectives_float_fields():
+    """Oracle: objectives/__init__.py's contract and GRPO's fields by hand: with beta > 0 and one
+    iteration the lowered step's batch is tokens, positions, segment_ids, loss_mask (int32) and
+    advantages, ref_logp (float32), each [B, T] = [8, 128]; no old_logp (on-policy)."""
+    from r1jax.parallel import sharding
+    c = plan.with_variant(_grpo_tiny(), "lora")
+    devices = plan.slice_devices(plan.parse_slice("v5p-8"))
+    mesh = sharding.make_mesh(data=1, fsdp=4, expert=1, tensor=1, devices=devices)   # as plan.plan
+    step_fn, args, _ = plan.build_step(c, mesh, fp8_base=True)
+    with jax.set_mesh(mesh):
+        lowered = step_fn.lower(*args)
+    batch = lowered.args_info[0][3]
+    want = {"tokens": "int32", "positions": "int32", "segment_ids": "int32", "loss_mask": "int32",
+            "advantages": "float32", "ref_logp": "float32"}
+    assert {k: str(v.dtype) for k, v in batch.items()} == want
+    assert all(v.shape == (8, 128) for v in batch.values())
+
+
+def _router_bias_count(cfg) -> int:
+    """Entries of the routers' bias state (the step's `rest`), from the abstract model."""
+    from r1jax.models.common.params import RouterBias
+    model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, RouterBias)))
+
+
+@pytest.mark.tpu_compile
+@pytest.mark.parametrize("variant", ["lora", "full"])
+def test_grpo_plan_reports_the_rollout_cache_and_the_reference(variant):
+    """A GRPO plan of the tiny preset on v5p-8 (4 chips, fsdp 4). Oracles, by hand from the model
+    config: the decode cache is MLA's latent + rope key for every layer, row and slot in bfloat16
+    (the compute dtype), rows split over the 4 batch shards, plus each row's int32 start slot:
+    L x 8 x 128 x (kv_lora_rank + qk_rope_head_dim) x 2 / 4 + 8 x 4 / 4 bytes per chip (128 slots =
+    a 64-token prompt bucket + 64 new tokens in whole decode calls of 8 = train.seq_len); the
+    reference (beta > 0) is a zero adapter tree, 4 bytes per adapter parameter of _adapter_formula
+    (lora), or the float32 params again (full), each plus a copy of the router biases (float32).
+    The prefill and decode compile; the verdicts fit at this size."""
+    cfg = preset("tiny")
+    r = plan.plan(_grpo_tiny(), "v5p-8", variant)
+    ro = r["rollout"]
+    assert r["objective"] == "grpo" and r["compiled"] and ro["compiled"], r
+    assert (ro["rows"], ro["cache_slots"], ro["batch_shards"], ro["cache_dtype"]) == (8, 128, 4, "bfloat16")
+    cache = (cfg.num_hidden_layers * 8 * 128 * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * 2 + 8 * 4) / 4
+    assert math.isclose(ro["cache_gib"] * GIB, cache), (ro["cache_gib"] * GIB, cache)
+    if variant == "lora":
+        weights = 4 * sum(n for g, n in _adapter_formula(cfg, 16).items() if g != "routed_experts")
+    else:
+        weights = 4 * sum(x.size for x in jax.tree.leaves(nnx.state(
+            nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))), nnx.Param)))
+    assert math.isclose(ro["reference_global_gib"] * GIB, weights + 4 * _router_bias_count(cfg))
+    assert ro["reference"] == ("the base, adapters zero" if variant == "lora" else "a copy of the params")
+    # both phases hold the model state, so each needs at least the cache's shard on top of it
+    for phase in ("prefill", "decode"):
+        assert ro[phase]["per_device_memory_gib"] >= ro["cache_gib"], ro
+    assert ro["fits"] and ro["step_fits"] and r["step_fits"] and r["fits"]
+    text = plan.format_report(r)
+    assert "GRPO rollouts: 8 rows x 128 cache slots" in text and "GRPO step (rollouts + update): FITS" in text
