@@ -1,10 +1,8 @@
 """GRPO on the released DeepSeek-R1 (671B): rank-16 adapters on a frozen FP8 base, verifiable rewards.
 
     python -m r1jax.convert --hf_dir /data/DeepSeek-R1 --out /ckpt/r1-fp8 --dtype float8_e4m3fn
-    python -m r1jax.data prepare --prompts --input /data/math.jsonl --out /data/math_prompts \\
-        --columns prompt=problem,answer=solution --max_tokens 1024
     python -m r1jax.train --config=configs/r1_671b_grpo_lora.py --config.model.checkpoint=/ckpt/r1-fp8 \\
-        --config.data.train=/data/math_prompts/train.jsonl --config.data.val=/data/math_prompts/val.jsonl
+        --config.data.train=/data/math.parquet --config.data.columns=prompt=problem,answer=final_answer
     python -m r1jax.plan --config=configs/r1_671b_grpo_lora.py --topology=v5p-64 --variant=lora   # before renting it (v5p-32: the rollouts do not fit)
 
 The model, mesh and adapters are configs/r1_671b_lora.py's (rank 16 on attention, dense MLP and

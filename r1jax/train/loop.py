@@ -245,8 +245,9 @@ def _train(c, mesh, is_main: bool, log) -> dict:
     # base, all adapters zero), kept before a resume replaces params.
     logprob_fns = {}
     if grpo:
-        logprobs = jax.jit(lambda p, r, f, b: policy_logprobs(merge(graphdef, p, r, f), b, sc.objective.temperature,
-                                                               c.train.loss_chunk), out_shardings=batch_sharding)
+        logprobs = jax.jit(lambda p, r, f, b: policy_logprobs(
+            merge(graphdef, p, r, f), b, sc.objective.temperature, c.train.loss_chunk,
+            sc.objective.window(c.train.seq_len)), out_shardings=batch_sharding)
         if c.grpo.beta > 0:
             ref = _reference(params, rest, frozen is not None)
             log(f"grpo: reference policy = {'the base, adapters off' if frozen is not None else 'a frozen copy of the starting weights'}"

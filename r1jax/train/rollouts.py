@@ -21,11 +21,12 @@ is counted in info["problems"], and the step goes on). Advantages are group-rela
 scale_rewards). While the host scores, the device already computes the rollouts' old (iterations >
 1) and reference (beta > 0) log-probabilities: both were dispatched before scoring began.
 
-Batch. Row b is prompt ids + completion ids (EOS included when generated), right-padded to seq_len:
-tokens, positions (0, 1, ...), segment_ids (1 on the row's tokens, 0 on padding), loss_mask (1 on
-the completion), advantages (the row's A on every position), and old_logp / ref_logp as the GRPO
-objective reads them (objectives/grpo.py). seq_len must hold the longest prompt plus
-max_new_tokens: prompts are prepared with a token budget of seq_len - max_new_tokens.
+Batch. Row b is prompt ids + completion ids (EOS included when generated) in seq_len columns, the
+prompt left-padded so that every completion starts at column S = seq_len - max_new_tokens (the
+prompt budget: prompts are prepared with it): tokens, positions (0, 1, ... from the prompt's first
+token), segment_ids (1 on the row's tokens, 0 on padding), loss_mask (1 on the completion),
+advantages (the row's A on every position), and old_logp / ref_logp as the GRPO objective reads
+them (objectives/grpo.py, whose `completion_start` = S lets the LM head skip the prompt columns).
 
 Validation: one pass over the val prompts (val_samples each) at val_temperature (0.6, R1's setting)
 and top_p 0.95 with a fixed seed, so every eval is comparable: val/reward (mean total reward),
@@ -134,18 +135,22 @@ class Rollouts:
                          f"non-number (scored 0): {scores.errors[name]}")
         return scores
 
+    @property
+    def completion_start(self) -> int:
+        """The column every completion starts at: prompts are left-padded to seq_len - max_new_tokens."""
+        return self.seq_len - self.s.max_new_tokens
+
     def batch_arrays(self, prompts: list[list[int]], completions: list[list[int]],
                      advantages: np.ndarray) -> dict[str, np.ndarray]:
         """The [B, seq_len] training arrays of B rollouts (module docstring), without log-probs."""
-        b, t = len(prompts), self.seq_len
+        b, t, start = len(prompts), self.seq_len, self.completion_start
         out = {k: np.zeros((b, t), np.int32) for k in ("tokens", "positions", "segment_ids", "loss_mask")}
         for i, (p, c) in enumerate(zip(prompts, completions)):
-            ids = list(p) + list(c)
-            n = len(ids)
-            out["tokens"][i, :n] = ids
-            out["positions"][i, :n] = np.arange(n)
-            out["segment_ids"][i, :n] = 1
-            out["loss_mask"][i, len(p):n] = 1
+            first, end = start - len(p), start + len(c)
+            out["tokens"][i, first:end] = list(p) + list(c)
+            out["positions"][i, first:end] = np.arange(end - first)
+            out["segment_ids"][i, first:end] = 1
+            out["loss_mask"][i, start:end] = 1
         out["advantages"] = np.repeat(np.asarray(advantages, np.float32)[:, None], t, axis=1)
         return out
 
@@ -175,7 +180,7 @@ class Rollouts:
         info = _summary("reward", "completion", scores, comps, self.rewards)
         info["reward/zero_std_groups"] = float(np.mean(totals.max(1) == totals.min(1)))
         info["time/rollout_s"], info["time/score_s"] = t1 - t0, t3 - t2
-        records = [{"step": step, "prompt_index": idx[k // s.num_generations],
+        records = [{"step": step + 1, "prompt_index": idx[k // s.num_generations],
                     "source": rows[k].get("source"), "generation": k % s.num_generations,
                     "completion": comps[k].text, "n_tokens": comps[k].num_tokens,
                     "truncated": comps[k].truncated, "reward": scores.totals[k],

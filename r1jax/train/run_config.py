@@ -527,7 +527,7 @@ def objective(c: ml_collections.ConfigDict):
     g = c.grpo
     return GRPO(epsilon=float(g.epsilon), epsilon_high=float(g.epsilon_high), beta=float(g.beta),
                 normalize=g.normalize, temperature=float(g.temperature), on_policy=g.iterations == 1,
-                budget=g.max_new_tokens)
+                budget=g.max_new_tokens, completion_start=c.train.seq_len - g.max_new_tokens)
 
 
 def rollout_settings(c: ml_collections.ConfigDict):

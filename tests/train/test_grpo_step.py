@@ -44,6 +44,21 @@ def _rollouts(seed=0):
             "ref_logp": jnp.asarray(rng.uniform(-7.0, -4.0, (B, T)).astype(np.float32))}
 
 
+def _left_padded(seed=0, start=6):
+    """The rollouts' own layout (r1jax/train/rollouts.py): prompts of 3..6 tokens left-padded so that
+    every completion (0..14 tokens) starts at column `start`."""
+    batch = {k: np.asarray(v).copy() for k, v in _rollouts(seed).items()}
+    tokens, seg, mask, pos = (np.zeros((B, T), np.int32) for _ in range(4))
+    for b in range(B):
+        p, c = 3 + b % 4, [12, 0, 5, 9, 1, 14, 7, 3][b]
+        tokens[b, start - p:start + c] = batch["tokens"][b, :p + c]
+        seg[b, start - p:start + c] = 1
+        pos[b, start - p:start + c] = np.arange(p + c)
+        mask[b, start:start + c] = 1
+    return {**{k: jnp.asarray(v) for k, v in batch.items()}, "tokens": jnp.asarray(tokens),
+            "segment_ids": jnp.asarray(seg), "positions": jnp.asarray(pos), "loss_mask": jnp.asarray(mask)}
+
+
 def _reference_loss(model, batch, obj: GRPO):
     """The second path: full logits -> tempered log-probs of tokens[:, 1:] -> grpo_loss."""
     logits, _ = model(batch["tokens"], batch["positions"], batch["segment_ids"])
@@ -60,11 +75,13 @@ def _reference_loss(model, batch, obj: GRPO):
     (GRPO(), 16),                                                        # on-policy: r = 1
     (GRPO(epsilon=0.1, epsilon_high=0.3, beta=0.05, normalize="sequence", temperature=0.7, on_policy=False), 0),
     (GRPO(beta=0.1, normalize="constant", temperature=1.3, on_policy=False, budget=T - 1), 16),  # grpo_loss's T
-], ids=["on_policy_token_chunked", "clipped_kl_sequence", "kl_constant_chunked"])
+    (GRPO(beta=0.05, normalize="sequence", on_policy=False, budget=T - 6, completion_start=6), 0),
+], ids=["on_policy_token_chunked", "clipped_kl_sequence", "kl_constant_chunked", "completion_window"])
 def test_objective_equals_grpo_loss_on_full_logits(obj, chunk):
+    """The completion window (the head on the completion columns only) gives what the full logits do."""
     model = Transformer(CFG, rngs=nnx.Rngs(3))
     graphdef, params, rest = split_model(model)
-    batch = _rollouts()
+    batch = _left_padded() if obj.completion_start else _rollouts()
     sc = StepConfig(objective=obj, loss_chunk=chunk)
 
     (value, sums), grads = jax.value_and_grad(lambda p: loss_fn(p, rest, graphdef, batch, sc), has_aux=True)(params)
@@ -107,6 +124,13 @@ def test_policy_logprobs_align_with_the_objective():
     metrics = obj.metrics(sums, None)
     np.testing.assert_allclose(float(metrics["ratio_mean"]), 1.0, rtol=1e-5)
     assert float(metrics["clip_fraction"]) == 0.0
+    # in the rollouts' layout, over the completion window only: the same values there, 0 elsewhere
+    left = _left_padded(1)
+    windowed = GRPO(budget=T - 6, completion_start=6)
+    got = np.asarray(policy_logprobs(model, left, 0.8, window=windowed.window(T)))
+    full = np.asarray(policy_logprobs(model, left, 0.8))
+    np.testing.assert_allclose(got[:, 5:T - 1], full[:, 5:T - 1], rtol=1e-5, atol=1e-6)
+    assert not got[:, :5].any() and np.abs(full[:, :5]).sum() > 0
 
 
 @pytest.mark.parametrize("normalize", NORMALIZATIONS)

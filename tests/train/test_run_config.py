@@ -52,6 +52,18 @@ OUT_OF_RANGE = {
     "task.max_new_tokens": 0,
     "task.timeout_s": 0.0,
     "task.workers": -1,
+    "grpo.prompts_per_step": 0,
+    "grpo.num_generations": 1,         # a group of one has no relative advantage
+    "grpo.temperature": 0.0,           # log-probabilities at temperature 0 are undefined
+    "grpo.top_p": 0.0,
+    "grpo.max_new_tokens": 0,
+    "grpo.epsilon": 1.5,               # a ratio clipped below at 1 - epsilon < 0 means nothing
+    "grpo.epsilon_high": -0.1,
+    "grpo.beta": -0.01,
+    "grpo.iterations": 0,
+    "grpo.val_temperature": 0.0,
+    "grpo.val_samples": 0,
+    "grpo.workers": -1,
     "optim.lr": -1.0,
     "optim.warmup_steps": -1,
     "optim.min_lr_ratio": 1.5,
@@ -88,7 +100,7 @@ def _with(key: str, value):
 ACCEPTED = {"optim.clip_norm": 0.0, "train.grad_accum": 0, "mesh.fsdp": -1, "dist.process_id": -1,
             "optim.lr": 0.0, "optim.b1": 0.0, "task.top_p": 1.0, "optim.min_lr_ratio": 1.0,
             "data.val_fraction": 0.0, "train.loss_chunk": 0, "model.moe_chunk_tokens": 0,
-            "lora.rank": 0, "lora.dropout": 0.0}
+            "lora.rank": 0, "lora.dropout": 0.0, "grpo.top_p": 1.0, "grpo.beta": 0.0, "grpo.epsilon": 0.0}
 
 
 def test_every_numeric_key_refuses_out_of_range():

@@ -196,7 +196,9 @@ class GRPO:
     normalize: str = "token"
     temperature: float = 1.0
     on_policy: bool = True
-    budget: int = 0        # "constant": the T of w = m / (B T), the generation budget; 0 = the batch's T
+    budget: int = 0        # the generation budget: "constant"'s T in w = m / (B T); 0 = the batch's T
+    completion_start: int = 0  # > 0: every row's completion starts at this column (rollouts' layout),
+                               # so the LM head runs on the `budget` positions from it-1 only
 
     def __post_init__(self):
         if self.normalize not in NORMALIZATIONS:
@@ -222,8 +224,18 @@ class GRPO:
             w = token_weights(m, self.normalize)
         return {**batch, "weights": w}, {"tokens": jnp.maximum(m.sum(), 1.0)}
 
+    def window(self, t: int) -> slice:
+        """The target positions the head is computed on: [completion_start - 1, + budget) when the
+        layout fixes the completions' start, else all t."""
+        if self.completion_start and self.budget:
+            return slice(self.completion_start - 1, min(t, self.completion_start - 1 + self.budget))
+        return slice(0, t)
+
     def loss(self, model, h, batch, sc, norms):
         targets, m = shifted_targets(batch["tokens"], batch["segment_ids"], 1, batch["loss_mask"])
+        w = self.window(targets.shape[1])
+        batch = {k: v[:, w] for k, v in batch.items()}
+        h, targets, m = h[:, w], targets[:, w], m[:, w]
         logp, entropy = token_logprobs(h, model.head_weight(), targets, self.temperature, sc.loss_chunk)
         old = jax.lax.stop_gradient(logp) if self.on_policy else batch["old_logp"]
         s, ratio, low, high = clipped_surrogate(logp, old, batch["advantages"][:, 0], m,
@@ -252,11 +264,14 @@ class GRPO:
         return out
 
 
-def policy_logprobs(model, batch, temperature: float = 1.0, chunk: int = 0) -> jnp.ndarray:
+def policy_logprobs(model, batch, temperature: float = 1.0, chunk: int = 0, window: slice | None = None
+                    ) -> jnp.ndarray:
     """The log-probabilities of a batch's next tokens under `model` at `temperature`, aligned as the
     objective's old_logp / ref_logp: batch of [B, T] tokens, positions, segment_ids -> [B, T] float32
-    (position t: log p(tokens[t + 1]); 0 at a row's last position)."""
+    (position t: log p(tokens[t + 1]); 0 at a row's last position, and outside `window`, the target
+    positions computed (GRPO.window; None = all))."""
     h, _ = model.hidden_states(batch["tokens"], batch["positions"], batch["segment_ids"])
     targets, m = shifted_targets(batch["tokens"], batch["segment_ids"], 1)
-    logp, _ = token_logprobs(h, model.head_weight(), targets, temperature, chunk)
-    return jnp.where(m, logp, 0.0)
+    w = window or slice(0, targets.shape[1])
+    logp, _ = token_logprobs(h[:, w], model.head_weight(), targets[:, w], temperature, chunk)
+    return jnp.zeros(targets.shape, jnp.float32).at[:, w].set(jnp.where(m[:, w], logp, 0.0))
