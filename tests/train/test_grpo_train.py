@@ -168,3 +168,22 @@ def test_adapters_reference_is_the_base(data, tmp_path):
     kl = {r["step"]: r["kl"] for r in records(tmp_path) if "kl" in r}
     assert kl[1] == pytest.approx(0.0, abs=1e-7)
     assert kl[3] > 1e-6
+
+
+def test_demo_configs_chain():
+    """configs/grpo_math.py validates and starts where configs/grpo_math_sft.py ends, on the files
+    `python -m r1jax.data toy_math --out runs/toy_math` writes (its docstring's commands)."""
+    import importlib.util
+    root = Path(__file__).resolve().parents[2]
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, root / "configs" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.get_config()
+
+    sft, grpo = load("grpo_math_sft"), load("grpo_math")
+    run_config.validate(grpo)
+    assert grpo.model.checkpoint == sft.output_dir and grpo.train.objective == "grpo"
+    assert grpo.data.val == sft.task.data == "runs/toy_math/val.jsonl"
+    assert set(grpo.data.train.split(",")) == {"runs/toy_math/rl.jsonl", "runs/toy_math/sft.jsonl"}
