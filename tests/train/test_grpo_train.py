@@ -34,7 +34,7 @@ def data(tmp_path_factory):
     rows = [{"prompt": f"What is {a} + {b}?", "answer": str(a + b)} for a, b in zip(range(1, 13), range(20, 32))]
     rows.append({"prompt": "What is nothing?"})  # no reference: removed by prepare, counted
     (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (d / "grpo_test_rewards.py").write_text(textwrap.dedent(f"""
+    (d / "grpo_test_rewards.py").write_text(textwrap.dedent("""
         def hashed(prompt, completion, row):
             return (sum(map(ord, completion.text)) % 11) / 10
 
