@@ -76,7 +76,7 @@ from flax import nnx
 
 from r1jax.models import checkpoint, sources
 from r1jax.inference import sampling
-from r1jax.parallel import sharding
+from r1jax.parallel import distributed, sharding
 from r1jax.data.chat import generation_prompt, prompt_ids
 from r1jax.data.formats import DataError, Example, parse_row, split_reasoning
 from r1jax.data.readers import json_objects
@@ -287,7 +287,7 @@ def generate_ids(model: nnx.Module, prompts: Sequence[Sequence[int]],
             live = [_Row(i, []) for i in idx]
             for _ in range(n_steps // chunk):
                 d, toks = decode(graphdef, state, d, eos, chunk, settings.sampling)
-                toks = np.asarray(toks)
+                toks = distributed.to_host(toks)  # every process sees every row
                 for r, row in enumerate(live):
                     if row.finish is None:
                         row.take(toks[r], eos_ids, settings.max_new_tokens)

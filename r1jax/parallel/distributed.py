@@ -116,3 +116,37 @@ def process_0_says(flag: bool) -> bool:
         return flag
     from jax.experimental import multihost_utils
     return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """The whole value of a device array on this host, on every process: a direct copy when this
+    process holds all of it, else gathered from the processes (a collective: every process calls it)."""
+    if x.is_fully_addressable or x.is_fully_replicated:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def my_share(n: int) -> range:
+    """The items 0..n-1 this process handles when each process takes a contiguous share (process p
+    of P: items p*ceil(n/P) ... at most (p+1)*ceil(n/P) - 1; the last shares may be short or empty)."""
+    per = -(-n // jax.process_count())
+    first = min(n, jax.process_index() * per)
+    return range(first, min(n, first + per))
+
+
+def gather_rows(local: np.ndarray, n: int) -> np.ndarray:
+    """Every process's `my_share(n)` rows ([len(my_share(n)), ...], any dtype) joined in item order:
+    [n, ...] on every process, bit for bit (float64 travels as raw bytes: JAX would round it to
+    float32). A collective: every process calls it with the same n, trailing shape and dtype."""
+    local = np.ascontiguousarray(local)
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+    per = -(-n // jax.process_count())
+    row_bytes = int(np.prod(local.shape[1:], dtype=np.int64)) * local.dtype.itemsize
+    raw = local.view(np.uint8).reshape(len(local), row_bytes)                # [rows, bytes]
+    padded = np.zeros((per, row_bytes), np.uint8)
+    padded[:len(raw)] = raw
+    joined = np.asarray(multihost_utils.process_allgather(padded, tiled=True))[:n]  # [n, bytes]
+    return np.ascontiguousarray(joined).view(local.dtype).reshape((n,) + local.shape[1:])

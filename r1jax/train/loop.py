@@ -59,7 +59,15 @@ class TrainingError(RuntimeError):
 
 
 def _global_batch(local: dict, batch_sharding) -> dict:
+    """This process's rows of each field (the loader's share) -> the step's global arrays."""
     return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v)) for k, v in local.items()}
+
+
+def _whole_batch(arrays: dict, batch_sharding) -> dict:
+    """Every row of each field, the same on every process (GRPO's rollouts) -> global arrays: each
+    process places the rows of its own devices."""
+    return {k: jax.make_array_from_callback(v.shape, batch_sharding, lambda index, v=v: v[index])
+            for k, v in arrays.items()}
 
 
 def opt_state_shardings(opt_state, params, mesh) -> object:
@@ -366,7 +374,7 @@ def _train(c, mesh, is_main: bool, log) -> dict:
             if grpo:
                 t_step = time.perf_counter()
                 batch, info, records = rollouts.sample(merge(graphdef, params, rest, frozen), step,
-                                                       lambda a: _global_batch(a, batch_sharding), logprob_fns)
+                                                       lambda a: _whole_batch(a, batch_sharding), logprob_fns)
                 t_update = time.perf_counter()
                 for it in range(updates_per_step):
                     params, rest, opt_state, m = step_fn(params, rest, opt_state, batch, frozen,
@@ -464,9 +472,6 @@ def _grpo_rollouts(c, tokenizer, mesh, log) -> Rollouts:
             sandbox.check_runs(rewards.CODE_LIMITS)
         except sandbox.SandboxError as e:
             raise TrainingError(f"grpo.rewards code_tests: {e}") from None
-    if jax.process_count() > 1:
-        raise TrainingError("train.objective=grpo runs in one process for now (every process would "
-                            f"sample the same rollouts): {jax.process_count()} processes joined")
     return Rollouts(train_rows, val_rows, tokenizer, run_config.rollout_settings(c), seed=c.seed,
                     seq_len=c.train.seq_len, mesh=mesh, meta_dir=run_config.model_dir(c) or None, log=log)
 

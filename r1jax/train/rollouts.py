@@ -21,6 +21,12 @@ is counted in info["problems"], and the step goes on). Advantages are group-rela
 scale_rewards). While the host scores, the device already computes the rollouts' old (iterations >
 1) and reference (beta > 0) log-probabilities: both were dispatched before scoring began.
 
+Several processes (multi-host): generation runs on the run's mesh across all of them and every
+process receives every completion; each process scores its contiguous share of the rows
+(r1jax/parallel/distributed.py my_share) in its own workers, and the rewards are gathered bit for
+bit, so the advantages, the batch (each process places its own devices' rows), the metrics and the
+records are the same on every process; process 0 writes them.
+
 Batch. Row b is prompt ids + completion ids (EOS included when generated) in seq_len columns, the
 prompt left-padded so that every completion starts at column S = seq_len - max_new_tokens (the
 prompt budget: prompts are prepared with it): tokens, positions (0, 1, ... from the prompt's first
@@ -39,12 +45,14 @@ import dataclasses
 import time
 from typing import Any, Callable
 
+import jax
 import numpy as np
 
 from r1jax.data.chat import prompt_ids
 from r1jax.data.errors import DataError
 from r1jax.eval import rewards as rewards_lib
 from r1jax.inference.generate import GenerationSettings, eos_ids_of, generate_ids, prompt_example
+from r1jax.parallel import distributed
 from r1jax.train.objectives.grpo import group_advantages
 
 VAL_TOP_P = 0.95
@@ -127,12 +135,17 @@ class Rollouts:
                 for o in out], [o["tokens"] for o in out]
 
     def _score(self, comps, rows) -> rewards_lib.Scores:
-        scores = rewards_lib.score(comps, rows, [r["messages"] for r in rows], self.rewards,
-                                   workers=self.s.workers)
+        """Every completion's rewards, on every process: each process scores its share
+        (distributed.my_share) in its own workers, and the values are gathered."""
+        mine = distributed.my_share(len(comps))
+        local = rewards_lib.score([comps[i] for i in mine], [rows[i] for i in mine],
+                                  [rows[i]["messages"] for i in mine], self.rewards, workers=self.s.workers)
+        scores = _gathered(local, len(comps))
         for name, n in scores.problems.items():
             if n:
+                first = scores.errors.get(name, "the first was on another process")
                 self.log(f"reward {name}: {n} of {len(comps)} completions raised or returned a "
-                         f"non-number (scored 0): {scores.errors[name]}")
+                         f"non-number (scored 0): {first}")
         return scores
 
     @property
@@ -205,6 +218,20 @@ class Rollouts:
                     "rewards": {name: v[k] for name, v in scores.per_function.items()}}
                    for k in range(len(comps))]
         return metrics, records
+
+
+def _gathered(local: rewards_lib.Scores, n: int) -> rewards_lib.Scores:
+    """The Scores of all n completions from this process's (its my_share(n) items): totals and values
+    gathered bit for bit, problem counts summed; error messages stay those of this process's items."""
+    if jax.process_count() == 1:
+        return local
+    names = list(local.per_function)
+    values = np.array([local.totals] + [local.per_function[k] for k in names], np.float64).T  # [mine, 1 + F]
+    values = distributed.gather_rows(values, n)                                 # [n, 1 + F]
+    counts = np.array([[local.problems[k] for k in names]], np.int64)           # [1, F]
+    counts = distributed.gather_rows(counts, jax.process_count()).sum(0)        # [F]
+    return rewards_lib.Scores(values[:, 0].tolist(), {k: values[:, 1 + j].tolist() for j, k in enumerate(names)},
+                              {k: int(counts[j]) for j, k in enumerate(names)}, local.errors)
 
 
 def _summary(reward: str, completion: str, scores: rewards_lib.Scores, comps, spec) -> dict:

@@ -1,5 +1,6 @@
 """python -m r1jax.train as 2 processes x 2 CPU devices over loopback (jax.distributed, gloo) equals
-1 process x 4 devices: the same losses at every step and the same final parameters.
+1 process x 4 devices: the same losses at every step and the same final parameters; for GRPO, the
+same rollouts and rewards with each process scoring its own share.
 
 The two processes are started the way tools/launch_slurm.sh starts them under srun: the coordinator
 as a flag, the process count and ids from SLURM's variables (JAX's SLURM detection reads them)."""
@@ -221,3 +222,90 @@ def test_a_held_run_directory_stops_every_process(tmp_path):
     assert f"error: {out}: process 0 of this run could not lock it" in errs[1], errs[1][-2000:]
     assert (out / LOCK_NAME).read_text() == held
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing written
+
+
+# ---- GRPO over two processes: each scores its own share of the rollouts, rewards are gathered
+
+GRPO_STEPS, P, G = 3, 2, 4
+SCORER = '''
+import os
+
+def hashed(prompt, completion, row):
+    """A varied reward of the text; each call noted under $GRPO_SCORE_LOG by the JAX process
+    (SLURM_PROCID in the launched processes, "ref" in the single-process reference)."""
+    with open(os.path.join(os.environ["GRPO_SCORE_LOG"], os.environ.get("SLURM_PROCID", "ref")), "a") as f:
+        f.write(repr(completion.text) + "\\n")
+    return (sum(map(ord, completion.text)) % 11) / 10
+'''
+
+
+def _grpo_overrides(data, out):
+    return {"output_dir": str(out), "data.train": str(data / "train.jsonl"), "data.cache_dir": str(data / "cache"),
+            "data.val_fraction": 0.25, "data.max_examples": 0, "train.objective": "grpo",
+            "train.steps": GRPO_STEPS, "train.batch_size": P * G, "train.seq_len": 40, "train.log_every": 1,
+            "train.eval_every": 2, "train.checkpoint_every": GRPO_STEPS, "mesh.data": -1,
+            "grpo.prompts_per_step": P, "grpo.num_generations": G, "grpo.max_new_tokens": 10,
+            "grpo.rewards": "grpo_mh_rewards.hashed:1.0,contains:0.1", "grpo.beta": 0.05,
+            "grpo.iterations": 2, "grpo.workers": 1, "optim.lr": 1e-3, "optim.schedule": "constant"}
+
+
+@pytest.fixture(scope="module")
+def grpo_runs(tmp_path_factory):
+    data = tmp_path_factory.mktemp("grpo_data")
+    rows = [{"prompt": f"What is {a} + {b}?", "answer": str(a + b)} for a, b in zip(range(1, 13), range(20, 32))]
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (data / "grpo_mh_rewards.py").write_text(SCORER)
+    logs = {name: tmp_path_factory.mktemp(f"scored_{name}") for name in ("one", "two")}
+    one, two = tmp_path_factory.mktemp("grpo_one_process"), tmp_path_factory.mktemp("grpo_two_processes")
+    port = _free_port()
+    srun = lambda i: {"SLURM_JOB_ID": "4244", "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_NTASKS": "2",
+                      "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i), "JAX_LOCAL_DEVICE_IDS": "0,1"}
+    cmd = [sys.executable, "-m", "r1jax.train", f"--config={ROOT / 'configs' / 'tiny.py'}",
+           *(f"--config.{k}={v}" for k, v in _grpo_overrides(data, two).items()),
+           f"--config.dist.coordinator=127.0.0.1:{port}"]
+    env = lambda i: {**_env(2), **srun(i), "GRPO_SCORE_LOG": str(logs["two"]),
+                     "PYTHONPATH": os.pathsep.join([str(data), os.environ.get("PYTHONPATH", "")])}
+    # The reference: configs/tiny.py in this process (8 CPU devices, conftest) on a mesh of its first 4.
+    c = config(data, one, **{k.replace(".", "__"): v for k, v in _grpo_overrides(data, one).items()
+                             if k != "output_dir"})
+    c.mesh.data = 4
+    return data, one, two, logs, cmd, env, c
+
+
+@pytest.mark.multihost
+@pytest.mark.slow
+def test_grpo_two_processes_equal_one(grpo_runs, monkeypatch):
+    """GRPO as 2 processes x 2 devices equals 1 process x 4: the same rollouts, rewards, advantages
+    and val samples (bit for bit: the sampled tokens, the gathered rewards), the same losses (float32
+    reduction order aside); each process scored its own share (the user reward notes who called it)."""
+    data, one, two, logs, cmd, env, c = grpo_runs
+    monkeypatch.syspath_prepend(str(data))
+    monkeypatch.setenv("GRPO_SCORE_LOG", str(logs["one"]))
+    summary, (err_p0, _) = _run_all([(cmd, env(i)) for i in range(2)], lambda: run(c))
+    assert "over 4 of 4 cpu device(s) in 2 process(es)" in err_p0, err_p0[-2000:]
+    assert summary["step"] == GRPO_STEPS
+    # The same rollouts, rewards and advantages, each written once (by process 0).
+    for step in range(1, GRPO_STEPS + 1):
+        ref = [json.loads(line) for line in open(one / "rollouts" / f"{step}.jsonl")]
+        got = [json.loads(line) for line in open(two / "rollouts" / f"{step}.jsonl")]
+        assert [r["completion"] for r in got] == [r["completion"] for r in ref], step
+        assert [r["rewards"] for r in got] == [r["rewards"] for r in ref], step
+        np.testing.assert_allclose([r["advantage"] for r in got], [r["advantage"] for r in ref], rtol=1e-6)
+    for step in (0, 2, GRPO_STEPS):
+        ref = (one / "rollouts" / "val" / f"{step}.jsonl").read_text()
+        assert (two / "rollouts" / "val" / f"{step}.jsonl").read_text() == ref, step
+    ref, got = _records(one), _records(two)
+    assert [r["step"] for r in got] == [r["step"] for r in ref]
+    for r0, r1 in zip(ref, got):
+        for key in ("reward/mean", "reward/std", "val/reward", "val/pass_rate", "completion/length"):
+            if key in r0:
+                assert r1[key] == r0[key], (r0["step"], key)  # gathered bit for bit
+        for key in ("train/loss", "kl", "entropy", "grad_norm"):
+            if key in r0:
+                assert r1[key] == pytest.approx(r0[key], rel=1e-4, abs=1e-7), (r0["step"], key)
+    # Each process scored its own half of every batch: together every completion exactly once.
+    scored = {p: (logs["two"] / p).read_text().splitlines() for p in ("0", "1")}
+    everything = (logs["one"] / "ref").read_text().splitlines()
+    # 3 steps of 8 rollouts (4 each) and 3 evals (steps 0, 2, 3) of 3 val prompts (2 and 1)
+    assert (len(scored["0"]), len(scored["1"])) == (GRPO_STEPS * 4 + 3 * 2, GRPO_STEPS * 4 + 3 * 1)
+    assert sorted(scored["0"] + scored["1"]) == sorted(everything)
