@@ -171,7 +171,7 @@ def test_adapters_reference_is_the_base(data, tmp_path):
 
 
 def test_demo_configs_chain():
-    """configs/grpo_math.py validates and starts where configs/grpo_math_sft.py ends, on the files
+    """configs/grpo_math.py validates and starts from a checkpoint configs/grpo_math_sft.py keeps, on the files
     `python -m r1jax.data toy_math --out runs/toy_math` writes (its docstring's commands)."""
     import importlib.util
     root = Path(__file__).resolve().parents[2]
@@ -184,6 +184,10 @@ def test_demo_configs_chain():
 
     sft, grpo = load("grpo_math_sft"), load("grpo_math")
     run_config.validate(grpo)
-    assert grpo.model.checkpoint == sft.output_dir and grpo.train.objective == "grpo"
+    run, _, step = grpo.model.checkpoint.rpartition("/checkpoints/")
+    assert run == sft.output_dir and grpo.train.objective == "grpo"
+    # the SFT run saves that step and still keeps it when it ends
+    every, last = sft.train.checkpoint_every, sft.train.steps
+    assert int(step) % every == 0 and int(step) < last and (last - int(step)) // every < sft.train.keep_checkpoints
     assert grpo.data.val == sft.task.data == "runs/toy_math/val.jsonl"
-    assert set(grpo.data.train.split(",")) == {"runs/toy_math/rl.jsonl", "runs/toy_math/sft.jsonl"}
+    assert grpo.data.train == "runs/toy_math/rl.jsonl"  # prompts SFT never saw, like val's
